@@ -1,0 +1,39 @@
+# everruns: `make demo` and `make test` work on a fresh machine with python3 >= 3.11.
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PYTHON ?= python3
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint format bench soak clean
+
+$(STAMP): pyproject.toml requirements.lock
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/pip install -q --upgrade pip
+	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: install
+	$(PY) examples/demo.py
+
+lint: install
+	$(VENV)/bin/ruff check src tests bench examples
+	$(VENV)/bin/ruff format --check src tests bench examples
+	$(VENV)/bin/mypy src
+
+format: install
+	$(VENV)/bin/ruff check --fix src tests bench examples
+	$(VENV)/bin/ruff format src tests bench examples
+
+test: install lint
+	$(PY) -m pytest -q -ra
+
+bench: install
+	$(PY) bench/bench_engine.py
+
+soak: install
+	$(PY) -m pytest -q -ra -m soak --run-soak tests
+
+clean:
+	rm -rf $(VENV) .everruns .pytest_cache .mypy_cache .ruff_cache test-artifacts

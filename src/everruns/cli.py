@@ -1,0 +1,406 @@
+"""The `everruns` command line."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+from collections.abc import Awaitable, Callable, Coroutine
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from everruns import journal as j
+from everruns.engine.worker import Worker
+from everruns.render import format_event, format_status_time
+from everruns.spec import AgentSpec, SpecError, load_spec
+from everruns.store import RunNotFound, RunRow, Store, StoreError
+from everruns.store.database import DatabaseURLError
+from everruns.tools.registry import ToolSpecError, build_tools
+
+app = typer.Typer(
+    help="Durable execution for long-lived AI agents.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
+app.add_typer(db_app, name="db")
+
+out = Console(soft_wrap=True, markup=False, highlight=False)
+err = Console(stderr=True, soft_wrap=True, highlight=False)
+T = TypeVar("T")
+
+DbOption = Annotated[
+    str | None,
+    typer.Option("--db", envvar="EVERRUNS_DATABASE_URL",
+                 help="Database URL (sqlite:///path or postgresql://...). "
+                      "Default: sqlite:///.everruns/everruns.db"),
+]
+JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+InputOption = Annotated[str | None, typer.Option("--input", "-i", help="The user message.")]
+LeaseOption = Annotated[float, typer.Option("--lease-ttl", help="Lease time-to-live, seconds.")]
+
+
+class CliError(Exception):
+    def __init__(self, message: str, code: int = 1):
+        super().__init__(message)
+        self.code = code
+
+
+def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
+    try:
+        return asyncio.run(factory())
+    except SpecError as exc:
+        err.print(f"[red]error:[/] invalid agent spec\n{escape(str(exc))}")
+        raise typer.Exit(2) from None
+    except (RunNotFound, StoreError, DatabaseURLError) as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(1) from None
+    except CliError as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(exc.code) from None
+
+
+def _load_checked(path: Path) -> AgentSpec:
+    """Load a spec and its tools, so a bad spec fails before any run exists."""
+    spec = load_spec(path)
+    try:
+        build_tools(spec)
+    except ToolSpecError as exc:
+        raise SpecError(str(path), [(exc.field, exc.message)]) from None
+    return spec
+
+
+async def _with_store(db: str | None, fn: Callable[[Store], Awaitable[T]]) -> T:
+    store = await Store.open(db)
+    try:
+        return await fn(store)
+    finally:
+        await store.close()
+
+
+def _print_json(value: Any) -> None:
+    sys.stdout.write(json.dumps(value, ensure_ascii=False, default=str) + "\n")
+    sys.stdout.flush()
+
+
+def _install_stop_handlers(stop: Callable[[], None]) -> None:
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop)
+
+
+# ------------------------------------------------------------------ commands
+
+
+@app.command()
+def validate(spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")]) -> None:
+    """Check an agent spec and its tools without running anything."""
+
+    async def go() -> None:
+        loaded = _load_checked(spec)
+        out.print(f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)")
+
+    _run_async(go)
+
+
+@app.command()
+def start(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")],
+    input: InputOption = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Queue a new run and print its id; a worker executes it."""
+
+    async def go() -> None:
+        loaded = _load_checked(spec)
+        run_id = await _with_store(db, lambda s: s.create_run(loaded, input))
+        if json_out:
+            _print_json({"id": run_id, "status": "queued", "agent": loaded.name})
+        else:
+            out.print(run_id, highlight=False)
+
+    _run_async(go)
+
+
+@app.command()
+def run(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")],
+    input: InputOption = None,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    lease_ttl: LeaseOption = 15.0,
+) -> None:
+    """Run an agent in this process and show its progress live.
+
+    The run is durable like any other: if this process dies, `everruns worker`
+    continues it. Exit code 0 when it completes, 1 when it fails or is cancelled.
+    """
+
+    async def go() -> int:
+        loaded = _load_checked(spec)
+        store = await Store.open(db)
+        try:
+            run_id = await store.create_run(loaded, input)
+            return await _run_in_process(store, run_id, json_out, lease_ttl)
+        finally:
+            await store.close()
+
+    code = _run_async(go)
+    raise typer.Exit(code)
+
+
+async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: float) -> int:
+    worker = Worker(store, concurrency=1, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
+    queue = worker.broker.subscribe(run_id)
+    _install_stop_handlers(worker.stop)
+    worker_task = asyncio.create_task(worker.run())
+    for created in await store.load_events(run_id):
+        record = {"run_id": run_id, **created.to_dict()}
+        if json_out:
+            _print_json(record)
+        else:
+            out.print(format_event(record))
+    streaming = False
+    status = "queued"
+    try:
+        while True:
+            get = asyncio.create_task(queue.get())
+            done, _ = await asyncio.wait({get, worker_task}, return_when=asyncio.FIRST_COMPLETED)
+            if get not in done:
+                get.cancel()
+                break
+            event = get.result()
+            if event.get("ephemeral"):
+                if not json_out and event["type"] == "llm.delta":
+                    out.print(event["data"]["text"], end="", style="cyan", highlight=False)
+                    streaming = True
+                continue
+            if json_out:
+                _print_json(event)
+            else:
+                if streaming:
+                    out.print()
+                    streaming = False
+                out.print(format_event(event), highlight=False)
+            if event["type"] in j.TERMINAL_EVENTS:
+                status = event["type"].split(".")[1]
+                break
+    finally:
+        worker.stop()
+        await worker_task
+    if status == "queued":  # stopped by a signal before the run ended
+        if not json_out:
+            err.print(f"stopped; the run continues on any worker: everruns status {run_id}")
+        return 130
+    return 0 if status == "completed" else 1
+
+
+@app.command()
+def worker(
+    db: DbOption = None,
+    concurrency: Annotated[int, typer.Option(help="Runs executed at once.")] = 16,
+    lease_ttl: LeaseOption = 15.0,
+    poll_interval: Annotated[float, typer.Option(help="Seconds between claims when idle.")] = 0.5,
+    max_crashes: Annotated[
+        int, typer.Option(help="Fail a run after this many workers died on it without progress.")
+    ] = 3,
+    shutdown_grace: Annotated[
+        float, typer.Option(help="On SIGTERM, seconds to let in-flight atoms finish.")
+    ] = 10.0,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
+) -> None:
+    """Execute queued runs until stopped (SIGTERM/SIGINT release the leases)."""
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+
+    async def go() -> None:
+        store = await Store.open(db)
+        w = Worker(
+            store, concurrency=concurrency, lease_ttl=lease_ttl, poll_interval=poll_interval,
+            max_crashes=max_crashes, shutdown_grace=shutdown_grace,
+            on_claim=lambda c: logging.getLogger("everruns.worker").info(
+                "claimed %s (epoch %d)", c.run_id, c.epoch),
+        )
+        _install_stop_handlers(w.stop)
+        logging.getLogger("everruns.worker").info(
+            "worker %s started (concurrency %d, lease %gs)", w.worker_id, concurrency, lease_ttl
+        )
+        try:
+            await w.run()
+        finally:
+            await store.close()
+        logging.getLogger("everruns.worker").info("worker %s stopped", w.worker_id)
+
+    _run_async(go)
+
+
+@app.command()
+def status(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Show a run's status, steps, usage and result."""
+
+    async def go() -> None:
+        row = await _with_store(db, lambda s: s.get_run(run_id))
+        if json_out:
+            _print_json(row.to_dict())
+            return
+        _print_status(row)
+
+    _run_async(go)
+
+
+def _print_status(row: RunRow) -> None:
+    table = Table(show_header=False, box=None)
+    table.add_row("id", row.id)
+    table.add_row("agent", f"{row.agent_name} v{row.agent_version}")
+    table.add_row("status", row.status)
+    if row.status == "waiting":
+        table.add_row("wakes", format_status_time(row.wake_at) if row.wake_at else "on a signal")
+    table.add_row("steps", str(row.steps))
+    table.add_row(
+        "usage",
+        f"{row.input_tokens} in + {row.output_tokens} out tokens, ${row.cost_usd:.4f}",
+    )
+    table.add_row("created", format_status_time(row.created_at))
+    if row.result is not None:
+        table.add_row("result", row.result)
+    if row.error:
+        table.add_row("error", f"{row.error.get('reason')}: {row.error.get('message')}")
+    out.print(table)
+
+
+@app.command()
+def events(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    db: DbOption = None,
+    json_out: JsonOption = False,
+    follow: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new events until the run ends.")] = False,
+    after: Annotated[int, typer.Option(help="Only events with seq greater than this.")] = 0,
+) -> None:
+    """Print a run's journal."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        try:
+            await store.get_run(run_id)
+            last = after
+            while True:
+                batch = await store.load_events(run_id, after=last)
+                for event in batch:
+                    record = {"run_id": run_id, **event.to_dict()}
+                    if json_out:
+                        _print_json(record)
+                    else:
+                        out.print(format_event(record), highlight=False)
+                    last = event.seq
+                    if follow and event.type in j.TERMINAL_EVENTS:
+                        return
+                if not follow:
+                    return
+                if not batch:
+                    row = await store.get_run(run_id)
+                    if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+                        return
+                    await asyncio.sleep(0.2)
+        finally:
+            await store.close()
+
+    _run_async(go)
+
+
+@app.command("ls")
+def list_runs(
+    db: DbOption = None,
+    status: Annotated[str | None, typer.Option(help="Only runs with this status.")] = None,
+    agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
+    json_out: JsonOption = False,
+) -> None:
+    """List runs, newest first."""
+    valid = ("queued", "running", "waiting", "completed", "failed", "cancelled")
+    if status is not None and status not in valid:
+        err.print(f"[red]error:[/] --status must be one of {', '.join(valid)}")
+        raise typer.Exit(2)
+
+    async def go() -> None:
+        rows = await _with_store(db, lambda s: s.list_runs(status=status, agent=agent, limit=limit))
+        if json_out:
+            _print_json([r.to_dict() for r in rows])
+            return
+        table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
+        for r in rows:
+            table.add_row(
+                r.id, r.agent_name, r.status, str(r.steps), str(r.input_tokens + r.output_tokens),
+                f"${r.cost_usd:.4f}", format_status_time(r.created_at),
+            )
+        out.print(table)
+
+    _run_async(go)
+
+
+@app.command()
+def cancel(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    db: DbOption = None,
+    wait: Annotated[float, typer.Option(help="Seconds to wait for a running run to stop.")] = 30.0,
+) -> None:
+    """Cancel a run, stopping its in-flight LLM call and tools."""
+
+    async def go() -> None:
+        store = await Store.open(db)
+        try:
+            outcome = await store.cancel(run_id)
+            if outcome in ("completed", "failed", "cancelled"):
+                out.print(f"run {run_id} already {outcome}")
+                return
+            deadline = time.monotonic() + wait
+            while outcome == "requested" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                row = await store.get_run(run_id)
+                if row.status in j.TERMINAL_STATUSES:
+                    outcome = row.status
+                elif row.lease_owner is None or (row.lease_expires_at or 0) < time.time():
+                    outcome = await store.cancel(run_id)
+            if outcome == "requested":
+                out.print(f"cancel requested for {run_id}; its worker will stop it")
+            else:
+                out.print(f"run {run_id} {outcome}")
+        finally:
+            await store.close()
+
+    _run_async(go)
+
+
+@db_app.command("upgrade")
+def db_upgrade(db: DbOption = None) -> None:
+    """Apply database migrations (the CLI also does this on every start)."""
+
+    async def go() -> None:
+        await _with_store(db, lambda s: asyncio.sleep(0))
+        out.print("database is up to date")
+
+    _run_async(go)
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

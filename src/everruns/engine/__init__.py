@@ -1,0 +1,1 @@
+"""The engine: workers that lease runs and execute their atoms."""

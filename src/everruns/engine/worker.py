@@ -1,0 +1,149 @@
+"""The worker: claims runnable runs, executes them concurrently, keeps their leases.
+
+Leases are renewed for all of a worker's runs in one statement on a timer
+independent of the work, so a slow LLM call needs no heartbeat tuning. A run
+missing from the renewal's answer was taken over: its task is dropped.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import socket
+from collections.abc import Callable
+
+from everruns.engine.broker import Broker
+from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
+from everruns.store import Claim, Store, new_id
+
+log = logging.getLogger("everruns.worker")
+
+
+class Worker:
+    def __init__(
+        self,
+        store: Store,
+        *,
+        concurrency: int = 16,
+        lease_ttl: float = 15.0,
+        poll_interval: float = 0.5,
+        max_crashes: int = 3,
+        shutdown_grace: float = 10.0,
+        broker: Broker | None = None,
+        worker_id: str | None = None,
+        on_claim: Callable[[Claim], None] | None = None,
+        only: list[str] | None = None,
+    ):
+        if lease_ttl <= 0:
+            raise ValueError("lease_ttl must be positive")
+        self.store = store
+        self.concurrency = concurrency
+        self.lease_ttl = lease_ttl
+        self.poll_interval = poll_interval
+        self.shutdown_grace = shutdown_grace
+        self.broker = broker or Broker()
+        self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[-8:]}"
+        self.options = RunnerOptions(worker_id=self.worker_id, max_crashes=max_crashes)
+        self.on_claim = on_claim
+        self.only = only  # restrict to these runs (`everruns run` executes just its own)
+        self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
+        self._stop = asyncio.Event()
+        self._wakeup = asyncio.Event()
+
+    def stop(self) -> None:
+        """Graceful stop: finish current atoms (up to the grace period), release leases."""
+        self._stop.set()
+        self._wakeup.set()
+
+    def wake(self) -> None:
+        """Look for runnable runs now instead of at the next poll."""
+        self._wakeup.set()
+
+    async def run(self) -> None:
+        await self.store.register_worker(self.worker_id)
+        renewer = asyncio.create_task(self._renew_loop())
+        try:
+            await self._claim_loop()
+        finally:
+            renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await renewer
+            await self._drain()
+            with contextlib.suppress(Exception):
+                await self.store.stop_worker(self.worker_id)
+
+    async def _claim_loop(self) -> None:
+        while not self._stop.is_set():
+            free = self.concurrency - len(self.active)
+            claims: list[Claim] = []
+            if free > 0:
+                try:
+                    claims = await self.store.claim(
+                        self.worker_id, limit=free, lease_ttl=self.lease_ttl, only=self.only
+                    )
+                except Exception:
+                    log.exception("claim failed; retrying")
+            for claim in claims:
+                self._start(claim)
+            if claims and len(claims) == free:
+                await asyncio.sleep(0)
+                continue
+            self._wakeup.clear()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    def _start(self, claim: Claim) -> None:
+        runner = RunRunner(self.store, claim, self.options, self.broker)
+        task = asyncio.create_task(runner.run(), name=f"run-{claim.run_id}")
+        self.active[claim.run_id] = (task, runner)
+        task.add_done_callback(lambda t, rid=claim.run_id: self._finished(rid, t))
+        if self.on_claim is not None:
+            self.on_claim(claim)
+
+    def _finished(self, run_id: str, task: asyncio.Task[None]) -> None:
+        current = self.active.get(run_id)
+        if current is not None and current[0] is task:
+            del self.active[run_id]
+        if not task.cancelled() and task.exception() is not None:
+            log.error("run %s crashed in the engine", run_id, exc_info=task.exception())
+        self._wakeup.set()
+
+    async def _renew_loop(self) -> None:
+        interval = self.lease_ttl / 3
+        while True:
+            await asyncio.sleep(interval)
+            try:
+                held = await self.store.renew(
+                    self.worker_id, list(self.active), lease_ttl=self.lease_ttl
+                )
+            except Exception:
+                log.exception("lease renewal failed; retrying")
+                continue
+            for run_id, (task, runner) in list(self.active.items()):
+                if run_id not in held:
+                    self._interrupt(task, runner, StopReason.LOST)
+                elif held[run_id]:
+                    self._interrupt(task, runner, StopReason.CANCEL)
+
+    @staticmethod
+    def _interrupt(task: asyncio.Task[None], runner: RunRunner, reason: str) -> None:
+        if runner.stop_reason is None and not task.done():
+            runner.stop_reason = reason
+            task.cancel()
+
+    async def _drain(self) -> None:
+        """Let in-flight atoms finish for up to the grace period, then release the rest."""
+        if not self.active:
+            return
+        for _task, runner in self.active.values():
+            runner.draining = True
+        tasks = [t for t, _ in self.active.values()]
+        _done, pending = await asyncio.wait(tasks, timeout=self.shutdown_grace)
+        for run_id, (task, runner) in list(self.active.items()):
+            if task in pending:
+                self._interrupt(task, runner, StopReason.SHUTDOWN)
+            del run_id
+        if pending:
+            await asyncio.wait(pending, timeout=5)

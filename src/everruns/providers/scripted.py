@@ -1,0 +1,64 @@
+"""The scripted provider: answers from the spec, in order. For tests and offline demos.
+
+Response k answers the run's k-th LLM step, so a call repeated after a crash
+gets the same answer: scripted runs are deterministic across crashes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+
+from everruns.engine import crashpoints
+from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, ProviderError
+
+
+def _chunks(text: str) -> list[str]:
+    return re.findall(r"\S+\s*|\s+", text) or [text]
+
+
+def _estimate_tokens(text: str) -> int:
+    return max(1, len(text) // 4)
+
+
+class ScriptedProvider:
+    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
+        responses = request.model.responses or []
+        if request.step >= len(responses):
+            raise ProviderError(
+                f"scripted provider has no response for step {request.step + 1}: "
+                f"only {len(responses)} responses are scripted",
+                error_class="script_exhausted",
+                retryable=False,
+            )
+        scripted = responses[request.step]
+        if scripted.delay:
+            await asyncio.sleep(scripted.delay / 2)
+        crashpoints.hit("llm.mid")
+        if scripted.delay:
+            await asyncio.sleep(scripted.delay / 2)
+        if scripted.error is not None:
+            raise ProviderError(scripted.error, error_class="server_error", retryable=True)
+        if scripted.text:
+            for chunk in _chunks(scripted.text):
+                on_delta(chunk)
+                await asyncio.sleep(0)
+        tool_calls = [
+            {"id": tc.id or f"call_{request.step + 1}_{i + 1}", "name": tc.name,
+             "arguments": tc.arguments}
+            for i, tc in enumerate(scripted.tool_calls or [])
+        ]
+        message: dict = {"role": "assistant", "content": scripted.text}
+        if tool_calls:
+            message["tool_calls"] = tool_calls
+        if scripted.usage is not None:
+            usage = {"input_tokens": scripted.usage.input_tokens,
+                     "output_tokens": scripted.usage.output_tokens}
+        else:
+            prompt = request.system + "".join(str(m.get("content") or "") for m in request.messages)
+            usage = {"input_tokens": _estimate_tokens(prompt),
+                     "output_tokens": _estimate_tokens(scripted.text or str(tool_calls))}
+        return LLMResponse(
+            message=message, usage=usage,
+            stop_reason="tool_use" if tool_calls else "end_turn", model="scripted",
+        )

@@ -1,0 +1,64 @@
+"""Human-readable rendering of events and times for the CLI."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime
+from typing import Any
+
+
+def format_status_time(ts: float | None) -> str:
+    if ts is None:
+        return "-"
+    return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _short(value: Any, width: int = 100) -> str:
+    text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
+    text = " ".join(text.split())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def _describe(kind: str, data: dict[str, Any]) -> str:
+    if kind == "run.created":
+        agent = data.get("agent", {})
+        return f"{agent.get('name')} v{agent.get('version')}: {_short(data.get('input') or '')}"
+    if kind == "run.started":
+        note = " (takeover)" if data.get("takeover") else ""
+        return f"worker {data.get('worker')} epoch {data.get('epoch')}{note}"
+    if kind == "message.user":
+        return _short(data.get("content", ""))
+    if kind == "llm.started":
+        return f"step {data.get('step')} attempt {data.get('attempt')} ({data.get('model')})"
+    if kind == "llm.completed":
+        message = data.get("message", {})
+        calls = message.get("tool_calls") or []
+        usage = data.get("usage") or {}
+        parts = []
+        if message.get("content"):
+            parts.append(_short(message["content"]))
+        if calls:
+            parts.append("→ " + ", ".join(f"{c['name']}({_short(c.get('arguments'), 40)})" for c in calls))
+        parts.append(f"[{usage.get('input_tokens', 0)}+{usage.get('output_tokens', 0)} tok]")
+        return " ".join(parts)
+    if kind == "llm.failed":
+        retry = " (will retry)" if data.get("retryable") else ""
+        return f"{data.get('class')}: {_short(data.get('error', ''))}{retry}"
+    if kind == "tool.started":
+        return f"{data.get('name')} [{data.get('call_id')}] attempt {data.get('attempt')} ({data.get('effect')})"
+    if kind == "tool.completed":
+        return f"{data.get('name')} [{data.get('call_id')}] → {_short(data.get('output', ''))}"
+    if kind == "tool.failed":
+        return f"{data.get('name')} [{data.get('call_id')}] ✗ {_short(data.get('error', ''))}"
+    if kind == "run.waiting":
+        return f"{data.get('reason')} until {format_status_time(data.get('wake_at'))}"
+    if kind == "run.completed":
+        return _short(data.get("result") or "", 200)
+    if kind in ("run.failed", "run.cancelled"):
+        return f"{data.get('reason')}: {_short(data.get('error') or '', 200)}"
+    return _short(data)
+
+
+def format_event(event: dict[str, Any]) -> str:
+    seq = event.get("seq")
+    return f"{seq:>4} {event['type']:<15} {_describe(event['type'], event.get('data', {}))}"

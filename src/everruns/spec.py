@@ -1,0 +1,234 @@
+"""Agent specification: what a run executes.
+
+A spec is plain data (pydantic), loaded from YAML or built in Python. When a
+run starts, the spec is stored as an immutable agent version, so a run always
+continues with the configuration it started with.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+Effect = Literal["pure", "idempotent", "at_most_once"]
+EFFECTS: tuple[str, ...] = ("pure", "idempotent", "at_most_once")
+
+_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
+_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
+
+
+def parse_duration(value: str | float | int) -> float:
+    """Seconds from `90`, `90s`, `30m`, `6h`, `2d`, `1w` or `250ms`."""
+    if isinstance(value, bool):
+        raise ValueError("expected a duration such as 30s, 10m, 6h or 2d")
+    if isinstance(value, int | float):
+        if value < 0:
+            raise ValueError("a duration cannot be negative")
+        return float(value)
+    match = _DURATION.match(str(value))
+    if not match:
+        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 10m, 6h, 2d)")
+    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
+
+
+class _Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ScriptedToolCall(_Strict):
+    name: str
+    arguments: dict[str, Any] = Field(default_factory=dict)
+    id: str | None = None
+
+
+class Usage(_Strict):
+    input_tokens: int = 0
+    output_tokens: int = 0
+
+
+class ScriptedResponse(_Strict):
+    """One answer of the scripted provider: text, tool calls, or both."""
+
+    text: str | None = None
+    tool_calls: list[ScriptedToolCall] | None = None
+    delay: float = 0.0
+    usage: Usage | None = None
+    error: str | None = Field(
+        default=None, description="Fail this attempt with this message (retryable)."
+    )
+
+    @model_validator(mode="after")
+    def _has_content(self) -> ScriptedResponse:
+        if self.text is None and not self.tool_calls and self.error is None:
+            raise ValueError("a scripted response needs `text`, `tool_calls` or `error`")
+        return self
+
+
+class ModelSpec(_Strict):
+    """Which model answers. Written as `provider:name` or as an object."""
+
+    provider: str
+    name: str | None = None
+    base_url: str | None = None
+    api_key_env: str | None = None
+    parameters: dict[str, Any] = Field(default_factory=dict)
+    responses: list[ScriptedResponse] | None = None
+    fallbacks: list[ModelSpec] = Field(default_factory=list)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            provider, sep, name = value.partition(":")
+            if not sep or not provider or not name:
+                raise ValueError(f"{value!r} is not `provider:model` (e.g. openai:gpt-4.1)")
+            return {"provider": provider, "name": name}
+        return value
+
+    @model_validator(mode="after")
+    def _check(self) -> ModelSpec:
+        if self.provider == "scripted":
+            if not self.responses:
+                raise ValueError("the scripted provider needs a non-empty `responses` list")
+        elif self.name is None:
+            raise ValueError(f"provider {self.provider!r} needs a model `name`")
+        return self
+
+    @property
+    def label(self) -> str:
+        return f"{self.provider}:{self.name or 'script'}"
+
+
+class ToolSpec(_Strict):
+    """One tool source: a Python function, a built-in, or an MCP server."""
+
+    python: str | None = None
+    builtin: str | None = None
+    mcp: dict[str, Any] | None = None
+    effect: Effect | None = None
+    timeout: float | None = None
+    options: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_string(cls, value: Any) -> Any:
+        if isinstance(value, str):
+            return {"python": value}
+        return value
+
+    @model_validator(mode="after")
+    def _one_kind(self) -> ToolSpec:
+        kinds = [k for k in ("python", "builtin", "mcp") if getattr(self, k) is not None]
+        if len(kinds) != 1:
+            raise ValueError("a tool needs exactly one of `python`, `builtin` or `mcp`")
+        if self.python is not None and ":" not in self.python:
+            raise ValueError(f"{self.python!r} is not `package.module:function`")
+        return self
+
+    @field_validator("timeout", mode="before")
+    @classmethod
+    def _timeout(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+class Limits(_Strict):
+    max_steps: int | None = Field(default=50, ge=1)
+    max_llm_calls: int | None = Field(default=None, ge=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    deadline: float | None = Field(default=None, description="seconds; written as 30m, 6h, 2d")
+
+    @field_validator("deadline", mode="before")
+    @classmethod
+    def _deadline(cls, value: Any) -> Any:
+        return None if value is None else parse_duration(value)
+
+
+class RetryPolicy(_Strict):
+    max_attempts: int = Field(default=5, ge=1)
+    initial_backoff: float = Field(default=1.0, ge=0)
+    max_backoff: float = Field(default=60.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+    @field_validator("initial_backoff", "max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class Approvals(_Strict):
+    require_for: list[str] = Field(default_factory=list)
+
+
+class AgentSpec(_Strict):
+    name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
+    description: str | None = None
+    model: ModelSpec
+    system_prompt: str = "You are a helpful assistant."
+    tools: list[ToolSpec] = Field(default_factory=list)
+    limits: Limits = Field(default_factory=Limits)
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    approvals: Approvals = Field(default_factory=Approvals)
+    max_parallel_tools: int = Field(default=4, ge=1)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class SpecError(Exception):
+    """A spec that cannot run. The message names the source, the field and the problem."""
+
+    def __init__(self, source: str, problems: list[tuple[str, str]]):
+        self.source = source
+        self.problems = problems
+        lines = [f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems]
+        super().__init__("\n".join(lines))
+
+
+def _field_path(loc: tuple[Any, ...]) -> str:
+    parts: list[str] = []
+    for item in loc:
+        if isinstance(item, int):
+            parts.append(f"[{item}]")
+        elif item in ("function-after", "function-before") or str(item).startswith("function-"):
+            continue
+        else:
+            parts.append(("." if parts else "") + str(item))
+    return "".join(parts)
+
+
+def parse_spec(data: Any, source: str = "<spec>") -> AgentSpec:
+    """Validate a mapping into an AgentSpec, raising SpecError with field paths."""
+    if not isinstance(data, dict):
+        raise SpecError(source, [("", "the spec must be a mapping of fields (name, model, ...)")])
+    try:
+        return AgentSpec.model_validate(data)
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            msg = err["msg"].removeprefix("Value error, ")
+            problems.append((_field_path(tuple(err["loc"])), msg))
+        raise SpecError(source, problems) from None
+
+
+def load_spec(path: str | Path) -> AgentSpec:
+    """Load an agent spec from a YAML file."""
+    path = Path(path)
+    source = str(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SpecError(source, [("", "file not found")]) from None
+    except OSError as exc:
+        raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
+    return parse_spec(data, source)

@@ -1,0 +1,6 @@
+"""Database access: the journal, leases and projections, on SQLite or PostgreSQL."""
+
+from everruns.store.database import resolve_url
+from everruns.store.store import Claim, Fenced, RunNotFound, RunRow, Store, StoreError, new_id
+
+__all__ = ["Claim", "Fenced", "RunNotFound", "RunRow", "Store", "StoreError", "new_id", "resolve_url"]

@@ -1,0 +1,111 @@
+"""Database URLs, engines and migrations for SQLite and PostgreSQL."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy import event
+from sqlalchemy.engine import make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+DEFAULT_SQLITE_PATH = Path(".everruns") / "everruns.db"
+MIGRATIONS_DIR = Path(__file__).parent / "migrations"
+_PG_MIGRATION_LOCK = 0x65766572  # "ever"
+
+
+class DatabaseURLError(ValueError):
+    pass
+
+
+def resolve_url(url: str | None = None) -> str:
+    """The database URL from an argument, `EVERRUNS_DATABASE_URL`, or the default file."""
+    url = url or os.environ.get("EVERRUNS_DATABASE_URL")
+    if not url:
+        return f"sqlite:///{DEFAULT_SQLITE_PATH}"
+    if "://" not in url:  # a bare path means a SQLite file
+        return f"sqlite:///{url}"
+    return url
+
+
+def _driver_urls(url: str) -> tuple[str, str]:
+    """(async URL, sync URL) for a user-facing URL."""
+    parsed = make_url(url)
+    backend = parsed.get_backend_name()
+    if backend == "sqlite":
+        return (
+            str(parsed.set(drivername="sqlite+aiosqlite")),
+            str(parsed.set(drivername="sqlite+pysqlite")),
+        )
+    if backend in ("postgresql", "postgres"):
+        pg = parsed.set(drivername="postgresql+psycopg")
+        return pg.render_as_string(hide_password=False), pg.render_as_string(hide_password=False)
+    raise DatabaseURLError(
+        f"unsupported database URL {url!r}: use sqlite:///path or postgresql://user@host/db"
+    )
+
+
+def is_sqlite(url: str) -> bool:
+    return make_url(url).get_backend_name() == "sqlite"
+
+
+def _sqlite_setup(engine: sa.Engine) -> None:
+    """Transactions take the write lock up front (BEGIN IMMEDIATE), so a claim or an
+    append never fails half-way on a lock upgrade; WAL lets readers proceed."""
+
+    @event.listens_for(engine, "connect")
+    def _connect(dbapi_conn: Any, _record: Any) -> None:
+        dbapi_conn.isolation_level = None
+        cur = dbapi_conn.cursor()
+        cur.execute("PRAGMA journal_mode=WAL")
+        cur.execute("PRAGMA synchronous=FULL")
+        cur.execute("PRAGMA busy_timeout=60000")
+        cur.close()
+
+    @event.listens_for(engine, "begin")
+    def _begin(conn: sa.Connection) -> None:
+        conn.exec_driver_sql("BEGIN IMMEDIATE")
+
+
+def create_engine(url: str) -> AsyncEngine:
+    async_url, _ = _driver_urls(url)
+    if is_sqlite(url):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_async_engine(async_url, connect_args={"timeout": 60})
+        _sqlite_setup(engine.sync_engine)
+        return engine
+    return create_async_engine(async_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+
+
+def _upgrade_sync(url: str) -> None:
+    from alembic import command
+    from alembic.config import Config
+
+    _, sync_url = _driver_urls(url)
+    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
+    if is_sqlite(url):
+        _sqlite_setup(engine)
+    try:
+        with engine.begin() as conn:
+            if not is_sqlite(url):
+                conn.execute(sa.text("SELECT pg_advisory_xact_lock(:k)"), {"k": _PG_MIGRATION_LOCK})
+            cfg = Config()
+            cfg.set_main_option("script_location", str(MIGRATIONS_DIR))
+            cfg.attributes["connection"] = conn
+            command.upgrade(cfg, "head")
+    finally:
+        engine.dispose()
+
+
+async def upgrade(url: str) -> None:
+    """Bring the schema to the newest migration (safe to call from many processes)."""
+    if is_sqlite(url):
+        path = make_url(url).database
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(_upgrade_sync, url)

@@ -1,0 +1,78 @@
+"""Tables. The journal (`events`) is the truth; `runs` is a projection plus lease state.
+
+Times are seconds since the epoch as floats (see docs/architecture.md).
+JSON is stored as text so both databases behave the same.
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+
+metadata = sa.MetaData()
+
+agents = sa.Table(
+    "agents",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("version", sa.Integer, primary_key=True),
+    sa.Column("spec", sa.Text, nullable=False),
+    sa.Column("digest", sa.String(64), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("archived", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+runs = sa.Table(
+    "runs",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("agent_name", sa.String(128), nullable=False),
+    sa.Column("agent_version", sa.Integer, nullable=False),
+    sa.Column("parent_id", sa.String(40), nullable=True),
+    sa.Column("status", sa.String(16), nullable=False),
+    # Leasing and fencing.
+    sa.Column("epoch", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("lease_owner", sa.String(64), nullable=True),
+    sa.Column("lease_expires_at", sa.Float, nullable=True),
+    # When the run is next claimable; NULL = not runnable until a signal.
+    sa.Column("wake_at", sa.Float, nullable=True),
+    sa.Column("last_seq", sa.Integer, nullable=False, server_default="0"),
+    # Crash-loop protection: last_seq when the current holder started, and
+    # how many holders in a row died without progress.
+    sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Projection of the fold, for listing without reading the journal.
+    sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
+    sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    sa.Column("input", sa.Text, nullable=True),
+    sa.Column("result", sa.Text, nullable=True),
+    sa.Column("error", sa.Text, nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_runs_claim", "wake_at"),
+    sa.Index("ix_runs_status", "status", "created_at"),
+    sa.Index("ix_runs_lease_owner", "lease_owner"),
+)
+
+events = sa.Table(
+    "events",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("data", sa.Text, nullable=False),
+)
+
+workers = sa.Table(
+    "workers",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),
+    sa.Column("hostname", sa.String(255), nullable=False),
+    sa.Column("pid", sa.Integer, nullable=False),
+    sa.Column("started_at", sa.Float, nullable=False),
+    sa.Column("heartbeat_at", sa.Float, nullable=False),
+    sa.Column("stopped_at", sa.Float, nullable=True),
+)

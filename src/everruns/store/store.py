@@ -1,0 +1,460 @@
+"""The store: journal appends fenced by epoch, leases, and run projections.
+
+Every write that a worker makes goes through `append`, which succeeds only if
+the run's `epoch` still matches the worker's claim. A worker whose lease was
+taken over can never write again.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import secrets
+import socket
+import time
+from collections.abc import Iterable
+from dataclasses import dataclass
+from typing import Any
+
+import sqlalchemy as sa
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from everruns.journal import (
+    RUN_CANCELLED,
+    RUN_CREATED,
+    TERMINAL_STATUSES,
+    Event,
+)
+from everruns.spec import AgentSpec, parse_spec
+from everruns.store import database
+from everruns.store.schema import agents, events, runs, workers
+
+ACTIVE_STATUSES = ("queued", "running", "waiting")
+
+
+class StoreError(Exception):
+    pass
+
+
+class RunNotFound(StoreError):
+    def __init__(self, run_id: str):
+        super().__init__(f"no run with id {run_id!r}")
+        self.run_id = run_id
+
+
+class Fenced(StoreError):
+    """The caller's epoch is stale: another worker holds the run now."""
+
+
+def _dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str = "run") -> str:
+    """Time-sortable id: 48-bit milliseconds + 80 random bits, Crockford base32."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    epoch: int
+    crashes: int
+    agent_name: str
+    agent_version: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    agent_name: str
+    agent_version: int
+    parent_id: str | None
+    status: str
+    epoch: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    wake_at: float | None
+    last_seq: int
+    crashes: int
+    cancel_requested: bool
+    steps: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    input: str | None
+    result: str | None
+    error: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunRow:
+        m = row._mapping
+        return cls(
+            id=m["id"], agent_name=m["agent_name"], agent_version=m["agent_version"],
+            parent_id=m["parent_id"], status=m["status"], epoch=m["epoch"],
+            lease_owner=m["lease_owner"], lease_expires_at=m["lease_expires_at"],
+            wake_at=m["wake_at"], last_seq=m["last_seq"], crashes=m["crashes"],
+            cancel_requested=bool(m["cancel_requested"]), steps=m["steps"],
+            input_tokens=m["input_tokens"], output_tokens=m["output_tokens"],
+            cost_usd=m["cost_usd"], input=m["input"], result=m["result"],
+            error=json.loads(m["error"]) if m["error"] else None,
+            created_at=m["created_at"], updated_at=m["updated_at"],
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "id": self.id,
+            "agent": self.agent_name,
+            "agent_version": self.agent_version,
+            "parent_id": self.parent_id,
+            "status": self.status,
+            "steps": self.steps,
+            "usage": {
+                "input_tokens": self.input_tokens,
+                "output_tokens": self.output_tokens,
+                "total_tokens": self.input_tokens + self.output_tokens,
+                "cost_usd": round(self.cost_usd, 6),
+            },
+            "input": self.input,
+            "result": self.result,
+            "error": self.error,
+            "epoch": self.epoch,
+            "lease_owner": self.lease_owner,
+            "wake_at": self.wake_at,
+            "last_seq": self.last_seq,
+            "created_at": self.created_at,
+            "updated_at": self.updated_at,
+        }
+
+
+class Store:
+    """Async access to one database. Create with `await Store.open(url)`."""
+
+    def __init__(self, engine: AsyncEngine, url: str):
+        self.engine = engine
+        self.url = url
+        self.is_sqlite = database.is_sqlite(url)
+
+    @classmethod
+    async def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:
+        url = database.resolve_url(url)
+        if migrate:
+            await database.upgrade(url)
+        return cls(database.create_engine(url), url)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    async def __aenter__(self) -> Store:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.close()
+
+    # ------------------------------------------------------------ agents
+
+    async def save_agent(self, spec: AgentSpec) -> int:
+        """Store the spec as an immutable version; reuse the newest if identical."""
+        text = _dumps(spec.to_dict())
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        async with self.engine.begin() as conn:
+            latest = (
+                await conn.execute(
+                    sa.select(agents.c.version, agents.c.digest)
+                    .where(agents.c.name == spec.name)
+                    .order_by(agents.c.version.desc())
+                    .limit(1)
+                )
+            ).first()
+            if latest is not None and latest.digest == digest:
+                return int(latest.version)
+            version = 1 if latest is None else int(latest.version) + 1
+            await conn.execute(
+                agents.insert().values(
+                    name=spec.name, version=version, spec=text, digest=digest,
+                    created_at=time.time(),
+                )
+            )
+            return version
+
+    async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
+        query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        query = query.order_by(agents.c.version.desc()).limit(1)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        return parse_spec(json.loads(row.spec), f"agent {name} v{row.version}")
+
+    # ------------------------------------------------------------ runs
+
+    async def create_run(
+        self, spec: AgentSpec, input: str | None, *, parent_id: str | None = None
+    ) -> str:
+        version = await self.save_agent(spec)
+        run_id = new_id()
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                runs.insert().values(
+                    id=run_id, agent_name=spec.name, agent_version=version, parent_id=parent_id,
+                    status="queued", epoch=0, wake_at=now, last_seq=1, input=input,
+                    created_at=now, updated_at=now,
+                )
+            )
+            data = {"input": input, "agent": {"name": spec.name, "version": version}}
+            if parent_id:
+                data["parent_id"] = parent_id
+            await conn.execute(
+                events.insert().values(run_id=run_id, seq=1, type=RUN_CREATED, ts=now, data=_dumps(data))
+            )
+        return run_id
+
+    async def get_run(self, run_id: str) -> RunRow:
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        if row is None:
+            raise RunNotFound(run_id)
+        return RunRow.from_row(row)
+
+    async def list_runs(
+        self, *, status: str | None = None, agent: str | None = None, limit: int = 100
+    ) -> list[RunRow]:
+        query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
+        if status:
+            query = query.where(runs.c.status == status)
+        if agent:
+            query = query.where(runs.c.agent_name == agent)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [RunRow.from_row(r) for r in rows]
+
+    async def load_events(
+        self, run_id: str, *, after: int = 0, limit: int | None = None
+    ) -> list[Event]:
+        query = (
+            sa.select(events.c.seq, events.c.type, events.c.ts, events.c.data)
+            .where(events.c.run_id == run_id, events.c.seq > after)
+            .order_by(events.c.seq)
+        )
+        if limit is not None:
+            query = query.limit(limit)
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return [Event(r.seq, r.type, r.ts, json.loads(r.data)) for r in rows]
+
+    # ------------------------------------------------------------ leases
+
+    async def claim(
+        self,
+        worker_id: str,
+        *,
+        limit: int,
+        lease_ttl: float,
+        now: float | None = None,
+        only: list[str] | None = None,
+    ) -> list[Claim]:
+        """Lease up to `limit` runnable runs, bumping each one's epoch.
+
+        PostgreSQL: FOR UPDATE SKIP LOCKED lets claimers pass each other;
+        SQLite: BEGIN IMMEDIATE serializes them.
+        """
+        if limit <= 0:
+            return []
+        now = time.time() if now is None else now
+        runnable = (
+            sa.select(runs.c.id)
+            .where(
+                runs.c.status.in_(ACTIVE_STATUSES),
+                runs.c.wake_at.is_not(None),
+                runs.c.wake_at <= now,
+                sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
+            )
+            .where(runs.c.id.in_(only) if only is not None else sa.true())
+            .order_by(runs.c.wake_at, runs.c.id)
+            .limit(limit)
+            .with_for_update(skip_locked=True)
+        )
+        crashes = sa.case(
+            (runs.c.lease_owner.is_(None), 0),
+            (runs.c.last_seq > runs.c.claim_seq, 1),
+            else_=runs.c.crashes + 1,
+        )
+        stmt = (
+            sa.update(runs)
+            .where(runs.c.id.in_(runnable.scalar_subquery()))
+            .values(
+                epoch=runs.c.epoch + 1,
+                lease_owner=worker_id,
+                lease_expires_at=now + lease_ttl,
+                status="running",
+                crashes=crashes,
+                updated_at=now,
+            )
+            .returning(
+                runs.c.id, runs.c.epoch, runs.c.crashes, runs.c.agent_name,
+                runs.c.agent_version, runs.c.cancel_requested,
+            )
+        )
+        async with self.engine.begin() as conn:
+            rows = (await conn.execute(stmt)).all()
+        return [
+            Claim(r.id, r.epoch, r.crashes, r.agent_name, r.agent_version, bool(r.cancel_requested))
+            for r in rows
+        ]
+
+    async def renew(
+        self, worker_id: str, run_ids: Iterable[str], *, lease_ttl: float
+    ) -> dict[str, bool]:
+        """Extend the leases of all of a worker's runs in one statement.
+
+        Returns {run_id: cancel_requested} for the runs it still holds; a run
+        missing from the answer was taken over and must be dropped.
+        """
+        ids = list(run_ids)
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(heartbeat_at=now)
+            )
+            if not ids:
+                return {}
+            rows = (
+                await conn.execute(
+                    sa.update(runs)
+                    .where(runs.c.lease_owner == worker_id, runs.c.id.in_(ids))
+                    .values(lease_expires_at=now + lease_ttl)
+                    .returning(runs.c.id, runs.c.cancel_requested)
+                )
+            ).all()
+        return {r.id: bool(r.cancel_requested) for r in rows}
+
+    async def release(
+        self, run_id: str, epoch: int, *, wake_at: float | None, status: str
+    ) -> bool:
+        """Give up the lease; the run becomes claimable at `wake_at` (None: on a signal)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id, runs.c.epoch == epoch)
+                .values(
+                    lease_owner=None, lease_expires_at=None, wake_at=wake_at,
+                    status=status, updated_at=time.time(),
+                )
+            )
+        return result.rowcount == 1
+
+    # ------------------------------------------------------------ journal
+
+    async def append(
+        self,
+        run_id: str,
+        epoch: int | None,
+        new_events: list[tuple[str, dict[str, Any]]],
+        *,
+        projection: dict[str, Any] | None = None,
+        conn: AsyncConnection | None = None,
+    ) -> list[Event]:
+        """Append events with gap-free seq, fenced by `epoch` (None: unfenced signal).
+
+        Raises Fenced when the epoch is stale; nothing is written then.
+        """
+        if conn is None:
+            async with self.engine.begin() as own:
+                return await self.append(run_id, epoch, new_events, projection=projection, conn=own)
+        now = time.time()
+        values: dict[str, Any] = {"last_seq": runs.c.last_seq + len(new_events), "updated_at": now}
+        for key, value in (projection or {}).items():
+            values[key] = _dumps(value) if key == "error" and value is not None else value
+        where = [runs.c.id == run_id]
+        if epoch is not None:
+            where.append(runs.c.epoch == epoch)
+        row = (
+            await conn.execute(
+                sa.update(runs).where(*where).values(**values).returning(runs.c.last_seq)
+            )
+        ).first()
+        if row is None:
+            exists = (await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))).first()
+            if exists is None:
+                raise RunNotFound(run_id)
+            raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
+        first = int(row.last_seq) - len(new_events) + 1
+        out = [Event(first + i, kind, now, data) for i, (kind, data) in enumerate(new_events)]
+        if not out:
+            return out
+        await conn.execute(
+            events.insert(),
+            [
+                {"run_id": run_id, "seq": e.seq, "type": e.type, "ts": e.ts, "data": _dumps(e.data)}
+                for e in out
+            ],
+        )
+        return out
+
+    # ------------------------------------------------------------ signals
+
+    async def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
+        """Cancel a run: at once if no live worker holds it, else ask its worker.
+
+        Returns "cancelled", "requested", or the terminal status it already had.
+        """
+        now = time.time()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(run_id)
+            run = RunRow.from_row(row)
+            if run.status in TERMINAL_STATUSES:
+                return run.status
+            held = run.lease_owner is not None and (run.lease_expires_at or 0) >= now
+            if held:
+                await conn.execute(
+                    sa.update(runs).where(runs.c.id == run_id).values(cancel_requested=True)
+                )
+                return "requested"
+            await conn.execute(
+                sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+            )
+            await self.append(
+                run_id, run.epoch + 1, [(RUN_CANCELLED, {"reason": reason})],
+                projection={
+                    "status": "cancelled", "wake_at": None, "lease_owner": None,
+                    "lease_expires_at": None, "cancel_requested": True,
+                    "error": {"reason": "cancelled", "message": reason},
+                },
+                conn=conn,
+            )
+            return "cancelled"
+
+    # ------------------------------------------------------------ workers
+
+    async def register_worker(self, worker_id: str) -> None:
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                workers.insert().values(
+                    id=worker_id, hostname=socket.gethostname(), pid=os.getpid(),
+                    started_at=now, heartbeat_at=now,
+                )
+            )
+
+    async def stop_worker(self, worker_id: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(stopped_at=time.time())
+            )

@@ -1,0 +1,57 @@
+"""The tool protocol shared by every kind of tool."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from everruns.providers.base import ToolSchema
+
+
+@dataclass(frozen=True)
+class ToolContext:
+    """What a tool knows about the call it serves.
+
+    `idempotency_key` is the same on every attempt of one tool call, so an
+    idempotent tool can pass it to the API it calls and never act twice.
+    """
+
+    run_id: str
+    tool_call_id: str
+    idempotency_key: str
+    attempt: int
+
+
+class ToolError(Exception):
+    """Raise from a tool to report a failure to the model (not a crash)."""
+
+
+Invoke = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]
+
+
+@dataclass(frozen=True)
+class Tool:
+    name: str
+    description: str
+    parameters: dict[str, Any]
+    effect: str
+    invoke: Invoke
+    timeout: float | None = None
+
+    @property
+    def schema(self) -> ToolSchema:
+        return ToolSchema(self.name, self.description, self.parameters)
+
+
+def render_output(value: Any) -> str:
+    """Tool results reach the model as text; structured values become JSON."""
+    if isinstance(value, str):
+        return value
+    if value is None:
+        return ""
+    try:
+        return json.dumps(value, ensure_ascii=False, default=str)
+    except (TypeError, ValueError):
+        return str(value)
