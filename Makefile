@@ -33,7 +33,7 @@ bench: install
 	$(PY) bench/bench_engine.py
 
 soak: install
-	$(PY) -m pytest -q -ra -m soak --run-soak tests
+	$(PY) -m pytest -q -ra -m soak tests
 
 clean:
 	rm -rf $(VENV) .everruns .pytest_cache .mypy_cache .ruff_cache test-artifacts

@@ -35,7 +35,9 @@ def _need_pg() -> None:
         return
     if REQUIRE_PG:
         pytest.fail(f"PostgreSQL is required here but unreachable at {PG_ADMIN_URL}: {_PG_PROBLEM}")
-    pytest.skip(f"PostgreSQL unreachable at {PG_ADMIN_URL} (set EVERRUNS_REQUIRE_POSTGRES=1 to fail)")
+    pytest.skip(
+        f"PostgreSQL unreachable at {PG_ADMIN_URL} (set EVERRUNS_REQUIRE_POSTGRES=1 to fail)"
+    )
 
 
 def _base(url: str) -> str:

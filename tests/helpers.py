@@ -21,35 +21,50 @@ TOOLING = Path(__file__).parent / "tooling"
 def env_for(db_url: str, **extra: str) -> dict[str, str]:
     env = dict(os.environ)
     env["EVERRUNS_DATABASE_URL"] = db_url
-    env["PYTHONPATH"] = os.pathsep.join([str(TOOLING), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    env["PYTHONPATH"] = os.pathsep.join([str(TOOLING), env.get("PYTHONPATH", "")]).rstrip(
+        os.pathsep
+    )
     env.pop("EVERRUNS_CRASH_AT", None)
     env.update(extra)
     return env
 
 
-def write_agent(path: Path, responses: list[dict[str, Any]], tools: list[Any] | None = None,
-                **fields: Any) -> Path:
-    spec = {"name": fields.pop("name", "test-agent"),
-            "model": {"provider": "scripted", "responses": responses},
-            "tools": tools or [], **fields}
+def write_agent(
+    path: Path, responses: list[dict[str, Any]], tools: list[Any] | None = None, **fields: Any
+) -> Path:
+    spec = {
+        "name": fields.pop("name", "test-agent"),
+        "model": {"provider": "scripted", "responses": responses},
+        "tools": tools or [],
+        **fields,
+    }
     path.write_text(yaml.safe_dump(spec, sort_keys=False))
     return path
 
 
-def cli(*args: str, env: dict[str, str], cwd: Path | None = None,
-        timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def cli(
+    *args: str, env: dict[str, str], cwd: Path | None = None, timeout: float = 60
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [sys.executable, "-m", "everruns.cli", *args], env=env, cwd=cwd,
-        capture_output=True, text=True, timeout=timeout,
+        [sys.executable, "-m", "everruns.cli", *args],
+        env=env,
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 
-def start_worker(env: dict[str, str], *args: str, cwd: Path | None = None,
-                 log: Path | None = None) -> subprocess.Popen[bytes]:
+def start_worker(
+    env: dict[str, str], *args: str, cwd: Path | None = None, log: Path | None = None
+) -> subprocess.Popen[bytes]:
     out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
     return subprocess.Popen(
         [sys.executable, "-m", "everruns.cli", "worker", *args],
-        env=env, cwd=cwd, stdout=out, stderr=out,
+        env=env,
+        cwd=cwd,
+        stdout=out,
+        stderr=out,
     )
 
 
@@ -69,8 +84,12 @@ def read_ledger(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
-async def wait_until(predicate: Callable[[], Awaitable[bool]], timeout: float = 30,
-                     interval: float = 0.1, what: str = "condition") -> None:
+async def wait_until(
+    predicate: Callable[[], Awaitable[bool]],
+    timeout: float = 30,
+    interval: float = 0.1,
+    what: str = "condition",
+) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         if await predicate():

@@ -25,8 +25,9 @@ def agent(tmp_path: Path) -> Path:
 
 def test_bad_spec_exits_2_and_names_the_field(tmp_path: Path, sqlite_url: str) -> None:
     bad = tmp_path / "bad.yaml"
-    bad.write_text("name: x\nmodel: {provider: scripted, responses: [{text: hi}]}\n"
-                   "limits: {max_steps: lots}\n")
+    bad.write_text(
+        "name: x\nmodel: {provider: scripted, responses: [{text: hi}]}\nlimits: {max_steps: lots}\n"
+    )
     result = cli("start", str(bad), "--input", "x", env=env_for(sqlite_url))
     assert result.returncode == 2, result.stderr
     assert "limits.max_steps" in result.stderr
@@ -57,8 +58,17 @@ def test_run_json_streams_events_with_run_id(agent: Path, sqlite_url: str, tmp_p
     assert result.returncode == 0, result.stderr
     events = [json.loads(line) for line in result.stdout.splitlines()]
     types = [e["type"] for e in events]
-    assert types == ["run.created", "run.started", "llm.started", "llm.completed", "tool.started",
-                     "tool.completed", "llm.started", "llm.completed", "run.completed"]
+    assert types == [
+        "run.created",
+        "run.started",
+        "llm.started",
+        "llm.completed",
+        "tool.started",
+        "tool.completed",
+        "llm.started",
+        "llm.completed",
+        "run.completed",
+    ]
     assert {e["run_id"] for e in events} == {events[0]["run_id"]}
     assert [e["seq"] for e in events] == list(range(1, 10))
     assert events[-1]["data"]["result"] == "All done."
@@ -71,8 +81,11 @@ def test_run_json_streams_events_with_run_id(agent: Path, sqlite_url: str, tmp_p
 
 
 def test_failed_run_exits_1_with_reason(tmp_path: Path, sqlite_url: str) -> None:
-    spec = write_agent(tmp_path / "a.yaml", [{"tool_calls": [{"name": "explode", "arguments":
-                       {"message": "kaboom"}}]}], [{"python": "ledgertools:explode"}])
+    spec = write_agent(
+        tmp_path / "a.yaml",
+        [{"tool_calls": [{"name": "explode", "arguments": {"message": "kaboom"}}]}],
+        [{"python": "ledgertools:explode"}],
+    )
     result = cli("run", str(spec), "--input", "x", "--json", env=env_for(sqlite_url))
     assert result.returncode == 1
     events = [json.loads(line) for line in result.stdout.splitlines()]
@@ -89,10 +102,14 @@ def test_start_worker_follow_ls(agent: Path, db_url: str, tmp_path: Path) -> Non
     run_id = started.stdout.strip()
     assert run_id.startswith("run_")
     queued = json.loads(cli("ls", "--status", "queued", "--json", env=env).stdout)
-    assert [(r["id"], r["agent"], r["status"]) for r in queued] == [(run_id, "test-agent", "queued")]
+    assert [(r["id"], r["agent"], r["status"]) for r in queued] == [
+        (run_id, "test-agent", "queued")
+    ]
     follower = subprocess.Popen(
         [sys.executable, "-m", "everruns.cli", "events", run_id, "--follow", "--json"],
-        env=env, stdout=subprocess.PIPE, text=True,
+        env=env,
+        stdout=subprocess.PIPE,
+        text=True,
     )
     worker = start_worker(env, "--lease-ttl", "2", "--poll-interval", "0.1")
     try:
@@ -132,7 +149,10 @@ def test_cancel_queued_and_running(tmp_path: Path, db_url: str) -> None:
         assert time.monotonic() - t0 < 15  # the 60 s LLM call was interrupted
         status = json.loads(cli("status", running_id, "--json", env=env).stdout)
         assert status["status"] == "cancelled"
-        types = [json.loads(x)["type"] for x in cli("events", running_id, "--json", env=env).stdout.splitlines()]
+        types = [
+            json.loads(x)["type"]
+            for x in cli("events", running_id, "--json", env=env).stdout.splitlines()
+        ]
         assert types[-1] == "run.cancelled"
         assert "llm.completed" not in types
     finally:

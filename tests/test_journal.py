@@ -8,8 +8,12 @@ from everruns import journal as j
 from everruns.spec import parse_spec
 
 SPEC = parse_spec(
-    {"name": "a", "model": {"provider": "scripted", "responses": [{"text": "x"}]},
-     "limits": {"max_steps": 10}, "retry": {"max_attempts": 3}}
+    {
+        "name": "a",
+        "model": {"provider": "scripted", "responses": [{"text": "x"}]},
+        "limits": {"max_steps": 10},
+        "retry": {"max_attempts": 3},
+    }
 )
 
 
@@ -47,7 +51,9 @@ def test_llm_call_in_flight_at_crash_is_repeated_with_next_attempt() -> None:
 
 def test_text_answer_completes() -> None:
     jr = Journal().add(j.RUN_CREATED, input="hi").add(j.LLM_STARTED, attempt=1)
-    jr.add(j.LLM_COMPLETED, message=assistant("done"), usage={"input_tokens": 3, "output_tokens": 2})
+    jr.add(
+        j.LLM_COMPLETED, message=assistant("done"), usage={"input_tokens": 3, "output_tokens": 2}
+    )
     state = jr.state
     assert j.decide(state, SPEC, 1.0) == j.Complete("done")
     assert state.usage["total_tokens"] == 5
@@ -56,7 +62,10 @@ def test_text_answer_completes() -> None:
 
 def test_unfinished_tool_calls_planned_by_effect() -> None:
     jr = Journal().add(j.RUN_CREATED, input="hi").add(j.LLM_STARTED, attempt=1)
-    jr.add(j.LLM_COMPLETED, message=assistant(calls=[("c1", "amo"), ("c2", "idem"), ("c3", "amo"), ("c4", "x")]))
+    jr.add(
+        j.LLM_COMPLETED,
+        message=assistant(calls=[("c1", "amo"), ("c2", "idem"), ("c3", "amo"), ("c4", "x")]),
+    )
     jr.add(j.TOOL_STARTED, call_id="c1", attempt=1, effect="at_most_once")
     jr.add(j.TOOL_STARTED, call_id="c2", attempt=1, effect="idempotent")
     jr.add(j.TOOL_STARTED, call_id="c4", attempt=1, effect="pure")
@@ -75,7 +84,9 @@ def test_tool_results_enter_transcript_in_call_order() -> None:
     jr.add(j.TOOL_FAILED, call_id="c1", name="t", error="boom")
     tools = [m for m in jr.state.messages if m["role"] == "tool"]
     assert [(m["tool_call_id"], m["content"], m["is_error"]) for m in tools] == [
-        ("c1", "boom", True), ("c2", "two", False)]
+        ("c1", "boom", True),
+        ("c2", "two", False),
+    ]
     assert j.decide(jr.state, SPEC, 1.0) == j.Reason(attempt=1)
 
 
@@ -116,16 +127,27 @@ def test_non_retryable_failure_fails_fast() -> None:
 
 
 def test_limits_stop_before_the_next_call() -> None:
-    spec = parse_spec({"name": "a", "model": {"provider": "scripted", "responses": [{"text": "x"}]},
-                       "limits": {"max_tokens": 100, "deadline": "10s", "max_steps": 2}})
+    spec = parse_spec(
+        {
+            "name": "a",
+            "model": {"provider": "scripted", "responses": [{"text": "x"}]},
+            "limits": {"max_tokens": 100, "deadline": "10s", "max_steps": 2},
+        }
+    )
     jr = Journal().add(j.RUN_CREATED, input="hi").add(j.LLM_STARTED, attempt=1)
-    jr.add(j.LLM_COMPLETED, message=assistant(calls=[("c1", "t")]),
-           usage={"input_tokens": 90, "output_tokens": 20})
+    jr.add(
+        j.LLM_COMPLETED,
+        message=assistant(calls=[("c1", "t")]),
+        usage={"input_tokens": 90, "output_tokens": 20},
+    )
     jr.add(j.TOOL_COMPLETED, call_id="c1", output="ok")
     atom = j.decide(jr.state, spec, 1.0)
     assert isinstance(atom, j.Fail) and atom.reason == "budget_exceeded"
-    assert j.decide(jr.state, spec.model_copy(update={"limits": spec.limits.model_copy(
-        update={"max_tokens": None})}), 11.0) == j.Fail("deadline_exceeded", "deadline of 10s reached")
+    assert j.decide(
+        jr.state,
+        spec.model_copy(update={"limits": spec.limits.model_copy(update={"max_tokens": None})}),
+        11.0,
+    ) == j.Fail("deadline_exceeded", "deadline of 10s reached")
 
 
 def test_fold_is_deterministic() -> None:

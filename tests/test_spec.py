@@ -26,8 +26,14 @@ def test_model_object_with_fallbacks() -> None:
             "model": {
                 "provider": "anthropic",
                 "name": "claude-sonnet-4-5",
-                "fallbacks": ["openai:gpt-4.1", {"provider": "openai-compatible", "name": "local",
-                                                 "base_url": "http://localhost:8080/v1"}],
+                "fallbacks": [
+                    "openai:gpt-4.1",
+                    {
+                        "provider": "openai-compatible",
+                        "name": "local",
+                        "base_url": "http://localhost:8080/v1",
+                    },
+                ],
             },
         }
     )

@@ -40,9 +40,12 @@ T = TypeVar("T")
 
 DbOption = Annotated[
     str | None,
-    typer.Option("--db", envvar="EVERRUNS_DATABASE_URL",
-                 help="Database URL (sqlite:///path or postgresql://...). "
-                      "Default: sqlite:///.everruns/everruns.db"),
+    typer.Option(
+        "--db",
+        envvar="EVERRUNS_DATABASE_URL",
+        help="Database URL (sqlite:///path or postgresql://...). "
+        "Default: sqlite:///.everruns/everruns.db",
+    ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
 InputOption = Annotated[str | None, typer.Option("--input", "-i", help="The user message.")]
@@ -107,7 +110,9 @@ def validate(spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")]) -
 
     async def go() -> None:
         loaded = _load_checked(spec)
-        out.print(f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)")
+        out.print(
+            f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)"
+        )
 
     _run_async(go)
 
@@ -229,10 +234,15 @@ def worker(
     async def go() -> None:
         store = await Store.open(db)
         w = Worker(
-            store, concurrency=concurrency, lease_ttl=lease_ttl, poll_interval=poll_interval,
-            max_crashes=max_crashes, shutdown_grace=shutdown_grace,
+            store,
+            concurrency=concurrency,
+            lease_ttl=lease_ttl,
+            poll_interval=poll_interval,
+            max_crashes=max_crashes,
+            shutdown_grace=shutdown_grace,
             on_claim=lambda c: logging.getLogger("everruns.worker").info(
-                "claimed %s (epoch %d)", c.run_id, c.epoch),
+                "claimed %s (epoch %d)", c.run_id, c.epoch
+            ),
         )
         _install_stop_handlers(w.stop)
         logging.getLogger("everruns.worker").info(
@@ -290,7 +300,9 @@ def events(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     db: DbOption = None,
     json_out: JsonOption = False,
-    follow: Annotated[bool, typer.Option("--follow", "-f", help="Wait for new events until the run ends.")] = False,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Wait for new events until the run ends.")
+    ] = False,
     after: Annotated[int, typer.Option(help="Only events with seq greater than this.")] = 0,
 ) -> None:
     """Print a run's journal."""
@@ -346,8 +358,13 @@ def list_runs(
         table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
         for r in rows:
             table.add_row(
-                r.id, r.agent_name, r.status, str(r.steps), str(r.input_tokens + r.output_tokens),
-                f"${r.cost_usd:.4f}", format_status_time(r.created_at),
+                r.id,
+                r.agent_name,
+                r.status,
+                str(r.steps),
+                str(r.input_tokens + r.output_tokens),
+                f"${r.cost_usd:.4f}",
+                format_status_time(r.created_at),
             )
         out.print(table)
 

@@ -197,15 +197,25 @@ def apply(state: State, event: Event) -> State:
         _finish_call(
             state,
             data["call_id"],
-            {"role": "tool", "tool_call_id": data["call_id"], "name": data.get("name"),
-             "content": data.get("output", ""), "is_error": False},
+            {
+                "role": "tool",
+                "tool_call_id": data["call_id"],
+                "name": data.get("name"),
+                "content": data.get("output", ""),
+                "is_error": False,
+            },
         )
     elif kind == TOOL_FAILED:
         _finish_call(
             state,
             data["call_id"],
-            {"role": "tool", "tool_call_id": data["call_id"], "name": data.get("name"),
-             "content": data.get("error", "tool failed"), "is_error": True},
+            {
+                "role": "tool",
+                "tool_call_id": data["call_id"],
+                "name": data.get("name"),
+                "content": data.get("error", "tool failed"),
+                "is_error": True,
+            },
         )
     elif kind == RUN_WAITING:
         state.status = "waiting"
@@ -310,7 +320,9 @@ def _plan_calls(state: State, effects: dict[str, str]) -> Act:
     return Act(plans)
 
 
-def decide(state: State, spec: AgentSpec, now: float, effects: dict[str, str] | None = None) -> Atom:
+def decide(
+    state: State, spec: AgentSpec, now: float, effects: dict[str, str] | None = None
+) -> Atom:
     """What to do next. `effects` maps tool name to its declared effect class."""
     if state.terminal:
         return Idle()

@@ -38,7 +38,9 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         if message.get("content"):
             parts.append(_short(message["content"]))
         if calls:
-            parts.append("→ " + ", ".join(f"{c['name']}({_short(c.get('arguments'), 40)})" for c in calls))
+            parts.append(
+                "→ " + ", ".join(f"{c['name']}({_short(c.get('arguments'), 40)})" for c in calls)
+            )
         parts.append(f"[{usage.get('input_tokens', 0)}+{usage.get('output_tokens', 0)} tok]")
         return " ".join(parts)
     if kind == "llm.failed":

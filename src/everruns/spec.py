@@ -185,7 +185,9 @@ class SpecError(Exception):
     def __init__(self, source: str, problems: list[tuple[str, str]]):
         self.source = source
         self.problems = problems
-        lines = [f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems]
+        lines = [
+            f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems
+        ]
         super().__init__("\n".join(lines))
 
 
@@ -230,5 +232,7 @@ def load_spec(path: str | Path) -> AgentSpec:
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]) from None
+        raise SpecError(
+            source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
     return parse_spec(data, source)

@@ -20,9 +20,14 @@ def _record(tool_name: str, key: str, ctx: ToolContext, sleep: float) -> str:
         time.sleep(sleep / 2)
     path = os.environ.get("EVERRUNS_TEST_LEDGER")
     if path:
-        entry = {"tool": tool_name, "key": key, "call_id": ctx.tool_call_id,
-                 "idempotency_key": ctx.idempotency_key, "attempt": ctx.attempt,
-                 "pid": os.getpid()}
+        entry = {
+            "tool": tool_name,
+            "key": key,
+            "call_id": ctx.tool_call_id,
+            "idempotency_key": ctx.idempotency_key,
+            "attempt": ctx.attempt,
+            "pid": os.getpid(),
+        }
         with open(path, "a", encoding="utf-8") as fh:
             fh.write(json.dumps(entry) + "\n")
             fh.flush()

@@ -73,7 +73,9 @@ class RunRunner:
             crashpoints.hit(f"before:{kind}")
             expected = self.state.last_seq + 1
             (event,) = await self.store.append(
-                self.run_id, self.epoch, [(kind, data)],
+                self.run_id,
+                self.epoch,
+                [(kind, data)],
                 projection={**_projection(self._preview(kind, data)), **projection},
             )
             if event.seq == expected:
@@ -90,7 +92,8 @@ class RunRunner:
             return self.state
         preview = j.State(
             steps=self.state.steps + (kind == j.LLM_COMPLETED),
-            input_tokens=self.state.input_tokens, output_tokens=self.state.output_tokens,
+            input_tokens=self.state.input_tokens,
+            output_tokens=self.state.output_tokens,
             cost_usd=self.state.cost_usd,
         )
         j._add_usage(preview, data.get("usage"))
@@ -110,7 +113,9 @@ class RunRunner:
         except asyncio.CancelledError:
             await self._on_stop()
         except Fenced:
-            log.warning("run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch)
+            log.warning(
+                "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
+            )
 
     async def _on_stop(self) -> None:
         reason = self.stop_reason
@@ -119,22 +124,30 @@ class RunRunner:
                 await asyncio.shield(self._finish_cancelled())
             elif reason == StopReason.SHUTDOWN:
                 await asyncio.shield(
-                    self.store.release(self.run_id, self.epoch, wake_at=time.time(), status="queued")
+                    self.store.release(
+                        self.run_id, self.epoch, wake_at=time.time(), status="queued"
+                    )
                 )
         except Fenced:
             pass
 
     async def _finish_cancelled(self) -> None:
         await self.append(
-            j.RUN_CANCELLED, {"reason": "cancelled by user"},
-            status="cancelled", wake_at=None, lease_owner=None, lease_expires_at=None,
+            j.RUN_CANCELLED,
+            {"reason": "cancelled by user"},
+            status="cancelled",
+            wake_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
             error={"reason": "cancelled", "message": "cancelled by user"},
         )
 
     async def _run(self) -> None:
         self.state = j.fold(await self.store.load_events(self.run_id))
         if self.state.terminal:
-            await self.store.release(self.run_id, self.epoch, wake_at=None, status=self.state.status)
+            await self.store.release(
+                self.run_id, self.epoch, wake_at=None, status=self.state.status
+            )
             return
         if self.claim.cancel_requested:
             await self._finish_cancelled()
@@ -155,8 +168,12 @@ class RunRunner:
             return
         started = await self.append(
             j.RUN_STARTED,
-            {"worker": self.options.worker_id, "epoch": self.epoch,
-             "takeover": self.state.starts > 0, "crashes": self.claim.crashes},
+            {
+                "worker": self.options.worker_id,
+                "epoch": self.epoch,
+                "takeover": self.state.starts > 0,
+                "crashes": self.claim.crashes,
+            },
             status="running",
         )
         await self.store.append(self.run_id, self.epoch, [], projection={"claim_seq": started.seq})
@@ -167,7 +184,9 @@ class RunRunner:
         effects = {name: t.effect for name, t in self.tools.items()}
         while True:
             if self.draining:
-                await self.store.release(self.run_id, self.epoch, wake_at=time.time(), status="queued")
+                await self.store.release(
+                    self.run_id, self.epoch, wake_at=time.time(), status="queued"
+                )
                 return
             atom = j.decide(self.state, self.spec, time.time(), effects)
             if isinstance(atom, j.Reason):
@@ -176,9 +195,13 @@ class RunRunner:
                 await self.act(atom)
             elif isinstance(atom, j.Complete):
                 await self.append(
-                    j.RUN_COMPLETED, {"result": atom.result},
-                    status="completed", result=atom.result, wake_at=None,
-                    lease_owner=None, lease_expires_at=None,
+                    j.RUN_COMPLETED,
+                    {"result": atom.result},
+                    status="completed",
+                    result=atom.result,
+                    wake_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
                 )
                 return
             elif isinstance(atom, j.Fail):
@@ -190,7 +213,9 @@ class RunRunner:
                     await asyncio.sleep(max(0.0, delay))
                     continue
                 await self.append(j.RUN_WAITING, {"reason": atom.reason, "wake_at": atom.until})
-                await self.store.release(self.run_id, self.epoch, wake_at=atom.until, status="waiting")
+                await self.store.release(
+                    self.run_id, self.epoch, wake_at=atom.until, status="waiting"
+                )
                 return
             else:  # Idle: wait for a signal without holding a worker
                 await self.store.release(self.run_id, self.epoch, wake_at=None, status="waiting")
@@ -199,8 +224,13 @@ class RunRunner:
     async def fail(self, reason: str, message: str) -> None:
         error = {"reason": reason, "message": message}
         await self.append(
-            j.RUN_FAILED, {"error": message, "reason": reason},
-            status="failed", error=error, wake_at=None, lease_owner=None, lease_expires_at=None,
+            j.RUN_FAILED,
+            {"error": message, "reason": reason},
+            status="failed",
+            error=error,
+            wake_at=None,
+            lease_owner=None,
+            lease_expires_at=None,
         )
 
     # ------------------------------------------------------------ atoms
@@ -209,7 +239,8 @@ class RunRunner:
         assert self.spec is not None and self.provider is not None
         model = self.spec.model
         await self.append(
-            j.LLM_STARTED, {"attempt": atom.attempt, "step": self.state.steps + 1, "model": model.label}
+            j.LLM_STARTED,
+            {"attempt": atom.attempt, "step": self.state.steps + 1, "model": model.label},
         )
         request = LLMRequest(
             model=model,
@@ -232,14 +263,25 @@ class RunRunner:
                 retry_at = time.time() + delay
             await self.append(
                 j.LLM_FAILED,
-                {"attempt": atom.attempt, "error": exc.message, "class": exc.error_class,
-                 "retryable": exc.retryable, "retry_at": retry_at, "usage": exc.usage},
+                {
+                    "attempt": atom.attempt,
+                    "error": exc.message,
+                    "class": exc.error_class,
+                    "retryable": exc.retryable,
+                    "retry_at": retry_at,
+                    "usage": exc.usage,
+                },
             )
             return
         await self.append(
             j.LLM_COMPLETED,
-            {"attempt": atom.attempt, "message": response.message, "usage": response.usage,
-             "model": response.model or model.label, "stop_reason": response.stop_reason},
+            {
+                "attempt": atom.attempt,
+                "message": response.message,
+                "usage": response.usage,
+                "model": response.model or model.label,
+                "stop_reason": response.stop_reason,
+            },
         )
 
     async def act(self, atom: j.Act) -> None:
@@ -264,8 +306,11 @@ class RunRunner:
         if tool is None:
             await self.append(
                 j.TOOL_FAILED,
-                {**base, "error": f"unknown tool {call.name!r}; available: "
-                                  f"{', '.join(sorted(self.tools)) or 'none'}"},
+                {
+                    **base,
+                    "error": f"unknown tool {call.name!r}; available: "
+                    f"{', '.join(sorted(self.tools)) or 'none'}",
+                },
             )
             return
         key = f"{self.run_id}:{call.id}"
@@ -273,15 +318,18 @@ class RunRunner:
             j.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
-        ctx = ToolContext(run_id=self.run_id, tool_call_id=call.id, idempotency_key=key,
-                          attempt=plan.attempt)
+        ctx = ToolContext(
+            run_id=self.run_id, tool_call_id=call.id, idempotency_key=key, attempt=plan.attempt
+        )
         try:
             if tool.timeout:
                 output = await asyncio.wait_for(tool.invoke(call.arguments, ctx), tool.timeout)
             else:
                 output = await tool.invoke(call.arguments, ctx)
         except TimeoutError:
-            await self.append(j.TOOL_FAILED, {**base, "error": f"timed out after {tool.timeout:g}s"})
+            await self.append(
+                j.TOOL_FAILED, {**base, "error": f"timed out after {tool.timeout:g}s"}
+            )
             return
         except ToolError as exc:
             await self.append(j.TOOL_FAILED, {**base, "error": str(exc)})

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
 import os
 import socket
@@ -98,7 +99,7 @@ class Worker:
         runner = RunRunner(self.store, claim, self.options, self.broker)
         task = asyncio.create_task(runner.run(), name=f"run-{claim.run_id}")
         self.active[claim.run_id] = (task, runner)
-        task.add_done_callback(lambda t, rid=claim.run_id: self._finished(rid, t))
+        task.add_done_callback(functools.partial(self._finished, claim.run_id))
         if self.on_claim is not None:
             self.on_claim(claim)
 

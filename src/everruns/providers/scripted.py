@@ -44,21 +44,30 @@ class ScriptedProvider:
                 on_delta(chunk)
                 await asyncio.sleep(0)
         tool_calls = [
-            {"id": tc.id or f"call_{request.step + 1}_{i + 1}", "name": tc.name,
-             "arguments": tc.arguments}
+            {
+                "id": tc.id or f"call_{request.step + 1}_{i + 1}",
+                "name": tc.name,
+                "arguments": tc.arguments,
+            }
             for i, tc in enumerate(scripted.tool_calls or [])
         ]
         message: dict = {"role": "assistant", "content": scripted.text}
         if tool_calls:
             message["tool_calls"] = tool_calls
         if scripted.usage is not None:
-            usage = {"input_tokens": scripted.usage.input_tokens,
-                     "output_tokens": scripted.usage.output_tokens}
+            usage = {
+                "input_tokens": scripted.usage.input_tokens,
+                "output_tokens": scripted.usage.output_tokens,
+            }
         else:
             prompt = request.system + "".join(str(m.get("content") or "") for m in request.messages)
-            usage = {"input_tokens": _estimate_tokens(prompt),
-                     "output_tokens": _estimate_tokens(scripted.text or str(tool_calls))}
+            usage = {
+                "input_tokens": _estimate_tokens(prompt),
+                "output_tokens": _estimate_tokens(scripted.text or str(tool_calls)),
+            }
         return LLMResponse(
-            message=message, usage=usage,
-            stop_reason="tool_use" if tool_calls else "end_turn", model="scripted",
+            message=message,
+            usage=usage,
+            stop_reason="tool_use" if tool_calls else "end_turn",
+            model="scripted",
         )

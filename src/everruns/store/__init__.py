@@ -3,4 +3,13 @@
 from everruns.store.database import resolve_url
 from everruns.store.store import Claim, Fenced, RunNotFound, RunRow, Store, StoreError, new_id
 
-__all__ = ["Claim", "Fenced", "RunNotFound", "RunRow", "Store", "StoreError", "new_id", "resolve_url"]
+__all__ = [
+    "Claim",
+    "Fenced",
+    "RunNotFound",
+    "RunRow",
+    "Store",
+    "StoreError",
+    "new_id",
+    "resolve_url",
+]

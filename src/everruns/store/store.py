@@ -102,15 +102,27 @@ class RunRow:
     def from_row(cls, row: Any) -> RunRow:
         m = row._mapping
         return cls(
-            id=m["id"], agent_name=m["agent_name"], agent_version=m["agent_version"],
-            parent_id=m["parent_id"], status=m["status"], epoch=m["epoch"],
-            lease_owner=m["lease_owner"], lease_expires_at=m["lease_expires_at"],
-            wake_at=m["wake_at"], last_seq=m["last_seq"], crashes=m["crashes"],
-            cancel_requested=bool(m["cancel_requested"]), steps=m["steps"],
-            input_tokens=m["input_tokens"], output_tokens=m["output_tokens"],
-            cost_usd=m["cost_usd"], input=m["input"], result=m["result"],
+            id=m["id"],
+            agent_name=m["agent_name"],
+            agent_version=m["agent_version"],
+            parent_id=m["parent_id"],
+            status=m["status"],
+            epoch=m["epoch"],
+            lease_owner=m["lease_owner"],
+            lease_expires_at=m["lease_expires_at"],
+            wake_at=m["wake_at"],
+            last_seq=m["last_seq"],
+            crashes=m["crashes"],
+            cancel_requested=bool(m["cancel_requested"]),
+            steps=m["steps"],
+            input_tokens=m["input_tokens"],
+            output_tokens=m["output_tokens"],
+            cost_usd=m["cost_usd"],
+            input=m["input"],
+            result=m["result"],
             error=json.loads(m["error"]) if m["error"] else None,
-            created_at=m["created_at"], updated_at=m["updated_at"],
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -183,7 +195,10 @@ class Store:
             version = 1 if latest is None else int(latest.version) + 1
             await conn.execute(
                 agents.insert().values(
-                    name=spec.name, version=version, spec=text, digest=digest,
+                    name=spec.name,
+                    version=version,
+                    spec=text,
+                    digest=digest,
                     created_at=time.time(),
                 )
             )
@@ -211,16 +226,26 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(
                 runs.insert().values(
-                    id=run_id, agent_name=spec.name, agent_version=version, parent_id=parent_id,
-                    status="queued", epoch=0, wake_at=now, last_seq=1, input=input,
-                    created_at=now, updated_at=now,
+                    id=run_id,
+                    agent_name=spec.name,
+                    agent_version=version,
+                    parent_id=parent_id,
+                    status="queued",
+                    epoch=0,
+                    wake_at=now,
+                    last_seq=1,
+                    input=input,
+                    created_at=now,
+                    updated_at=now,
                 )
             )
             data = {"input": input, "agent": {"name": spec.name, "version": version}}
             if parent_id:
                 data["parent_id"] = parent_id
             await conn.execute(
-                events.insert().values(run_id=run_id, seq=1, type=RUN_CREATED, ts=now, data=_dumps(data))
+                events.insert().values(
+                    run_id=run_id, seq=1, type=RUN_CREATED, ts=now, data=_dumps(data)
+                )
             )
         return run_id
 
@@ -306,8 +331,12 @@ class Store:
                 updated_at=now,
             )
             .returning(
-                runs.c.id, runs.c.epoch, runs.c.crashes, runs.c.agent_name,
-                runs.c.agent_version, runs.c.cancel_requested,
+                runs.c.id,
+                runs.c.epoch,
+                runs.c.crashes,
+                runs.c.agent_name,
+                runs.c.agent_version,
+                runs.c.cancel_requested,
             )
         )
         async with self.engine.begin() as conn:
@@ -343,17 +372,18 @@ class Store:
             ).all()
         return {r.id: bool(r.cancel_requested) for r in rows}
 
-    async def release(
-        self, run_id: str, epoch: int, *, wake_at: float | None, status: str
-    ) -> bool:
+    async def release(self, run_id: str, epoch: int, *, wake_at: float | None, status: str) -> bool:
         """Give up the lease; the run becomes claimable at `wake_at` (None: on a signal)."""
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.update(runs)
                 .where(runs.c.id == run_id, runs.c.epoch == epoch)
                 .values(
-                    lease_owner=None, lease_expires_at=None, wake_at=wake_at,
-                    status=status, updated_at=time.time(),
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    wake_at=wake_at,
+                    status=status,
+                    updated_at=time.time(),
                 )
             )
         return result.rowcount == 1
@@ -431,10 +461,15 @@ class Store:
                 sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
             )
             await self.append(
-                run_id, run.epoch + 1, [(RUN_CANCELLED, {"reason": reason})],
+                run_id,
+                run.epoch + 1,
+                [(RUN_CANCELLED, {"reason": reason})],
                 projection={
-                    "status": "cancelled", "wake_at": None, "lease_owner": None,
-                    "lease_expires_at": None, "cancel_requested": True,
+                    "status": "cancelled",
+                    "wake_at": None,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "cancel_requested": True,
                     "error": {"reason": "cancelled", "message": reason},
                 },
                 conn=conn,
@@ -448,8 +483,11 @@ class Store:
         async with self.engine.begin() as conn:
             await conn.execute(
                 workers.insert().values(
-                    id=worker_id, hostname=socket.gethostname(), pid=os.getpid(),
-                    started_at=now, heartbeat_at=now,
+                    id=worker_id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
                 )
             )
 

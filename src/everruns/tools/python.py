@@ -60,8 +60,9 @@ def _docstring_parts(fn: Callable[..., Any]) -> tuple[str, dict[str, str]]:
     return summary, params
 
 
-def from_function(fn: Callable[..., Any], *, effect: str | None = None,
-                  timeout: float | None = None) -> Tool:
+def from_function(
+    fn: Callable[..., Any], *, effect: str | None = None, timeout: float | None = None
+) -> Tool:
     meta = getattr(fn, _ATTR, {})
     tool_name = meta.get("name") or fn.__name__
     hints = get_type_hints(fn)
@@ -79,7 +80,7 @@ def from_function(fn: Callable[..., Any], *, effect: str | None = None,
         from pydantic import Field
 
         fields[pname] = (annotation, Field(default, description=param_docs.get(pname)))
-    args_model: type[BaseModel] = create_model(  # type: ignore[call-overload]
+    args_model: type[BaseModel] = create_model(
         f"{tool_name}_args", __config__=ConfigDict(extra="forbid"), **fields
     )
     schema = args_model.model_json_schema()
@@ -131,4 +132,4 @@ def load_function(path: str) -> Callable[..., Any]:
             raise ToolLoadError(f"module {module_name!r} has no attribute {attr!r}")
     if not callable(obj):
         raise ToolLoadError(f"{path!r} is not a function")
-    return obj  # type: ignore[no-any-return]
+    return obj
