@@ -58,7 +58,7 @@ def cli(
 def start_worker(
     env: dict[str, str], *args: str, cwd: Path | None = None, log: Path | None = None
 ) -> subprocess.Popen[bytes]:
-    out = open(log, "ab") if log else subprocess.DEVNULL  # noqa: SIM115
+    out = open(log, "ab") if log else subprocess.DEVNULL
     return subprocess.Popen(
         [sys.executable, "-m", "everruns.cli", "worker", *args],
         env=env,
