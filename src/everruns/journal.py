@@ -27,6 +27,7 @@ MESSAGE_USER = "message.user"
 LLM_STARTED = "llm.started"
 LLM_COMPLETED = "llm.completed"
 LLM_FAILED = "llm.failed"
+LLM_FALLBACK = "llm.fallback"
 TOOL_STARTED = "tool.started"
 TOOL_COMPLETED = "tool.completed"
 TOOL_FAILED = "tool.failed"
@@ -72,6 +73,7 @@ class State:
     inbox: list[dict[str, Any]] = field(default_factory=list)
     calls: list[CallState] = field(default_factory=list)
     llm_in_flight: bool = False
+    model: str | None = None  # label of the model of the latest LLM call
     steps: int = 0
     llm_calls: int = 0
     attempt: int = 0  # attempts of the current reason step
@@ -165,6 +167,7 @@ def apply(state: State, event: Event) -> State:
             state.fatal_error = None
     elif kind == LLM_STARTED:
         state.llm_in_flight = True
+        state.model = data.get("model", state.model)
         state.llm_calls += 1
         state.attempt = int(data.get("attempt", state.attempt + 1))
     elif kind == LLM_COMPLETED:

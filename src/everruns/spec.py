@@ -68,14 +68,37 @@ class ScriptedResponse(_Strict):
         return self
 
 
+class Timeouts(_Strict):
+    """Per LLM call: connect, read (between bytes), stream_idle (between deltas), total."""
+
+    connect: float = 10.0
+    read: float = 120.0
+    stream_idle: float = 90.0
+    total: float = 900.0
+
+    @field_validator("connect", "read", "stream_idle", "total", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class Pricing(_Strict):
+    """US dollars per million tokens."""
+
+    input: float = Field(ge=0)
+    output: float = Field(ge=0)
+
+
 class ModelSpec(_Strict):
     """Which model answers. Written as `provider:name` or as an object."""
 
-    provider: str
+    provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
     base_url: str | None = None
     api_key_env: str | None = None
     parameters: dict[str, Any] = Field(default_factory=dict)
+    timeouts: Timeouts = Field(default_factory=Timeouts)
+    pricing: Pricing | None = None
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)
 
@@ -96,6 +119,8 @@ class ModelSpec(_Strict):
                 raise ValueError("the scripted provider needs a non-empty `responses` list")
         elif self.name is None:
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
+        if self.provider == "openai-compatible" and not self.base_url:
+            raise ValueError("provider 'openai-compatible' needs a `base_url`")
         return self
 
     @property
@@ -149,12 +174,23 @@ class Limits(_Strict):
 
 
 class RetryPolicy(_Strict):
-    max_attempts: int = Field(default=5, ge=1)
-    initial_backoff: float = Field(default=1.0, ge=0)
-    max_backoff: float = Field(default=60.0, ge=0)
-    multiplier: float = Field(default=2.0, ge=1)
+    """LLM call retries, back-off, durable waits and the circuit breaker."""
 
-    @field_validator("initial_backoff", "max_backoff", mode="before")
+    max_attempts: int = Field(
+        default=8, ge=1, description="consecutive failed attempts of one step"
+    )
+    initial_backoff: float = Field(default=1.0, ge=0)
+    max_backoff: float = Field(default=300.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+    durable_wait_after: float = Field(
+        default=5.0, ge=0, description="waits longer than this release the worker"
+    )
+    breaker_threshold: int = Field(default=3, ge=1, description="consecutive failures that open it")
+    breaker_cooldown: float = Field(default=60.0, ge=0)
+
+    @field_validator(
+        "initial_backoff", "max_backoff", "durable_wait_after", "breaker_cooldown", mode="before"
+    )
     @classmethod
     def _durations(cls, value: Any) -> Any:
         return parse_duration(value)

@@ -9,15 +9,25 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 from everruns import journal as j
 from everruns.engine import crashpoints
 from everruns.engine.backoff import backoff_delay
 from everruns.engine.broker import Broker
-from everruns.providers import LLMRequest, Provider, ProviderError, get_provider
-from everruns.spec import AgentSpec
+from everruns.engine.models import (
+    acquire_rate_limits,
+    breaker_key,
+    candidates,
+    choose_model,
+    estimate_tokens,
+)
+from everruns.providers import LLMRequest, ProviderError, get_provider
+from everruns.providers.errors import BREAKER_CLASSES
+from everruns.providers.pricing import cost_usd, price_for
+from everruns.settings import Settings
+from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Claim, Fenced, Store
 from everruns.tools.base import Tool, ToolContext, ToolError, render_output
 from everruns.tools.registry import ToolSpecError, build_tools
@@ -29,7 +39,7 @@ log = logging.getLogger("everruns.engine")
 class RunnerOptions:
     worker_id: str
     max_crashes: int = 3
-    in_memory_wait: float = 5.0  # waits up to this long keep the lease; longer ones park
+    settings: Settings = field(default_factory=Settings)
 
 
 class StopReason:
@@ -63,7 +73,6 @@ class RunRunner:
         self._lock = asyncio.Lock()
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
-        self.provider: Provider | None = None
 
     # ------------------------------------------------------------ journal
 
@@ -162,7 +171,8 @@ class RunRunner:
             return
         try:
             self.tools = build_tools(self.spec)
-            self.provider = get_provider(self.spec.model)
+            for model in candidates(self.spec):
+                get_provider(model)
         except (ToolSpecError, ValueError) as exc:
             await self.fail("invalid_spec", str(exc))
             return
@@ -190,7 +200,11 @@ class RunRunner:
                 return
             atom = j.decide(self.state, self.spec, time.time(), effects)
             if isinstance(atom, j.Reason):
-                await self.reason(atom)
+                waiting = await self.reason(atom)
+                if waiting is not None:
+                    atom = waiting
+            if isinstance(atom, j.Reason):
+                pass
             elif isinstance(atom, j.Act):
                 await self.act(atom)
             elif isinstance(atom, j.Complete):
@@ -209,7 +223,7 @@ class RunRunner:
                 return
             elif isinstance(atom, j.Wait):
                 delay = atom.until - time.time()
-                if delay <= self.options.in_memory_wait:
+                if delay <= self.spec.retry.durable_wait_after:
                     await asyncio.sleep(max(0.0, delay))
                     continue
                 await self.append(j.RUN_WAITING, {"reason": atom.reason, "wake_at": atom.until})
@@ -235,9 +249,33 @@ class RunRunner:
 
     # ------------------------------------------------------------ atoms
 
-    async def reason(self, atom: j.Reason) -> None:
-        assert self.spec is not None and self.provider is not None
-        model = self.spec.model
+    async def reason(self, atom: j.Reason) -> j.Wait | None:
+        """One LLM call. Returns a Wait when no model may be called yet."""
+        assert self.spec is not None
+        retry = self.spec.retry
+        choice = await choose_model(self.store, self.spec)
+        if choice.model is None:
+            assert choice.wake_at is not None
+            return j.Wait(until=choice.wake_at, reason="circuit_breakers_open")
+        model = choice.model
+        previous = self.state.model or self.spec.model.label
+        if model.label != previous:
+            await self.append(
+                j.LLM_FALLBACK,
+                {
+                    "from": previous,
+                    "to": model.label,
+                    "reason": "breaker_open" if choice.skipped else "recovered",
+                    "skipped": list(choice.skipped),
+                },
+            )
+        messages = j.transcript(self.state)
+        estimate = estimate_tokens(self.spec.system_prompt, messages)
+        wait = await acquire_rate_limits(
+            self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
+        )
+        if wait:
+            return j.Wait(until=time.time() + wait, reason="rate_limited")
         await self.append(
             j.LLM_STARTED,
             {"attempt": atom.attempt, "step": self.state.steps + 1, "model": model.label},
@@ -245,7 +283,7 @@ class RunRunner:
         request = LLMRequest(
             model=model,
             system=self.spec.system_prompt,
-            messages=j.transcript(self.state),
+            messages=messages,
             tools=[t.schema for t in self.tools.values()],
             step=self.state.steps,
             attempt=atom.attempt,
@@ -254,35 +292,87 @@ class RunRunner:
         def on_delta(text: str) -> None:
             self.publish_ephemeral("llm.delta", {"attempt": atom.attempt, "text": text})
 
+        price = price_for(model, self.options.settings.prices)
         try:
-            response = await self.provider.complete(request, on_delta)
-        except ProviderError as exc:
-            retry_at = None
-            if exc.retryable:
-                delay = backoff_delay(self.spec.retry, self.state.failures + 1, exc.retry_after)
-                retry_at = time.time() + delay
-            await self.append(
-                j.LLM_FAILED,
-                {
-                    "attempt": atom.attempt,
-                    "error": exc.message,
-                    "class": exc.error_class,
-                    "retryable": exc.retryable,
-                    "retry_at": retry_at,
-                    "usage": exc.usage,
-                },
+            provider = get_provider(model)
+            response = await asyncio.wait_for(
+                provider.complete(request, on_delta), model.timeouts.total
             )
-            return
+        except (ProviderError, TimeoutError) as exc:
+            if isinstance(exc, TimeoutError):
+                exc = ProviderError(
+                    f"no complete answer within {model.timeouts.total:g}s (timeouts.total)",
+                    error_class="timeout",
+                )
+            await self._record_failure(atom, model, exc, price, estimate)
+            return None
+        usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
+        if model.provider != "scripted":
+            await self.store.record_outcome(
+                breaker_key(model),
+                ok=True,
+                threshold=retry.breaker_threshold,
+                cooldown=retry.breaker_cooldown,
+            )
+            await self._correct_rate(model, estimate, usage)
         await self.append(
             j.LLM_COMPLETED,
             {
                 "attempt": atom.attempt,
                 "message": response.message,
-                "usage": response.usage,
+                "usage": usage,
                 "model": response.model or model.label,
                 "stop_reason": response.stop_reason,
             },
         )
+        return None
+
+    async def _correct_rate(self, model: ModelSpec, estimate: int, usage: dict[str, Any]) -> None:
+        actual = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
+        for limit in self.options.settings.rate_limits_for(model):
+            if limit.tpm:
+                await self.store.charge_tokens(limit.key, actual - estimate)
+
+    async def _record_failure(
+        self, atom: j.Reason, model: ModelSpec, exc: ProviderError, price: Any, estimate: int
+    ) -> None:
+        assert self.spec is not None
+        retry = self.spec.retry
+        opened_until = None
+        if exc.error_class in BREAKER_CLASSES and model.provider != "scripted":
+            opened_until = await self.store.record_outcome(
+                breaker_key(model),
+                ok=False,
+                threshold=retry.breaker_threshold,
+                cooldown=retry.breaker_cooldown,
+            )
+        usage: dict[str, Any] = dict(exc.usage)
+        if usage:
+            usage["cost_usd"] = cost_usd(usage, price)
+            await self._correct_rate(model, estimate, usage)
+        retry_at = None
+        if exc.retryable:
+            has_fallback = opened_until is not None and len(candidates(self.spec)) > 1
+            delay = (
+                0.0
+                if has_fallback
+                else backoff_delay(retry, self.state.failures + 1, exc.retry_after)
+            )
+            retry_at = time.time() + delay
+        data: dict[str, Any] = {
+            "attempt": atom.attempt,
+            "model": model.label,
+            "error": exc.message,
+            "class": exc.error_class,
+            "retryable": exc.retryable,
+            "retry_at": retry_at,
+            "retry_after": exc.retry_after,
+            "status": exc.status,
+            "usage": usage,
+        }
+        if opened_until is not None:
+            data["breaker_open_until"] = opened_until
+        await self.append(j.LLM_FAILED, data)
 
     async def act(self, atom: j.Act) -> None:
         assert self.spec is not None

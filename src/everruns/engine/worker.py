@@ -17,6 +17,7 @@ from collections.abc import Callable
 
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
+from everruns.settings import Settings, load_settings
 from everruns.store import Claim, Store, new_id
 
 log = logging.getLogger("everruns.worker")
@@ -36,6 +37,7 @@ class Worker:
         worker_id: str | None = None,
         on_claim: Callable[[Claim], None] | None = None,
         only: list[str] | None = None,
+        settings: Settings | None = None,
     ):
         if lease_ttl <= 0:
             raise ValueError("lease_ttl must be positive")
@@ -46,7 +48,11 @@ class Worker:
         self.shutdown_grace = shutdown_grace
         self.broker = broker or Broker()
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[-8:]}"
-        self.options = RunnerOptions(worker_id=self.worker_id, max_crashes=max_crashes)
+        self.options = RunnerOptions(
+            worker_id=self.worker_id,
+            max_crashes=max_crashes,
+            settings=settings if settings is not None else load_settings(),
+        )
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}

@@ -16,13 +16,35 @@ class UnknownProvider(ValueError):
     pass
 
 
+_cache: dict[str, Provider] = {}
+
+
 def get_provider(model: ModelSpec) -> Provider:
-    """The provider implementation for a model spec."""
+    """The provider for a model spec; one per configuration per process, so HTTP
+    connections are shared by all the runs a worker executes."""
+    key = model.model_dump_json(exclude={"responses", "fallbacks"})
     if model.provider == "scripted":
         from everruns.providers.scripted import ScriptedProvider
 
         return ScriptedProvider()
-    raise UnknownProvider(f"unknown provider {model.provider!r} (available: scripted)")
+    if key in _cache:
+        return _cache[key]
+    provider: Provider
+    if model.provider in ("openai", "openai-compatible"):
+        from everruns.providers.openai_chat import OpenAIChatProvider
+
+        provider = OpenAIChatProvider(model)
+    elif model.provider == "anthropic":
+        from everruns.providers.anthropic_messages import AnthropicProvider
+
+        provider = AnthropicProvider(model)
+    else:
+        raise UnknownProvider(
+            f"unknown provider {model.provider!r} "
+            "(available: scripted, openai, anthropic, openai-compatible)"
+        )
+    _cache[key] = provider
+    return provider
 
 
 __all__ = [

@@ -8,13 +8,19 @@ Messages are plain dicts:
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import asyncio
+import json
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 from everruns.spec import ModelSpec
 
 DeltaCallback = Callable[[str], None]
+T = TypeVar("T")
+# Key under which unparseable tool-call arguments are kept, so the tool call
+# fails with a clear error the model can see instead of crashing the run.
+INVALID_ARGUMENTS = "__invalid_arguments__"
 
 
 @dataclass(frozen=True)
@@ -53,8 +59,10 @@ class ProviderError(Exception):
         retryable: bool = True,
         retry_after: float | None = None,
         usage: dict[str, int] | None = None,
+        status: int | None = None,
     ):
         super().__init__(message)
+        self.status = status
         self.message = message
         self.error_class = error_class
         self.retryable = retryable
@@ -64,3 +72,36 @@ class ProviderError(Exception):
 
 class Provider(Protocol):
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse: ...
+
+
+async def stream_with_idle_timeout(
+    stream: AsyncIterator[T], idle: float | None
+) -> AsyncIterator[T]:
+    """Yield from a stream, failing with `stream_broken` when no item comes for `idle` s."""
+    iterator = stream.__aiter__()
+    while True:
+        try:
+            if idle:
+                item = await asyncio.wait_for(iterator.__anext__(), idle)
+            else:
+                item = await iterator.__anext__()
+        except StopAsyncIteration:
+            return
+        except TimeoutError:
+            raise ProviderError(
+                f"the stream stalled: nothing received for {idle:g}s",
+                error_class="stream_broken",
+                retryable=True,
+            ) from None
+        yield item
+
+
+def parse_arguments(raw: str) -> dict[str, Any]:
+    """Tool-call arguments from the model's JSON text; invalid JSON is kept for the error."""
+    if not raw or not raw.strip():
+        return {}
+    try:
+        value = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        return {INVALID_ARGUMENTS: f"{exc.msg} at position {exc.pos}: {raw[:200]}"}
+    return value if isinstance(value, dict) else {INVALID_ARGUMENTS: f"not an object: {raw[:200]}"}

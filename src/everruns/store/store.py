@@ -28,6 +28,7 @@ from everruns.journal import (
 )
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import database
+from everruns.store.fleet import FleetState
 from everruns.store.schema import agents, events, runs, workers
 
 ACTIVE_STATUSES = ("queued", "running", "waiting")
@@ -151,7 +152,7 @@ class RunRow:
         }
 
 
-class Store:
+class Store(FleetState):
     """Async access to one database. Create with `await Store.open(url)`."""
 
     def __init__(self, engine: AsyncEngine, url: str):
@@ -181,11 +182,21 @@ class Store:
         """Store the spec as an immutable version; reuse the newest if identical."""
         text = _dumps(spec.to_dict())
         digest = hashlib.sha256(text.encode()).hexdigest()
+        for _ in range(50):
+            try:
+                return await self._save_agent_once(spec.name, text, digest)
+            except sa.exc.IntegrityError:
+                # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
+                # version first: look at the newest version again.
+                continue
+        return await self._save_agent_once(spec.name, text, digest)
+
+    async def _save_agent_once(self, name: str, text: str, digest: str) -> int:
         async with self.engine.begin() as conn:
             latest = (
                 await conn.execute(
                     sa.select(agents.c.version, agents.c.digest)
-                    .where(agents.c.name == spec.name)
+                    .where(agents.c.name == name)
                     .order_by(agents.c.version.desc())
                     .limit(1)
                 )
@@ -195,7 +206,7 @@ class Store:
             version = 1 if latest is None else int(latest.version) + 1
             await conn.execute(
                 agents.insert().values(
-                    name=spec.name,
+                    name=name,
                     version=version,
                     spec=text,
                     digest=digest,
@@ -445,7 +456,11 @@ class Store:
         """
         now = time.time()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+            # Lock the row (PostgreSQL), so a claim cannot slip in between this
+            # read and the epoch bump below; SQLite's BEGIN IMMEDIATE already does.
+            row = (
+                await conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
+            ).first()
             if row is None:
                 raise RunNotFound(run_id)
             run = RunRow.from_row(row)

@@ -1,0 +1,66 @@
+"""Which model answers next: fallbacks, circuit breakers and fleet-wide rate limits."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+
+from everruns.settings import Settings
+from everruns.spec import AgentSpec, ModelSpec
+from everruns.store import Store
+
+
+def breaker_key(model: ModelSpec) -> str:
+    return f"breaker:{model.provider}:{model.name}@{model.base_url or ''}"
+
+
+def candidates(spec: AgentSpec) -> list[ModelSpec]:
+    return [spec.model, *spec.model.fallbacks]
+
+
+@dataclass(frozen=True)
+class Choice:
+    model: ModelSpec | None  # None: every candidate's breaker is open
+    wake_at: float | None = None  # when the first breaker closes again
+    skipped: tuple[str, ...] = ()  # labels passed over because their breaker is open
+
+
+async def choose_model(store: Store, spec: AgentSpec) -> Choice:
+    """The first candidate whose breaker is closed (the primary as soon as it heals)."""
+    models = candidates(spec)
+    if len(models) == 1 and models[0].provider == "scripted":
+        return Choice(models[0])
+    open_until = await store.breakers_open([breaker_key(m) for m in models])
+    skipped: list[str] = []
+    for model in models:
+        if breaker_key(model) not in open_until:
+            return Choice(model, skipped=tuple(skipped))
+        skipped.append(model.label)
+    return Choice(None, wake_at=min(open_until.values()), skipped=tuple(skipped))
+
+
+def estimate_tokens(system: str, messages: list[dict[str, object]]) -> int:
+    """A provider-neutral estimate (about 4 characters a token) for rate limiting."""
+    chars = len(system) + sum(
+        len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages
+    )
+    return chars // 4 + 16
+
+
+async def acquire_rate_limits(
+    store: Store, settings: Settings, model: ModelSpec, tokens: int, *, max_sleep: float
+) -> float:
+    """Wait (in memory, up to `max_sleep`) for every matching fleet-wide bucket.
+
+    Returns 0.0 when granted, else the seconds until a retry may succeed (the
+    caller parks the run durably).
+    """
+    for limit in settings.rate_limits_for(model):
+        while True:
+            wait = await store.acquire_rate(limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens)
+            if wait == 0.0:
+                break
+            if wait > max_sleep:
+                return wait
+            await asyncio.sleep(wait)
+    return 0.0

@@ -1,0 +1,201 @@
+"""Anthropic Messages API, streaming. SDK retries are off: the engine retries."""
+
+from __future__ import annotations
+
+import json
+import os
+from typing import Any
+
+import anthropic
+import httpx2
+
+from everruns.providers.base import (
+    DeltaCallback,
+    LLMRequest,
+    LLMResponse,
+    ProviderError,
+    parse_arguments,
+    stream_with_idle_timeout,
+)
+from everruns.providers.errors import classify_status
+from everruns.spec import ModelSpec
+
+DEFAULT_MAX_TOKENS = 4096
+
+
+def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Our messages as Anthropic content blocks; tool results travel in user turns,
+    and consecutive turns of one role are merged (the API wants them alternating)."""
+    out: list[dict[str, Any]] = []
+
+    def push(role: str, blocks: list[dict[str, Any]]) -> None:
+        if out and out[-1]["role"] == role:
+            out[-1]["content"].extend(blocks)
+        else:
+            out.append({"role": role, "content": blocks})
+
+    for m in messages:
+        if m["role"] == "user":
+            push("user", [{"type": "text", "text": m["content"]}])
+        elif m["role"] == "assistant":
+            blocks: list[dict[str, Any]] = []
+            if m.get("content"):
+                blocks.append({"type": "text", "text": m["content"]})
+            for tc in m.get("tool_calls") or []:
+                blocks.append(
+                    {
+                        "type": "tool_use",
+                        "id": tc["id"],
+                        "name": tc["name"],
+                        "input": tc.get("arguments") or {},
+                    }
+                )
+            push("assistant", blocks or [{"type": "text", "text": ""}])
+        elif m["role"] == "tool":
+            push(
+                "user",
+                [
+                    {
+                        "type": "tool_result",
+                        "tool_use_id": m["tool_call_id"],
+                        "content": m["content"] or "",
+                        "is_error": bool(m.get("is_error")),
+                    }
+                ],
+            )
+    return out
+
+
+def _api_key(model: ModelSpec) -> str:
+    env = model.api_key_env or "ANTHROPIC_API_KEY"
+    key = os.environ.get(env)
+    if not key:
+        raise ProviderError(
+            f"environment variable {env} (the API key for {model.label}) is not set",
+            error_class="auth",
+            retryable=False,
+        )
+    return key
+
+
+def _translate(exc: Exception) -> ProviderError:
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, anthropic.APITimeoutError):
+        return ProviderError(f"timed out: {exc}", error_class="timeout", retryable=True)
+    if isinstance(exc, anthropic.APIConnectionError):
+        return ProviderError(f"connection failed: {exc}", error_class="connection", retryable=True)
+    if isinstance(exc, anthropic.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", {}) if isinstance(body, dict) else {}
+        error_type = err.get("type") if isinstance(err, dict) else None
+        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        return classify_status(exc.status_code, message, exc.response.headers, error_type)
+    if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | anthropic.APIError):
+        return ProviderError(
+            f"the stream broke: {type(exc).__name__}: {exc}",
+            error_class="stream_broken",
+            retryable=True,
+        )
+    raise exc
+
+
+class AnthropicProvider:
+    def __init__(self, model: ModelSpec):
+        t = model.timeouts
+        self.model = model
+        self._client: anthropic.AsyncAnthropic | None = None
+        self._timeout = httpx2.Timeout(t.read, connect=t.connect)
+
+    def _get_client(self) -> anthropic.AsyncAnthropic:
+        if self._client is None:
+            self._client = anthropic.AsyncAnthropic(
+                api_key=_api_key(self.model),
+                base_url=self.model.base_url,
+                max_retries=0,
+                timeout=self._timeout,
+            )
+        return self._client
+
+    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
+        try:
+            return await self._complete(request, on_delta)
+        except Exception as exc:
+            raise _translate(exc) from None
+
+    async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
+        client = self._get_client()
+        params: dict[str, Any] = dict(request.model.parameters)
+        params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
+        if request.system:
+            params["system"] = request.system
+        if request.tools:
+            params["tools"] = [
+                {"name": t.name, "description": t.description, "input_schema": t.parameters}
+                for t in request.tools
+            ]
+        create: Any = client.messages.create
+        stream = await create(
+            model=request.model.name or "",
+            messages=to_anthropic_messages(request.messages),
+            stream=True,
+            **params,
+        )
+        text: list[str] = []
+        blocks: dict[int, dict[str, Any]] = {}
+        usage = {"input_tokens": 0, "output_tokens": 0}
+        stop_reason: str | None = None
+        finished = False
+        model_name: str | None = None
+        event: Any
+        async for event in stream_with_idle_timeout(stream, request.model.timeouts.stream_idle):
+            kind = event.type
+            if kind == "message_start":
+                model_name = event.message.model
+                u = event.message.usage
+                usage["input_tokens"] = (
+                    (u.input_tokens or 0)
+                    + (getattr(u, "cache_read_input_tokens", 0) or 0)
+                    + (getattr(u, "cache_creation_input_tokens", 0) or 0)
+                )
+                usage["output_tokens"] = u.output_tokens or 0
+            elif kind == "content_block_start":
+                block = event.content_block
+                if block.type == "tool_use":
+                    blocks[event.index] = {"id": block.id, "name": block.name, "json": ""}
+            elif kind == "content_block_delta":
+                delta = event.delta
+                if delta.type == "text_delta":
+                    text.append(delta.text)
+                    on_delta(delta.text)
+                elif delta.type == "input_json_delta" and event.index in blocks:
+                    blocks[event.index]["json"] += delta.partial_json
+            elif kind == "message_delta":
+                stop_reason = event.delta.stop_reason or stop_reason
+                if event.usage is not None and event.usage.output_tokens is not None:
+                    usage["output_tokens"] = event.usage.output_tokens
+            elif kind == "message_stop":
+                finished = True
+            elif kind == "error":  # an error event inside the stream
+                raise ProviderError(str(getattr(event, "error", event)), error_class="overloaded")
+        if not finished:
+            raise ProviderError(
+                "the stream ended before message_stop (truncated)",
+                error_class="stream_broken",
+                retryable=True,
+                usage=usage,
+            )
+        if stop_reason == "refusal":
+            raise ProviderError(
+                "the model refused to answer (stop_reason refusal)",
+                error_class="content_refused",
+                retryable=False,
+                usage=usage,
+            )
+        message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if blocks:
+            message["tool_calls"] = [
+                {"id": b["id"], "name": b["name"], "arguments": parse_arguments(b["json"])}
+                for _, b in sorted(blocks.items())
+            ]
+        return LLMResponse(message=message, usage=usage, stop_reason=stop_reason, model=model_name)

@@ -1,0 +1,66 @@
+"""Deployment settings shared by all workers (not part of an agent spec).
+
+Loaded from the YAML file named by `EVERRUNS_SETTINGS`, else `.everruns/settings.yaml`
+when it exists:
+
+```yaml
+rate_limits:              # fleet-wide, enforced through the database
+  - match: openai         # a provider, a provider:model label, or an api_key_env name
+    rpm: 500
+    tpm: 200000
+prices:                   # US dollars per million tokens, overriding the built-in table
+  "openai:gpt-4.1": {input: 2.0, output: 8.0}
+```
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from everruns.spec import ModelSpec, Pricing, SpecError
+
+DEFAULT_PATH = Path(".everruns") / "settings.yaml"
+
+
+class RateLimit(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    match: str
+    rpm: float | None = Field(default=None, gt=0)
+    tpm: float | None = Field(default=None, gt=0)
+
+    def applies_to(self, model: ModelSpec) -> bool:
+        return self.match in (model.provider, model.label, model.api_key_env)
+
+    @property
+    def key(self) -> str:
+        return f"rate:{self.match}"
+
+
+class Settings(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    rate_limits: list[RateLimit] = Field(default_factory=list)
+    prices: dict[str, Pricing] = Field(default_factory=dict)
+
+    def rate_limits_for(self, model: ModelSpec) -> list[RateLimit]:
+        return [r for r in self.rate_limits if r.applies_to(model)]
+
+
+def load_settings(path: str | Path | None = None) -> Settings:
+    explicit = path or os.environ.get("EVERRUNS_SETTINGS")
+    file = Path(explicit) if explicit else DEFAULT_PATH
+    if not file.exists():
+        if explicit:
+            raise SpecError(str(file), [("", "settings file not found")])
+        return Settings()
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+        return Settings.model_validate(data)
+    except yaml.YAMLError as exc:
+        raise SpecError(str(file), [("", f"invalid YAML: {exc}")]) from None
+    except ValidationError as exc:
+        problems = [(".".join(str(p) for p in e["loc"]), e["msg"]) for e in exc.errors()]
+        raise SpecError(str(file), problems) from None
