@@ -404,6 +404,89 @@ def cancel(
     _run_async(go)
 
 
+async def _pending_approval(store: Store, run_id: str, call_id: str) -> None:
+    state = j.fold(await store.load_events(run_id))
+    pending = [c.id for c in state.calls if c.approval == "requested"]
+    if call_id not in pending:
+        known = ", ".join(pending) or "none"
+        raise CliError(
+            f"run {run_id} has no pending approval for call {call_id!r} (pending: {known})"
+        )
+
+
+@app.command()
+def approve(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    call_id: Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")],
+    db: DbOption = None,
+) -> None:
+    """Approve a tool call that waits for a human; the run continues on any worker."""
+
+    async def go(store: Store) -> None:
+        await _pending_approval(store, run_id, call_id)
+        await store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+        out.print(f"approved {call_id} of {run_id}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@app.command()
+def deny(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    call_id: Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")],
+    reason: Annotated[str, typer.Option(help="Why; the model sees it.")] = "",
+    db: DbOption = None,
+) -> None:
+    """Deny a tool call that waits for a human; the model sees the denial as the tool's result."""
+
+    async def go(store: Store) -> None:
+        await _pending_approval(store, run_id, call_id)
+        await store.signal(run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": reason})
+        out.print(f"denied {call_id} of {run_id}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@app.command()
+def message(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    text: Annotated[str, typer.Argument(help="The message.")],
+    db: DbOption = None,
+) -> None:
+    """Send a user message into a run; a finished run starts a new turn."""
+
+    async def go(store: Store) -> None:
+        event = await store.signal(run_id, j.MESSAGE_USER, {"content": text})
+        out.print(f"message journaled as seq {event.seq} of {run_id}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@app.command()
+def workspace(
+    run_id: Annotated[str, typer.Argument(help="Run id.")],
+    export: Annotated[
+        Path | None, typer.Option("--export", help="Write the files into DIR.")
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """List a run's workspace files (as journaled), or export them into a directory."""
+    from everruns.tools.workspace import export_files
+
+    async def go(store: Store) -> None:
+        await store.get_run(run_id)
+        state = j.fold(await store.load_events(run_id))
+        if export is None:
+            for path, sha in sorted(state.files.items()):
+                out.print(f"{sha[:12]}  {path}")
+            return
+        export.mkdir(parents=True, exist_ok=True)
+        count = await export_files(store, state.files, export)
+        out.print(f"exported {count} files to {export}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
 @db_app.command("upgrade")
 def db_upgrade(db: DbOption = None) -> None:
     """Apply database migrations (the CLI also does this on every start)."""

@@ -31,6 +31,10 @@ LLM_FALLBACK = "llm.fallback"
 TOOL_STARTED = "tool.started"
 TOOL_COMPLETED = "tool.completed"
 TOOL_FAILED = "tool.failed"
+TOOL_WAITING = "tool.waiting"  # a durable sleep inside a tool call
+APPROVAL_REQUESTED = "approval.requested"
+APPROVAL_GRANTED = "approval.granted"
+APPROVAL_DENIED = "approval.denied"
 
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 TERMINAL_STATUSES = frozenset({"completed", "failed", "cancelled"})
@@ -62,6 +66,9 @@ class CallState:
     attempt: int = 0
     effect: str | None = None
     result: dict[str, Any] | None = None
+    wake_at: float | None = None  # set while the call sleeps durably
+    approval: str | None = None  # None | requested | granted | denied
+    denial: str | None = None
 
 
 @dataclass
@@ -89,6 +96,8 @@ class State:
     result: str | None = None
     error: dict[str, Any] | None = None
     last_seq: int = 0
+    notes: list[str] = field(default_factory=list)
+    files: dict[str, str] = field(default_factory=dict)  # workspace path -> blob sha256
 
     @property
     def terminal(self) -> bool:
@@ -197,6 +206,7 @@ def apply(state: State, event: Event) -> State:
             call.attempt = int(data.get("attempt", call.attempt + 1))
             call.effect = data.get("effect")
     elif kind == TOOL_COMPLETED:
+        _apply_effects(state, data)
         _finish_call(
             state,
             data["call_id"],
@@ -204,11 +214,21 @@ def apply(state: State, event: Event) -> State:
                 "role": "tool",
                 "tool_call_id": data["call_id"],
                 "name": data.get("name"),
-                "content": data.get("output", ""),
+                "content": model_output(data.get("output", ""), data.get("max_output")),
                 "is_error": False,
             },
         )
+    elif kind == TOOL_WAITING:
+        call = _call(state, data["call_id"])
+        if call is not None:
+            call.wake_at = data.get("wake_at")
+    elif kind in (APPROVAL_REQUESTED, APPROVAL_GRANTED, APPROVAL_DENIED):
+        call = _call(state, data["call_id"])
+        if call is not None and call.approval in (None, "requested"):
+            call.approval = kind.split(".")[1]
+            call.denial = data.get("reason") if kind == APPROVAL_DENIED else None
     elif kind == TOOL_FAILED:
+        _apply_effects(state, data)
         _finish_call(
             state,
             data["call_id"],
@@ -236,6 +256,29 @@ def apply(state: State, event: Event) -> State:
     return state
 
 
+def _apply_effects(state: State, data: dict[str, Any]) -> None:
+    """Workspace writes and notes take effect when the tool call's result is journaled."""
+    for path, sha in (data.get("files") or {}).items():
+        if sha is None:
+            state.files.pop(path, None)
+        else:
+            state.files[path] = sha
+    if data.get("note"):
+        state.notes.append(data["note"])
+
+
+TRUNCATION_MARKER = (
+    "\n[… output truncated: {shown} of {total} characters shown; the full output is in the journal]"
+)
+
+
+def model_output(output: str, limit: int | None) -> str:
+    """What the model sees of a tool's output: the head, with a marker when cut."""
+    if limit is None or len(output) <= limit:
+        return output
+    return output[:limit] + TRUNCATION_MARKER.format(shown=limit, total=len(output))
+
+
 def fold(events: list[Event], state: State | None = None) -> State:
     state = state if state is not None else State()
     for event in events:
@@ -260,7 +303,13 @@ class Reason:
 class CallPlan:
     call: CallState
     attempt: int
-    interrupted: bool  # an at_most_once call found started-but-unfinished
+    # run | interrupt (at_most_once found started-but-unfinished) | request_approval
+    # | deny | wake (a durable sleep is over)
+    action: str = "run"
+
+    @property
+    def interrupted(self) -> bool:
+        return self.action == "interrupt"
 
 
 @dataclass(frozen=True)
@@ -312,15 +361,36 @@ def _limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
     return None
 
 
-def _plan_calls(state: State, effects: dict[str, str]) -> Act:
+def _plan_calls(
+    state: State, effects: dict[str, str], needs_approval: set[str], now: float
+) -> Atom:
+    """Plan the unresolved calls of the last answer; Wait/Idle when all are parked."""
     plans = []
+    wakes = []
     for call in state.calls:
         if call.status == "done":
             continue
+        if call.wake_at is not None:
+            if now < call.wake_at:
+                wakes.append(call.wake_at)
+            else:
+                plans.append(CallPlan(call, call.attempt, "wake"))
+            continue
+        if call.approval == "denied":
+            plans.append(CallPlan(call, call.attempt, "deny"))
+            continue
+        if call.name in needs_approval and call.approval != "granted":
+            if call.approval is None:
+                plans.append(CallPlan(call, call.attempt, "request_approval"))
+            continue  # requested: parked until someone decides
         effect = call.effect or effects.get(call.name, "at_most_once")
-        interrupted = call.status == "started" and effect == "at_most_once"
-        plans.append(CallPlan(call=call, attempt=call.attempt + 1, interrupted=interrupted))
-    return Act(plans)
+        action = "interrupt" if call.status == "started" and effect == "at_most_once" else "run"
+        plans.append(CallPlan(call, call.attempt + 1, action))
+    if plans:
+        return Act(plans)
+    if wakes:
+        return Wait(until=min(wakes), reason="sleep")
+    return Idle()
 
 
 def decide(
@@ -330,7 +400,7 @@ def decide(
     if state.terminal:
         return Idle()
     if state.calls:
-        return _plan_calls(state, effects or {})
+        return _plan_calls(state, effects or {}, set(spec.approvals.require_for), now)
     last = state.messages[-1] if state.messages else None
     if last is None:
         return Idle()

@@ -53,7 +53,18 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
     if kind == "tool.failed":
         return f"{data.get('name')} [{data.get('call_id')}] ✗ {_short(data.get('error', ''))}"
     if kind == "run.waiting":
+        if data.get("wake_at") is None:
+            calls = ", ".join(data.get("calls") or [])
+            return f"{data.get('reason')} {calls}".strip() + " (until a signal)"
         return f"{data.get('reason')} until {format_status_time(data.get('wake_at'))}"
+    if kind == "approval.requested":
+        return f"{data.get('name')} [{data.get('call_id')}] {_short(data.get('arguments'), 80)}: everruns approve/deny"
+    if kind in ("approval.granted", "approval.denied"):
+        return f"[{data.get('call_id')}] {_short(data.get('reason') or '')}".strip()
+    if kind == "tool.waiting":
+        return f"{data.get('name')} [{data.get('call_id')}] sleeps until {format_status_time(data.get('wake_at'))}"
+    if kind == "llm.fallback":
+        return f"{data.get('from')} → {data.get('to')} ({data.get('reason')})"
     if kind == "run.completed":
         return _short(data.get("result") or "", 200)
     if kind in ("run.failed", "run.cancelled"):

@@ -44,6 +44,8 @@ class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rate_limits: list[RateLimit] = Field(default_factory=list)
     prices: dict[str, Pricing] = Field(default_factory=dict)
+    # web_fetch/http may reach private, loopback and link-local addresses (SSRF guard off).
+    allow_private_networks: bool = False
 
     def rate_limits_for(self, model: ModelSpec) -> list[RateLimit]:
         return [r for r in self.rate_limits if r.applies_to(model)]

@@ -10,6 +10,7 @@ import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from typing import Any
 
 from everruns import journal as j
@@ -24,13 +25,22 @@ from everruns.engine.models import (
     estimate_tokens,
 )
 from everruns.providers import LLMRequest, ProviderError, get_provider
+from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec
-from everruns.store import Claim, Fenced, Store
-from everruns.tools.base import Tool, ToolContext, ToolError, render_output
+from everruns.store import Claim, Fenced, Moved, Store
+from everruns.tools.base import (
+    SleepRequest,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolOutput,
+    render_output,
+)
 from everruns.tools.registry import ToolSpecError, build_tools
+from everruns.tools.workspace import Workspace
 
 log = logging.getLogger("everruns.engine")
 
@@ -73,11 +83,17 @@ class RunRunner:
         self._lock = asyncio.Lock()
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
+        self.workspace: Workspace | None = None
 
     # ------------------------------------------------------------ journal
 
-    async def append(self, kind: str, data: dict[str, Any], **projection: Any) -> j.Event:
-        """Append one event (fenced), fold it, and publish it to live subscribers."""
+    async def append(
+        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, **projection: Any
+    ) -> j.Event:
+        """Append one event (fenced), fold it, and publish it to live subscribers.
+
+        `if_unchanged`: only if nobody appended since our last look (raises Moved).
+        """
         async with self._lock:
             crashpoints.hit(f"before:{kind}")
             expected = self.state.last_seq + 1
@@ -86,6 +102,7 @@ class RunRunner:
                 self.epoch,
                 [(kind, data)],
                 projection={**_projection(self._preview(kind, data)), **projection},
+                expect_seq=self.state.last_seq if if_unchanged else None,
             )
             if event.seq == expected:
                 j.apply(self.state, event)
@@ -170,18 +187,22 @@ class RunRunner:
             )
             return
         try:
-            self.tools = build_tools(self.spec)
+            self.tools = build_tools(
+                self.spec, allow_private_networks=self.options.settings.allow_private_networks
+            )
             for model in candidates(self.spec):
                 get_provider(model)
         except (ToolSpecError, ValueError) as exc:
             await self.fail("invalid_spec", str(exc))
             return
+        self.workspace = Workspace(self.store, self.run_id, self.state.files)
         started = await self.append(
             j.RUN_STARTED,
             {
                 "worker": self.options.worker_id,
                 "epoch": self.epoch,
-                "takeover": self.state.starts > 0,
+                "takeover": self.claim.crashes > 0,
+                "resumed": self.state.starts > 0,
                 "crashes": self.claim.crashes,
             },
             status="running",
@@ -208,15 +229,20 @@ class RunRunner:
             elif isinstance(atom, j.Act):
                 await self.act(atom)
             elif isinstance(atom, j.Complete):
-                await self.append(
-                    j.RUN_COMPLETED,
-                    {"result": atom.result},
-                    status="completed",
-                    result=atom.result,
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                )
+                try:
+                    await self.append(
+                        j.RUN_COMPLETED,
+                        {"result": atom.result},
+                        if_unchanged=True,  # a user message that just arrived gets an answer
+                        status="completed",
+                        result=atom.result,
+                        wake_at=None,
+                        lease_owner=None,
+                        lease_expires_at=None,
+                    )
+                except Moved:
+                    self.state = j.fold(await self.store.load_events(self.run_id))
+                    continue
                 return
             elif isinstance(atom, j.Fail):
                 await self.fail(atom.reason, atom.message)
@@ -228,11 +254,24 @@ class RunRunner:
                     continue
                 await self.append(j.RUN_WAITING, {"reason": atom.reason, "wake_at": atom.until})
                 await self.store.release(
-                    self.run_id, self.epoch, wake_at=atom.until, status="waiting"
+                    self.run_id,
+                    self.epoch,
+                    wake_at=atom.until,
+                    status="waiting",
+                    seen_seq=self.state.last_seq,
                 )
                 return
             else:  # Idle: wait for a signal without holding a worker
-                await self.store.release(self.run_id, self.epoch, wake_at=None, status="waiting")
+                pending = [c.id for c in self.state.calls if c.approval == "requested"]
+                if pending:
+                    await self.append(j.RUN_WAITING, {"reason": "approval", "calls": pending})
+                await self.store.release(
+                    self.run_id,
+                    self.epoch,
+                    wake_at=None,
+                    status="waiting",
+                    seen_seq=self.state.last_seq,
+                )
                 return
 
     async def fail(self, reason: str, message: str) -> None:
@@ -387,21 +426,35 @@ class RunRunner:
     async def call_tool(self, plan: j.CallPlan) -> None:
         call = plan.call
         base = {"call_id": call.id, "name": call.name}
-        if plan.interrupted:
+        if plan.action == "interrupt":
             await self.append(
                 j.TOOL_FAILED, {**base, "error": j.INTERRUPTED_MESSAGE, "interrupted": True}
             )
             return
-        tool = self.tools.get(call.name)
-        if tool is None:
+        if plan.action == "deny":
+            reason = call.denial or "no reason given"
             await self.append(
-                j.TOOL_FAILED,
-                {
-                    **base,
-                    "error": f"unknown tool {call.name!r}; available: "
-                    f"{', '.join(sorted(self.tools)) or 'none'}",
-                },
+                j.TOOL_FAILED, {**base, "error": f"denied by a human: {reason}", "denied": True}
             )
+            return
+        if plan.action == "request_approval":
+            await self.append(j.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
+            return
+        if plan.action == "wake":
+            await self.append(
+                j.TOOL_COMPLETED, {**base, "output": f"slept until {_iso(call.wake_at)}"}
+            )
+            return
+        tool = self.tools.get(call.name)
+        problem = None
+        if tool is None:
+            problem = (
+                f"unknown tool {call.name!r}; available: {', '.join(sorted(self.tools)) or 'none'}"
+            )
+        elif INVALID_ARGUMENTS in call.arguments:
+            problem = f"the arguments are not valid JSON: {call.arguments[INVALID_ARGUMENTS]}"
+        if tool is None or problem is not None:
+            await self.append(j.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.run_id}:{call.id}"
         await self.append(
@@ -409,7 +462,12 @@ class RunRunner:
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
         ctx = ToolContext(
-            run_id=self.run_id, tool_call_id=call.id, idempotency_key=key, attempt=plan.attempt
+            run_id=self.run_id,
+            tool_call_id=call.id,
+            idempotency_key=key,
+            attempt=plan.attempt,
+            workspace=await self.workspace.materialize() if self.workspace else None,
+            notes=tuple(self.state.notes),
         )
         try:
             if tool.timeout:
@@ -417,14 +475,40 @@ class RunRunner:
             else:
                 output = await tool.invoke(call.arguments, ctx)
         except TimeoutError:
+            error = f"timed out after {tool.timeout:g}s"
+        except ToolError as exc:
+            error = str(exc)
+        except Exception as exc:
+            error = f"{type(exc).__name__}: {exc}"
+        else:
+            await self._tool_result(tool, base, output)
+            return
+        await self.append(j.TOOL_FAILED, {**base, "error": error, **await self._changes()})
+
+    async def _changes(self) -> dict[str, Any]:
+        """Workspace changes since the last journaled result, to journal with this one."""
+        files = await self.workspace.commit() if self.workspace else {}
+        return {"files": files} if files else {}
+
+    async def _tool_result(self, tool: Tool, base: dict[str, Any], output: Any) -> None:
+        if isinstance(output, SleepRequest):
             await self.append(
-                j.TOOL_FAILED, {**base, "error": f"timed out after {tool.timeout:g}s"}
+                j.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
             )
             return
-        except ToolError as exc:
-            await self.append(j.TOOL_FAILED, {**base, "error": str(exc)})
-            return
-        except Exception as exc:
-            await self.append(j.TOOL_FAILED, {**base, "error": f"{type(exc).__name__}: {exc}"})
-            return
-        await self.append(j.TOOL_COMPLETED, {**base, "output": render_output(output)})
+        data: dict[str, Any] = {**base}
+        if isinstance(output, ToolOutput):
+            if output.note:
+                data["note"] = output.note
+            output = output.output
+        data["output"] = render_output(output)
+        if tool.max_output is not None and len(data["output"]) > tool.max_output:
+            data["max_output"] = tool.max_output
+        data.update(await self._changes())
+        await self.append(j.TOOL_COMPLETED, data)
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "now"
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")

@@ -13,7 +13,7 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from everruns.store.schema import breakers, rate_buckets
+from everruns.store.schema import blobs, breakers, rate_buckets
 
 
 class FleetState:
@@ -125,3 +125,31 @@ class FleetState:
                 .where(rate_buckets.c.key == key)
                 .values(tokens=rate_buckets.c.tokens - tokens)
             )
+
+    # ------------------------------------------------------------ blobs
+
+    async def put_blobs(self, contents: dict[str, bytes]) -> None:
+        """Store contents by sha256 (already-stored ones are left alone)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            for sha, data in contents.items():
+                await self._ensure_row(
+                    conn,
+                    blobs,
+                    {"sha256": sha, "size": len(data), "content": data, "created_at": now},
+                )
+
+    async def get_blobs(self, shas: list[str]) -> dict[str, bytes]:
+        if not shas:
+            return {}
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(blobs.c.sha256, blobs.c.content).where(blobs.c.sha256.in_(shas))
+                )
+            ).all()
+        found = {r.sha256: bytes(r.content) for r in rows}
+        missing = set(shas) - set(found)
+        if missing:
+            raise LookupError(f"workspace blobs missing from the database: {sorted(missing)[:3]}")
+        return found

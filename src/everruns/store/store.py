@@ -21,6 +21,7 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from everruns.journal import (
+    MESSAGE_USER,
     RUN_CANCELLED,
     RUN_CREATED,
     TERMINAL_STATUSES,
@@ -46,6 +47,10 @@ class RunNotFound(StoreError):
 
 class Fenced(StoreError):
     """The caller's epoch is stale: another worker holds the run now."""
+
+
+class Moved(StoreError):
+    """A conditional append found events the caller has not seen (a signal arrived)."""
 
 
 def _dumps(value: Any) -> str:
@@ -383,8 +388,27 @@ class Store(FleetState):
             ).all()
         return {r.id: bool(r.cancel_requested) for r in rows}
 
-    async def release(self, run_id: str, epoch: int, *, wake_at: float | None, status: str) -> bool:
-        """Give up the lease; the run becomes claimable at `wake_at` (None: on a signal)."""
+    async def release(
+        self,
+        run_id: str,
+        epoch: int,
+        *,
+        wake_at: float | None,
+        status: str,
+        seen_seq: int | None = None,
+    ) -> bool:
+        """Give up the lease; the run becomes claimable at `wake_at` (None: on a signal).
+
+        With `seen_seq`, a signal journaled after the caller's last look (last_seq
+        moved on) wakes the run at once instead of being slept through.
+        """
+        now = time.time()
+        wake: Any = wake_at
+        state: Any = status
+        if seen_seq is not None:
+            moved = runs.c.last_seq != seen_seq
+            wake = sa.case((moved, now), else_=sa.literal(wake_at, sa.Float))
+            state = sa.case((moved, "queued"), else_=status)
         async with self.engine.begin() as conn:
             result = await conn.execute(
                 sa.update(runs)
@@ -392,9 +416,9 @@ class Store(FleetState):
                 .values(
                     lease_owner=None,
                     lease_expires_at=None,
-                    wake_at=wake_at,
-                    status=status,
-                    updated_at=time.time(),
+                    wake_at=wake,
+                    status=state,
+                    updated_at=now,
                 )
             )
         return result.rowcount == 1
@@ -409,6 +433,7 @@ class Store(FleetState):
         *,
         projection: dict[str, Any] | None = None,
         conn: AsyncConnection | None = None,
+        expect_seq: int | None = None,
     ) -> list[Event]:
         """Append events with gap-free seq, fenced by `epoch` (None: unfenced signal).
 
@@ -416,7 +441,14 @@ class Store(FleetState):
         """
         if conn is None:
             async with self.engine.begin() as own:
-                return await self.append(run_id, epoch, new_events, projection=projection, conn=own)
+                return await self.append(
+                    run_id,
+                    epoch,
+                    new_events,
+                    projection=projection,
+                    conn=own,
+                    expect_seq=expect_seq,
+                )
         now = time.time()
         values: dict[str, Any] = {"last_seq": runs.c.last_seq + len(new_events), "updated_at": now}
         for key, value in (projection or {}).items():
@@ -424,15 +456,21 @@ class Store(FleetState):
         where = [runs.c.id == run_id]
         if epoch is not None:
             where.append(runs.c.epoch == epoch)
+        if expect_seq is not None:
+            where.append(runs.c.last_seq == expect_seq)
         row = (
             await conn.execute(
                 sa.update(runs).where(*where).values(**values).returning(runs.c.last_seq)
             )
         ).first()
         if row is None:
-            exists = (await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))).first()
-            if exists is None:
+            current = (
+                await conn.execute(sa.select(runs.c.epoch).where(runs.c.id == run_id))
+            ).first()
+            if current is None:
                 raise RunNotFound(run_id)
+            if expect_seq is not None and (epoch is None or current.epoch == epoch):
+                raise Moved(f"run {run_id}: new events after seq {expect_seq}")
             raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
         first = int(row.last_seq) - len(new_events) + 1
         out = [Event(first + i, kind, now, data) for i, (kind, data) in enumerate(new_events)]
@@ -490,6 +528,29 @@ class Store(FleetState):
                 conn=conn,
             )
             return "cancelled"
+
+    async def signal(self, run_id: str, kind: str, data: dict[str, Any]) -> Event:
+        """Journal an event from outside the worker (a user message, an approval)
+        and wake the run if it is parked; a message to a finished run starts a new turn."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+            if row is None:
+                raise RunNotFound(run_id)
+            run = RunRow.from_row(row)
+            projection: dict[str, Any] = {}
+            if run.status == "cancelled" or (
+                run.status in TERMINAL_STATUSES and kind != MESSAGE_USER
+            ):
+                raise StoreError(f"run {run_id} is {run.status}")
+            if run.status in TERMINAL_STATUSES:
+                projection = {"status": "queued", "wake_at": now, "result": None, "error": None}
+            elif run.lease_owner is None and (run.wake_at is None or run.wake_at > now):
+                projection = {"wake_at": now}
+            (event,) = await self.append(
+                run_id, None, [(kind, data)], projection=projection, conn=conn
+            )
+            return event
 
     # ------------------------------------------------------------ workers
 

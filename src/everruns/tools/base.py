@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from everruns.providers.base import ToolSchema
@@ -22,6 +23,24 @@ class ToolContext:
     tool_call_id: str
     idempotency_key: str
     attempt: int
+    workspace: Path | None = None  # the run's workspace directory, when it has one
+    notes: tuple[str, ...] = ()  # the run's progress notes so far
+
+
+@dataclass(frozen=True)
+class SleepRequest:
+    """Returned by a tool to park the run durably until `until` (epoch seconds)."""
+
+    until: float
+    reason: str = "sleep"
+
+
+@dataclass(frozen=True)
+class ToolOutput:
+    """A tool result with side data the journal keeps (a progress note)."""
+
+    output: Any
+    note: str | None = None
 
 
 class ToolError(Exception):
@@ -39,6 +58,8 @@ class Tool:
     effect: str
     invoke: Invoke
     timeout: float | None = None
+    max_output: int | None = 20_000  # characters the model sees; the journal keeps all
+    uses_workspace: bool = False
 
     @property
     def schema(self) -> ToolSchema:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from everruns.spec import AgentSpec
 from everruns.tools.base import Tool
+from everruns.tools.builtins import build_builtin
 from everruns.tools.python import ToolLoadError, from_function, load_function
 
 
@@ -16,7 +17,7 @@ class ToolSpecError(Exception):
         self.message = message
 
 
-def build_tools(spec: AgentSpec) -> dict[str, Tool]:
+def build_tools(spec: AgentSpec, *, allow_private_networks: bool = False) -> dict[str, Tool]:
     tools: dict[str, Tool] = {}
     for index, entry in enumerate(spec.tools):
         field = f"tools[{index}]"
@@ -27,7 +28,10 @@ def build_tools(spec: AgentSpec) -> dict[str, Tool]:
                 raise ToolSpecError(f"{field}.python", str(exc)) from None
             loaded = [from_function(fn, effect=entry.effect, timeout=entry.timeout)]
         elif entry.builtin is not None:
-            raise ToolSpecError(f"{field}.builtin", f"unknown built-in tool {entry.builtin!r}")
+            try:
+                loaded = build_builtin(entry, allow_private_networks=allow_private_networks)
+            except ValueError as exc:
+                raise ToolSpecError(f"{field}.builtin", str(exc)) from None
         else:
             raise ToolSpecError(f"{field}.mcp", "MCP tools are not available in this version")
         for tool in loaded:

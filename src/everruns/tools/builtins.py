@@ -1,0 +1,277 @@
+"""Built-in tools: workspace, shell, web_fetch, http, sleep, notes.
+
+Each is an ordinary `Tool`; the engine gives them the run's workspace directory
+and notes through `ToolContext`, journals workspace changes with the call's
+result, and turns a `SleepRequest` into a durable wait.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from everruns.spec import ToolSpec
+from everruns.tools.base import SleepRequest, Tool, ToolContext, ToolError, ToolOutput
+from everruns.tools.python import from_function
+from everruns.tools.workspace import confine
+
+BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes")
+
+
+def _root(ctx: ToolContext) -> Path:
+    if ctx.workspace is None:
+        raise ToolError("this run has no workspace")
+    return ctx.workspace
+
+
+# ------------------------------------------------------------ workspace
+
+
+def read_file(path: str, ctx: ToolContext, start_line: int = 1, end_line: int | None = None) -> str:
+    """Read a text file from the workspace, optionally a range of lines (1-based, inclusive).
+
+    Args:
+        path: file path relative to the workspace
+        start_line: first line to return
+        end_line: last line to return (default: the end)
+    """
+    target = confine(_root(ctx), path)
+    if not target.is_file():
+        raise ToolError(f"{path!r} does not exist in the workspace")
+    lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    chosen = lines[max(0, start_line - 1) : end_line]
+    return "\n".join(chosen)
+
+
+def write_file(path: str, content: str, ctx: ToolContext) -> str:
+    """Create or overwrite a text file in the workspace.
+
+    Args:
+        path: file path relative to the workspace (folders are created)
+        content: the whole new content
+    """
+    target = confine(_root(ctx), path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(content, encoding="utf-8")
+    return f"wrote {len(content)} characters to {path}"
+
+
+def edit_file(path: str, old: str, new: str, ctx: ToolContext, count: int = 1) -> str:
+    """Replace text in a workspace file.
+
+    Args:
+        path: file path relative to the workspace
+        old: the exact text to replace
+        new: the replacement
+        count: how many occurrences must be replaced (0 = all)
+    """
+    target = confine(_root(ctx), path)
+    if not target.is_file():
+        raise ToolError(f"{path!r} does not exist in the workspace")
+    text = target.read_text(encoding="utf-8")
+    found = text.count(old)
+    if not old or found == 0:
+        raise ToolError(f"the text to replace was not found in {path}")
+    if count and found < count:
+        raise ToolError(f"expected {count} occurrence(s) in {path}, found {found}")
+    target.write_text(text.replace(old, new, count or -1), encoding="utf-8")
+    return f"replaced {count or found} occurrence(s) in {path}"
+
+
+def list_files(ctx: ToolContext, path: str = ".") -> list[str]:
+    """List the files under a workspace folder (recursively), with sizes.
+
+    Args:
+        path: folder relative to the workspace
+    """
+    root = _root(ctx).resolve()
+    base = confine(root, path)
+    if not base.exists():
+        raise ToolError(f"{path!r} does not exist in the workspace")
+    out = []
+    for item in sorted(base.rglob("*")):
+        if item.is_file() and not item.is_symlink():
+            out.append(f"{item.relative_to(root).as_posix()} ({item.stat().st_size} bytes)")
+    return out
+
+
+def search_files(pattern: str, ctx: ToolContext, regex: bool = False, path: str = ".") -> list[str]:
+    """Search workspace files for text; returns `path:line: text` matches (at most 200).
+
+    Args:
+        pattern: text (or a regular expression when regex is true)
+        regex: treat the pattern as a Python regular expression
+        path: folder to search, relative to the workspace
+    """
+    root = _root(ctx).resolve()
+    base = confine(root, path)
+    try:
+        matcher = re.compile(pattern if regex else re.escape(pattern))
+    except re.error as exc:
+        raise ToolError(f"invalid regular expression: {exc}") from None
+    hits: list[str] = []
+    for item in sorted(base.rglob("*")):
+        if not item.is_file() or item.is_symlink():
+            continue
+        try:
+            lines = item.read_text(encoding="utf-8").splitlines()
+        except (UnicodeDecodeError, OSError):
+            continue
+        for number, line in enumerate(lines, 1):
+            if matcher.search(line):
+                hits.append(f"{item.relative_to(root).as_posix()}:{number}: {line[:300]}")
+                if len(hits) >= 200:
+                    return hits
+    return hits
+
+
+# ------------------------------------------------------------ notes and sleep
+
+
+def note(text: str) -> ToolOutput:
+    """Append a progress note; notes are kept for the whole run, so you can re-orient yourself later.
+
+    Args:
+        text: the note
+    """
+    return ToolOutput(output="noted", note=text)
+
+
+def read_notes(ctx: ToolContext) -> str:
+    """Read all progress notes of this run, oldest first."""
+    if not ctx.notes:
+        return "(no notes yet)"
+    return "\n".join(f"{i}. {n}" for i, n in enumerate(ctx.notes, 1))
+
+
+def sleep(seconds: float, reason: str = "") -> SleepRequest:
+    """Wait durably, e.g. "check again in 6 hours": the run releases its worker and resumes after.
+
+    Args:
+        seconds: how long to wait
+        reason: why (shown to people watching the run)
+    """
+    if seconds < 0:
+        raise ToolError("seconds must not be negative")
+    return SleepRequest(until=time.time() + seconds, reason=reason or "sleep")
+
+
+# ------------------------------------------------------------ shell, web
+
+
+def _shell_tool(options: dict[str, Any]) -> Callable[..., Any]:
+    default_timeout = float(options.get("timeout", 120))
+    max_output = int(options.get("max_output", 100_000))
+
+    async def shell(command: str, ctx: ToolContext, timeout: float | None = None) -> dict[str, Any]:
+        """Run a shell command (/bin/sh -c) in the workspace; returns exit code, stdout, stderr.
+
+        Args:
+            command: the command line
+            timeout: seconds before the command is killed
+        """
+        from everruns.tools.shell import run_shell
+
+        return await run_shell(
+            command,
+            cwd=_root(ctx),
+            timeout=min(timeout or default_timeout, default_timeout),
+            max_output=max_output,
+        )
+
+    return shell
+
+
+def _web_tools(
+    options: dict[str, Any], allow_private: bool
+) -> tuple[Callable[..., Any], Callable[..., Any]]:
+    allow = bool(options.get("allow_private", allow_private))
+    timeout = float(options.get("timeout", 30))
+    max_bytes = int(options.get("max_bytes", 2_000_000))
+
+    async def web_fetch(url: str) -> dict[str, Any]:
+        """Fetch a web page and return its readable text (title and text).
+
+        Args:
+            url: an http or https URL
+        """
+        from everruns.tools.web import fetch_text
+
+        return await fetch_text(url, allow_private=allow, timeout=timeout, max_bytes=max_bytes)
+
+    async def http(
+        method: str,
+        url: str,
+        headers: dict[str, str] | None = None,
+        json_body: Any = None,
+        body: str | None = None,
+    ) -> dict[str, Any]:
+        """Make an HTTP request to an API and return status, headers and body.
+
+        Args:
+            method: GET, POST, PUT, PATCH, DELETE, ...
+            url: an http or https URL
+            headers: request headers
+            json_body: a JSON body
+            body: a raw text body
+        """
+        from everruns.tools.web import http_request
+
+        return await http_request(
+            method,
+            url,
+            headers=headers,
+            json_body=json_body,
+            body=body,
+            allow_private=allow,
+            timeout=timeout,
+            max_bytes=max_bytes,
+        )
+
+    return web_fetch, http
+
+
+def build_builtin(entry: ToolSpec, *, allow_private_networks: bool = False) -> list[Tool]:
+    """The tools of one `builtin:` entry of a spec."""
+    name = entry.builtin or ""
+    options = entry.options
+    fns: list[tuple[Callable[..., Any], str]]
+    if name == "workspace":
+        fns = [
+            (read_file, "pure"),
+            (write_file, "idempotent"),
+            (edit_file, "idempotent"),
+            (list_files, "pure"),
+            (search_files, "pure"),
+        ]
+    elif name == "shell":
+        fns = [(_shell_tool(options), "at_most_once")]
+    elif name in ("web_fetch", "http"):
+        fetch, http = _web_tools(options, allow_private_networks)
+        fns = [(fetch, "idempotent")] if name == "web_fetch" else [(http, "at_most_once")]
+    elif name == "sleep":
+        fns = [(sleep, "idempotent")]
+    elif name == "notes":
+        fns = [(note, "idempotent"), (read_notes, "pure")]
+    else:
+        raise ValueError(f"unknown built-in tool {name!r} (available: {', '.join(BUILTINS)})")
+    tools = []
+    for fn, effect in fns:
+        tool = from_function(fn, effect=entry.effect or effect, timeout=entry.timeout)
+        uses_workspace = name in ("workspace", "shell")
+        tools.append(
+            Tool(
+                name=tool.name,
+                description=tool.description,
+                parameters=tool.parameters,
+                effect=tool.effect,
+                invoke=tool.invoke,
+                timeout=tool.timeout,
+                max_output=int(options.get("max_output_chars", 20_000)),
+                uses_workspace=uses_workspace,
+            )
+        )
+    return tools

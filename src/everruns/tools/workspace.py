@@ -1,0 +1,140 @@
+"""The run's workspace: files that survive crashes and move with the run.
+
+The truth is in the journal: each tool.completed/tool.failed event carries the
+workspace changes its call made (`files: {path: sha256 | null}`), and contents
+live in the `blobs` table, content-addressed. A worker materializes a fresh
+local directory from the fold when it claims the run, so a resumed run sees
+exactly the files its completed steps wrote — writes of a call that never
+completed are gone with the old worker's disk.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import os
+import shutil
+from pathlib import Path
+
+from everruns.store import Store
+from everruns.tools.base import ToolError
+
+DEFAULT_ROOT = Path(".everruns") / "workspaces"
+MAX_FILE_BYTES = 50_000_000
+
+
+class PathEscape(ToolError):
+    pass
+
+
+def confine(root: Path, relative: str) -> Path:
+    """The absolute path for `relative` inside root; refuses escapes (.., absolute
+    paths, symlinks that lead outside)."""
+    if not relative or relative.strip() in (".", "./"):
+        return root.resolve()
+    if "\x00" in relative:
+        raise PathEscape("path contains a NUL byte")
+    candidate = Path(relative)
+    if candidate.is_absolute():
+        raise PathEscape(
+            f"{relative!r}: absolute paths are not allowed; use a path relative to the workspace"
+        )
+    resolved = (root / candidate).resolve()
+    base = root.resolve()
+    if resolved != base and base not in resolved.parents:
+        raise PathEscape(f"{relative!r} is outside the workspace")
+    return resolved
+
+
+def _sha(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+class Workspace:
+    def __init__(self, store: Store, run_id: str, files: dict[str, str], root: Path | None = None):
+        base = root or Path(os.environ.get("EVERRUNS_WORKSPACE_ROOT", DEFAULT_ROOT))
+        self.store = store
+        self.path = (base / run_id).absolute()
+        self.manifest: dict[str, str] = dict(files)
+        self._stats: dict[str, tuple[int, int]] = {}
+        self.materialized = False
+        self._lock = asyncio.Lock()
+
+    async def materialize(self) -> Path:
+        """Lay out the journaled files in a fresh local directory (once per claim)."""
+        async with self._lock:
+            if self.materialized:
+                return self.path
+            blobs = await self.store.get_blobs(sorted(set(self.manifest.values())))
+            await asyncio.to_thread(self._write_all, blobs)
+            self.materialized = True
+            return self.path
+
+    def _write_all(self, blobs: dict[str, bytes]) -> None:
+        if self.path.exists():
+            shutil.rmtree(self.path)
+        self.path.mkdir(parents=True)
+        for rel, sha in self.manifest.items():
+            target = self.path / rel
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(blobs[sha])
+            st = target.stat()
+            self._stats[rel] = (st.st_size, st.st_mtime_ns)
+
+    def _scan(self) -> tuple[dict[str, str | None], dict[str, bytes]]:
+        changes: dict[str, str | None] = {}
+        contents: dict[str, bytes] = {}
+        seen: set[str] = set()
+        for dirpath, dirnames, filenames in os.walk(self.path):
+            dirnames[:] = [d for d in dirnames if not os.path.islink(os.path.join(dirpath, d))]
+            for name in filenames:
+                full = os.path.join(dirpath, name)
+                if os.path.islink(full) or not os.path.isfile(full):
+                    continue
+                rel = os.path.relpath(full, self.path).replace(os.sep, "/")
+                seen.add(rel)
+                st = os.stat(full)
+                if self._stats.get(rel) == (st.st_size, st.st_mtime_ns) and rel in self.manifest:
+                    continue
+                if st.st_size > MAX_FILE_BYTES:
+                    continue
+                data = Path(full).read_bytes()
+                sha = _sha(data)
+                self._stats[rel] = (st.st_size, st.st_mtime_ns)
+                if self.manifest.get(rel) != sha:
+                    changes[rel] = sha
+                    contents[sha] = data
+        for rel in self.manifest:
+            if rel not in seen:
+                changes[rel] = None
+                self._stats.pop(rel, None)
+        return changes, contents
+
+    async def commit(self) -> dict[str, str | None]:
+        """Changes since the last commit, with their contents stored as blobs.
+
+        The caller journals the returned mapping with the tool call's result;
+        only then do the changes become part of the run.
+        """
+        if not self.materialized:
+            return {}
+        async with self._lock:
+            changes, contents = await asyncio.to_thread(self._scan)
+            if contents:
+                await self.store.put_blobs(contents)
+            for rel, sha in changes.items():
+                if sha is None:
+                    self.manifest.pop(rel, None)
+                else:
+                    self.manifest[rel] = sha
+            return changes
+
+
+async def export_files(store: Store, files: dict[str, str], target: Path) -> int:
+    """Write a run's workspace (as journaled) into `target`; returns the file count."""
+    blobs = await store.get_blobs(sorted(set(files.values())))
+    for rel, sha in files.items():
+        dest = confine(target, rel)
+        dest.parent.mkdir(parents=True, exist_ok=True)
+        dest.write_bytes(blobs[sha])
+    return len(files)
