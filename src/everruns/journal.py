@@ -10,7 +10,6 @@ carry one message each, and the fold assembles the conversation.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -287,8 +286,9 @@ def fold(events: list[Event], state: State | None = None) -> State:
 
 
 def transcript(state: State) -> list[dict[str, Any]]:
-    """The conversation as the model sees it (a deep copy)."""
-    return copy.deepcopy(state.messages)
+    """The conversation as the model sees it. Messages are never mutated after
+    they are folded in, so a shallow copy is safe and keeps long runs linear."""
+    return list(state.messages)
 
 
 # ---------------------------------------------------------------- decide
