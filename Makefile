@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak clean
+.PHONY: install demo test lint format bench soak openapi clean
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,9 @@ format: install
 
 test: install lint
 	$(PY) -m pytest -q -ra
+
+openapi: install
+	$(PY) -m everruns.api.openapi > docs/openapi.json
 
 bench: install
 	$(PY) bench/bench_engine.py

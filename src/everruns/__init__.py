@@ -1,7 +1,17 @@
 """everruns: durable execution for long-lived AI agents."""
 
+from everruns.client import AsyncClient, Client
 from everruns.spec import AgentSpec, load_spec
 from everruns.tools import Tool, ToolContext, ToolError, tool
 
-__all__ = ["AgentSpec", "Tool", "ToolContext", "ToolError", "load_spec", "tool"]
+__all__ = [
+    "AgentSpec",
+    "AsyncClient",
+    "Client",
+    "Tool",
+    "ToolContext",
+    "ToolError",
+    "load_spec",
+    "tool",
+]
 __version__ = "0.1.0"

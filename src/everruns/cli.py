@@ -345,7 +345,7 @@ def list_runs(
     json_out: JsonOption = False,
 ) -> None:
     """List runs, newest first."""
-    valid = ("queued", "running", "waiting", "completed", "failed", "cancelled")
+    valid = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
     if status is not None and status not in valid:
         err.print(f"[red]error:[/] --status must be one of {', '.join(valid)}")
         raise typer.Exit(2)
@@ -483,6 +483,94 @@ def workspace(
         export.mkdir(parents=True, exist_ok=True)
         count = await export_files(store, state.files, export)
         out.print(f"exported {count} files to {export}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@app.command()
+def server(
+    db: DbOption = None,
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8000,
+    no_worker: Annotated[
+        bool, typer.Option("--no-worker", help="API only; workers run elsewhere.")
+    ] = False,
+    auth: Annotated[
+        bool,
+        typer.Option("--auth", envvar="EVERRUNS_AUTH", help="Require API tokens on loopback too."),
+    ] = False,
+    lease_ttl: LeaseOption = 15.0,
+    concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.")] = 16,
+) -> None:
+    """Serve the HTTP API and web UI, with an embedded worker unless --no-worker.
+
+    Auth (API tokens, `everruns token create`) is always required on a non-loopback address.
+    """
+    import ipaddress
+
+    import uvicorn
+
+    from everruns.api import ApiConfig, create_app
+
+    try:
+        loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        loopback = False
+    config = ApiConfig(
+        database_url=db,
+        auth_required=auth or not loopback,
+        embedded_worker=not no_worker,
+        lease_ttl=lease_ttl,
+        worker_concurrency=concurrency,
+    )
+    logging.basicConfig(
+        level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    err.print(
+        f"everruns server on http://{host}:{port}/ (auth {'required' if config.auth_required else 'off'}, "
+        f"{'no embedded worker' if no_worker else 'embedded worker'})"
+    )
+    uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+
+
+token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
+app.add_typer(token_app, name="token")
+
+
+@token_app.command("create")
+def token_create(
+    name: Annotated[str, typer.Option("--name", help="What the token is for.")],
+    db: DbOption = None,
+) -> None:
+    """Create an API token; it is shown once (only its hash is stored)."""
+
+    async def go(store: Store) -> None:
+        token_id, plaintext = await store.create_token(name)
+        err.print(f"token {token_id} ({name}); store it now, it is not shown again:")
+        out.print(plaintext)
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@token_app.command("ls")
+def token_ls(db: DbOption = None) -> None:
+    """List API tokens (never their values)."""
+
+    async def go(store: Store) -> None:
+        for t in await store.list_tokens():
+            out.print(f"{t['id']}  {t['name']}  {'revoked' if t['revoked'] else 'active'}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@token_app.command("revoke")
+def token_revoke(token_id: Annotated[str, typer.Argument()], db: DbOption = None) -> None:
+    """Revoke an API token."""
+
+    async def go(store: Store) -> None:
+        if not await store.revoke_token(token_id):
+            raise CliError(f"no token {token_id!r}")
+        out.print(f"revoked {token_id}")
 
     _run_async(lambda: _with_store(db, go))
 

@@ -22,6 +22,9 @@ RUN_WAITING = "run.waiting"
 RUN_COMPLETED = "run.completed"
 RUN_FAILED = "run.failed"
 RUN_CANCELLED = "run.cancelled"
+RUN_PAUSED = "run.paused"
+RUN_RESUMED = "run.resumed"
+RUN_FORKED = "run.forked"
 MESSAGE_USER = "message.user"
 LLM_STARTED = "llm.started"
 LLM_COMPLETED = "llm.completed"
@@ -242,6 +245,12 @@ def apply(state: State, event: Event) -> State:
     elif kind == RUN_WAITING:
         state.status = "waiting"
         state.wake_at = data.get("wake_at")
+    elif kind == RUN_PAUSED:
+        state.status = "paused"
+    elif kind == RUN_RESUMED:
+        state.status = "queued"
+    elif kind == RUN_FORKED:
+        state.status = "queued" if not state.terminal else state.status
     elif kind == RUN_COMPLETED:
         state.status = "completed"
         state.result = data.get("result")
@@ -408,7 +417,13 @@ def decide(
         return Complete(result=last.get("content") or "")
     # The model owes an answer (to a user message or tool results).
     if state.fatal_error is not None:
-        return Fail("llm_error", state.fatal_error.get("error", "the LLM call failed"))
+        # A prompt over the context window has its own documented reason (providers/errors.py).
+        reason = (
+            "context_too_long"
+            if state.fatal_error.get("class") == "context_too_long"
+            else "llm_error"
+        )
+        return Fail(reason, state.fatal_error.get("error", "the LLM call failed"))
     if state.failures >= spec.retry.max_attempts:
         return Fail(
             "llm_error",

@@ -80,6 +80,7 @@ class RunRunner:
         self.state = j.State()
         self.stop_reason: str | None = None
         self.draining = False
+        self.pause_requested = False
         self._lock = asyncio.Lock()
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
@@ -217,6 +218,17 @@ class RunRunner:
             if self.draining:
                 await self.store.release(
                     self.run_id, self.epoch, wake_at=time.time(), status="queued"
+                )
+                return
+            if self.pause_requested:
+                await self.append(
+                    j.RUN_PAUSED,
+                    {"by": "user"},
+                    status="paused",
+                    wake_at=None,
+                    lease_owner=None,
+                    lease_expires_at=None,
+                    pause_requested=False,
                 )
                 return
             atom = j.decide(self.state, self.spec, time.time(), effects)

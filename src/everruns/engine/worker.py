@@ -121,14 +121,24 @@ class Worker:
         interval = self.lease_ttl / 3
         while True:
             await asyncio.sleep(interval)
+            # Judge only the runs this renewal asked about: a run claimed while it
+            # was in flight is not in its answer, but is not lost either.
+            asked = dict(self.active)
             try:
-                held = await self.store.renew(
-                    self.worker_id, list(self.active), lease_ttl=self.lease_ttl
-                )
+                held = await self.store.renew(self.worker_id, list(asked), lease_ttl=self.lease_ttl)
             except Exception:
                 log.exception("lease renewal failed; retrying")
                 continue
+            try:
+                pauses = await self.store.pause_requests(self.worker_id) if held else set()
+            except Exception:
+                pauses = set()
+            for run_id in pauses:
+                if run_id in self.active:
+                    self.active[run_id][1].pause_requested = True
             for run_id, (task, runner) in list(self.active.items()):
+                if asked.get(run_id) is not self.active[run_id]:
+                    continue
                 if run_id not in held:
                     self._interrupt(task, runner, StopReason.LOST)
                 elif held[run_id]:

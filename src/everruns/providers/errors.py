@@ -28,8 +28,8 @@ RETRYABLE = {"rate_limited", "overloaded", "server_error", "timeout", "connectio
 BREAKER_CLASSES = {"overloaded", "server_error", "timeout", "connection", "stream_broken"}
 
 _CONTEXT_PATTERNS = re.compile(
-    r"context.length|context window|maximum context|too many tokens|prompt is too long|"
-    r"context_length_exceeded|input is too long",
+    r"context.length|context window|context limit|maximum context|too many tokens|"
+    r"prompt is too long|context_length_exceeded|input is too long|input tokens exceed",
     re.I,
 )
 _REFUSAL_PATTERNS = re.compile(r"content.?(policy|filter|management)|refus|safety", re.I)

@@ -76,7 +76,13 @@ def _translate(exc: Exception) -> ProviderError:
     if isinstance(exc, openai.APIStatusError):
         body = exc.body if isinstance(exc.body, dict) else {}
         err = body.get("error", body) if isinstance(body, dict) else {}
-        error_type = err.get("type") or err.get("code") if isinstance(err, dict) else None
+        # Both: `code` (e.g. context_length_exceeded) is the machine-readable signal,
+        # and the message text alone does not always say so.
+        error_type = (
+            " ".join(str(v) for v in (err.get("type"), err.get("code")) if v) or None
+            if isinstance(err, dict)
+            else None
+        )
         message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
         return classify_status(exc.status_code, message, exc.response.headers, error_type)
     if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | openai.APIError):
@@ -140,27 +146,39 @@ class OpenAIChatProvider:
         usage: dict[str, int] = {}
         model_name: str | None = None
         chunk: Any
-        async for chunk in stream_with_idle_timeout(stream, request.model.timeouts.stream_idle):
-            model_name = chunk.model or model_name
-            if chunk.usage is not None:
-                usage = {
-                    "input_tokens": chunk.usage.prompt_tokens or 0,
-                    "output_tokens": chunk.usage.completion_tokens or 0,
-                }
-            for choice in chunk.choices or []:
-                delta = choice.delta
-                if delta is not None and delta.content:
-                    text.append(delta.content)
-                    on_delta(delta.content)
-                for tc in (delta.tool_calls if delta is not None else None) or []:
-                    slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
-                    if tc.id:
-                        slot["id"] = tc.id
-                    if tc.function is not None:
-                        slot["name"] += tc.function.name or ""
-                        slot["arguments"] += tc.function.arguments or ""
-                if choice.finish_reason:
-                    finish = choice.finish_reason
+        try:
+            async for chunk in stream_with_idle_timeout(stream, request.model.timeouts.stream_idle):
+                model_name = chunk.model or model_name
+                if chunk.usage is not None:
+                    usage = {
+                        "input_tokens": chunk.usage.prompt_tokens or 0,
+                        "output_tokens": chunk.usage.completion_tokens or 0,
+                    }
+                for choice in chunk.choices or []:
+                    delta = choice.delta
+                    if delta is not None and delta.content:
+                        text.append(delta.content)
+                        on_delta(delta.content)
+                    for tc in (delta.tool_calls if delta is not None else None) or []:
+                        slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
+                        if tc.id:
+                            slot["id"] = tc.id
+                        if tc.function is not None:
+                            slot["name"] += tc.function.name or ""
+                            slot["arguments"] += tc.function.arguments or ""
+                    if choice.finish_reason:
+                        finish = choice.finish_reason
+        except openai.APIConnectionError as exc:
+            # The SDK wraps transport errors *inside* an open stream (the peer hangs up
+            # mid-answer, a read timeout) as APIConnectionError/APITimeoutError. The
+            # response had begun, so the stream died: `stream_broken`, as for Anthropic.
+            cause = exc.__cause__ or exc
+            raise ProviderError(
+                f"the stream broke: {type(cause).__name__}: {cause}",
+                error_class="stream_broken",
+                retryable=True,
+                usage=usage,
+            ) from None
         if finish is None:
             raise ProviderError(
                 "the stream ended without a finish reason (truncated)",

@@ -85,10 +85,9 @@ def create_engine(url: str) -> AsyncEngine:
 def _upgrade_sync(url: str) -> None:
     import logging
 
+    logging.getLogger("alembic").setLevel(logging.WARNING)
     from alembic import command
     from alembic.config import Config
-
-    logging.getLogger("alembic").setLevel(logging.WARNING)
 
     _, sync_url = _driver_urls(url)
     engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)

@@ -113,7 +113,9 @@ class FleetState:
             await conn.execute(
                 sa.update(rate_buckets)
                 .where(rate_buckets.c.key == key)
-                .values(requests=requests, tokens=have_tokens, updated_at=now)
+                # `now` was read before the row lock: a writer that held the lock may have
+                # stored a later time. Never move the clock back (that would refill twice).
+                .values(requests=requests, tokens=have_tokens, updated_at=max(now, row.updated_at))
             )
             return wait
 

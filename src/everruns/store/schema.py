@@ -41,6 +41,7 @@ runs = sa.Table(
     sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    sa.Column("pause_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     # Projection of the fold, for listing without reading the journal.
     sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
@@ -54,6 +55,7 @@ runs = sa.Table(
     sa.Index("ix_runs_claim", "wake_at"),
     sa.Index("ix_runs_status", "status", "created_at"),
     sa.Index("ix_runs_lease_owner", "lease_owner"),
+    sa.Index("ix_runs_created", "created_at", "id"),
 )
 
 events = sa.Table(
@@ -102,4 +104,23 @@ blobs = sa.Table(
     sa.Column("size", sa.BigInteger, nullable=False),
     sa.Column("content", sa.LargeBinary, nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
+)
+
+api_tokens = sa.Table(
+    "api_tokens",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("name", sa.String(128), nullable=False),
+    sa.Column("token_hash", sa.String(64), nullable=False, unique=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("last_used_at", sa.Float, nullable=True),
+    sa.Column("revoked", sa.Boolean, nullable=False, server_default=sa.false()),
+)
+
+secrets = sa.Table(
+    "secrets",
+    metadata,
+    sa.Column("name", sa.String(128), primary_key=True),
+    sa.Column("ciphertext", sa.Text, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
 )

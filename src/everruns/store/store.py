@@ -10,7 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import secrets
+import secrets as secrets_module
 import socket
 import time
 from collections.abc import Iterable
@@ -24,13 +24,16 @@ from everruns.journal import (
     MESSAGE_USER,
     RUN_CANCELLED,
     RUN_CREATED,
+    RUN_FORKED,
+    RUN_PAUSED,
+    RUN_RESUMED,
     TERMINAL_STATUSES,
     Event,
 )
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import database
 from everruns.store.fleet import FleetState
-from everruns.store.schema import agents, events, runs, workers
+from everruns.store.schema import agents, api_tokens, events, runs, secrets, workers
 
 ACTIVE_STATUSES = ("queued", "running", "waiting")
 
@@ -53,6 +56,10 @@ class Moved(StoreError):
     """A conditional append found events the caller has not seen (a signal arrived)."""
 
 
+def _token_hash(plaintext: str) -> str:
+    return hashlib.sha256(plaintext.encode()).hexdigest()
+
+
 def _dumps(value: Any) -> str:
     return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
 
@@ -62,7 +69,7 @@ _B32 = "0123456789abcdefghjkmnpqrstvwxyz"
 
 def new_id(prefix: str = "run") -> str:
     """Time-sortable id: 48-bit milliseconds + 80 random bits, Crockford base32."""
-    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    value = (int(time.time() * 1000) << 80) | secrets_module.randbits(80)
     chars = []
     for _ in range(26):
         chars.append(_B32[value & 31])
@@ -273,13 +280,35 @@ class Store(FleetState):
         return RunRow.from_row(row)
 
     async def list_runs(
-        self, *, status: str | None = None, agent: str | None = None, limit: int = 100
+        self,
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        limit: int = 100,
+        before: tuple[float, str] | None = None,
+        parent_id: str | None = None,
+        search: str | None = None,
     ) -> list[RunRow]:
+        """Runs newest first; `before` is the (created_at, id) of the last row seen."""
         query = sa.select(runs).order_by(runs.c.created_at.desc(), runs.c.id.desc()).limit(limit)
         if status:
             query = query.where(runs.c.status == status)
         if agent:
             query = query.where(runs.c.agent_name == agent)
+        if parent_id:
+            query = query.where(runs.c.parent_id == parent_id)
+        if search:
+            like = f"%{search}%"
+            query = query.where(
+                sa.or_(runs.c.id.like(like), runs.c.input.like(like), runs.c.result.like(like))
+            )
+        if before is not None:
+            query = query.where(
+                sa.or_(
+                    runs.c.created_at < before[0],
+                    sa.and_(runs.c.created_at == before[0], runs.c.id < before[1]),
+                )
+            )
         async with self.engine.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [RunRow.from_row(r) for r in rows]
@@ -476,6 +505,11 @@ class Store(FleetState):
         out = [Event(first + i, kind, now, data) for i, (kind, data) in enumerate(new_events)]
         if not out:
             return out
+        if not self.is_sqlite:  # delivered at commit; carries only run id and seq
+            await conn.execute(
+                sa.text("SELECT pg_notify('everruns_events', :payload)"),
+                {"payload": f"{run_id}:{out[-1].seq}"},
+            )
         await conn.execute(
             events.insert(),
             [
@@ -551,6 +585,258 @@ class Store(FleetState):
                 run_id, None, [(kind, data)], projection=projection, conn=conn
             )
             return event
+
+    async def pause(self, run_id: str) -> str:
+        """Pause after the current atom. Returns "paused", "requested" or the status it had."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            run = await self._locked_run(conn, run_id)
+            if run.status in TERMINAL_STATUSES or run.status == "paused":
+                return run.status
+            if run.lease_owner is not None and (run.lease_expires_at or 0) >= now:
+                await conn.execute(
+                    sa.update(runs).where(runs.c.id == run_id).values(pause_requested=True)
+                )
+                return "requested"
+            await conn.execute(
+                sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+            )
+            await self.append(
+                run_id,
+                run.epoch + 1,
+                [(RUN_PAUSED, {"by": "user"})],
+                projection={
+                    "status": "paused",
+                    "wake_at": None,
+                    "lease_owner": None,
+                    "lease_expires_at": None,
+                    "pause_requested": False,
+                },
+                conn=conn,
+            )
+            return "paused"
+
+    async def resume(self, run_id: str) -> str:
+        """Resume a paused run (or withdraw a pause request not yet honoured)."""
+        now = time.time()
+        async with self.engine.begin() as conn:
+            run = await self._locked_run(conn, run_id)
+            if run.status != "paused":
+                await conn.execute(
+                    sa.update(runs).where(runs.c.id == run_id).values(pause_requested=False)
+                )
+                return run.status
+            await self.append(
+                run_id,
+                None,
+                [(RUN_RESUMED, {"by": "user"})],
+                projection={"status": "queued", "wake_at": now, "pause_requested": False},
+                conn=conn,
+            )
+            return "queued"
+
+    async def pause_requests(self, worker_id: str) -> set[str]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(runs.c.id).where(
+                        runs.c.lease_owner == worker_id, runs.c.pause_requested.is_(True)
+                    )
+                )
+            ).all()
+        return {r.id for r in rows}
+
+    async def fork(self, run_id: str, at_seq: int, *, agent_version: int | None = None) -> str:
+        """A new run whose journal is a copy of the source's first `at_seq` events."""
+        source = await self.get_run(run_id)
+        if not 1 <= at_seq <= source.last_seq:
+            raise StoreError(f"seq must be between 1 and {source.last_seq}, not {at_seq}")
+        version = agent_version or source.agent_version
+        await self.get_agent(source.agent_name, version)  # the version must exist
+        prefix = await self.load_events(run_id, limit=at_seq)
+        new = new_id()
+        now = time.time()
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                runs.insert().values(
+                    id=new,
+                    agent_name=source.agent_name,
+                    agent_version=version,
+                    parent_id=source.parent_id,
+                    status="queued",
+                    epoch=0,
+                    wake_at=now,
+                    last_seq=at_seq,
+                    input=source.input,
+                    created_at=now,
+                    updated_at=now,
+                )
+            )
+            await conn.execute(
+                events.insert(),
+                [
+                    {
+                        "run_id": new,
+                        "seq": e.seq,
+                        "type": e.type,
+                        "ts": e.ts,
+                        "data": _dumps(e.data),
+                    }
+                    for e in prefix
+                ],
+            )
+            await self.append(
+                new,
+                None,
+                [(RUN_FORKED, {"from_run": run_id, "at_seq": at_seq, "agent_version": version})],
+                conn=conn,
+            )
+        return new
+
+    async def _locked_run(self, conn: AsyncConnection, run_id: str) -> RunRow:
+        query = sa.select(runs).where(runs.c.id == run_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        if row is None:
+            raise RunNotFound(run_id)
+        return RunRow.from_row(row)
+
+    # ------------------------------------------------------------ tokens and secrets
+
+    async def create_token(self, name: str) -> tuple[str, str]:
+        """A new API token: (id, plaintext). Only its sha256 is stored."""
+        token_id = new_id("tok")
+        plaintext = "evr_" + secrets_module.token_urlsafe(32)
+        async with self.engine.begin() as conn:
+            await conn.execute(
+                api_tokens.insert().values(
+                    id=token_id,
+                    name=name,
+                    token_hash=_token_hash(plaintext),
+                    created_at=time.time(),
+                )
+            )
+        return token_id, plaintext
+
+    async def verify_token(self, plaintext: str) -> str | None:
+        """The token's name if it is valid and not revoked."""
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(
+                    sa.select(api_tokens.c.name).where(
+                        api_tokens.c.token_hash == _token_hash(plaintext),
+                        api_tokens.c.revoked.is_(False),
+                    )
+                )
+            ).first()
+        return None if row is None else str(row.name)
+
+    async def list_tokens(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(sa.select(api_tokens).order_by(api_tokens.c.created_at))
+            ).all()
+        return [
+            {"id": r.id, "name": r.name, "created_at": r.created_at, "revoked": bool(r.revoked)}
+            for r in rows
+        ]
+
+    async def revoke_token(self, token_id: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(api_tokens).where(api_tokens.c.id == token_id).values(revoked=True)
+            )
+        return result.rowcount == 1
+
+    async def put_secret(self, name: str, ciphertext: str) -> None:
+        async with self.engine.begin() as conn:
+            await conn.execute(sa.delete(secrets).where(secrets.c.name == name))
+            await conn.execute(
+                secrets.insert().values(name=name, ciphertext=ciphertext, updated_at=time.time())
+            )
+
+    async def get_secret(self, name: str) -> str | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(secrets.c.ciphertext).where(secrets.c.name == name))
+            ).first()
+        return None if row is None else str(row.ciphertext)
+
+    async def list_secrets(self) -> list[str]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(secrets.c.name).order_by(secrets.c.name))).all()
+        return [r.name for r in rows]
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        agents.c.name, agents.c.version, agents.c.created_at, agents.c.archived
+                    ).order_by(agents.c.name, agents.c.version)
+                )
+            ).all()
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            latest[r.name] = {
+                "name": r.name,
+                "version": r.version,
+                "created_at": r.created_at,
+                "archived": bool(r.archived),
+            }
+        return list(latest.values())
+
+    async def archive_agent(self, name: str) -> bool:
+        async with self.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(agents).where(agents.c.name == name).values(archived=True)
+            )
+        return result.rowcount > 0
+
+    async def list_workers(self, alive_within: float = 60.0) -> list[dict[str, Any]]:
+        now = time.time()
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(workers).where(
+                        workers.c.stopped_at.is_(None), workers.c.heartbeat_at > now - alive_within
+                    )
+                )
+            ).all()
+            counts: dict[str, int] = dict(
+                (
+                    await conn.execute(
+                        sa.select(runs.c.lease_owner, sa.func.count())
+                        .where(runs.c.lease_owner.is_not(None), runs.c.lease_expires_at > now)
+                        .group_by(runs.c.lease_owner)
+                    )
+                ).all()
+            )
+        return [
+            {
+                "id": r.id,
+                "hostname": r.hostname,
+                "pid": r.pid,
+                "started_at": r.started_at,
+                "heartbeat_at": r.heartbeat_at,
+                "runs": int(counts.get(r.id, 0)),
+            }
+            for r in rows
+        ]
+
+    async def count_runs_by_status(self) -> dict[str, int]:
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
+                )
+            ).all()
+        return {str(status): int(count) for status, count in rows}
+
+    async def ping(self) -> None:
+        async with self.engine.connect() as conn:
+            await conn.execute(sa.text("SELECT 1"))
 
     # ------------------------------------------------------------ workers
 

@@ -1,0 +1,536 @@
+"""The HTTP API: agents, runs, events (JSON and SSE), health, metrics."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Annotated, Any
+
+import yaml
+from fastapi import Depends, FastAPI, Header, Path, Query, Request
+from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from everruns import journal as j
+from everruns.api import problems
+from everruns.api.feed import EventFeed
+from everruns.api.models import (
+    AgentCreate,
+    AgentOut,
+    Decision,
+    EventOut,
+    ForkCreate,
+    MessageCreate,
+    Outcome,
+    RunCreate,
+    RunOut,
+    RunPage,
+    SecretPut,
+)
+from everruns.api.problems import Problem
+from everruns.engine.broker import Broker
+from everruns.engine.worker import Worker
+from everruns.secretbox import SecretsUnavailable, encrypt
+from everruns.spec import AgentSpec, parse_spec
+from everruns.store import Store, StoreError
+from everruns.tools.registry import ToolSpecError, build_tools
+
+log = logging.getLogger("everruns.api")
+STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
+
+
+@dataclass
+class ApiConfig:
+    database_url: str | None = None
+    auth_required: bool = False
+    embedded_worker: bool = True
+    worker_concurrency: int = 16
+    lease_ttl: float = 15.0
+    max_body_bytes: int = 2_000_000
+    keepalive: float = 15.0
+
+
+class BodyLimit:
+    """Refuse request bodies over a size (413), whether or not they declare a length."""
+
+    def __init__(self, app: ASGIApp, limit: int):
+        self.app = app
+        self.limit = limit
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        declared = dict(scope.get("headers") or []).get(b"content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self.limit:
+            await _too_large(scope, receive, send, self.limit)
+            return
+        seen = 0
+
+        async def counting() -> Message:
+            nonlocal seen
+            message = await receive()
+            if message["type"] == "http.request":
+                seen += len(message.get("body", b""))
+                if seen > self.limit:
+                    raise Problem(
+                        413,
+                        "too-large",
+                        "Request too large",
+                        f"the body exceeds {self.limit} bytes",
+                    )
+            return message
+
+        await self.app(scope, counting, send)
+
+
+async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
+    response = problems.problem_response(
+        413, "too-large", "Request too large", f"the body exceeds {limit} bytes", scope.get("path")
+    )
+    await response(scope, receive, send)
+
+
+def store_of(request: Request) -> Store:
+    return request.app.state.store
+
+
+StoreDep = Annotated[Store, Depends(store_of)]
+
+
+def _run_out(row: Any) -> RunOut:
+    return RunOut.model_validate(row.to_dict())
+
+
+def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
+    lines = []
+    if with_id and "seq" in event:
+        lines.append(f"id: {event['seq']}")
+    lines.append(f"event: {event['type']}")
+    lines.append("data: " + json.dumps(event, ensure_ascii=False, default=str))
+    return ("\n".join(lines) + "\n\n").encode()
+
+
+def create_app(config: ApiConfig | None = None) -> FastAPI:
+    config = config or ApiConfig()
+    broker = Broker()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        store = await Store.open(config.database_url)
+        feed = EventFeed(store)
+        await feed.start()
+        app.state.store = store
+        app.state.feed = feed
+        worker: Worker | None = None
+        worker_task = None
+        if config.embedded_worker:
+            worker = Worker(
+                store,
+                concurrency=config.worker_concurrency,
+                lease_ttl=config.lease_ttl,
+                broker=broker,
+                poll_interval=0.25,
+            )
+            worker_task = asyncio.create_task(worker.run())
+        app.state.worker = worker
+        try:
+            yield
+        finally:
+            if worker is not None and worker_task is not None:
+                worker.stop()
+                with contextlib.suppress(Exception):
+                    await worker_task
+            await feed.stop()
+            await store.close()
+
+    app = FastAPI(
+        title="everruns",
+        version="0.1.0",
+        description="Durable execution for long-lived AI agents.",
+        lifespan=lifespan,
+    )
+    problems.install(app)
+    app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+
+    async def authorize(
+        request: Request, authorization: Annotated[str | None, Header()] = None
+    ) -> None:
+        if not config.auth_required:
+            return
+        if not authorization or not authorization.lower().startswith("bearer "):
+            raise Problem(
+                401,
+                "unauthorized",
+                "Unauthorized",
+                "send an API token as `Authorization: Bearer <token>`",
+            )
+        name = await store_of(request).verify_token(authorization[7:].strip())
+        if name is None:
+            raise Problem(
+                401, "unauthorized", "Unauthorized", "the API token is invalid or revoked"
+            )
+
+    auth = [Depends(authorize)]
+
+    # ------------------------------------------------------------ health
+
+    @app.get("/v1/health", tags=["health"])
+    async def health() -> dict[str, str]:
+        return {"status": "ok"}
+
+    @app.get("/v1/ready", tags=["health"])
+    async def ready(store: StoreDep) -> dict[str, str]:
+        try:
+            await store.ping()
+        except Exception as exc:
+            raise Problem(503, "not-ready", "Not ready", f"database unreachable: {exc}") from None
+        return {"status": "ready"}
+
+    @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=auth)
+    async def metrics(store: StoreDep) -> str:
+        counts = await store.count_runs_by_status()
+        workers = await store.list_workers()
+        lines = ["# HELP everruns_runs Runs by status.", "# TYPE everruns_runs gauge"]
+        lines += [f'everruns_runs{{status="{s}"}} {counts.get(s, 0)}' for s in STATUSES]
+        lines += [
+            "# HELP everruns_workers Live workers.",
+            "# TYPE everruns_workers gauge",
+            f"everruns_workers {len(workers)}",
+            "# HELP everruns_worker_runs Runs held by live workers.",
+            "# TYPE everruns_worker_runs gauge",
+            f"everruns_worker_runs {sum(w['runs'] for w in workers)}",
+        ]
+        return "\n".join(lines) + "\n"
+
+    # ------------------------------------------------------------ agents
+
+    def _checked(spec_data: dict[str, Any] | None, text: str | None) -> AgentSpec:
+        if (spec_data is None) == (text is None):
+            raise Problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "give exactly one of `spec` (JSON) or `yaml` (text)",
+            )
+        if text is not None:
+            try:
+                spec_data = yaml.safe_load(text)
+            except yaml.YAMLError as exc:
+                raise Problem(
+                    422, "invalid-spec", "Invalid agent spec", f"invalid YAML: {exc}"
+                ) from None
+        spec = parse_spec(spec_data, "spec")
+        try:
+            build_tools(spec)
+        except ToolSpecError as exc:
+            raise Problem(
+                422,
+                "invalid-spec",
+                "Invalid agent spec",
+                str(exc),
+                errors=[{"field": exc.field, "message": exc.message}],
+            ) from None
+        return spec
+
+    @app.post("/v1/agents", tags=["agents"], status_code=201, dependencies=auth)
+    async def create_agent(body: AgentCreate, store: StoreDep) -> AgentOut:
+        spec = _checked(body.spec, body.yaml)
+        version = await store.save_agent(spec)
+        return AgentOut(name=spec.name, version=version, spec=spec.to_dict())
+
+    @app.get("/v1/agents", tags=["agents"], dependencies=auth)
+    async def list_agents(store: StoreDep) -> list[AgentOut]:
+        return [AgentOut(**a) for a in await store.list_agents()]
+
+    async def _agent(store: Store, name: str, version: int | None) -> AgentOut:
+        try:
+            spec = await store.get_agent(name, version)
+        except StoreError as exc:
+            raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
+        latest = version or max(
+            (a["version"] for a in await store.list_agents() if a["name"] == name), default=1
+        )
+        return AgentOut(name=name, version=latest, spec=spec.to_dict())
+
+    @app.get("/v1/agents/{name}", tags=["agents"], dependencies=auth)
+    async def get_agent(name: str, store: StoreDep) -> AgentOut:
+        return await _agent(store, name, None)
+
+    @app.get("/v1/agents/{name}/versions/{version}", tags=["agents"], dependencies=auth)
+    async def get_agent_version(name: str, version: int, store: StoreDep) -> AgentOut:
+        return await _agent(store, name, version)
+
+    @app.post("/v1/agents/{name}/archive", tags=["agents"], dependencies=auth)
+    async def archive_agent(name: str, store: StoreDep) -> Outcome:
+        if not await store.archive_agent(name):
+            raise Problem(404, "agent-not-found", "Agent not found", f"no agent {name!r}")
+        return Outcome(id=name, outcome="archived")
+
+    # ------------------------------------------------------------ runs
+
+    @app.post("/v1/runs", tags=["runs"], status_code=201, dependencies=auth)
+    async def start_run(body: RunCreate, store: StoreDep) -> RunOut:
+        if (body.agent is None) == (body.spec is None):
+            raise Problem(
+                422,
+                "validation-error",
+                "Invalid request",
+                "give exactly one of `agent` (a stored agent's name) or `spec`",
+            )
+        if body.spec is not None:
+            spec = _checked(body.spec, None)
+        else:
+            assert body.agent is not None
+            try:
+                spec = await store.get_agent(body.agent, body.version)
+            except StoreError as exc:
+                raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
+        run_id = await store.create_run(spec, body.input)
+        _wake(request_app=app)
+        return _run_out(await store.get_run(run_id))
+
+    def _wake(request_app: FastAPI) -> None:
+        worker = getattr(request_app.state, "worker", None)
+        if worker is not None:
+            worker.wake()
+
+    @app.get("/v1/runs", tags=["runs"], dependencies=auth)
+    async def list_runs(
+        store: StoreDep,
+        status: Annotated[str | None, Query(pattern="^(" + "|".join(STATUSES) + ")$")] = None,
+        agent: Annotated[str | None, Query(max_length=128)] = None,
+        q: Annotated[
+            str | None, Query(max_length=200, description="Search id, input, result.")
+        ] = None,
+        parent_id: Annotated[str | None, Query(max_length=40)] = None,
+        limit: Annotated[int, Query(ge=1, le=500)] = 50,
+        cursor: Annotated[str | None, Query(max_length=100)] = None,
+    ) -> RunPage:
+        before = None
+        if cursor:
+            ts, _, rid = cursor.partition("~")
+            try:
+                before = (float(ts), rid)
+            except ValueError:
+                raise Problem(
+                    422,
+                    "validation-error",
+                    "Invalid request",
+                    "cursor: not a cursor returned by this API",
+                ) from None
+        rows = await store.list_runs(
+            status=status,
+            agent=agent,
+            limit=limit + 1,
+            before=before,
+            parent_id=parent_id,
+            search=q,
+        )
+        page = rows[:limit]
+        next_cursor = f"{page[-1].created_at!r}~{page[-1].id}" if len(rows) > limit else None
+        return RunPage(items=[_run_out(r) for r in page], next_cursor=next_cursor)
+
+    @app.get("/v1/runs/{run_id}", tags=["runs"], dependencies=auth)
+    async def get_run(run_id: str, store: StoreDep) -> RunOut:
+        return _run_out(await store.get_run(run_id))
+
+    @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], dependencies=auth)
+    async def cancel_run(run_id: str, store: StoreDep) -> Outcome:
+        return Outcome(id=run_id, outcome=await store.cancel(run_id))
+
+    @app.post("/v1/runs/{run_id}/pause", tags=["runs"], dependencies=auth)
+    async def pause_run(run_id: str, store: StoreDep) -> Outcome:
+        return Outcome(id=run_id, outcome=await store.pause(run_id))
+
+    @app.post("/v1/runs/{run_id}/resume", tags=["runs"], dependencies=auth)
+    async def resume_run(run_id: str, store: StoreDep) -> Outcome:
+        outcome = await store.resume(run_id)
+        _wake(app)
+        return Outcome(id=run_id, outcome=outcome)
+
+    @app.post("/v1/runs/{run_id}/messages", tags=["runs"], status_code=201, dependencies=auth)
+    async def send_message(run_id: str, body: MessageCreate, store: StoreDep) -> EventOut:
+        event = await store.signal(run_id, j.MESSAGE_USER, {"content": body.content})
+        _wake(app)
+        return EventOut(run_id=run_id, **event.to_dict())
+
+    @app.post("/v1/runs/{run_id}/approvals/{call_id}", tags=["runs"], dependencies=auth)
+    async def decide_approval(
+        run_id: str, call_id: str, body: Decision, store: StoreDep
+    ) -> EventOut:
+        await store.get_run(run_id)
+        state = j.fold(await store.load_events(run_id))
+        pending = [c.id for c in state.calls if c.approval == "requested"]
+        if call_id not in pending:
+            raise Problem(
+                409,
+                "no-pending-approval",
+                "No pending approval",
+                f"run {run_id} has no pending approval for call {call_id!r} "
+                f"(pending: {', '.join(pending) or 'none'})",
+            )
+        if body.approve:
+            event = await store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+        else:
+            event = await store.signal(
+                run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}
+            )
+        _wake(app)
+        return EventOut(run_id=run_id, **event.to_dict())
+
+    @app.post("/v1/runs/{run_id}/fork", tags=["runs"], status_code=201, dependencies=auth)
+    async def fork_run(run_id: str, body: ForkCreate, store: StoreDep) -> RunOut:
+        new_id = await store.fork(run_id, body.seq, agent_version=body.agent_version)
+        _wake(app)
+        return _run_out(await store.get_run(new_id))
+
+    @app.get("/v1/approvals", tags=["runs"], dependencies=auth)
+    async def pending_approvals(store: StoreDep) -> list[dict[str, Any]]:
+        out = []
+        for row in await store.list_runs(status="waiting", limit=500):
+            state = j.fold(await store.load_events(row.id))
+            for call in state.calls:
+                if call.approval == "requested":
+                    out.append(
+                        {
+                            "run_id": row.id,
+                            "agent": row.agent_name,
+                            "call_id": call.id,
+                            "name": call.name,
+                            "arguments": call.arguments,
+                        }
+                    )
+        return out
+
+    @app.get("/v1/workers", tags=["health"], dependencies=auth)
+    async def list_workers(store: StoreDep) -> list[dict[str, Any]]:
+        return await store.list_workers()
+
+    # ------------------------------------------------------------ events
+
+    @app.get("/v1/runs/{run_id}/events", tags=["events"], dependencies=auth)
+    async def list_events(
+        run_id: str,
+        store: StoreDep,
+        after: Annotated[int, Query(ge=0)] = 0,
+        limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
+    ) -> list[EventOut]:
+        await store.get_run(run_id)
+        return [
+            EventOut(run_id=run_id, **e.to_dict())
+            for e in await store.load_events(run_id, after=after, limit=limit)
+        ]
+
+    @app.get(
+        "/v1/runs/{run_id}/events/stream",
+        tags=["events"],
+        dependencies=auth,
+        response_class=StreamingResponse,
+        responses={200: {"content": {"text/event-stream": {}}}},
+    )
+    async def stream_events(
+        run_id: str,
+        request: Request,
+        store: StoreDep,
+        after: Annotated[int | None, Query(ge=0)] = None,
+        last_event_id: Annotated[str | None, Header()] = None,
+    ) -> StreamingResponse:
+        """Server-Sent Events: durable events (with `id: seq`) replayed after `Last-Event-ID`
+        (or `?after=`) and then followed live; token deltas live only; ends with the run."""
+        await store.get_run(run_id)
+        start = after or 0
+        if last_event_id and last_event_id.strip().isdigit():
+            start = max(start, int(last_event_id.strip()))
+        feed: EventFeed = request.app.state.feed
+        return StreamingResponse(
+            _follow(store, feed, broker, run_id, start, request.is_disconnected, config.keepalive),
+            media_type="text/event-stream",
+            headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+        )
+
+    add_secret_routes(app, auth)
+    return app
+
+
+async def _follow(
+    store: Store,
+    feed: EventFeed,
+    broker: Broker,
+    run_id: str,
+    after: int,
+    disconnected: Callable[[], Awaitable[bool]],
+    keepalive: float,
+) -> AsyncIterator[bytes]:
+    last = after
+    queue = broker.subscribe(run_id)
+    wake = feed.waiter(run_id)
+    idle = 0.0
+    try:
+        yield b": connected\n\n"
+        while True:
+            wake.clear()
+            for event in await store.load_events(run_id, after=last):
+                yield _sse({"run_id": run_id, **event.to_dict()})
+                last = event.seq
+                if event.type in j.TERMINAL_EVENTS:
+                    return
+            row = await store.get_run(run_id)
+            if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+                return
+            # Sleep until a durable event is signalled, forwarding live deltas meanwhile.
+            deadline = feed.wait_cap
+            while True:
+                getter = asyncio.ensure_future(queue.get())
+                waiter = asyncio.ensure_future(wake.wait())
+                done, pending = await asyncio.wait(
+                    {getter, waiter}, timeout=deadline, return_when=asyncio.FIRST_COMPLETED
+                )
+                for task in pending:
+                    task.cancel()
+                if getter in done:
+                    item = getter.result()
+                    if item.get("ephemeral"):
+                        yield _sse(item, with_id=False)
+                        continue
+                    break  # a durable event: read it from the journal
+                if waiter in done:
+                    break
+                idle += deadline
+                if idle >= keepalive:
+                    idle = 0.0
+                    if await disconnected():
+                        return
+                    yield b": keep-alive\n\n"
+                break
+    finally:
+        broker.unsubscribe(queue, run_id)
+        feed.drop(run_id, wake)
+
+
+async def _encrypt_secret(store: Store, name: str, value: str) -> None:
+    try:
+        await store.put_secret(name, encrypt(value))
+    except SecretsUnavailable as exc:
+        raise Problem(503, "secrets-unavailable", "Secrets unavailable", str(exc)) from None
+
+
+def add_secret_routes(app: FastAPI, auth: list[Any]) -> None:
+    """Provider keys stored encrypted; the API never returns a value."""
+
+    @app.put("/v1/secrets/{name}", tags=["secrets"], status_code=204, dependencies=auth)
+    async def put_secret(
+        name: Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")],
+        body: SecretPut,
+        request: Request,
+    ) -> None:
+        await _encrypt_secret(request.app.state.store, name, body.value)
+
+    @app.get("/v1/secrets", tags=["secrets"], dependencies=auth)
+    async def list_secrets(request: Request) -> list[str]:
+        return await request.app.state.store.list_secrets()

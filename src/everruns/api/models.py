@@ -1,0 +1,93 @@
+"""Request and response bodies of the HTTP API."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+
+class _In(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class AgentCreate(_In):
+    spec: dict[str, Any] | None = Field(default=None, description="The agent spec as JSON.")
+    yaml: str | None = Field(default=None, max_length=1_000_000, description="Or as YAML text.")
+
+
+class AgentOut(BaseModel):
+    name: str
+    version: int
+    spec: dict[str, Any] | None = None
+    archived: bool = False
+    created_at: float | None = None
+
+
+class RunCreate(_In):
+    agent: str | None = Field(default=None, description="Name of a stored agent.")
+    version: int | None = Field(default=None, ge=1, description="Its version (default: latest).")
+    spec: dict[str, Any] | None = Field(default=None, description="Or an inline agent spec.")
+    input: str | None = Field(default=None, max_length=1_000_000)
+
+
+class Usage(BaseModel):
+    input_tokens: int
+    output_tokens: int
+    total_tokens: int
+    cost_usd: float
+
+
+class RunOut(BaseModel):
+    id: str
+    agent: str
+    agent_version: int
+    parent_id: str | None
+    status: str
+    steps: int
+    usage: Usage
+    input: str | None
+    result: str | None
+    error: dict[str, Any] | None
+    epoch: int
+    lease_owner: str | None
+    wake_at: float | None
+    last_seq: int
+    created_at: float
+    updated_at: float
+
+
+class RunPage(BaseModel):
+    items: list[RunOut]
+    next_cursor: str | None
+
+
+class EventOut(BaseModel):
+    run_id: str
+    seq: int
+    type: str
+    ts: float
+    data: dict[str, Any]
+
+
+class MessageCreate(_In):
+    content: str = Field(min_length=1, max_length=1_000_000)
+
+
+class Decision(_In):
+    approve: bool
+    reason: str = Field(default="", max_length=10_000)
+
+
+class ForkCreate(_In):
+    seq: int = Field(ge=1)
+    agent_version: int | None = Field(default=None, ge=1)
+
+
+class SecretPut(_In):
+    value: str = Field(min_length=1, max_length=10_000)
+
+
+class Outcome(BaseModel):
+    id: str
+    outcome: str

@@ -1,0 +1,38 @@
+"""Encryption at rest for provider keys configured through the API.
+
+The master key comes from `EVERRUNS_MASTER_KEY` (a Fernet key:
+`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`).
+"""
+
+from __future__ import annotations
+
+import os
+
+from cryptography.fernet import Fernet, InvalidToken
+
+
+class SecretsUnavailable(Exception):
+    pass
+
+
+def _fernet() -> Fernet:
+    key = os.environ.get("EVERRUNS_MASTER_KEY")
+    if not key:
+        raise SecretsUnavailable("EVERRUNS_MASTER_KEY is not set: cannot store or read secrets")
+    try:
+        return Fernet(key.encode())
+    except ValueError:
+        raise SecretsUnavailable("EVERRUNS_MASTER_KEY is not a valid Fernet key") from None
+
+
+def encrypt(plaintext: str) -> str:
+    return _fernet().encrypt(plaintext.encode()).decode()
+
+
+def decrypt(ciphertext: str) -> str:
+    try:
+        return _fernet().decrypt(ciphertext.encode()).decode()
+    except InvalidToken:
+        raise SecretsUnavailable(
+            "a stored secret cannot be decrypted with this master key"
+        ) from None
