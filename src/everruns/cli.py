@@ -12,12 +12,14 @@ from collections.abc import Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import httpx
 import typer
 from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from everruns import journal as j
+from everruns.client import ApiError, Client
 from everruns.engine.worker import Worker
 from everruns.render import format_event, format_status_time
 from everruns.spec import AgentSpec, SpecError, load_spec
@@ -48,6 +50,17 @@ DbOption = Annotated[
     ),
 ]
 JsonOption = Annotated[bool, typer.Option("--json", help="Machine-readable output.")]
+ServerOption = Annotated[
+    str | None,
+    typer.Option(
+        "--server",
+        envvar="EVERRUNS_SERVER",
+        help="Talk to an everruns server (http://host:port) instead of the database.",
+    ),
+]
+TokenOption = Annotated[
+    str | None, typer.Option("--token", envvar="EVERRUNS_TOKEN", help="API token for --server.")
+]
 InputOption = Annotated[str | None, typer.Option("--input", "-i", help="The user message.")]
 LeaseOption = Annotated[float, typer.Option("--lease-ttl", help="Lease time-to-live, seconds.")]
 
@@ -70,6 +83,16 @@ def _run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except CliError as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(exc.code) from None
+    except ApiError as exc:
+        err.print(f"[red]error:[/] {escape(exc.detail or str(exc))}")
+        raise typer.Exit(2 if exc.status == 422 else 1) from None
+    except httpx.TransportError as exc:
+        err.print(f"[red]error:[/] cannot reach the server: {escape(str(exc))}")
+        raise typer.Exit(1) from None
+
+
+async def _call(fn: Callable[[], T]) -> T:
+    return fn()
 
 
 def _load_checked(path: Path) -> AgentSpec:
@@ -123,12 +146,18 @@ def start(
     input: InputOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Queue a new run and print its id; a worker executes it."""
 
     async def go() -> None:
         loaded = _load_checked(spec)
-        run_id = await _with_store(db, lambda s: s.create_run(loaded, input))
+        if server:
+            with Client(server, token) as client:
+                run_id = client.runs.start(spec=loaded.to_dict(), input=input).id
+        else:
+            run_id = await _with_store(db, lambda s: s.create_run(loaded, input))
         if json_out:
             _print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:
@@ -262,11 +291,17 @@ def status(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     db: DbOption = None,
     json_out: JsonOption = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Show a run's status, steps, usage and result."""
 
     async def go() -> None:
-        row = await _with_store(db, lambda s: s.get_run(run_id))
+        if server:
+            with Client(server, token) as client:
+                row = RunRow.from_api(client.runs.get(run_id).model_dump())
+        else:
+            row = await _with_store(db, lambda s: s.get_run(run_id))
         if json_out:
             _print_json(row.to_dict())
             return
@@ -304,10 +339,32 @@ def events(
         bool, typer.Option("--follow", "-f", help="Wait for new events until the run ends.")
     ] = False,
     after: Annotated[int, typer.Option(help="Only events with seq greater than this.")] = 0,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Print a run's journal."""
 
+    def show(record: dict[str, Any]) -> None:
+        if json_out:
+            _print_json(record)
+        else:
+            out.print(format_event(record), highlight=False)
+
+    async def remote() -> None:
+        assert server is not None
+        with Client(server, token) as client:
+            client.runs.get(run_id)
+            if follow:
+                for event in client.runs.stream(run_id, after=after, include_ephemeral=False):
+                    show(event.model_dump(exclude={"ephemeral"}))
+            else:
+                for event in client.runs.events(run_id, after=after):
+                    show(event.model_dump(exclude={"ephemeral"}))
+
     async def go() -> None:
+        if server:
+            await remote()
+            return
         store = await Store.open(db)
         try:
             await store.get_run(run_id)
@@ -343,6 +400,8 @@ def list_runs(
     agent: Annotated[str | None, typer.Option(help="Only runs of this agent.")] = None,
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
     json_out: JsonOption = False,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """List runs, newest first."""
     valid = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
@@ -351,7 +410,14 @@ def list_runs(
         raise typer.Exit(2)
 
     async def go() -> None:
-        rows = await _with_store(db, lambda s: s.list_runs(status=status, agent=agent, limit=limit))
+        if server:
+            with Client(server, token) as client:
+                items, _ = client.runs.list(status=status, agent=agent, limit=limit)
+            rows = [RunRow.from_api(r.model_dump()) for r in items]
+        else:
+            rows = await _with_store(
+                db, lambda s: s.list_runs(status=status, agent=agent, limit=limit)
+            )
         if json_out:
             _print_json([r.to_dict() for r in rows])
             return
@@ -376,10 +442,27 @@ def cancel(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     db: DbOption = None,
     wait: Annotated[float, typer.Option(help="Seconds to wait for a running run to stop.")] = 30.0,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Cancel a run, stopping its in-flight LLM call and tools."""
 
+    async def remote() -> None:
+        assert server is not None
+        with Client(server, token) as client:
+            outcome = client.runs.cancel(run_id)
+            deadline = time.monotonic() + wait
+            while outcome == "requested" and time.monotonic() < deadline:
+                await asyncio.sleep(0.2)
+                current = client.runs.get(run_id)
+                if current.done:
+                    outcome = current.status
+            out.print(f"run {run_id} {outcome}")
+
     async def go() -> None:
+        if server:
+            await remote()
+            return
         store = await Store.open(db)
         try:
             outcome = await store.cancel(run_id)
@@ -419,8 +502,15 @@ def approve(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     call_id: Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")],
     db: DbOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Approve a tool call that waits for a human; the run continues on any worker."""
+    if server:
+        with Client(server, token) as client:
+            _run_async(lambda: _call(lambda: client.runs.approve(run_id, call_id)))
+        out.print(f"approved {call_id} of {run_id}")
+        return
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
@@ -436,8 +526,15 @@ def deny(
     call_id: Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")],
     reason: Annotated[str, typer.Option(help="Why; the model sees it.")] = "",
     db: DbOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Deny a tool call that waits for a human; the model sees the denial as the tool's result."""
+    if server:
+        with Client(server, token) as client:
+            _run_async(lambda: _call(lambda: client.runs.deny(run_id, call_id, reason)))
+        out.print(f"denied {call_id} of {run_id}")
+        return
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
@@ -452,8 +549,15 @@ def message(
     run_id: Annotated[str, typer.Argument(help="Run id.")],
     text: Annotated[str, typer.Argument(help="The message.")],
     db: DbOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Send a user message into a run; a finished run starts a new turn."""
+    if server:
+        with Client(server, token) as client:
+            event = _run_async(lambda: _call(lambda: client.runs.message(run_id, text)))
+        out.print(f"message journaled as seq {event.seq} of {run_id}")
+        return
 
     async def go(store: Store) -> None:
         event = await store.signal(run_id, j.MESSAGE_USER, {"content": text})

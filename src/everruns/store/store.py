@@ -138,6 +138,34 @@ class RunRow:
             updated_at=m["updated_at"],
         )
 
+    @classmethod
+    def from_api(cls, run: dict[str, Any]) -> RunRow:
+        """A RunRow from the HTTP API's run object (for the CLI's --server mode)."""
+        usage = run.get("usage") or {}
+        return cls(
+            id=run["id"],
+            agent_name=run["agent"],
+            agent_version=run["agent_version"],
+            parent_id=run.get("parent_id"),
+            status=run["status"],
+            epoch=run.get("epoch", 0),
+            lease_owner=run.get("lease_owner"),
+            lease_expires_at=None,
+            wake_at=run.get("wake_at"),
+            last_seq=run.get("last_seq", 0),
+            crashes=0,
+            cancel_requested=False,
+            steps=run.get("steps", 0),
+            input_tokens=usage.get("input_tokens", 0),
+            output_tokens=usage.get("output_tokens", 0),
+            cost_usd=usage.get("cost_usd", 0.0),
+            input=run.get("input"),
+            result=run.get("result"),
+            error=run.get("error"),
+            created_at=run.get("created_at", 0.0),
+            updated_at=run.get("updated_at", 0.0),
+        )
+
     def to_dict(self) -> dict[str, Any]:
         return {
             "id": self.id,

@@ -25,8 +25,9 @@ server went away or forgot the session), the next call reconnects once. Whether
 the call itself is sent again depends on what is known about its delivery:
 
 - the connection was already known to be dead before the call was sent, or the
-  HTTP server answered "Session terminated" (404): the call never reached the
-  server, so it is sent on the new session whatever `retry_on_reconnect` says;
+  HTTP server refused our session id (404 as the spec says, or 400 as servers
+  built on the TypeScript SDK's example do): the call never ran, so it is sent
+  on the new session whatever `retry_on_reconnect` says;
 - the connection broke while the call was in flight: the server may have run
   it, so it is repeated on a new session only with `retry_on_reconnect=True`,
   and otherwise a `ToolError` says the connection was lost (the next call then
@@ -251,6 +252,7 @@ class _Session:
         self.client: Client | None = None
         self.task: asyncio.Task[None] | None = None
         self.ended = False  # the transport's read stream ended: the peer is gone
+        self.rejected = False  # the HTTP server refused our session id
         self.finished = False  # the owner task left the SDK's context managers
         self.error: BaseException | None = None
         self.pid: int | None = None
@@ -259,7 +261,7 @@ class _Session:
 
     @property
     def usable(self) -> bool:
-        return self.client is not None and not self.ended and not self.finished
+        return self.client is not None and not (self.ended or self.finished or self.rejected)
 
     def stderr_tail(self, limit: int = 2000) -> str:
         if self.stderr is None:
@@ -430,7 +432,11 @@ class MCPConnection:
                     f"MCP server {self.name}: no tool listing within {timeout:g}s"
                 ) from None
             except MCPError as exc:
-                lost = exc.code == mcp_types.CONNECTION_CLOSED or _session_terminated(exc)
+                lost = (
+                    exc.code == mcp_types.CONNECTION_CLOSED
+                    or s.rejected
+                    or _session_terminated(exc)
+                )
                 if not lost:
                     raise MCPConnectionError(
                         f"MCP server {self.name}: listing tools failed: {exc.message}"
@@ -488,7 +494,7 @@ class MCPConnection:
                         f"({detail}) and reconnecting failed: {exc}"
                     ) from None
                 reconnected = True
-                log.info("MCP server %s: reconnected; sending %s again", self.name, name)
+                log.info("MCP server %s: reconnected; sending %s on the new session", self.name, name)
                 continue
             return _render_result(name, result)
 
@@ -612,8 +618,23 @@ class MCPConnection:
                 yield _WatchedReadStream(read, on_end), write
         else:
             assert config.url is not None
+
+            async def on_response(response: httpx2.Response) -> None:
+                request = response.request
+                if (
+                    request.method == "POST"
+                    and response.status_code in (400, 404)
+                    and "mcp-session-id" in request.headers
+                ):
+                    # The server rejected our session id at the HTTP level (404 per the
+                    # spec; 400 from servers built on the TypeScript SDK's example):
+                    # it restarted or expired the session and did not run the request.
+                    s.rejected = True
+
             http = httpx2.AsyncClient(
-                headers=config.headers, timeout=httpx2.Timeout(30.0, read=300.0)
+                headers=config.headers,
+                timeout=httpx2.Timeout(30.0, read=300.0),
+                event_hooks={"response": [on_response]},
             )
             async with http, streamable_http_client(config.url, http_client=http) as (read, write):
                 yield _WatchedReadStream(read, on_end), write
@@ -630,7 +651,7 @@ class MCPConnection:
         except MCPError as exc:
             if exc.code == mcp_types.CONNECTION_CLOSED:
                 raise _Lost(delivered=True, detail=exc.message) from None
-            if _session_terminated(exc):
+            if s.rejected or _session_terminated(exc):
                 raise _Lost(
                     delivered=False, detail="the server no longer knows the session"
                 ) from None

@@ -77,18 +77,18 @@ def _blocked_reason(addr: IPAddress) -> str | None:
             if inner is not None:
                 return f"{inner} (embedded in {addr})"
     checks = (
-        ("unspecified", addr.is_unspecified),
-        ("loopback", addr.is_loopback),
-        ("link-local", addr.is_link_local),
-        ("multicast", addr.is_multicast),
-        ("private", addr.is_private),
-        ("reserved", addr.is_reserved),
-        ("site-local", isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local),
-        ("not globally routable", not addr.is_global),
+        ("an unspecified address", addr.is_unspecified),
+        ("a loopback address", addr.is_loopback),
+        ("a link-local address", addr.is_link_local),
+        ("a multicast address", addr.is_multicast),
+        ("a private address", addr.is_private),
+        ("a reserved address", addr.is_reserved),
+        ("a site-local address", isinstance(addr, ipaddress.IPv6Address) and addr.is_site_local),
+        ("an address that is not globally routable", not addr.is_global),
     )
     for label, hit in checks:
         if hit:
-            return f"{label} address"
+            return label
     return None
 
 
@@ -152,7 +152,7 @@ class _Policy:
                 if reason is not None:
                     shown = host if _host_key(host) == _host_key(text) else f"{host} ({text})"
                     raise SSRFError(
-                        f"refused: {shown} is a {reason}; this tool may only reach public "
+                        f"refused: {shown} is {reason}; this tool may only reach public "
                         "internet addresses (allow_private is off)"
                     )
         return addresses
