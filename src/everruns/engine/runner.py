@@ -487,7 +487,7 @@ class RunRunner:
             else:
                 output = await tool.invoke(call.arguments, ctx)
         except TimeoutError:
-            error = f"timed out after {tool.timeout:g}s"
+            error = f"timed out after {tool.timeout:g}s" if tool.timeout else "TimeoutError"
         except ToolError as exc:
             error = str(exc)
         except Exception as exc:

@@ -1,0 +1,174 @@
+"""The shell tool core: real /bin/sh processes, real signals."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from pathlib import Path
+
+import pytest
+
+from everruns.tools.base import ToolError
+from everruns.tools.shell import run_shell
+
+
+def _alive(pid: int) -> bool:
+    """A zombie counts as dead: it no longer runs (PID 1 may be slow to reap it)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except (FileNotFoundError, ProcessLookupError):
+        return False
+    state = stat.rsplit(")", 1)[1].split()[0]
+    return state not in ("Z", "X")
+
+
+async def _wait_dead(pids: list[int], within: float = 3.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        alive = [p for p in pids if _alive(p)]
+        if not alive:
+            return []
+        await asyncio.sleep(0.05)
+    return [p for p in pids if _alive(p)]
+
+
+def _pids_in(path: Path) -> list[int]:
+    return [int(x) for x in path.read_text().split()] if path.exists() else []
+
+
+def _exists(path: str) -> bool:
+    return os.path.exists(path)
+
+
+def _same_dir(a: str | Path, b: Path) -> bool:
+    return Path(a).resolve() == b.resolve()
+
+
+async def _read_pids(path: Path, count: int, within: float = 5.0) -> list[int]:
+    deadline = time.monotonic() + within
+    while time.monotonic() < deadline:
+        pids = _pids_in(path)
+        if len(pids) >= count:
+            return pids[:count]
+        await asyncio.sleep(0.02)
+    raise AssertionError(f"{path} never got {count} pids")
+
+
+async def test_exit_code_stdout_stderr(tmp_path: Path) -> None:
+    result = await run_shell("echo out; echo err >&2; exit 3", cwd=tmp_path)
+    assert result == {
+        "exit_code": 3,
+        "stdout": "out\n",
+        "stderr": "err\n",
+        "timed_out": False,
+        "truncated": False,
+    }
+    ok = await run_shell("true", cwd=tmp_path)
+    assert ok["exit_code"] == 0 and ok["stdout"] == "" and ok["stderr"] == ""
+    missing = await run_shell("no-such-command-xyz", cwd=tmp_path)
+    assert missing["exit_code"] == 127 and "not found" in missing["stderr"]
+
+
+async def test_pipes_and_stdin_is_empty(tmp_path: Path) -> None:
+    result = await run_shell("printf 'b\\na\\n' | sort; cat", cwd=tmp_path, timeout=5)
+    assert result["stdout"] == "a\nb\n" and result["exit_code"] == 0
+
+
+async def test_cwd_and_home(tmp_path: Path) -> None:
+    (tmp_path / "marker.txt").write_text("here")
+    result = await run_shell('pwd; cat marker.txt; echo; echo "$HOME"; touch made', cwd=tmp_path)
+    lines = result["stdout"].splitlines()
+    assert _same_dir(lines[0], tmp_path)
+    assert lines[1] == "here"
+    assert _same_dir(lines[2], tmp_path)
+    assert (tmp_path / "made").exists()
+
+
+async def test_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SECRET_TOKEN", "hunter2")
+    result = await run_shell("env", cwd=tmp_path, env={"EXTRA": "given"})
+    env = dict(line.split("=", 1) for line in result["stdout"].splitlines() if "=" in line)
+    assert "SECRET_TOKEN" not in env
+    assert "hunter2" not in result["stdout"]
+    assert env["PATH"] == "/usr/local/bin:/usr/bin:/bin"
+    assert env["LANG"] == "C.UTF-8"
+    assert env["EXTRA"] == "given"
+    assert _same_dir(env["HOME"], tmp_path)
+    assert not _exists(env["TMPDIR"])  # a per-call directory, removed afterwards
+    # Only what we set (the shell itself may add PWD, SHLVL, _ and the like).
+    assert set(env) - {"PWD", "OLDPWD", "SHLVL", "_"} == {"PATH", "HOME", "LANG", "TMPDIR", "EXTRA"}
+
+
+async def test_tmpdir_is_writable(tmp_path: Path) -> None:
+    result = await run_shell('f=$(mktemp) && echo hi > "$f" && cat "$f"', cwd=tmp_path)
+    assert result["stdout"] == "hi\n"
+
+
+async def test_output_cap_keeps_the_head(tmp_path: Path) -> None:
+    started = time.monotonic()
+    result = await run_shell(
+        "seq 1 200000; seq 1 50000 >&2", cwd=tmp_path, max_output=1000, timeout=20
+    )
+    assert time.monotonic() - started < 10
+    assert result["exit_code"] == 0 and result["truncated"] is True
+    head, _, note = result["stdout"].partition("\n[... output truncated: ")
+    assert len(head.encode()) <= 1000
+    assert head.startswith("1\n2\n3\n")
+    expected_total = sum(len(f"{i}\n") for i in range(1, 200001))
+    assert note == f"{expected_total - 1000} more bytes not shown]"
+    assert result["stderr"].startswith("1\n2\n") and "truncated" in result["stderr"]
+
+
+async def test_cap_does_not_split_utf8(tmp_path: Path) -> None:
+    result = await run_shell("printf 'aé%.0s' $(seq 1 100)", cwd=tmp_path, max_output=5)
+    # 5 bytes = 'a', 'é' (2 bytes), 'a' and the first byte of the next 'é': dropped.
+    assert result["stdout"] == "aéa\n[... output truncated: 295 more bytes not shown]"
+
+
+async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    started = time.monotonic()
+    result = await run_shell(
+        f"echo $$ > {pids}; sleep 30 & echo $! >> {pids}; sh -c 'sleep 30' & echo $! >> {pids};"
+        " echo started; sleep 30",
+        cwd=tmp_path,
+        timeout=1,
+    )
+    elapsed = time.monotonic() - started
+    assert result["timed_out"] is True and result["exit_code"] is None
+    assert result["stdout"] == "started\n"
+    assert elapsed < 5
+    found = _pids_in(pids)
+    assert len(found) == 3
+    assert await _wait_dead(found) == []
+
+
+async def test_background_processes_do_not_outlive_the_call(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    started = time.monotonic()
+    result = await run_shell(f"sleep 30 & echo $! > {pids}; echo done", cwd=tmp_path, timeout=10)
+    assert time.monotonic() - started < 5
+    assert result["exit_code"] == 0 and result["timed_out"] is False
+    assert result["stdout"] == "done\n"
+    assert await _wait_dead(_pids_in(pids)) == []
+
+
+async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
+    pids = tmp_path / "pids"
+    task = asyncio.create_task(
+        run_shell(
+            f"echo $$ > {pids}; sleep 30 & echo $! >> {pids}; sleep 30", cwd=tmp_path, timeout=60
+        )
+    )
+    found = await _read_pids(pids, 2)
+    assert all(_alive(p) for p in found)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert await _wait_dead(found) == []
+
+
+async def test_bad_working_directory(tmp_path: Path) -> None:
+    with pytest.raises(ToolError, match="does not exist"):
+        await run_shell("true", cwd=tmp_path / "missing")
