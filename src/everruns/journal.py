@@ -33,7 +33,10 @@ LLM_FALLBACK = "llm.fallback"
 TOOL_STARTED = "tool.started"
 TOOL_COMPLETED = "tool.completed"
 TOOL_FAILED = "tool.failed"
-TOOL_WAITING = "tool.waiting"  # a durable sleep inside a tool call
+TOOL_WAITING = "tool.waiting"  # a durable sleep, or a wait for child runs, inside a tool call
+COMPACTION_STARTED = "compaction.started"
+CONTEXT_COMPACTED = "context.compacted"
+CHILD_FINISHED = "child.finished"
 APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_DENIED = "approval.denied"
@@ -69,6 +72,8 @@ class CallState:
     effect: str | None = None
     result: dict[str, Any] | None = None
     wake_at: float | None = None  # set while the call sleeps durably
+    wait_for: list[str] | None = None  # child runs the call waits for
+    wait_mode: str = "all"
     approval: str | None = None  # None | requested | granted | denied
     denial: str | None = None
 
@@ -100,6 +105,16 @@ class State:
     last_seq: int = 0
     notes: list[str] = field(default_factory=list)
     files: dict[str, str] = field(default_factory=dict)  # workspace path -> blob sha256
+    # Context compaction: messages[:compacted_until] are replaced by `summary` for the model.
+    summary: str | None = None
+    compacted_until: int = 0
+    context_overflow: bool = False  # the provider said the context is too long
+    overflow_retried: bool = False
+    children: list[str] = field(default_factory=list)
+    children_done: dict[str, dict[str, Any]] = field(default_factory=dict)
+    children_tokens: int = 0
+    children_cost: float = 0.0
+    depth: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -160,6 +175,7 @@ def apply(state: State, event: Event) -> State:
         state.status = "queued"
         state.input = data.get("input")
         state.created_ts = event.ts
+        state.depth = int(data.get("depth", 0))
         if data.get("input") is not None:
             state.inbox.append({"role": "user", "content": data["input"]})
     elif kind == RUN_STARTED:
@@ -187,6 +203,7 @@ def apply(state: State, event: Event) -> State:
         state.messages.append(message)
         _add_usage(state, data.get("usage"))
         state.steps += 1
+        state.overflow_retried = False
         state.attempt = 0
         state.failures = 0
         state.retry_at = None
@@ -199,7 +216,9 @@ def apply(state: State, event: Event) -> State:
         _add_usage(state, data.get("usage"))
         state.failures += 1
         state.retry_at = data.get("retry_at")
-        if not data.get("retryable", True):
+        if data.get("class") == "context_too_long" and not state.overflow_retried:
+            state.context_overflow = True  # compact, then retry once
+        elif not data.get("retryable", True):
             state.fatal_error = data
     elif kind == TOOL_STARTED:
         call = _call(state, data["call_id"])
@@ -224,6 +243,22 @@ def apply(state: State, event: Event) -> State:
         call = _call(state, data["call_id"])
         if call is not None:
             call.wake_at = data.get("wake_at")
+            call.wait_for = data.get("wait_for")
+            call.wait_mode = data.get("mode", "all")
+    elif kind == CONTEXT_COMPACTED:
+        state.summary = data["summary"]
+        state.compacted_until = int(data["until"])
+        _add_usage(state, data.get("usage"))
+        if state.context_overflow:
+            state.context_overflow = False
+            state.overflow_retried = True
+            state.failures = 0
+            state.retry_at = None
+    elif kind == CHILD_FINISHED:
+        state.children_done[data["run_id"]] = data
+        usage = data.get("usage") or {}
+        state.children_tokens += int(usage.get("total_tokens", 0))
+        state.children_cost += float(usage.get("cost_usd", 0.0))
     elif kind in (APPROVAL_REQUESTED, APPROVAL_GRANTED, APPROVAL_DENIED):
         call = _call(state, data["call_id"])
         if call is not None and call.approval in (None, "requested"):
@@ -265,7 +300,10 @@ def apply(state: State, event: Event) -> State:
 
 
 def _apply_effects(state: State, data: dict[str, Any]) -> None:
-    """Workspace writes and notes take effect when the tool call's result is journaled."""
+    """Workspace writes, notes and spawned children take effect when the tool call's
+    result is journaled."""
+    if data.get("child") and data["child"] not in state.children:
+        state.children.append(data["child"])
     for path, sha in (data.get("files") or {}).items():
         if sha is None:
             state.files.pop(path, None)
@@ -292,6 +330,38 @@ def fold(events: list[Event], state: State | None = None) -> State:
     for event in events:
         apply(state, event)
     return state
+
+
+SUMMARY_HEADER = "[Summary of the earlier conversation, compacted to fit the context window]"
+
+
+def model_view(state: State) -> list[dict[str, Any]]:
+    """What the model is sent: the summary of compacted messages (with the run's notes,
+    kept verbatim), then the recent messages. The journal keeps everything."""
+    if state.summary is None:
+        return list(state.messages)
+    parts = [SUMMARY_HEADER, state.summary]
+    if state.notes:
+        parts.append("Progress notes so far:\n" + "\n".join(f"- {n}" for n in state.notes))
+    head = {"role": "user", "content": "\n\n".join(parts)}
+    return [head, *state.messages[state.compacted_until :]]
+
+
+def estimate_tokens(system: str, messages: list[dict[str, Any]]) -> int:
+    """A provider-neutral estimate (about 4 characters a token)."""
+    chars = len(system) + sum(
+        len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages
+    )
+    return chars // 4 + 16
+
+
+def compaction_cut(state: State, keep_recent: int) -> int | None:
+    """Index up to which messages can be summarized without splitting a tool call from
+    its results; None when there is nothing (more) to compact."""
+    cut = len(state.messages) - keep_recent
+    while cut > state.compacted_until and state.messages[cut]["role"] == "tool":
+        cut -= 1
+    return cut if cut > state.compacted_until else None
 
 
 def transcript(state: State) -> list[dict[str, Any]]:
@@ -344,11 +414,17 @@ class Wait:
 
 
 @dataclass(frozen=True)
+class Compact:
+    until: int  # summarize messages[:until]
+    reason: str
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing to do: terminal, or waiting for a signal."""
 
 
-Atom = Reason | Act | Complete | Fail | Wait | Idle
+Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle
 
 
 def _limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
@@ -359,13 +435,14 @@ def _limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
         return Fail("max_steps_exceeded", f"max_steps={limits.max_steps} reached")
     if limits.max_llm_calls is not None and state.llm_calls >= limits.max_llm_calls:
         return Fail("budget_exceeded", f"max_llm_calls={limits.max_llm_calls} reached")
-    total = state.input_tokens + state.output_tokens
+    total = state.input_tokens + state.output_tokens + state.children_tokens
+    cost = state.cost_usd + state.children_cost
     if limits.max_tokens is not None and total >= limits.max_tokens:
         return Fail("budget_exceeded", f"max_tokens={limits.max_tokens} reached ({total} used)")
-    if limits.max_cost_usd is not None and state.cost_usd >= limits.max_cost_usd:
+    if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
         return Fail(
             "budget_exceeded",
-            f"max_cost_usd={limits.max_cost_usd:g} reached (${state.cost_usd:.4f} spent)",
+            f"max_cost_usd={limits.max_cost_usd:g} reached (${cost:.4f} spent)",
         )
     return None
 
@@ -379,6 +456,12 @@ def _plan_calls(
     for call in state.calls:
         if call.status == "done":
             continue
+        if call.wait_for is not None:
+            done = [r for r in call.wait_for if r in state.children_done]
+            ready = len(done) == len(call.wait_for) if call.wait_mode == "all" else bool(done)
+            if ready:
+                plans.append(CallPlan(call, call.attempt, "wake"))
+            continue  # parked until a child.finished signal
         if call.wake_at is not None:
             if now < call.wake_at:
                 wakes.append(call.wake_at)
@@ -433,6 +516,28 @@ def decide(
     breach = _limit_breach(state, spec, now)
     if breach is not None:
         return breach
+    compact = _need_compaction(state, spec)
+    if compact is not None:
+        return compact
     if state.retry_at is not None and now < state.retry_at:
         return Wait(until=state.retry_at, reason="llm_backoff")
     return Reason(attempt=state.attempt + 1)
+
+
+def _need_compaction(state: State, spec: AgentSpec) -> Atom | None:
+    policy = spec.context
+    if state.context_overflow:
+        cut = compaction_cut(state, min(policy.keep_recent, max(1, len(state.messages) // 2)))
+        if cut is None:
+            return Fail(
+                "context_too_long", "the context is too long and nothing is left to compact"
+            )
+        return Compact(until=cut, reason="provider_context_too_long")
+    if policy.max_tokens is None:
+        return None
+    if estimate_tokens(spec.system_prompt, model_view(state)) <= policy.max_tokens:
+        return None
+    cut = compaction_cut(state, policy.keep_recent)
+    if cut is None:
+        return None  # the recent messages alone are over budget; let the provider decide
+    return Compact(until=cut, reason="max_tokens")

@@ -61,6 +61,12 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         return f"{data.get('name')} [{data.get('call_id')}] {_short(data.get('arguments'), 80)}: everruns approve/deny"
     if kind in ("approval.granted", "approval.denied"):
         return f"[{data.get('call_id')}] {_short(data.get('reason') or '')}".strip()
+    if kind == "tool.waiting" and data.get("wait_for"):
+        return f"{data.get('name')} [{data.get('call_id')}] waits for {data.get('mode')} of {', '.join(data['wait_for'])}"
+    if kind == "child.finished":
+        return f"{data.get('run_id')} {data.get('status')}: {_short(data.get('result') or data.get('error') or '')}"
+    if kind == "context.compacted":
+        return f"messages before #{data.get('until')} summarized ({len(data.get('summary') or '')} chars)"
     if kind == "tool.waiting":
         return f"{data.get('name')} [{data.get('call_id')}] sleeps until {format_status_time(data.get('wake_at'))}"
     if kind == "llm.fallback":

@@ -200,6 +200,14 @@ class Approvals(_Strict):
     require_for: list[str] = Field(default_factory=list)
 
 
+class ContextPolicy(_Strict):
+    """Context compaction: keep the model's input under `max_tokens`."""
+
+    max_tokens: int | None = Field(default=None, ge=200, description="compact above this estimate")
+    keep_recent: int = Field(default=20, ge=1, description="messages kept verbatim")
+    summary_model: ModelSpec | None = Field(default=None, description="a cheaper summarizer")
+
+
 class AgentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     description: str | None = None
@@ -209,7 +217,30 @@ class AgentSpec(_Strict):
     limits: Limits = Field(default_factory=Limits)
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     approvals: Approvals = Field(default_factory=Approvals)
+    context: ContextPolicy = Field(default_factory=ContextPolicy)
     max_parallel_tools: int = Field(default=4, ge=1)
+    # Scheduled runs (see everruns.schedule): cron (5 fields, or 6 with seconds
+    # first) or `every <duration>`, in UTC. Unset fields stay out of to_dict().
+    schedule: str | None = Field(default=None, description="cron or `every <duration>` (UTC)")
+    schedule_input: str | None = Field(default=None, description="input of each scheduled run")
+    schedule_overlap: Literal["skip", "queue", "cancel_previous"] | None = Field(
+        default=None,
+        description="when the previous scheduled run is still active: skip (default), "
+        "queue, or cancel_previous",
+    )
+
+    @field_validator("schedule")
+    @classmethod
+    def _schedule(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        from everruns.schedule import parse_schedule
+
+        return parse_schedule(value).expression
+
+    @property
+    def overlap(self) -> str:
+        return self.schedule_overlap or "skip"
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)

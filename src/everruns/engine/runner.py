@@ -7,6 +7,7 @@ through the same loop. Every write is fenced by the claim's epoch.
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import logging
 import time
 from dataclasses import dataclass, field
@@ -29,14 +30,16 @@ from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
 from everruns.settings import Settings
-from everruns.spec import AgentSpec, ModelSpec
-from everruns.store import Claim, Fenced, Moved, Store
+from everruns.spec import AgentSpec, ModelSpec, parse_spec
+from everruns.store import Claim, Fenced, Moved, Store, StoreError
 from everruns.tools.base import (
     SleepRequest,
+    SpawnRequest,
     Tool,
     ToolContext,
     ToolError,
     ToolOutput,
+    WaitRequest,
     render_output,
 )
 from everruns.tools.registry import ToolSpecError, build_tools
@@ -240,6 +243,8 @@ class RunRunner:
                 pass
             elif isinstance(atom, j.Act):
                 await self.act(atom)
+            elif isinstance(atom, j.Compact):
+                await self.compact(atom)
             elif isinstance(atom, j.Complete):
                 try:
                     await self.append(
@@ -264,7 +269,8 @@ class RunRunner:
                 if delay <= self.spec.retry.durable_wait_after:
                     await asyncio.sleep(max(0.0, delay))
                     continue
-                await self.append(j.RUN_WAITING, {"reason": atom.reason, "wake_at": atom.until})
+                if not await self._journal_waiting({"reason": atom.reason, "wake_at": atom.until}):
+                    continue
                 await self.store.release(
                     self.run_id,
                     self.epoch,
@@ -275,8 +281,10 @@ class RunRunner:
                 return
             else:  # Idle: wait for a signal without holding a worker
                 pending = [c.id for c in self.state.calls if c.approval == "requested"]
-                if pending:
-                    await self.append(j.RUN_WAITING, {"reason": "approval", "calls": pending})
+                if pending and not await self._journal_waiting(
+                    {"reason": "approval", "calls": pending}
+                ):
+                    continue
                 await self.store.release(
                     self.run_id,
                     self.epoch,
@@ -285,6 +293,19 @@ class RunRunner:
                     seen_seq=self.state.last_seq,
                 )
                 return
+
+    async def _journal_waiting(self, data: dict[str, Any]) -> bool:
+        """Append run.waiting only if nothing was journaled since the decision to park.
+
+        A signal (an approval, a message) that lands in between would otherwise be
+        folded in and then slept through by `release(seen_seq=...)`. False: decide again.
+        """
+        try:
+            await self.append(j.RUN_WAITING, data, if_unchanged=True)
+        except Moved:
+            self.state = j.fold(await self.store.load_events(self.run_id))
+            return False
+        return True
 
     async def fail(self, reason: str, message: str) -> None:
         error = {"reason": reason, "message": message}
@@ -320,7 +341,7 @@ class RunRunner:
                     "skipped": list(choice.skipped),
                 },
             )
-        messages = j.transcript(self.state)
+        messages = j.model_view(self.state)
         estimate = estimate_tokens(self.spec.system_prompt, messages)
         wait = await acquire_rate_limits(
             self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
@@ -435,6 +456,74 @@ class RunRunner:
 
         await asyncio.gather(*(one(plan) for plan in atom.plans))
 
+    async def _spawn(self, call_id: str, request: SpawnRequest) -> str:
+        assert self.spec is not None
+        options = next((t.options for t in self.spec.tools if t.builtin == "subagents"), {})
+        max_depth = int(options.get("max_depth", 3))
+        max_children = int(options.get("max_children", 10))
+        if self.state.depth + 1 > max_depth:
+            raise ToolError(f"sub-agent depth limit reached (max_depth={max_depth})")
+        if len(self.state.children) >= max_children:
+            raise ToolError(f"sub-agent fan-out limit reached (max_children={max_children})")
+        if request.spec is not None:
+            spec = parse_spec(request.spec, "spawn_agent.spec")
+        elif request.agent is not None:
+            try:
+                spec = await self.store.get_agent(request.agent)
+            except StoreError as exc:
+                raise ToolError(str(exc)) from None
+        else:
+            spec = self.spec
+        try:
+            build_tools(spec)
+        except ToolSpecError as exc:
+            raise ToolError(f"the sub-agent's spec is invalid: {exc}") from None
+        return await self.store.create_run(
+            spec,
+            request.input,
+            parent_id=self.run_id,
+            run_id=_child_id(f"{self.run_id}:{call_id}"),
+            created_data={"depth": self.state.depth + 1},
+        )
+
+    async def compact(self, atom: j.Compact) -> None:
+        """Replace messages[:until] by a model-written summary (the journal keeps all)."""
+        assert self.spec is not None
+        await self.append(j.COMPACTION_STARTED, {"until": atom.until, "reason": atom.reason})
+        model = self.spec.context.summary_model or self.spec.model
+        older = self.state.messages[self.state.compacted_until : atom.until]
+        text = "\n\n".join(_render_message(m) for m in older)
+        if self.state.summary:
+            text = f"Earlier summary:\n{self.state.summary}\n\nThen:\n{text}"
+        request = LLMRequest(
+            model=model,
+            system=COMPACTION_PROMPT,
+            messages=[{"role": "user", "content": text}],
+            tools=[],
+            step=self.state.steps,
+            attempt=1,
+            purpose="compaction",
+        )
+        price = price_for(model, self.options.settings.prices)
+        try:
+            response = await asyncio.wait_for(
+                get_provider(model).complete(request, lambda _t: None), model.timeouts.total
+            )
+        except (ProviderError, TimeoutError) as exc:
+            message = getattr(exc, "message", None) or "timed out"
+            await self.fail("compaction_failed", f"could not compact the context: {message}")
+            return
+        usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
+        await self.append(
+            j.CONTEXT_COMPACTED,
+            {
+                "until": atom.until,
+                "summary": response.message.get("content") or "",
+                "usage": usage,
+                "model": model.label,
+            },
+        )
+
     async def call_tool(self, plan: j.CallPlan) -> None:
         call = plan.call
         base = {"call_id": call.id, "name": call.name}
@@ -453,9 +542,21 @@ class RunRunner:
             await self.append(j.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
             return
         if plan.action == "wake":
-            await self.append(
-                j.TOOL_COMPLETED, {**base, "output": f"slept until {_iso(call.wake_at)}"}
-            )
+            if call.wait_for is not None:
+                results = [
+                    self.state.children_done[r]
+                    for r in call.wait_for
+                    if r in self.state.children_done
+                ]
+                output = render_output(
+                    [
+                        {k: r.get(k) for k in ("run_id", "status", "result", "error")}
+                        for r in results
+                    ]
+                )
+            else:
+                output = f"slept until {_iso(call.wake_at)}"
+            await self.append(j.TOOL_COMPLETED, {**base, "output": output})
             return
         tool = self.tools.get(call.name)
         problem = None
@@ -480,6 +581,8 @@ class RunRunner:
             attempt=plan.attempt,
             workspace=await self.workspace.materialize() if self.workspace else None,
             notes=tuple(self.state.notes),
+            agent=self.claim.agent_name,
+            store=self.store,
         )
         try:
             if tool.timeout:
@@ -508,6 +611,40 @@ class RunRunner:
                 j.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
             )
             return
+        if isinstance(output, WaitRequest):
+            if not output.run_ids:
+                output = WaitRequest(run_ids=tuple(self.state.children), mode=output.mode)
+            if not output.run_ids:
+                await self.append(j.TOOL_FAILED, {**base, "error": "this run has no sub-agents"})
+                return
+            unknown = [r for r in output.run_ids if r not in self.state.children]
+            if unknown:
+                await self.append(
+                    j.TOOL_FAILED,
+                    {**base, "error": f"not sub-agents of this run: {', '.join(unknown)}"},
+                )
+                return
+            await self.append(
+                j.TOOL_WAITING,
+                {
+                    **base,
+                    "wait_for": list(output.run_ids),
+                    "mode": output.mode,
+                    "reason": "sub-agents",
+                },
+            )
+            return
+        if isinstance(output, SpawnRequest):
+            try:
+                child = await self._spawn(base["call_id"], output)
+            except ToolError as exc:
+                await self.append(j.TOOL_FAILED, {**base, "error": str(exc)})
+                return
+            await self.append(
+                j.TOOL_COMPLETED,
+                {**base, "output": render_output({"run_id": child}), "child": child},
+            )
+            return
         data: dict[str, Any] = {**base}
         if isinstance(output, ToolOutput):
             if output.note:
@@ -518,6 +655,30 @@ class RunRunner:
             data["max_output"] = tool.max_output
         data.update(await self._changes())
         await self.append(j.TOOL_COMPLETED, data)
+
+
+COMPACTION_PROMPT = (
+    "You compress the earlier part of an agent's conversation so it can continue within its "
+    "context window. Write a faithful, dense summary: the task, decisions made, facts learned "
+    "(with sources), tool results that still matter, open questions and next steps. Keep "
+    "identifiers, numbers, file names and URLs exact. Do not invent anything."
+)
+
+
+def _render_message(message: dict[str, Any]) -> str:
+    role = message["role"]
+    if role == "tool":
+        return f"[tool result {message.get('name')} {message.get('tool_call_id')}]\n{message.get('content')}"
+    if role == "assistant" and message.get("tool_calls"):
+        calls = "; ".join(f"{c['name']}({c.get('arguments')})" for c in message["tool_calls"])
+        return f"[assistant] {message.get('content') or ''}\n[tool calls] {calls}"
+    return f"[{role}] {message.get('content') or ''}"
+
+
+def _child_id(idempotency_key: str) -> str:
+    """The same child run id on every attempt of one spawn call."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return "run_" + digest[:26]
 
 
 def _iso(ts: float | None) -> str:

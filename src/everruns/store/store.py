@@ -21,12 +21,14 @@ import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from everruns.journal import (
+    CHILD_FINISHED,
     MESSAGE_USER,
     RUN_CANCELLED,
     RUN_CREATED,
     RUN_FORKED,
     RUN_PAUSED,
     RUN_RESUMED,
+    TERMINAL_EVENTS,
     TERMINAL_STATUSES,
     Event,
 )
@@ -269,10 +271,25 @@ class Store(FleetState):
     # ------------------------------------------------------------ runs
 
     async def create_run(
-        self, spec: AgentSpec, input: str | None, *, parent_id: str | None = None
+        self,
+        spec: AgentSpec,
+        input: str | None,
+        *,
+        parent_id: str | None = None,
+        run_id: str | None = None,
+        created_data: dict[str, Any] | None = None,
     ) -> str:
+        """Queue a new run. `run_id` makes creation idempotent (a second call with the
+        same id returns it unchanged); `created_data` adds keys to run.created."""
         version = await self.save_agent(spec)
-        run_id = new_id()
+        if run_id is not None:
+            async with self.engine.connect() as conn:
+                found = (
+                    await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))
+                ).first()
+            if found is not None:
+                return run_id
+        run_id = run_id or new_id()
         now = time.time()
         async with self.engine.begin() as conn:
             await conn.execute(
@@ -290,7 +307,11 @@ class Store(FleetState):
                     updated_at=now,
                 )
             )
-            data = {"input": input, "agent": {"name": spec.name, "version": version}}
+            data: dict[str, Any] = {
+                **(created_data or {}),
+                "input": input,
+                "agent": {"name": spec.name, "version": version},
+            }
             if parent_id:
                 data["parent_id"] = parent_id
             await conn.execute(
@@ -545,7 +566,87 @@ class Store(FleetState):
                 for e in out
             ],
         )
+        ended = [e for e in out if e.type in TERMINAL_EVENTS]
+        if ended:
+            await self._after_end(conn, run_id, ended[-1])
         return out
+
+    async def _after_end(self, conn: AsyncConnection, run_id: str, event: Event) -> None:
+        """In the ending run's transaction: cancel its children if it was cancelled, and
+        tell its parent (`child.finished`, waking it), so no crash can lose either."""
+        now = time.time()
+        if event.type == RUN_CANCELLED:
+            children = (
+                await conn.execute(
+                    sa.select(runs.c.id, runs.c.epoch, runs.c.lease_expires_at).where(
+                        runs.c.parent_id == run_id, runs.c.status.not_in(TERMINAL_STATUSES)
+                    )
+                )
+            ).all()
+            for child in children:
+                if child.lease_expires_at is not None and child.lease_expires_at >= now:
+                    await conn.execute(
+                        sa.update(runs).where(runs.c.id == child.id).values(cancel_requested=True)
+                    )
+                    continue
+                await conn.execute(
+                    sa.update(runs).where(runs.c.id == child.id).values(epoch=child.epoch + 1)
+                )
+                await self.append(
+                    child.id,
+                    child.epoch + 1,
+                    [(RUN_CANCELLED, {"reason": f"parent {run_id} was cancelled"})],
+                    projection={
+                        "status": "cancelled",
+                        "wake_at": None,
+                        "lease_owner": None,
+                        "lease_expires_at": None,
+                        "cancel_requested": True,
+                        "error": {"reason": "cancelled", "message": "parent cancelled"},
+                    },
+                    conn=conn,
+                )
+        row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        if row is None or row.parent_id is None:
+            return
+        run = RunRow.from_row(row)
+        parent_id = str(row.parent_id)
+        parent = (
+            await conn.execute(sa.select(runs.c.status).where(runs.c.id == parent_id))
+        ).first()
+        if parent is None or parent.status in TERMINAL_STATUSES:
+            return
+        usage = run.to_dict()["usage"]
+        await self._signal_in(
+            conn,
+            parent_id,
+            CHILD_FINISHED,
+            {
+                "run_id": run_id,
+                "status": event.type.split(".")[1],
+                "result": event.data.get("result"),
+                "error": event.data.get("error"),
+                "usage": usage,
+            },
+        )
+
+    async def _signal_in(
+        self, conn: AsyncConnection, run_id: str, kind: str, data: dict[str, Any]
+    ) -> Event:
+        now = time.time()
+        row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        if row is None:
+            raise RunNotFound(run_id)
+        run = RunRow.from_row(row)
+        projection: dict[str, Any] = {}
+        if run.status == "cancelled" or (run.status in TERMINAL_STATUSES and kind != MESSAGE_USER):
+            raise StoreError(f"run {run_id} is {run.status}")
+        if run.status in TERMINAL_STATUSES:
+            projection = {"status": "queued", "wake_at": now, "result": None, "error": None}
+        elif run.lease_owner is None and (run.wake_at is None or run.wake_at > now):
+            projection = {"wake_at": now}
+        (event,) = await self.append(run_id, None, [(kind, data)], projection=projection, conn=conn)
+        return event
 
     # ------------------------------------------------------------ signals
 
@@ -594,25 +695,8 @@ class Store(FleetState):
     async def signal(self, run_id: str, kind: str, data: dict[str, Any]) -> Event:
         """Journal an event from outside the worker (a user message, an approval)
         and wake the run if it is parked; a message to a finished run starts a new turn."""
-        now = time.time()
         async with self.engine.begin() as conn:
-            row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
-            if row is None:
-                raise RunNotFound(run_id)
-            run = RunRow.from_row(row)
-            projection: dict[str, Any] = {}
-            if run.status == "cancelled" or (
-                run.status in TERMINAL_STATUSES and kind != MESSAGE_USER
-            ):
-                raise StoreError(f"run {run_id} is {run.status}")
-            if run.status in TERMINAL_STATUSES:
-                projection = {"status": "queued", "wake_at": now, "result": None, "error": None}
-            elif run.lease_owner is None and (run.wake_at is None or run.wake_at > now):
-                projection = {"wake_at": now}
-            (event,) = await self.append(
-                run_id, None, [(kind, data)], projection=projection, conn=conn
-            )
-            return event
+            return await self._signal_in(conn, run_id, kind, data)
 
     async def pause(self, run_id: str) -> str:
         """Pause after the current atom. Returns "paused", "requested" or the status it had."""

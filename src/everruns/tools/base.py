@@ -25,6 +25,8 @@ class ToolContext:
     attempt: int
     workspace: Path | None = None  # the run's workspace directory, when it has one
     notes: tuple[str, ...] = ()  # the run's progress notes so far
+    agent: str | None = None  # the run's agent name (memory is kept per agent)
+    store: Any = None  # the engine's Store, for built-ins that keep state across runs
 
 
 @dataclass(frozen=True)
@@ -33,6 +35,23 @@ class SleepRequest:
 
     until: float
     reason: str = "sleep"
+
+
+@dataclass(frozen=True)
+class SpawnRequest:
+    """Returned by the spawn tool: the engine creates the child run (idempotently)."""
+
+    input: str
+    agent: str | None = None
+    spec: dict[str, Any] | None = None
+
+
+@dataclass(frozen=True)
+class WaitRequest:
+    """Returned by the wait tool: park durably until the child runs finish."""
+
+    run_ids: tuple[str, ...]
+    mode: str = "all"  # all | any
 
 
 @dataclass(frozen=True)

@@ -14,11 +14,19 @@ from pathlib import Path
 from typing import Any
 
 from everruns.spec import ToolSpec
-from everruns.tools.base import SleepRequest, Tool, ToolContext, ToolError, ToolOutput
+from everruns.tools.base import (
+    SleepRequest,
+    SpawnRequest,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolOutput,
+    WaitRequest,
+)
 from everruns.tools.python import from_function
 from everruns.tools.workspace import confine
 
-BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes")
+BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes", "subagents")
 
 
 def _root(ctx: ToolContext) -> Path:
@@ -159,6 +167,34 @@ def sleep(seconds: float, reason: str = "") -> SleepRequest:
     return SleepRequest(until=time.time() + seconds, reason=reason or "sleep")
 
 
+# ------------------------------------------------------------ sub-agents
+
+
+def spawn_agent(
+    input: str, agent: str | None = None, spec: dict[str, Any] | None = None
+) -> SpawnRequest:
+    """Start a sub-agent: a durable child run of its own; returns its run id at once.
+
+    Args:
+        input: the task for the sub-agent
+        agent: name of a stored agent to run (default: this agent)
+        spec: or an inline agent spec
+    """
+    return SpawnRequest(input=input, agent=agent, spec=spec)
+
+
+def wait_agents(run_ids: list[str] | None = None, mode: str = "all") -> WaitRequest:
+    """Wait for sub-agents to finish and get their results; this run sleeps meanwhile.
+
+    Args:
+        run_ids: the run ids returned by spawn_agent (default: every sub-agent of this run)
+        mode: "all" to wait for every one, "any" for the first to finish
+    """
+    if mode not in ("all", "any"):
+        raise ToolError('mode must be "all" or "any"')
+    return WaitRequest(run_ids=tuple(run_ids or ()), mode=mode)
+
+
 # ------------------------------------------------------------ shell, web
 
 
@@ -256,6 +292,8 @@ def build_builtin(entry: ToolSpec, *, allow_private_networks: bool = False) -> l
         fns = [(sleep, "idempotent")]
     elif name == "notes":
         fns = [(note, "idempotent"), (read_notes, "pure")]
+    elif name == "subagents":
+        fns = [(spawn_agent, "idempotent"), (wait_agents, "idempotent")]
     else:
         raise ValueError(f"unknown built-in tool {name!r} (available: {', '.join(BUILTINS)})")
     tools = []

@@ -494,7 +494,9 @@ class MCPConnection:
                         f"({detail}) and reconnecting failed: {exc}"
                     ) from None
                 reconnected = True
-                log.info("MCP server %s: reconnected; sending %s on the new session", self.name, name)
+                log.info(
+                    "MCP server %s: reconnected; sending %s on the new session", self.name, name
+                )
                 continue
             return _render_result(name, result)
 
