@@ -194,7 +194,7 @@ def run(
 
 
 async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: float) -> int:
-    worker = Worker(store, concurrency=1, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
+    worker = Worker(store, concurrency=8, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
     queue = worker.broker.subscribe(run_id)
     _install_stop_handlers(worker.stop)
     worker_task = asyncio.create_task(worker.run())
@@ -677,6 +677,113 @@ def token_revoke(token_id: Annotated[str, typer.Argument()], db: DbOption = None
         out.print(f"revoked {token_id}")
 
     _run_async(lambda: _with_store(db, go))
+
+
+schedule_app = typer.Typer(
+    help="Scheduled runs (cron or `every <duration>`, UTC).", no_args_is_help=True
+)
+app.add_typer(schedule_app, name="schedule")
+
+
+def _schedule_line(s: dict[str, Any]) -> str:
+    version = s["agent_version"] if s["agent_version"] == "latest" else f"v{s['agent_version']}"
+    state = "enabled" if s["enabled"] else "paused"
+    return (
+        f"{s['agent']} ({version})  {s['expression']!r}  overlap {s['overlap']}  {state}  "
+        f"next {format_status_time(s['next_fire_at'])}"
+    )
+
+
+@schedule_app.command("add")
+def schedule_add(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML) with a `schedule`.")],
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Run the agent's latest version at each fire.")
+    ] = False,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Store the agent version and schedule it (replaces the agent's schedule)."""
+
+    async def go() -> None:
+        loaded = _load_checked(spec)
+        if not loaded.schedule:
+            raise SpecError(
+                str(spec),
+                [("schedule", 'missing: e.g. `schedule: "0 9 * * *"` or `every 1h`')],
+            )
+        saved = await _with_store(db, lambda s: s.save_schedule(loaded, pin=not latest))
+        if json_out:
+            _print_json(saved)
+        else:
+            out.print(f"scheduled {_schedule_line(saved)}")
+
+    _run_async(go)
+
+
+@schedule_app.command("ls")
+def schedule_ls(db: DbOption = None, json_out: JsonOption = False) -> None:
+    """List schedules."""
+
+    async def go(store: Store) -> None:
+        items = await store.list_schedules()
+        if json_out:
+            _print_json(items)
+            return
+        table = Table("agent", "version", "schedule", "overlap", "state", "next", "last run")
+        for s in items:
+            table.add_row(
+                s["agent"],
+                str(s["agent_version"]),
+                s["expression"],
+                s["overlap"],
+                "enabled" if s["enabled"] else "paused",
+                format_status_time(s["next_fire_at"]) if s["enabled"] else "-",
+                s["last_run_id"] or "-",
+            )
+        out.print(table)
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@schedule_app.command("rm")
+def schedule_rm(
+    agent: Annotated[str, typer.Argument(help="Agent name.")], db: DbOption = None
+) -> None:
+    """Remove an agent's schedule (its runs are left alone)."""
+
+    async def go(store: Store) -> None:
+        if not await store.delete_schedule(agent):
+            raise CliError(f"no schedule for agent {agent!r}")
+        out.print(f"removed the schedule of {agent}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+def _set_schedule(agent: str, enabled: bool, db: str | None) -> None:
+    async def go(store: Store) -> None:
+        found = await store.set_schedule_enabled(agent, enabled)
+        if found is None:
+            raise CliError(f"no schedule for agent {agent!r}")
+        out.print(f"{'resumed' if enabled else 'paused'} {_schedule_line(found)}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@schedule_app.command("pause")
+def schedule_pause(
+    agent: Annotated[str, typer.Argument(help="Agent name.")], db: DbOption = None
+) -> None:
+    """Stop firing an agent's schedule until resumed."""
+    _set_schedule(agent, False, db)
+
+
+@schedule_app.command("resume")
+def schedule_resume(
+    agent: Annotated[str, typer.Argument(help="Agent name.")], db: DbOption = None
+) -> None:
+    """Fire an agent's schedule again, from its next tick (paused ticks are not caught up)."""
+    _set_schedule(agent, True, db)
 
 
 @db_app.command("upgrade")

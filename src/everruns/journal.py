@@ -37,6 +37,7 @@ TOOL_WAITING = "tool.waiting"  # a durable sleep, or a wait for child runs, insi
 COMPACTION_STARTED = "compaction.started"
 CONTEXT_COMPACTED = "context.compacted"
 CHILD_FINISHED = "child.finished"
+TOOLS_LISTED = "tools.listed"  # an MCP server's tool list, journaled once per run
 APPROVAL_REQUESTED = "approval.requested"
 APPROVAL_GRANTED = "approval.granted"
 APPROVAL_DENIED = "approval.denied"
@@ -115,6 +116,7 @@ class State:
     children_tokens: int = 0
     children_cost: float = 0.0
     depth: int = 0
+    tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def terminal(self) -> bool:
@@ -254,6 +256,8 @@ def apply(state: State, event: Event) -> State:
             state.overflow_retried = True
             state.failures = 0
             state.retry_at = None
+    elif kind == TOOLS_LISTED:
+        state.tool_listings[data["server"]] = data["tools"]
     elif kind == CHILD_FINISHED:
         state.children_done[data["run_id"]] = data
         usage = data.get("usage") or {}

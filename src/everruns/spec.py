@@ -57,8 +57,14 @@ class ScriptedResponse(_Strict):
     tool_calls: list[ScriptedToolCall] | None = None
     delay: float = 0.0
     usage: Usage | None = None
-    error: str | None = Field(
-        default=None, description="Fail this attempt with this message (retryable)."
+    error: str | None = Field(default=None, description="Fail this attempt with this message.")
+    error_class: str = Field(
+        default="server_error", description="The error class of `error` (see providers/errors.py)."
+    )
+    error_times: int | None = Field(
+        default=None,
+        ge=1,
+        description="Fail only the first N attempts of this step (default: all).",
     )
 
     @model_validator(mode="after")

@@ -39,6 +39,7 @@ from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store, StoreError
 from everruns.tools.registry import ToolSpecError, build_tools
+from everruns.ui import mount_ui
 
 log = logging.getLogger("everruns.api")
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
@@ -163,14 +164,20 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     ) -> None:
         if not config.auth_required:
             return
-        if not authorization or not authorization.lower().startswith("bearer "):
+        token = None
+        if authorization and authorization.lower().startswith("bearer "):
+            token = authorization[7:].strip()
+        elif request.url.path.endswith("/events/stream"):
+            # EventSource (the web UI) cannot set headers: the SSE stream takes ?access_token=.
+            token = request.query_params.get("access_token")
+        if not token:
             raise Problem(
                 401,
                 "unauthorized",
                 "Unauthorized",
                 "send an API token as `Authorization: Bearer <token>`",
             )
-        name = await store_of(request).verify_token(authorization[7:].strip())
+        name = await store_of(request).verify_token(token)
         if name is None:
             raise Problem(
                 401, "unauthorized", "Unauthorized", "the API token is invalid or revoked"
@@ -455,6 +462,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     add_secret_routes(app, auth)
+    from everruns.api.schedules import add_schedule_routes
+
+    add_schedule_routes(app, auth, _checked)
+    mount_ui(app)
     return app
 
 

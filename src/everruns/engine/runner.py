@@ -42,7 +42,8 @@ from everruns.tools.base import (
     WaitRequest,
     render_output,
 )
-from everruns.tools.registry import ToolSpecError, build_tools
+from everruns.tools.mcp import tools_from_listing
+from everruns.tools.registry import MCPPool, ToolSpecError, build_tools, mcp_config
 from everruns.tools.workspace import Workspace
 
 log = logging.getLogger("everruns.engine")
@@ -53,6 +54,7 @@ class RunnerOptions:
     worker_id: str
     max_crashes: int = 3
     settings: Settings = field(default_factory=Settings)
+    mcp_pool: MCPPool = field(default_factory=MCPPool)
 
 
 class StopReason:
@@ -84,6 +86,7 @@ class RunRunner:
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False
+        self._spawning: set[str] = set()
         self._lock = asyncio.Lock()
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
@@ -212,7 +215,41 @@ class RunRunner:
             status="running",
         )
         await self.store.append(self.run_id, self.epoch, [], projection={"claim_seq": started.seq})
-        await self._loop()
+        if await self._load_mcp_tools():
+            await self._loop()
+
+    async def _load_mcp_tools(self) -> bool:
+        """List each MCP server's tools once per run and journal the list, so a resumed
+        run (on any worker) sees the same tools; False if the run failed."""
+        assert self.spec is not None
+        for index, entry in enumerate(self.spec.tools):
+            if entry.mcp is None:
+                continue
+            try:
+                config = mcp_config(entry, f"tools[{index}]")
+            except ToolSpecError as exc:
+                await self.fail("invalid_spec", str(exc))
+                return False
+            connection = await self.options.mcp_pool.get(config)
+            listing = self.state.tool_listings.get(config.label)
+            if listing is None:
+                try:
+                    listing = await connection.list_tools()
+                except ToolError as exc:
+                    await self.fail("mcp_unavailable", f"MCP server {config.label}: {exc}")
+                    return False
+                await self.append(j.TOOLS_LISTED, {"server": config.label, "tools": listing})
+            try:
+                tools = tools_from_listing(config, listing, _constant(connection))
+            except ValueError as exc:
+                await self.fail("invalid_spec", f"tools[{index}].mcp: {exc}")
+                return False
+            for tool in tools:
+                if tool.name in self.tools:
+                    await self.fail("invalid_spec", f"duplicate tool name {tool.name!r}")
+                    return False
+                self.tools[tool.name] = tool
+        return True
 
     async def _loop(self) -> None:
         assert self.spec is not None
@@ -463,8 +500,12 @@ class RunRunner:
         max_children = int(options.get("max_children", 10))
         if self.state.depth + 1 > max_depth:
             raise ToolError(f"sub-agent depth limit reached (max_depth={max_depth})")
-        if len(self.state.children) >= max_children:
+        child_id = _child_id(f"{self.run_id}:{call_id}")
+        # Parallel spawns of one answer are counted before their results are journaled.
+        known = set(self.state.children) | self._spawning
+        if child_id not in known and len(known) >= max_children:
             raise ToolError(f"sub-agent fan-out limit reached (max_children={max_children})")
+        self._spawning.add(child_id)
         if request.spec is not None:
             spec = parse_spec(request.spec, "spawn_agent.spec")
         elif request.agent is not None:
@@ -482,7 +523,7 @@ class RunRunner:
             spec,
             request.input,
             parent_id=self.run_id,
-            run_id=_child_id(f"{self.run_id}:{call_id}"),
+            run_id=child_id,
             created_data={"depth": self.state.depth + 1},
         )
 
@@ -673,6 +714,13 @@ def _render_message(message: dict[str, Any]) -> str:
         calls = "; ".join(f"{c['name']}({c.get('arguments')})" for c in message["tool_calls"])
         return f"[assistant] {message.get('content') or ''}\n[tool calls] {calls}"
     return f"[{role}] {message.get('content') or ''}"
+
+
+def _constant(value: Any) -> Any:
+    def get() -> Any:
+        return value
+
+    return get
 
 
 def _child_id(idempotency_key: str) -> str:

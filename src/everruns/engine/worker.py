@@ -13,6 +13,7 @@ import functools
 import logging
 import os
 import socket
+import time
 from collections.abc import Callable
 
 from everruns.engine.broker import Broker
@@ -79,14 +80,22 @@ class Worker:
                 await renewer
             await self._drain()
             with contextlib.suppress(Exception):
+                await self.options.mcp_pool.close()
+            with contextlib.suppress(Exception):
                 await self.store.stop_worker(self.worker_id)
 
     async def _claim_loop(self) -> None:
+        schedules_at = -1e9  # monotonic time due schedules were last fired
         while not self._stop.is_set():
+            if self.only is None and time.monotonic() - schedules_at >= self.poll_interval:
+                schedules_at = time.monotonic()
+                await self._fire_schedules()
             free = self.concurrency - len(self.active)
             claims: list[Claim] = []
             if free > 0:
                 try:
+                    if self.only is not None:  # `everruns run`: its run and its sub-agents
+                        self.only = await self.store.family(self.only)
                     claims = await self.store.claim(
                         self.worker_id, limit=free, lease_ttl=self.lease_ttl, only=self.only
                     )
@@ -100,6 +109,13 @@ class Worker:
             self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
+
+    async def _fire_schedules(self) -> None:
+        """Start the runs of due schedules (each tick once across all workers)."""
+        try:
+            await self.store.fire_due_schedules()
+        except Exception:
+            log.exception("firing schedules failed; retrying")
 
     def _start(self, claim: Claim) -> None:
         runner = RunRunner(self.store, claim, self.options, self.broker)

@@ -54,14 +54,26 @@ class ScriptedProvider:
         if scripted.delay:
             await asyncio.sleep(scripted.delay / 2)
         crashpoints.hit("llm.mid")
-        if scripted.delay:
+        # A text answer streams its deltas over the second half of the delay, like a model.
+        failing = scripted.error is not None and (
+            scripted.error_times is None or request.attempt <= scripted.error_times
+        )
+        chunks = _chunks(scripted.text) if scripted.text and not failing else []
+        if scripted.delay and not chunks:
             await asyncio.sleep(scripted.delay / 2)
-        if scripted.error is not None:
-            raise ProviderError(scripted.error, error_class="server_error", retryable=True)
-        if scripted.text:
-            for chunk in _chunks(scripted.text):
-                on_delta(chunk)
-                await asyncio.sleep(0)
+        if failing:
+            from everruns.providers.errors import RETRYABLE
+
+            assert scripted.error is not None
+            raise ProviderError(
+                scripted.error,
+                error_class=scripted.error_class,
+                retryable=scripted.error_class in RETRYABLE,
+            )
+        pause = scripted.delay / 2 / len(chunks) if chunks else 0.0
+        for chunk in chunks:
+            on_delta(chunk)
+            await asyncio.sleep(pause)
         tool_calls = [
             {
                 "id": tc.id or f"call_{request.step + 1}_{i + 1}",

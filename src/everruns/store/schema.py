@@ -124,3 +124,47 @@ secrets = sa.Table(
     sa.Column("ciphertext", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
 )
+
+# Schedules: one per agent; every worker fires the due ones (see Store.fire_due_schedules).
+schedules = sa.Table(
+    "schedules",
+    metadata,
+    sa.Column("agent_name", sa.String(128), primary_key=True),
+    sa.Column("expression", sa.String(255), nullable=False),
+    # The pinned agent version, or NULL for the latest version at each fire.
+    sa.Column("agent_version", sa.Integer, nullable=True),
+    sa.Column("overlap", sa.String(16), nullable=False, server_default="skip"),
+    sa.Column("input", sa.Text, nullable=True),
+    sa.Column("enabled", sa.Boolean, nullable=False, server_default=sa.true()),
+    sa.Column("next_fire_at", sa.Float, nullable=False),
+    sa.Column("last_fired_at", sa.Float, nullable=True),
+    sa.Column("last_run_id", sa.String(40), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("updated_at", sa.Float, nullable=False),
+    sa.Index("ix_schedules_due", "enabled", "next_fire_at"),
+)
+
+# Runs a schedule created that were not yet seen finished (for the overlap policy).
+# The primary key makes a second run for the same tick impossible.
+schedule_runs = sa.Table(
+    "schedule_runs",
+    metadata,
+    sa.Column("agent_name", sa.String(128), primary_key=True),
+    sa.Column("tick", sa.Float, primary_key=True),
+    sa.Column("run_id", sa.String(40), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+# Agent memory across runs (the `memory` built-in tool).
+agent_notes = sa.Table(
+    "agent_notes",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("agent_name", sa.String(128), nullable=False),
+    sa.Column("run_id", sa.String(40), nullable=True),
+    sa.Column("text", sa.Text, nullable=False),
+    sa.Column("ts", sa.Float, nullable=False),
+    sa.Column("idempotency_key", sa.String(255), nullable=True),
+    sa.UniqueConstraint("agent_name", "idempotency_key", name="uq_agent_notes_idempotency"),
+    sa.Index("ix_agent_notes_agent", "agent_name", "ts", "id"),
+)

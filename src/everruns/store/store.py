@@ -35,6 +35,7 @@ from everruns.journal import (
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import database
 from everruns.store.fleet import FleetState
+from everruns.store.schedules import ScheduleState
 from everruns.store.schema import agents, api_tokens, events, runs, secrets, workers
 
 ACTIVE_STATUSES = ("queued", "running", "waiting")
@@ -194,7 +195,7 @@ class RunRow:
         }
 
 
-class Store(FleetState):
+class Store(FleetState, ScheduleState):
     """Async access to one database. Create with `await Store.open(url)`."""
 
     def __init__(self, engine: AsyncEngine, url: str):
@@ -746,6 +747,19 @@ class Store(FleetState):
                 conn=conn,
             )
             return "queued"
+
+    async def family(self, run_ids: list[str]) -> list[str]:
+        """The runs and all their descendants (sub-agents, recursively)."""
+        found = list(dict.fromkeys(run_ids))
+        frontier = list(found)
+        async with self.engine.connect() as conn:
+            while frontier:
+                rows = (
+                    await conn.execute(sa.select(runs.c.id).where(runs.c.parent_id.in_(frontier)))
+                ).all()
+                frontier = [r.id for r in rows if r.id not in found]
+                found.extend(frontier)
+        return found
 
     async def pause_requests(self, worker_id: str) -> set[str]:
         async with self.engine.connect() as conn:

@@ -26,7 +26,7 @@ from everruns.tools.base import (
 from everruns.tools.python import from_function
 from everruns.tools.workspace import confine
 
-BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes", "subagents")
+BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes", "subagents", "memory")
 
 
 def _root(ctx: ToolContext) -> Path:
@@ -294,6 +294,10 @@ def build_builtin(entry: ToolSpec, *, allow_private_networks: bool = False) -> l
         fns = [(note, "idempotent"), (read_notes, "pure")]
     elif name == "subagents":
         fns = [(spawn_agent, "idempotent"), (wait_agents, "idempotent")]
+    elif name == "memory":
+        from everruns.tools.memory import recall, remember
+
+        fns = [(remember, "idempotent"), (recall, "pure")]
     else:
         raise ValueError(f"unknown built-in tool {name!r} (available: {', '.join(BUILTINS)})")
     tools = []

@@ -2,9 +2,16 @@
 
 from __future__ import annotations
 
-from everruns.spec import AgentSpec
+import asyncio
+import json
+from typing import Any
+
+from pydantic import ValidationError
+
+from everruns.spec import AgentSpec, ToolSpec
 from everruns.tools.base import Tool
 from everruns.tools.builtins import build_builtin
+from everruns.tools.mcp import MCPConnection, MCPServerConfig
 from everruns.tools.python import ToolLoadError, from_function, load_function
 
 
@@ -33,9 +40,52 @@ def build_tools(spec: AgentSpec, *, allow_private_networks: bool = False) -> dic
             except ValueError as exc:
                 raise ToolSpecError(f"{field}.builtin", str(exc)) from None
         else:
-            raise ToolSpecError(f"{field}.mcp", "MCP tools are not available in this version")
+            mcp_config(entry, field)  # validated here; listed asynchronously by the runner
+            continue
         for tool in loaded:
             if tool.name in tools:
                 raise ToolSpecError(field, f"duplicate tool name {tool.name!r}")
             tools[tool.name] = tool
     return tools
+
+
+def mcp_config(entry: ToolSpec, field: str) -> MCPServerConfig:
+    """The MCP server config of a spec entry; `effect`/`timeout` on the entry apply."""
+    data: dict[str, Any] = dict(entry.mcp or {})
+    if entry.effect is not None:
+        data["effect"] = entry.effect
+    if entry.timeout is not None:
+        data["timeout"] = entry.timeout
+    try:
+        return MCPServerConfig.model_validate(data)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        where = ".".join(str(p) for p in first["loc"])
+        message = first["msg"].removeprefix("Value error, ")
+        raise ToolSpecError(f"{field}.mcp" + (f".{where}" if where else ""), message) from None
+
+
+class MCPPool:
+    """One connection per MCP server configuration per worker process, shared by runs;
+    a server that died is restarted transparently by the connection."""
+
+    def __init__(self) -> None:
+        self._connections: dict[str, MCPConnection] = {}
+        self._lock = asyncio.Lock()
+
+    async def get(self, config: MCPServerConfig) -> MCPConnection:
+        key = json.dumps(config.model_dump(mode="json"), sort_keys=True)
+        async with self._lock:
+            connection = self._connections.get(key)
+            if connection is None:
+                connection = MCPConnection(config)
+                self._connections[key] = connection
+        return connection
+
+    async def close(self) -> None:
+        for connection in list(self._connections.values()):
+            try:
+                await connection.close()
+            except Exception:  # closing is best effort at shutdown
+                pass
+        self._connections.clear()

@@ -1,0 +1,496 @@
+"""Schedules (runs started on a clock) and agent memory (notes kept across runs).
+
+Every worker calls `fire_due_schedules` from its claim loop. Firing is one
+transaction per batch: the due schedule rows are locked (PostgreSQL: FOR
+UPDATE SKIP LOCKED, so workers pass each other; SQLite: BEGIN IMMEDIATE
+serializes them), the overlap policy is applied, the run is created, and the
+schedule's next tick is set strictly after `now`. So each tick fires once across
+the fleet, and after downtime the missed ticks are caught up by a single run.
+`schedule_runs` (primary key agent + tick) makes a second run for one tick
+impossible even if that reasoning were wrong.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import sqlalchemy as sa
+from sqlalchemy.dialects import postgresql, sqlite
+from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+
+from everruns.journal import RUN_CANCELLED, RUN_CREATED, TERMINAL_STATUSES
+from everruns.schedule import OVERLAP_POLICIES, parse_schedule
+from everruns.store import store as _store  # cyclic on purpose: used at call time only
+from everruns.store.schema import agent_notes, agents, events, runs, schedule_runs, schedules
+
+if TYPE_CHECKING:
+    from everruns.journal import Event
+    from everruns.spec import AgentSpec
+
+log = logging.getLogger("everruns.schedules")
+MAX_NOTE_CHARS = 20_000
+
+
+@dataclass(frozen=True)
+class FireResult:
+    """What firing one due schedule did."""
+
+    agent: str
+    action: str  # created | skipped | failed
+    tick: float  # the tick this fire answers (the latest one due)
+    due_at: float  # when the schedule was due (earlier than `tick` after downtime)
+    next_fire_at: float
+    run_id: str | None = None
+    cancelled: dict[str, str] = field(default_factory=dict)  # run id -> cancel outcome
+    reason: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "agent": self.agent,
+            "action": self.action,
+            "tick": self.tick,
+            "due_at": self.due_at,
+            "next_fire_at": self.next_fire_at,
+            "run_id": self.run_id,
+            "cancelled": dict(self.cancelled),
+            "reason": self.reason,
+        }
+
+
+def _schedule_dict(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {
+        "agent": m["agent_name"],
+        "expression": m["expression"],
+        "agent_version": m["agent_version"] if m["agent_version"] is not None else "latest",
+        "overlap": m["overlap"],
+        "input": m["input"],
+        "enabled": bool(m["enabled"]),
+        "next_fire_at": m["next_fire_at"],
+        "last_fired_at": m["last_fired_at"],
+        "last_run_id": m["last_run_id"],
+        "created_at": m["created_at"],
+        "updated_at": m["updated_at"],
+    }
+
+
+def _note_dict(row: Any) -> dict[str, Any]:
+    m = row._mapping
+    return {
+        "id": m["id"],
+        "agent": m["agent_name"],
+        "run_id": m["run_id"],
+        "text": m["text"],
+        "ts": m["ts"],
+    }
+
+
+class ScheduleState:
+    """Mixed into `Store`."""
+
+    engine: AsyncEngine
+    is_sqlite: bool
+
+    if TYPE_CHECKING:
+
+        async def save_agent(self, spec: AgentSpec) -> int: ...
+
+        async def append(
+            self,
+            run_id: str,
+            epoch: int | None,
+            new_events: list[tuple[str, dict[str, Any]]],
+            *,
+            projection: dict[str, Any] | None = None,
+            conn: AsyncConnection | None = None,
+            expect_seq: int | None = None,
+        ) -> list[Event]: ...
+
+    # ------------------------------------------------------------ schedules
+
+    async def save_schedule(
+        self, spec: AgentSpec, *, pin: bool = True, now: float | None = None
+    ) -> dict[str, Any]:
+        """Store the agent version and schedule its `schedule` (pinned to that version,
+        or with `pin=False` to whatever version is the latest at each fire)."""
+        if not spec.schedule:
+            raise _store.StoreError(f"schedule: agent {spec.name!r} has no `schedule` in its spec")
+        version = await self.save_agent(spec)
+        return await self.put_schedule(
+            spec.name,
+            spec.schedule,
+            agent_version=version if pin else None,
+            input=spec.schedule_input,
+            overlap=spec.overlap,
+            now=now,
+        )
+
+    async def put_schedule(
+        self,
+        agent: str,
+        expression: str,
+        *,
+        agent_version: int | None = None,
+        input: str | None = None,
+        overlap: str = "skip",
+        enabled: bool = True,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Create or replace an agent's schedule; its next tick is the first after `now`."""
+        try:
+            parsed = parse_schedule(expression)
+        except ValueError as exc:
+            raise _store.StoreError(f"schedule: {exc}") from None
+        if overlap not in OVERLAP_POLICIES:
+            raise _store.StoreError(
+                f"schedule_overlap: must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}"
+            )
+        now = time.time() if now is None else now
+        values = {
+            "expression": parsed.expression,
+            "agent_version": agent_version,
+            "overlap": overlap,
+            "input": input,
+            "enabled": enabled,
+            "next_fire_at": parsed.next_after(now),
+            "updated_at": now,
+        }
+        for attempt in range(5):
+            try:
+                async with self.engine.begin() as conn:
+                    await self._require_agent(conn, agent, agent_version)
+                    query = sa.select(schedules.c.agent_name).where(schedules.c.agent_name == agent)
+                    if not self.is_sqlite:
+                        query = query.with_for_update()
+                    if (await conn.execute(query)).first() is None:
+                        await conn.execute(
+                            schedules.insert().values(agent_name=agent, created_at=now, **values)
+                        )
+                    else:
+                        await conn.execute(
+                            sa.update(schedules)
+                            .where(schedules.c.agent_name == agent)
+                            .values(**values)
+                        )
+                break
+            except sa.exc.IntegrityError:  # a concurrent first insert (PostgreSQL)
+                if attempt == 4:
+                    raise
+        found = await self.get_schedule(agent)
+        assert found is not None
+        return found
+
+    async def _require_agent(self, conn: AsyncConnection, agent: str, version: int | None) -> None:
+        query = sa.select(agents.c.version).where(agents.c.name == agent)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        if (await conn.execute(query.limit(1))).first() is None:
+            what = f"agent {agent!r}" + (f" version {version}" if version is not None else "")
+            raise _store.StoreError(f"no {what} (store it first, e.g. `everruns schedule add`)")
+
+    async def get_schedule(self, agent: str) -> dict[str, Any] | None:
+        async with self.engine.connect() as conn:
+            row = (
+                await conn.execute(sa.select(schedules).where(schedules.c.agent_name == agent))
+            ).first()
+        return None if row is None else _schedule_dict(row)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(schedules).order_by(schedules.c.agent_name))).all()
+        return [_schedule_dict(r) for r in rows]
+
+    async def delete_schedule(self, agent: str) -> bool:
+        """Remove a schedule (runs it created are left alone)."""
+        async with self.engine.begin() as conn:
+            result = await conn.execute(sa.delete(schedules).where(schedules.c.agent_name == agent))
+            await conn.execute(sa.delete(schedule_runs).where(schedule_runs.c.agent_name == agent))
+        return result.rowcount == 1
+
+    async def set_schedule_enabled(
+        self, agent: str, enabled: bool, *, now: float | None = None
+    ) -> dict[str, Any] | None:
+        """Pause or resume a schedule. Resuming does not catch up the paused time:
+        the next tick is the first after `now`."""
+        now = time.time() if now is None else now
+        async with self.engine.begin() as conn:
+            query = sa.select(schedules).where(schedules.c.agent_name == agent)
+            if not self.is_sqlite:
+                query = query.with_for_update()
+            row = (await conn.execute(query)).first()
+            if row is None:
+                return None
+            values: dict[str, Any] = {"enabled": enabled, "updated_at": now}
+            if enabled and not row.enabled:
+                values["next_fire_at"] = parse_schedule(row.expression).next_after(now)
+            await conn.execute(
+                sa.update(schedules).where(schedules.c.agent_name == agent).values(**values)
+            )
+        return await self.get_schedule(agent)
+
+    async def fire_due_schedules(
+        self, now: float | None = None, *, limit: int = 100
+    ) -> list[FireResult]:
+        """Fire every enabled schedule whose next tick is at or before `now`, once.
+
+        Safe to call from any number of workers at once; `now` is injectable for tests.
+        """
+        now = time.time() if now is None else now
+        query = (
+            sa.select(schedules)
+            .where(schedules.c.enabled.is_(True), schedules.c.next_fire_at <= now)
+            .order_by(schedules.c.next_fire_at, schedules.c.agent_name)
+            .limit(limit)
+        )
+        if not self.is_sqlite:
+            query = query.with_for_update(skip_locked=True)
+        results: list[FireResult] = []
+        async with self.engine.begin() as conn:
+            for row in (await conn.execute(query)).all():
+                results.append(await self._fire_one(conn, row, now))
+        for r in results:
+            if r.action == "created":
+                log.info("schedule %s fired run %s (tick %.3f)", r.agent, r.run_id, r.tick)
+            else:
+                log.info("schedule %s %s tick %.3f: %s", r.agent, r.action, r.tick, r.reason)
+        return results
+
+    async def _fire_one(self, conn: AsyncConnection, row: Any, now: float) -> FireResult:
+        agent = str(row.agent_name)
+        due_at = float(row.next_fire_at)
+        try:
+            parsed = parse_schedule(row.expression)
+        except ValueError as exc:  # cannot happen for rows written by put_schedule
+            await conn.execute(
+                sa.update(schedules)
+                .where(schedules.c.agent_name == agent)
+                .values(enabled=False, updated_at=now)
+            )
+            return FireResult(agent, "failed", due_at, due_at, due_at, reason=f"disabled: {exc}")
+        tick = max(due_at, parsed.latest_at_or_before(now))
+        next_at = parsed.next_after(now)
+        done = {
+            "next_fire_at": next_at,
+            "last_fired_at": now,
+            "updated_at": now,
+        }
+
+        # The runs of this schedule that are still active; forget the finished ones.
+        active = [
+            str(r.id)
+            for r in (
+                await conn.execute(
+                    sa.select(runs.c.id)
+                    .select_from(schedule_runs.join(runs, runs.c.id == schedule_runs.c.run_id))
+                    .where(
+                        schedule_runs.c.agent_name == agent,
+                        runs.c.status.not_in(tuple(TERMINAL_STATUSES)),
+                    )
+                    .order_by(runs.c.created_at)
+                )
+            ).all()
+        ]
+        await conn.execute(
+            sa.delete(schedule_runs).where(
+                schedule_runs.c.agent_name == agent, schedule_runs.c.run_id.not_in(active)
+            )
+        )
+
+        def update() -> Any:
+            return sa.update(schedules).where(schedules.c.agent_name == agent)
+
+        overlap = str(row.overlap)
+        if active and overlap == "skip":
+            await conn.execute(update().values(**done))
+            return FireResult(
+                agent,
+                "skipped",
+                tick,
+                due_at,
+                next_at,
+                reason=f"previous run {active[-1]} is still active (overlap: skip)",
+            )
+        version = row.agent_version
+        if version is None:
+            version = (
+                await conn.execute(
+                    sa.select(sa.func.max(agents.c.version)).where(agents.c.name == agent)
+                )
+            ).scalar()
+        if (
+            version is None
+            or (
+                await conn.execute(
+                    sa.select(agents.c.version).where(
+                        agents.c.name == agent, agents.c.version == version
+                    )
+                )
+            ).first()
+            is None
+        ):
+            await conn.execute(update().values(**done))
+            return FireResult(
+                agent, "failed", tick, due_at, next_at, reason=f"agent {agent!r} not found"
+            )
+        cancelled: dict[str, str] = {}
+        if active and overlap == "cancel_previous":
+            for run_id in active:
+                cancelled[run_id] = await self._cancel_in(
+                    conn, run_id, f"superseded by the scheduled run of tick {tick:.3f}"
+                )
+        info = {
+            "agent": agent,
+            "expression": row.expression,
+            "tick": tick,
+            "due_at": due_at,
+            "fired_at": now,
+            "catch_up": tick > due_at,
+            "overlap": overlap,
+        }
+        if cancelled:
+            info["cancelled"] = sorted(cancelled)
+        run_id = await self._insert_run(conn, agent, int(version), row.input, {"schedule": info})
+        await conn.execute(
+            schedule_runs.insert().values(
+                agent_name=agent, tick=tick, run_id=run_id, created_at=now
+            )
+        )
+        await conn.execute(update().values(last_run_id=run_id, **done))
+        return FireResult(agent, "created", tick, due_at, next_at, run_id, cancelled)
+
+    async def _insert_run(
+        self,
+        conn: AsyncConnection,
+        agent: str,
+        version: int,
+        input: str | None,
+        created_data: dict[str, Any],
+    ) -> str:
+        """Queue a run inside the caller's transaction (as `Store.create_run` does)."""
+        run_id = _store.new_id()
+        wall = time.time()
+        await conn.execute(
+            runs.insert().values(
+                id=run_id,
+                agent_name=agent,
+                agent_version=version,
+                parent_id=None,
+                status="queued",
+                epoch=0,
+                wake_at=wall,
+                last_seq=1,
+                input=input,
+                created_at=wall,
+                updated_at=wall,
+            )
+        )
+        data = {**created_data, "input": input, "agent": {"name": agent, "version": version}}
+        await conn.execute(
+            events.insert().values(
+                run_id=run_id,
+                seq=1,
+                type=RUN_CREATED,
+                ts=wall,
+                data=json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str),
+            )
+        )
+        return run_id
+
+    async def _cancel_in(self, conn: AsyncConnection, run_id: str, reason: str) -> str:
+        """`Store.cancel` inside the caller's transaction: at once if no live worker
+        holds the run, else ask its worker. Returns cancelled, requested or the status."""
+        wall = time.time()
+        query = sa.select(runs).where(runs.c.id == run_id)
+        if not self.is_sqlite:
+            query = query.with_for_update()
+        row = (await conn.execute(query)).first()
+        if row is None:
+            return "missing"
+        if row.status in TERMINAL_STATUSES:
+            return str(row.status)
+        if row.lease_owner is not None and (row.lease_expires_at or 0) >= wall:
+            await conn.execute(
+                sa.update(runs).where(runs.c.id == run_id).values(cancel_requested=True)
+            )
+            return "requested"
+        await conn.execute(
+            sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+        )
+        await self.append(
+            run_id,
+            int(row.epoch) + 1,
+            [(RUN_CANCELLED, {"reason": reason})],
+            projection={
+                "status": "cancelled",
+                "wake_at": None,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "cancel_requested": True,
+                "error": {"reason": "cancelled", "message": reason},
+            },
+            conn=conn,
+        )
+        return "cancelled"
+
+    # ------------------------------------------------------------ agent memory
+
+    async def remember(
+        self,
+        agent: str,
+        text: str,
+        *,
+        run_id: str | None = None,
+        idempotency_key: str | None = None,
+        now: float | None = None,
+    ) -> dict[str, Any]:
+        """Keep a note for all later runs of `agent`. With an idempotency key, a repeat
+        (a retried tool call) returns the note stored the first time."""
+        if not text.strip():
+            raise _store.StoreError("a note cannot be empty")
+        if len(text) > MAX_NOTE_CHARS:
+            raise _store.StoreError(f"a note is limited to {MAX_NOTE_CHARS} characters")
+        values = {
+            "id": _store.new_id("note"),
+            "agent_name": agent,
+            "run_id": run_id,
+            "text": text,
+            "ts": time.time() if now is None else now,
+            "idempotency_key": idempotency_key,
+        }
+        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(agent_notes)
+        async with self.engine.begin() as conn:
+            await conn.execute(insert.values(**values).on_conflict_do_nothing())
+            if idempotency_key is None:
+                row = (
+                    await conn.execute(
+                        sa.select(agent_notes).where(agent_notes.c.id == values["id"])
+                    )
+                ).first()
+            else:
+                row = (
+                    await conn.execute(
+                        sa.select(agent_notes).where(
+                            agent_notes.c.agent_name == agent,
+                            agent_notes.c.idempotency_key == idempotency_key,
+                        )
+                    )
+                ).first()
+        assert row is not None
+        return _note_dict(row)
+
+    async def recall(self, agent: str, *, limit: int = 50) -> list[dict[str, Any]]:
+        """The newest `limit` notes of `agent`, oldest first."""
+        async with self.engine.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(agent_notes)
+                    .where(agent_notes.c.agent_name == agent)
+                    .order_by(agent_notes.c.ts.desc(), agent_notes.c.id.desc())
+                    .limit(max(0, limit))
+                )
+            ).all()
+        return [_note_dict(r) for r in reversed(rows)]
