@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak openapi clean
+.PHONY: install demo test lint format bench soak openapi clean browser
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,14 +26,19 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 	$(VENV)/bin/ruff format src tests bench examples
 
-test: install lint
+test: install lint browser
 	$(PY) -m pytest -q -ra
+
+# The web UI tests (tests/test_ui.py) drive Debian's chromium through Playwright.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
 openapi: install
 	$(PY) -m everruns.api.openapi > docs/openapi.json
 
 bench: install
 	$(PY) bench/bench_engine.py
+	$(PY) bench/bench_providers.py
 
 soak: install
 	$(PY) -m pytest -q -ra -m soak tests
