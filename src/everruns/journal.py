@@ -111,6 +111,7 @@ class State:
     compacted_until: int = 0
     context_overflow: bool = False  # the provider said the context is too long
     overflow_retried: bool = False
+    overflow_error: str = ""
     children: list[str] = field(default_factory=list)
     children_done: dict[str, dict[str, Any]] = field(default_factory=dict)
     children_tokens: int = 0
@@ -220,6 +221,7 @@ def apply(state: State, event: Event) -> State:
         state.retry_at = data.get("retry_at")
         if data.get("class") == "context_too_long" and not state.overflow_retried:
             state.context_overflow = True  # compact, then retry once
+            state.overflow_error = str(data.get("error", ""))
         elif not data.get("retryable", True):
             state.fatal_error = data
     elif kind == TOOL_STARTED:
