@@ -383,7 +383,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 f"(pending: {', '.join(pending) or 'none'})",
             )
         if body.approve:
-            event = await store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+            granted = {"call_id": call_id, **({"reason": body.reason} if body.reason else {})}
+            event = await store.signal(run_id, j.APPROVAL_GRANTED, granted)
         else:
             event = await store.signal(
                 run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}

@@ -7,8 +7,11 @@ through the same loop. Every write is fenced by the claim's epoch.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
+import json
 import logging
+import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
@@ -42,7 +45,7 @@ from everruns.tools.base import (
     WaitRequest,
     render_output,
 )
-from everruns.tools.mcp import tools_from_listing
+from everruns.tools.mcp import MCPServerConfig, tools_from_listing
 from everruns.tools.registry import MCPPool, ToolSpecError, build_tools, mcp_config
 from everruns.tools.workspace import Workspace
 
@@ -87,6 +90,7 @@ class RunRunner:
         self.draining = False
         self.pause_requested = False
         self._spawning: set[str] = set()
+        self._ws_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
@@ -231,14 +235,15 @@ class RunRunner:
                 await self.fail("invalid_spec", str(exc))
                 return False
             connection = await self.options.mcp_pool.get(config)
-            listing = self.state.tool_listings.get(config.label)
+            server = _listing_key(config)
+            listing = self.state.tool_listings.get(server)
             if listing is None:
                 try:
                     listing = await connection.list_tools()
                 except ToolError as exc:
                     await self.fail("mcp_unavailable", f"MCP server {config.label}: {exc}")
                     return False
-                await self.append(j.TOOLS_LISTED, {"server": config.label, "tools": listing})
+                await self.append(j.TOOLS_LISTED, {"server": server, "tools": listing})
             try:
                 tools = tools_from_listing(config, listing, _constant(connection))
             except ValueError as exc:
@@ -615,38 +620,47 @@ class RunRunner:
             j.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
-        ctx = ToolContext(
-            run_id=self.run_id,
-            tool_call_id=call.id,
-            idempotency_key=key,
-            attempt=plan.attempt,
-            workspace=await self.workspace.materialize() if self.workspace else None,
-            notes=tuple(self.state.notes),
-            agent=self.claim.agent_name,
-            store=self.store,
-        )
-        try:
-            if tool.timeout:
-                output = await asyncio.wait_for(tool.invoke(call.arguments, ctx), tool.timeout)
+        # Calls that touch the workspace run one at a time, so the file changes journaled
+        # with a call's result are exactly that call's (not a parallel call's half-done writes).
+        uses_ws = tool.uses_workspace and self.workspace is not None
+        async with self._ws_lock if uses_ws else contextlib.nullcontext():
+            ctx = ToolContext(
+                run_id=self.run_id,
+                tool_call_id=call.id,
+                idempotency_key=key,
+                attempt=plan.attempt,
+                workspace=await self.workspace.materialize()
+                if uses_ws and self.workspace
+                else None,
+                notes=tuple(self.state.notes),
+                agent=self.claim.agent_name,
+                store=self.store,
+            )
+            try:
+                if tool.timeout:
+                    output = await asyncio.wait_for(tool.invoke(call.arguments, ctx), tool.timeout)
+                else:
+                    output = await tool.invoke(call.arguments, ctx)
+            except TimeoutError:
+                error = f"timed out after {tool.timeout:g}s" if tool.timeout else "TimeoutError"
+            except ToolError as exc:
+                error = str(exc)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
             else:
-                output = await tool.invoke(call.arguments, ctx)
-        except TimeoutError:
-            error = f"timed out after {tool.timeout:g}s" if tool.timeout else "TimeoutError"
-        except ToolError as exc:
-            error = str(exc)
-        except Exception as exc:
-            error = f"{type(exc).__name__}: {exc}"
-        else:
-            await self._tool_result(tool, base, output)
-            return
-        await self.append(j.TOOL_FAILED, {**base, "error": error, **await self._changes()})
+                await self._tool_result(tool, base, output, uses_ws)
+                return
+            changes = await self._changes() if uses_ws else {}
+            await self.append(j.TOOL_FAILED, {**base, "error": error, **changes})
 
     async def _changes(self) -> dict[str, Any]:
         """Workspace changes since the last journaled result, to journal with this one."""
         files = await self.workspace.commit() if self.workspace else {}
         return {"files": files} if files else {}
 
-    async def _tool_result(self, tool: Tool, base: dict[str, Any], output: Any) -> None:
+    async def _tool_result(
+        self, tool: Tool, base: dict[str, Any], output: Any, uses_ws: bool = False
+    ) -> None:
         if isinstance(output, SleepRequest):
             await self.append(
                 j.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
@@ -694,7 +708,8 @@ class RunRunner:
         data["output"] = render_output(output)
         if tool.max_output is not None and len(data["output"]) > tool.max_output:
             data["max_output"] = tool.max_output
-        data.update(await self._changes())
+        if uses_ws:
+            data.update(await self._changes())
         await self.append(j.TOOL_COMPLETED, data)
 
 
@@ -714,6 +729,20 @@ def _render_message(message: dict[str, Any]) -> str:
         calls = "; ".join(f"{c['name']}({c.get('arguments')})" for c in message["tool_calls"])
         return f"[assistant] {message.get('content') or ''}\n[tool calls] {calls}"
     return f"[{role}] {message.get('content') or ''}"
+
+
+def _listing_key(config: MCPServerConfig) -> str:
+    """Which server a journaled tool list belongs to. Not `config.label`: that shortens
+    long command lines, so two servers could share it. The full URL or command line,
+    plus a digest of `cwd`/`env`/`headers` when set (they can select another server or
+    other tools; the digest keeps secrets out of the journal)."""
+    key = config.url if config.url is not None else shlex.join(config.command or [])
+    extra = {"cwd": config.cwd, "env": config.env, "headers": config.headers}
+    extra = {name: value for name, value in extra.items() if value}
+    if extra:
+        digest = hashlib.sha256(json.dumps(extra, sort_keys=True).encode()).hexdigest()
+        key += f" [{digest[:12]}]"
+    return key
 
 
 def _constant(value: Any) -> Any:

@@ -50,7 +50,7 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
                         "input": tc.get("arguments") or {},
                     }
                 )
-            push("assistant", blocks or [{"type": "text", "text": ""}])
+            push("assistant", blocks or [{"type": "text", "text": "(no answer)"}])
         elif m["role"] == "tool":
             push(
                 "user",

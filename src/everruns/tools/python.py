@@ -35,13 +35,22 @@ def tool(
     effect: str = "at_most_once",
     name: str | None = None,
     timeout: float | None = None,
+    workspace: bool = False,
 ) -> Any:
-    """Declare a Python function as a tool. `effect`: pure, idempotent or at_most_once."""
+    """Declare a Python function as a tool. `effect`: pure, idempotent or at_most_once.
+
+    `workspace=True`: the tool reads or writes the run's workspace (`ctx.workspace`);
+    such calls run one at a time, so each call's file changes are journaled with it.
+    """
     if effect not in EFFECTS:
         raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, not {effect!r}")
 
     def mark(func: F) -> F:
-        setattr(func, _ATTR, {"effect": effect, "name": name, "timeout": timeout})
+        setattr(
+            func,
+            _ATTR,
+            {"effect": effect, "name": name, "timeout": timeout, "workspace": workspace},
+        )
         return func
 
     return mark(fn) if fn is not None else mark
@@ -112,6 +121,7 @@ def from_function(
         effect=effect or meta.get("effect") or "at_most_once",
         invoke=invoke,
         timeout=timeout if timeout is not None else meta.get("timeout"),
+        uses_workspace=bool(meta.get("workspace", False)),
     )
 
 
