@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
@@ -82,7 +83,15 @@ def create_engine(url: str) -> AsyncEngine:
     return create_async_engine(async_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
 
 
+_UPGRADE_LOCK = threading.Lock()  # Alembic's migration context is process-global
+
+
 def _upgrade_sync(url: str) -> None:
+    with _UPGRADE_LOCK:
+        _upgrade_locked(url)
+
+
+def _upgrade_locked(url: str) -> None:
     import logging
 
     logging.getLogger("alembic").setLevel(logging.WARNING)

@@ -39,6 +39,8 @@ runs = sa.Table(
     # Crash-loop protection: last_seq when the current holder started, and
     # how many holders in a row died without progress.
     sa.Column("claim_seq", sa.Integer, nullable=False, server_default="0"),
+    # The seq of the last event that finished something (not a *.started event).
+    sa.Column("progress_seq", sa.Integer, nullable=False, server_default="0"),
     sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("pause_requested", sa.Boolean, nullable=False, server_default=sa.false()),

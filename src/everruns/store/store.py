@@ -39,6 +39,19 @@ from everruns.store.schedules import ScheduleState
 from everruns.store.schema import agents, api_tokens, events, runs, secrets, workers
 
 ACTIVE_STATUSES = ("queued", "running", "waiting")
+# Events that start work rather than finish it: a worker that dies after only these
+# made no progress (crash-loop protection).
+NOT_PROGRESS = frozenset(
+    {
+        "run.started",
+        "llm.started",
+        "tool.started",
+        "compaction.started",
+        "tools.listed",
+        "llm.fallback",
+        "approval.requested",
+    }
+)
 
 
 class StoreError(Exception):
@@ -411,7 +424,7 @@ class Store(FleetState, ScheduleState):
         )
         crashes = sa.case(
             (runs.c.lease_owner.is_(None), 0),
-            (runs.c.last_seq > runs.c.claim_seq, 1),
+            (runs.c.progress_seq > runs.c.claim_seq, 1),
             else_=runs.c.crashes + 1,
         )
         stmt = (
@@ -530,6 +543,8 @@ class Store(FleetState, ScheduleState):
                 )
         now = time.time()
         values: dict[str, Any] = {"last_seq": runs.c.last_seq + len(new_events), "updated_at": now}
+        if any(kind not in NOT_PROGRESS for kind, _ in new_events):
+            values["progress_seq"] = runs.c.last_seq + len(new_events)
         for key, value in (projection or {}).items():
             values[key] = _dumps(value) if key == "error" and value is not None else value
         where = [runs.c.id == run_id]

@@ -222,7 +222,7 @@ function route() {
     else link.removeAttribute("aria-current");
   }
   document.getElementById("signout").hidden = !token();
-  put(main, );
+  put(main);
   if (section === "runs" && parts[1]) cleanup = runPage(parts[1]);
   else if (section === "runs") cleanup = runsPage(params);
   else if (section === "approvals") cleanup = approvalsPage();
@@ -271,7 +271,7 @@ function showLogin(message) {
     h("div", { class: "field" }, h("label", { for: "token" }, "API token"), input),
     h("button", { class: "primary", type: "submit" }, "Sign in"),
   );
-  put(main, 
+  put(main,
     h(
       "section",
       { class: "card login", "aria-labelledby": "login-title" },
@@ -377,7 +377,7 @@ function runsPage(params) {
     const next = new Set(names);
     if (next.size === agentsKnown.size && [...next].every((n) => agentsKnown.has(n))) return;
     agentsKnown = next;
-    put(agentSel, 
+    put(agentSel,
       h("option", { value: "" }, "All agents"),
       [...next].sort().map((n) => h("option", { value: n, selected: n === filters.agent }, n)),
     );
@@ -404,14 +404,14 @@ function runsPage(params) {
 
   const renderRows = (items) => {
     if (!items.length) {
-      put(tbody, 
+      put(tbody,
         h("tr", {}, h("td", { colspan: 7, class: "empty" }, filters.status || filters.agent || filters.q
           ? "No runs match these filters."
           : "No runs yet. Start one from Agents, the CLI (everruns start) or POST /v1/runs.")),
       );
       return;
     }
-    put(tbody, 
+    put(tbody,
       ...items.map((run) =>
         h(
           "tr",
@@ -564,7 +564,7 @@ function runPage(runId) {
     if (row) {
       put(title, row.agent, h("span", { class: "muted" }, ` v${row.agent_version}`));
       document.title = `${row.agent} · ${status} · everruns`;
-      put(meta, 
+      put(meta,
         h("span", {}, "created ", timeEl(row.created_at, fmtDateTime(row.created_at))),
         row.lease_owner
           ? h("span", { id: "run-worker" }, status === "running" ? "worker " : "last worker ", h("span", { class: "mono" }, row.lease_owner))
@@ -601,7 +601,7 @@ function runPage(runId) {
       put(resultCard, h("h2", { id: "result-title" }, "Result"), body);
     } else {
       const err = st.error || {};
-      put(resultCard, 
+      put(resultCard,
         h("h2", { id: "result-title" }, status === "failed" ? "Failed" : "Cancelled"),
         h("p", {}, err.reason ? h("strong", {}, `${err.reason}: `) : null, err.error || ""),
       );
@@ -1222,7 +1222,7 @@ function agentsPage(selected, params) {
     h("div", { class: "field" }, h("label", { for: "agent-version" }, "Version"), versionSel),
     h("div", { class: "field" }, h("label", { for: "run-input" }, "Input"), input),
     h("div", {}, start));
-    put(detail, 
+    put(detail,
       h("h2", {}, name, agent.archived ? h("span", { class: "tag" }, " archived") : null),
       h("h3", {}, "Start a run"),
       form,
@@ -1241,7 +1241,7 @@ function agentsPage(selected, params) {
         return;
       }
       const current = selected || agents[0].name;
-      put(list, 
+      put(list,
         ...agents.map((a) =>
           h("li", {}, h("a", { href: `#/agents/${encodeURIComponent(a.name)}`, "aria-current": a.name === current ? "true" : null },
             h("span", {}, h("strong", {}, a.name), a.archived ? h("span", { class: "muted" }, " (archived)") : null),
@@ -1286,7 +1286,7 @@ function workersPage() {
       put(tbody, h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No live workers. Start one with everruns worker (or everruns server without --no-worker).")));
       return;
     }
-    put(tbody, 
+    put(tbody,
       ...workers.map((w) =>
         h("tr", { dataset: { workerId: w.id } },
           h("td", { class: "primary-cell mono", "data-label": "Worker" }, w.id),
