@@ -15,7 +15,7 @@ import shlex
 import time
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from everruns import journal as j
 from everruns.engine import crashpoints
@@ -45,9 +45,11 @@ from everruns.tools.base import (
     WaitRequest,
     render_output,
 )
-from everruns.tools.mcp import MCPServerConfig, tools_from_listing
 from everruns.tools.registry import MCPPool, ToolSpecError, build_tools, mcp_config
 from everruns.tools.workspace import Workspace
+
+if TYPE_CHECKING:
+    from everruns.tools.mcp import MCPServerConfig
 
 log = logging.getLogger("everruns.engine")
 
@@ -244,6 +246,8 @@ class RunRunner:
                     await self.fail("mcp_unavailable", f"MCP server {config.label}: {exc}")
                     return False
                 await self.append(j.TOOLS_LISTED, {"server": server, "tools": listing})
+            from everruns.tools.mcp import tools_from_listing
+
             try:
                 tools = tools_from_listing(config, listing, _constant(connection))
             except ValueError as exc:

@@ -4,15 +4,17 @@ from __future__ import annotations
 
 import asyncio
 import json
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from everruns.spec import AgentSpec, ToolSpec
 from everruns.tools.base import Tool
 from everruns.tools.builtins import build_builtin
-from everruns.tools.mcp import MCPConnection, MCPServerConfig
 from everruns.tools.python import ToolLoadError, from_function, load_function
+
+if TYPE_CHECKING:  # the mcp SDK is heavy to import: only runs that use MCP load it
+    from everruns.tools.mcp import MCPConnection, MCPServerConfig
 
 
 class ToolSpecError(Exception):
@@ -51,6 +53,8 @@ def build_tools(spec: AgentSpec, *, allow_private_networks: bool = False) -> dic
 
 def mcp_config(entry: ToolSpec, field: str) -> MCPServerConfig:
     """The MCP server config of a spec entry; `effect`/`timeout` on the entry apply."""
+    from everruns.tools.mcp import MCPServerConfig
+
     data: dict[str, Any] = dict(entry.mcp or {})
     if entry.effect is not None:
         data["effect"] = entry.effect
@@ -78,6 +82,8 @@ class MCPPool:
         async with self._lock:
             connection = self._connections.get(key)
             if connection is None:
+                from everruns.tools.mcp import MCPConnection
+
                 connection = MCPConnection(config)
                 self._connections[key] = connection
         return connection
