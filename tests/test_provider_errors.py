@@ -21,7 +21,6 @@ import openai
 import pytest
 
 from everruns import journal as j
-from everruns.providers.anthropic_messages import _translate as anthropic_translate
 from everruns.providers.anthropic_messages import to_anthropic_messages
 from everruns.providers.base import (
     INVALID_ARGUMENTS,
@@ -35,12 +34,20 @@ from everruns.providers.errors import (
     classify_status,
     retry_after_from_headers,
 )
-from everruns.providers.openai_chat import _translate as openai_translate
 from everruns.providers.openai_chat import to_openai_messages
 from everruns.providers.pricing import cost_usd, price_for
+from everruns.providers.sdk import translate_sdk_error
 from everruns.spec import ModelSpec
 
 NOW = 1_750_000_000.0  # a fixed "now" so HTTP dates and ISO timestamps are exact
+
+
+def openai_translate(exc: Exception) -> ProviderError:
+    return translate_sdk_error(exc, openai)
+
+
+def anthropic_translate(exc: Exception) -> ProviderError:
+    return translate_sdk_error(exc, anthropic)
 
 
 def iso(ts: float) -> str:

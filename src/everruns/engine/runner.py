@@ -11,6 +11,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
+from everruns.secretbox import SecretsUnavailable, decrypt
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec, parse_spec
 from everruns.store import Claim, Fenced, Moved, Store, StoreError
@@ -412,7 +414,7 @@ class RunRunner:
 
         price = price_for(model, self.options.settings.prices)
         try:
-            provider = get_provider(model)
+            provider = get_provider(model, await self._stored_key(model))
             response = await asyncio.wait_for(
                 provider.complete(request, on_delta), model.timeouts.total
             )
@@ -444,6 +446,22 @@ class RunRunner:
             },
         )
         return None
+
+    async def _stored_key(self, model: ModelSpec) -> str | None:
+        """A key stored through the API (encrypted) when its variable is not set here."""
+        env = model.api_key_env or {
+            "openai": "OPENAI_API_KEY",
+            "anthropic": "ANTHROPIC_API_KEY",
+        }.get(model.provider)
+        if env is None or os.environ.get(env):
+            return None
+        ciphertext = await self.store.get_secret(env)
+        if ciphertext is None:
+            return None
+        try:
+            return decrypt(ciphertext)
+        except SecretsUnavailable as exc:
+            raise ProviderError(str(exc), error_class="auth", retryable=False) from None
 
     async def _correct_rate(self, model: ModelSpec, estimate: int, usage: dict[str, Any]) -> None:
         actual = int(usage.get("input_tokens", 0)) + int(usage.get("output_tokens", 0))
@@ -556,8 +574,9 @@ class RunRunner:
         )
         price = price_for(model, self.options.settings.prices)
         try:
+            provider = get_provider(model, await self._stored_key(model))
             response = await asyncio.wait_for(
-                get_provider(model).complete(request, lambda _t: None), model.timeouts.total
+                provider.complete(request, lambda _t: None), model.timeouts.total
             )
         except (ProviderError, TimeoutError) as exc:
             message = getattr(exc, "message", None) or "timed out"

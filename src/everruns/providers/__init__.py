@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+
 from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
@@ -19,10 +21,13 @@ class UnknownProvider(ValueError):
 _cache: dict[str, Provider] = {}
 
 
-def get_provider(model: ModelSpec) -> Provider:
+def get_provider(model: ModelSpec, api_key: str | None = None) -> Provider:
     """The provider for a model spec; one per configuration per process, so HTTP
-    connections are shared by all the runs a worker executes."""
+    connections are shared by all the runs a worker executes. `api_key` overrides the
+    environment (a key stored through the API)."""
     key = model.model_dump_json(exclude={"responses", "fallbacks"})
+    if api_key:
+        key += ":" + hashlib.sha256(api_key.encode()).hexdigest()
     if model.provider == "scripted":
         from everruns.providers.scripted import ScriptedProvider
 
@@ -33,11 +38,11 @@ def get_provider(model: ModelSpec) -> Provider:
     if model.provider in ("openai", "openai-compatible"):
         from everruns.providers.openai_chat import OpenAIChatProvider
 
-        provider = OpenAIChatProvider(model)
+        provider = OpenAIChatProvider(model, api_key)
     elif model.provider == "anthropic":
         from everruns.providers.anthropic_messages import AnthropicProvider
 
-        provider = AnthropicProvider(model)
+        provider = AnthropicProvider(model, api_key)
     else:
         raise UnknownProvider(
             f"unknown provider {model.provider!r} "

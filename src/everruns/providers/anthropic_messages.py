@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import json
-import os
 from typing import Any
 
 import anthropic
@@ -17,8 +15,7 @@ from everruns.providers.base import (
     parse_arguments,
     stream_with_idle_timeout,
 )
-from everruns.providers.errors import classify_status
-from everruns.spec import ModelSpec
+from everruns.providers.sdk import SDKProvider, client_kwargs
 
 DEFAULT_MAX_TOKENS = 4096
 
@@ -66,65 +63,15 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
     return out
 
 
-def _api_key(model: ModelSpec) -> str:
-    env = model.api_key_env or "ANTHROPIC_API_KEY"
-    key = os.environ.get(env)
-    if not key:
-        raise ProviderError(
-            f"environment variable {env} (the API key for {model.label}) is not set",
-            error_class="auth",
-            retryable=False,
-        )
-    return key
+class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
+    sdk = anthropic
+    default_key_env = "ANTHROPIC_API_KEY"
 
-
-def _translate(exc: Exception) -> ProviderError:
-    if isinstance(exc, ProviderError):
-        return exc
-    if isinstance(exc, anthropic.APITimeoutError):
-        return ProviderError(f"timed out: {exc}", error_class="timeout", retryable=True)
-    if isinstance(exc, anthropic.APIConnectionError):
-        return ProviderError(f"connection failed: {exc}", error_class="connection", retryable=True)
-    if isinstance(exc, anthropic.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", {}) if isinstance(body, dict) else {}
-        error_type = err.get("type") if isinstance(err, dict) else None
-        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
-        return classify_status(exc.status_code, message, exc.response.headers, error_type)
-    if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | anthropic.APIError):
-        return ProviderError(
-            f"the stream broke: {type(exc).__name__}: {exc}",
-            error_class="stream_broken",
-            retryable=True,
-        )
-    raise exc
-
-
-class AnthropicProvider:
-    def __init__(self, model: ModelSpec):
-        t = model.timeouts
-        self.model = model
-        self._client: anthropic.AsyncAnthropic | None = None
-        self._timeout = httpx2.Timeout(t.read, connect=t.connect)
-
-    def _get_client(self) -> anthropic.AsyncAnthropic:
-        if self._client is None:
-            self._client = anthropic.AsyncAnthropic(
-                api_key=_api_key(self.model),
-                base_url=self.model.base_url,
-                max_retries=0,
-                timeout=self._timeout,
-            )
-        return self._client
-
-    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
-        try:
-            return await self._complete(request, on_delta)
-        except Exception as exc:
-            raise _translate(exc) from None
+    def _new_client(self, key: str, timeout: httpx2.Timeout) -> anthropic.AsyncAnthropic:
+        return anthropic.AsyncAnthropic(**client_kwargs(self.model, key, timeout))
 
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
-        client = self._get_client()
+        client = self.client()
         params: dict[str, Any] = dict(request.model.parameters)
         params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if request.system:

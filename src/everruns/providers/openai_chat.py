@@ -7,7 +7,6 @@ that retries, so back-off, `Retry-After` and budgets are accounted in one place.
 from __future__ import annotations
 
 import json
-import os
 from typing import Any
 
 import httpx2
@@ -21,8 +20,7 @@ from everruns.providers.base import (
     parse_arguments,
     stream_with_idle_timeout,
 )
-from everruns.providers.errors import classify_status
-from everruns.spec import ModelSpec
+from everruns.providers.sdk import SDKProvider, client_kwargs
 
 
 def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -52,73 +50,17 @@ def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict
     return out
 
 
-def _api_key(model: ModelSpec) -> str:
-    env = model.api_key_env or ("OPENAI_API_KEY" if model.provider == "openai" else None)
-    if env is None:
-        return "not-needed"
-    key = os.environ.get(env)
-    if not key:
-        raise ProviderError(
-            f"environment variable {env} (the API key for {model.label}) is not set",
-            error_class="auth",
-            retryable=False,
-        )
-    return key
+class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
+    sdk = openai
 
+    def _default_env(self) -> str | None:
+        return "OPENAI_API_KEY" if self.model.provider == "openai" else None
 
-def _translate(exc: Exception) -> ProviderError:
-    if isinstance(exc, ProviderError):
-        return exc
-    if isinstance(exc, openai.APITimeoutError):
-        return ProviderError(f"timed out: {exc}", error_class="timeout", retryable=True)
-    if isinstance(exc, openai.APIConnectionError):
-        return ProviderError(f"connection failed: {exc}", error_class="connection", retryable=True)
-    if isinstance(exc, openai.APIStatusError):
-        body = exc.body if isinstance(exc.body, dict) else {}
-        err = body.get("error", body) if isinstance(body, dict) else {}
-        # Both: `code` (e.g. context_length_exceeded) is the machine-readable signal,
-        # and the message text alone does not always say so.
-        error_type = (
-            " ".join(str(v) for v in (err.get("type"), err.get("code")) if v) or None
-            if isinstance(err, dict)
-            else None
-        )
-        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
-        return classify_status(exc.status_code, message, exc.response.headers, error_type)
-    if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | openai.APIError):
-        return ProviderError(
-            f"the stream broke: {type(exc).__name__}: {exc}",
-            error_class="stream_broken",
-            retryable=True,
-        )
-    raise exc
-
-
-class OpenAIChatProvider:
-    def __init__(self, model: ModelSpec):
-        t = model.timeouts
-        self.model = model
-        self._client: openai.AsyncOpenAI | None = None
-        self._timeout = httpx2.Timeout(t.read, connect=t.connect)
-
-    def _get_client(self) -> openai.AsyncOpenAI:
-        if self._client is None:
-            self._client = openai.AsyncOpenAI(
-                api_key=_api_key(self.model),
-                base_url=self.model.base_url,
-                max_retries=0,
-                timeout=self._timeout,
-            )
-        return self._client
-
-    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
-        try:
-            return await self._complete(request, on_delta)
-        except Exception as exc:
-            raise _translate(exc) from None
+    def _new_client(self, key: str, timeout: httpx2.Timeout) -> openai.AsyncOpenAI:
+        return openai.AsyncOpenAI(**client_kwargs(self.model, key, timeout))
 
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
-        client = self._get_client()
+        client = self.client()
         params: dict[str, Any] = dict(request.model.parameters)
         if request.tools:
             params["tools"] = [

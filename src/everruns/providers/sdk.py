@@ -1,0 +1,101 @@
+"""What the SDK-backed providers share: the API key, a lazily built client with the
+SDK's own retries off (the engine is the only layer that retries), and the
+translation of any SDK failure into a classified ProviderError."""
+
+from __future__ import annotations
+
+import json
+import os
+from types import ModuleType
+from typing import Any, Generic, TypeVar
+
+import httpx2
+
+from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, ProviderError
+from everruns.providers.errors import classify_status
+from everruns.spec import ModelSpec
+
+C = TypeVar("C")
+
+
+def api_key(model: ModelSpec, default_env: str | None, given: str | None = None) -> str:
+    """The key: given explicitly (a stored secret), else from the environment variable."""
+    if given:
+        return given
+    env = model.api_key_env or default_env
+    if env is None:
+        return "not-needed"  # a local OpenAI-compatible server without auth
+    key = os.environ.get(env)
+    if not key:
+        raise ProviderError(
+            f"environment variable {env} (the API key for {model.label}) is not set",
+            error_class="auth",
+            retryable=False,
+        )
+    return key
+
+
+def translate_sdk_error(exc: Exception, sdk: ModuleType) -> ProviderError:
+    """A ProviderError for an exception raised by the `openai` or `anthropic` SDK."""
+    if isinstance(exc, ProviderError):
+        return exc
+    if isinstance(exc, sdk.APITimeoutError):
+        return ProviderError(f"timed out: {exc}", error_class="timeout", retryable=True)
+    if isinstance(exc, sdk.APIConnectionError):
+        return ProviderError(f"connection failed: {exc}", error_class="connection", retryable=True)
+    if isinstance(exc, sdk.APIStatusError):
+        body = exc.body if isinstance(exc.body, dict) else {}
+        err = body.get("error", body) if isinstance(body, dict) else {}
+        # `type` and `code` (e.g. context_length_exceeded) are the machine-readable
+        # signals; the message text alone does not always say what happened.
+        error_type = (
+            " ".join(str(v) for v in (err.get("type"), err.get("code")) if v) or None
+            if isinstance(err, dict)
+            else None
+        )
+        message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        return classify_status(exc.status_code, message, exc.response.headers, error_type)
+    if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | sdk.APIError):
+        return ProviderError(
+            f"the stream broke: {type(exc).__name__}: {exc}",
+            error_class="stream_broken",
+            retryable=True,
+        )
+    raise exc
+
+
+class SDKProvider(Generic[C]):
+    sdk: ModuleType
+    default_key_env: str | None = None
+
+    def __init__(self, model: ModelSpec, api_key: str | None = None):
+        t = model.timeouts
+        self.model = model
+        self._api_key = api_key
+        self._client: C | None = None
+        self._timeout = httpx2.Timeout(t.read, connect=t.connect)
+
+    def _new_client(self, key: str, timeout: httpx2.Timeout) -> C:
+        raise NotImplementedError
+
+    def client(self) -> C:
+        if self._client is None:
+            key = api_key(self.model, self._default_env(), self._api_key)
+            self._client = self._new_client(key, self._timeout)
+        return self._client
+
+    def _default_env(self) -> str | None:
+        return self.default_key_env
+
+    async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
+        try:
+            return await self._complete(request, on_delta)
+        except Exception as exc:
+            raise translate_sdk_error(exc, self.sdk) from None
+
+    async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
+        raise NotImplementedError
+
+
+def client_kwargs(model: ModelSpec, key: str, timeout: httpx2.Timeout) -> dict[str, Any]:
+    return {"api_key": key, "base_url": model.base_url, "max_retries": 0, "timeout": timeout}
