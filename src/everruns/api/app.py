@@ -42,6 +42,7 @@ from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
 
 log = logging.getLogger("everruns.api")
+INT32 = 2**31 - 1  # integer columns: larger numbers are refused as invalid, not crashed on
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
 
 
@@ -270,7 +271,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         return await _agent(store, name, None)
 
     @app.get("/v1/agents/{name}/versions/{version}", tags=["agents"], dependencies=auth)
-    async def get_agent_version(name: str, version: int, store: StoreDep) -> AgentOut:
+    async def get_agent_version(
+        name: str, version: Annotated[int, Path(ge=1, le=INT32)], store: StoreDep
+    ) -> AgentOut:
         return await _agent(store, name, version)
 
     @app.post("/v1/agents/{name}/archive", tags=["agents"], dependencies=auth)
@@ -426,7 +429,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def list_events(
         run_id: str,
         store: StoreDep,
-        after: Annotated[int, Query(ge=0)] = 0,
+        after: Annotated[int, Query(ge=0, le=INT32)] = 0,
         limit: Annotated[int, Query(ge=1, le=10_000)] = 1000,
     ) -> list[EventOut]:
         await store.get_run(run_id)
@@ -446,7 +449,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         run_id: str,
         request: Request,
         store: StoreDep,
-        after: Annotated[int | None, Query(ge=0)] = None,
+        after: Annotated[int | None, Query(ge=0, le=INT32)] = None,
         last_event_id: Annotated[str | None, Header()] = None,
     ) -> StreamingResponse:
         """Server-Sent Events: durable events (with `id: seq`) replayed after `Last-Event-ID`

@@ -26,7 +26,9 @@ class AgentOut(BaseModel):
 
 class RunCreate(_In):
     agent: str | None = Field(default=None, description="Name of a stored agent.")
-    version: int | None = Field(default=None, ge=1, description="Its version (default: latest).")
+    version: int | None = Field(
+        default=None, ge=1, le=2**31 - 1, description="Its version (default: latest)."
+    )
     spec: dict[str, Any] | None = Field(default=None, description="Or an inline agent spec.")
     input: str | None = Field(default=None, max_length=1_000_000)
 
@@ -80,8 +82,8 @@ class Decision(_In):
 
 
 class ForkCreate(_In):
-    seq: int = Field(ge=1)
-    agent_version: int | None = Field(default=None, ge=1)
+    seq: int = Field(ge=1, le=2**31 - 1)
+    agent_version: int | None = Field(default=None, ge=1, le=2**31 - 1)
 
 
 class SecretPut(_In):

@@ -24,7 +24,7 @@ class ScheduleCreate(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     agent: str | None = Field(default=None, max_length=128)
-    version: int | None = Field(default=None, ge=1)
+    version: int | None = Field(default=None, ge=1, le=2**31 - 1)
     spec: dict[str, Any] | None = None
     yaml: str | None = Field(default=None, max_length=1_000_000)
     schedule: str | None = Field(
