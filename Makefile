@@ -41,7 +41,7 @@ bench: install
 	$(PY) bench/bench_providers.py
 
 soak: install
-	$(PY) -m pytest -q -ra -m soak tests
+	EVERRUNS_SOAK_RUNS=40 EVERRUNS_SOAK_KILLS=60 $(PY) -m pytest -q -ra --timeout 3600 tests/test_crash_matrix.py -k random_kills
 
 clean:
 	rm -rf $(VENV) .everruns .pytest_cache .mypy_cache .ruff_cache test-artifacts
