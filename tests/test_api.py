@@ -379,3 +379,32 @@ def test_schemathesis_finds_no_server_errors(sqlite_url: str, tmp_path: Path) ->
     finally:
         server.stop()
     assert result.returncode == 0, result.stdout[-4000:] + result.stderr[-2000:]
+
+
+async def test_async_client_streams_and_waits(sqlite_url: str, tmp_path: Path) -> None:
+    from everruns import AsyncClient
+
+    server = Server(env_for(sqlite_url), "--lease-ttl", "2", log=tmp_path / "server.log")
+    try:
+        async with AsyncClient(server.url) as client:
+            agent = await client.agents.create_from_file(_agent(tmp_path, STEPS))
+            run = await client.runs.start(agent.name, input="async")
+            events = [e async for e in client.runs.stream(run.id)]
+            durable = [e for e in events if not e.ephemeral]
+            assert [e.seq for e in durable] == list(range(1, len(durable) + 1))
+            assert durable[-1].type == "run.completed"
+            assert any(e.type == "llm.delta" for e in events if e.ephemeral)
+            done = await client.runs.wait(run.id, timeout=30)
+            assert done.result == "All done with the api."
+            slow = await client.runs.start(
+                spec={
+                    "name": "slow",
+                    "model": {"provider": "scripted", "responses": [{"text": "x", "delay": 30}]},
+                },
+                input="x",
+            )
+            with pytest.raises(TimeoutError):
+                await client.runs.wait(slow.id, timeout=1)
+            await client.runs.cancel(slow.id)
+    finally:
+        server.stop()
