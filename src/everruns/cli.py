@@ -247,7 +247,7 @@ def worker(
     poll_interval: Annotated[float, typer.Option(help="Seconds between claims when idle.")] = 0.5,
     max_crashes: Annotated[
         int, typer.Option(help="Fail a run after this many workers died on it without progress.")
-    ] = 3,
+    ] = 5,
     shutdown_grace: Annotated[
         float, typer.Option(help="On SIGTERM, seconds to let in-flight atoms finish.")
     ] = 10.0,

@@ -59,7 +59,7 @@ log = logging.getLogger("everruns.engine")
 @dataclass
 class RunnerOptions:
     worker_id: str
-    max_crashes: int = 3
+    max_crashes: int = 5
     settings: Settings = field(default_factory=Settings)
     mcp_pool: MCPPool = field(default_factory=MCPPool)
 

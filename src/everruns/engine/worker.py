@@ -32,7 +32,7 @@ class Worker:
         concurrency: int = 16,
         lease_ttl: float = 15.0,
         poll_interval: float = 0.5,
-        max_crashes: int = 3,
+        max_crashes: int = 5,
         shutdown_grace: float = 10.0,
         broker: Broker | None = None,
         worker_id: str | None = None,
