@@ -14,6 +14,7 @@ from typing import Annotated, Any
 import yaml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns import journal as j
@@ -80,15 +81,21 @@ class BodyLimit:
             if message["type"] == "http.request":
                 seen += len(message.get("body", b""))
                 if seen > self.limit:
-                    raise Problem(
-                        413,
-                        "too-large",
-                        "Request too large",
-                        f"the body exceeds {self.limit} bytes",
-                    )
+                    raise BodyTooLarge(self.limit)
             return message
 
         await self.app(scope, counting, send)
+
+
+class BodyTooLarge(Problem, StarletteHTTPException):
+    """Raised while FastAPI reads a body without a declared length: it passes an
+    HTTPException through (any other error there becomes a 400), and the Problem
+    handler renders it."""
+
+    def __init__(self, limit: int):
+        detail = f"the body exceeds {limit} bytes"
+        Problem.__init__(self, 413, "too-large", "Request too large", detail)
+        StarletteHTTPException.__init__(self, 413, detail)
 
 
 async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> None:
@@ -261,10 +268,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             spec = await store.get_agent(name, version)
         except StoreError as exc:
             raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
-        latest = version or max(
-            (a["version"] for a in await store.list_agents() if a["name"] == name), default=1
-        )
-        return AgentOut(name=name, version=latest, spec=spec.to_dict())
+        entry = next((a for a in await store.list_agents() if a["name"] == name), None)
+        latest = version or (entry["version"] if entry else 1)
+        archived = bool(entry and entry["archived"])  # as GET /v1/agents says
+        return AgentOut(name=name, version=latest, spec=spec.to_dict(), archived=archived)
 
     @app.get("/v1/agents/{name}", tags=["agents"], dependencies=auth)
     async def get_agent(name: str, store: StoreDep) -> AgentOut:
@@ -456,8 +463,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         (or `?after=`) and then followed live; token deltas live only; ends with the run."""
         await store.get_run(run_id)
         start = after or 0
-        if last_event_id and last_event_id.strip().isdigit():
-            start = max(start, int(last_event_id.strip()))
+        seen = (last_event_id or "").strip()
+        if seen.isascii() and seen.isdigit():  # not int("²"); seq is an int32 column
+            start = max(start, min(int(seen), INT32))
         feed: EventFeed = request.app.state.feed
         return StreamingResponse(
             _follow(store, feed, broker, run_id, start, request.is_disconnected, config.keepalive),

@@ -7,6 +7,7 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from sqlalchemy.exc import DataError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from everruns.spec import SpecError
@@ -70,6 +71,19 @@ def install(app: FastAPI) -> None:
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         return problem_response(409, "conflict", "Conflict", str(exc), request.url.path)
+
+    @app.exception_handler(DataError)
+    async def _data(request: Request, exc: DataError) -> JSONResponse:
+        # The database refused a value taken from the request (PostgreSQL: a NUL
+        # character in text): the request is invalid, the server is not broken.
+        reason = str(exc.orig or exc).splitlines()[0]
+        return problem_response(
+            422,
+            "validation-error",
+            "Invalid request",
+            f"a value was refused by the database: {reason}",
+            request.url.path,
+        )
 
     @app.exception_handler(StarletteHTTPException)
     async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:

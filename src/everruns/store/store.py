@@ -546,6 +546,8 @@ class Store(FleetState, ScheduleState):
         if any(kind not in NOT_PROGRESS for kind, _ in new_events):
             values["progress_seq"] = runs.c.last_seq + len(new_events)
         for key, value in (projection or {}).items():
+            if key == "result" and isinstance(value, str) and not self.is_sqlite:
+                value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
             values[key] = _dumps(value) if key == "error" and value is not None else value
         where = [runs.c.id == run_id]
         if epoch is not None:
