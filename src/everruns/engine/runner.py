@@ -211,7 +211,7 @@ class RunRunner:
             await self.fail("invalid_spec", str(exc))
             return
         self.workspace = Workspace(self.store, self.run_id, self.state.files)
-        started = await self.append(
+        await self.append(
             j.RUN_STARTED,
             {
                 "worker": self.options.worker_id,
@@ -222,7 +222,6 @@ class RunRunner:
             },
             status="running",
         )
-        await self.store.append(self.run_id, self.epoch, [], projection={"claim_seq": started.seq})
         if await self._load_mcp_tools():
             await self._loop()
 

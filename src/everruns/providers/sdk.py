@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
@@ -64,7 +65,7 @@ def translate_sdk_error(exc: Exception, sdk: ModuleType) -> ProviderError:
     raise exc
 
 
-class SDKProvider(Generic[C]):
+class SDKProvider(ABC, Generic[C]):
     sdk: ModuleType
     default_key_env: str | None = None
 
@@ -75,8 +76,9 @@ class SDKProvider(Generic[C]):
         self._client: C | None = None
         self._timeout = httpx2.Timeout(t.read, connect=t.connect)
 
+    @abstractmethod
     def _new_client(self, key: str, timeout: httpx2.Timeout) -> C:
-        raise NotImplementedError
+        """The SDK's async client, with its own retries off."""
 
     def client(self) -> C:
         if self._client is None:
@@ -93,8 +95,9 @@ class SDKProvider(Generic[C]):
         except Exception as exc:
             raise translate_sdk_error(exc, self.sdk) from None
 
+    @abstractmethod
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
-        raise NotImplementedError
+        """One streamed call; any exception is translated by `complete`."""
 
 
 def client_kwargs(model: ModelSpec, key: str, timeout: httpx2.Timeout) -> dict[str, Any]:

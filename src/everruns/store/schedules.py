@@ -12,7 +12,6 @@ impossible even if that reasoning were wrong.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from dataclasses import dataclass, field
@@ -22,10 +21,10 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from everruns.journal import RUN_CANCELLED, RUN_CREATED, TERMINAL_STATUSES
+from everruns.journal import TERMINAL_STATUSES
 from everruns.schedule import OVERLAP_POLICIES, parse_schedule
 from everruns.store import store as _store  # cyclic on purpose: used at call time only
-from everruns.store.schema import agent_notes, agents, events, runs, schedule_runs, schedules
+from everruns.store.schema import agent_notes, agents, runs, schedule_runs, schedules
 
 if TYPE_CHECKING:
     from everruns.journal import Event
@@ -109,6 +108,20 @@ class ScheduleState:
             conn: AsyncConnection | None = None,
             expect_seq: int | None = None,
         ) -> list[Event]: ...
+
+        async def _insert_run(
+            self,
+            conn: AsyncConnection,
+            agent: str,
+            version: int,
+            input: str | None,
+            created_data: dict[str, Any],
+            *,
+            parent_id: str | None = None,
+            run_id: str | None = None,
+        ) -> str: ...
+
+        async def _cancel_in(self, conn: AsyncConnection, run_id: str, reason: str) -> str: ...
 
     # ------------------------------------------------------------ schedules
 
@@ -361,80 +374,6 @@ class ScheduleState:
         )
         await conn.execute(update().values(last_run_id=run_id, **done))
         return FireResult(agent, "created", tick, due_at, next_at, run_id, cancelled)
-
-    async def _insert_run(
-        self,
-        conn: AsyncConnection,
-        agent: str,
-        version: int,
-        input: str | None,
-        created_data: dict[str, Any],
-    ) -> str:
-        """Queue a run inside the caller's transaction (as `Store.create_run` does)."""
-        run_id = _store.new_id()
-        wall = time.time()
-        await conn.execute(
-            runs.insert().values(
-                id=run_id,
-                agent_name=agent,
-                agent_version=version,
-                parent_id=None,
-                status="queued",
-                epoch=0,
-                wake_at=wall,
-                last_seq=1,
-                input=input,
-                created_at=wall,
-                updated_at=wall,
-            )
-        )
-        data = {**created_data, "input": input, "agent": {"name": agent, "version": version}}
-        await conn.execute(
-            events.insert().values(
-                run_id=run_id,
-                seq=1,
-                type=RUN_CREATED,
-                ts=wall,
-                data=json.dumps(data, separators=(",", ":"), ensure_ascii=False, default=str),
-            )
-        )
-        return run_id
-
-    async def _cancel_in(self, conn: AsyncConnection, run_id: str, reason: str) -> str:
-        """`Store.cancel` inside the caller's transaction: at once if no live worker
-        holds the run, else ask its worker. Returns cancelled, requested or the status."""
-        wall = time.time()
-        query = sa.select(runs).where(runs.c.id == run_id)
-        if not self.is_sqlite:
-            query = query.with_for_update()
-        row = (await conn.execute(query)).first()
-        if row is None:
-            return "missing"
-        if row.status in TERMINAL_STATUSES:
-            return str(row.status)
-        if row.lease_owner is not None and (row.lease_expires_at or 0) >= wall:
-            await conn.execute(
-                sa.update(runs).where(runs.c.id == run_id).values(cancel_requested=True)
-            )
-            return "requested"
-        await conn.execute(
-            sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
-        )
-        await self.append(
-            run_id,
-            int(row.epoch) + 1,
-            [(RUN_CANCELLED, {"reason": reason})],
-            projection={
-                "status": "cancelled",
-                "wake_at": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "cancel_requested": True,
-                "error": {"reason": "cancelled", "message": reason},
-            },
-            conn=conn,
-        )
-        return "cancelled"
 
     # ------------------------------------------------------------ agent memory
 

@@ -28,6 +28,7 @@ from everruns.journal import (
     RUN_FORKED,
     RUN_PAUSED,
     RUN_RESUMED,
+    RUN_STARTED,
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
     Event,
@@ -303,36 +304,58 @@ class Store(FleetState, ScheduleState):
                 ).first()
             if found is not None:
                 return run_id
+        async with self.engine.begin() as conn:
+            return await self._insert_run(
+                conn,
+                spec.name,
+                version,
+                input,
+                created_data or {},
+                parent_id=parent_id,
+                run_id=run_id,
+            )
+
+    async def _insert_run(
+        self,
+        conn: AsyncConnection,
+        agent: str,
+        version: int,
+        input: str | None,
+        created_data: dict[str, Any],
+        *,
+        parent_id: str | None = None,
+        run_id: str | None = None,
+    ) -> str:
+        """Queue a run (its row and its run.created event) in the caller's transaction."""
         run_id = run_id or new_id()
         now = time.time()
-        async with self.engine.begin() as conn:
-            await conn.execute(
-                runs.insert().values(
-                    id=run_id,
-                    agent_name=spec.name,
-                    agent_version=version,
-                    parent_id=parent_id,
-                    status="queued",
-                    epoch=0,
-                    wake_at=now,
-                    last_seq=1,
-                    input=input,
-                    created_at=now,
-                    updated_at=now,
-                )
+        await conn.execute(
+            runs.insert().values(
+                id=run_id,
+                agent_name=agent,
+                agent_version=version,
+                parent_id=parent_id,
+                status="queued",
+                epoch=0,
+                wake_at=now,
+                last_seq=1,
+                input=input,
+                created_at=now,
+                updated_at=now,
             )
-            data: dict[str, Any] = {
-                **(created_data or {}),
-                "input": input,
-                "agent": {"name": spec.name, "version": version},
-            }
-            if parent_id:
-                data["parent_id"] = parent_id
-            await conn.execute(
-                events.insert().values(
-                    run_id=run_id, seq=1, type=RUN_CREATED, ts=now, data=_dumps(data)
-                )
+        )
+        data: dict[str, Any] = {
+            **created_data,
+            "input": input,
+            "agent": {"name": agent, "version": version},
+        }
+        if parent_id:
+            data["parent_id"] = parent_id
+        await conn.execute(
+            events.insert().values(
+                run_id=run_id, seq=1, type=RUN_CREATED, ts=now, data=_dumps(data)
             )
+        )
         return run_id
 
     async def get_run(self, run_id: str) -> RunRow:
@@ -545,6 +568,9 @@ class Store(FleetState, ScheduleState):
         values: dict[str, Any] = {"last_seq": runs.c.last_seq + len(new_events), "updated_at": now}
         if any(kind not in NOT_PROGRESS for kind, _ in new_events):
             values["progress_seq"] = runs.c.last_seq + len(new_events)
+        for i, (kind, _) in enumerate(new_events):
+            if kind == RUN_STARTED:  # a new holder's progress is counted from here
+                values["claim_seq"] = runs.c.last_seq + i + 1
         for key, value in (projection or {}).items():
             if key == "result" and isinstance(value, str) and not self.is_sqlite:
                 value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
@@ -592,38 +618,16 @@ class Store(FleetState, ScheduleState):
     async def _after_end(self, conn: AsyncConnection, run_id: str, event: Event) -> None:
         """In the ending run's transaction: cancel its children if it was cancelled, and
         tell its parent (`child.finished`, waking it), so no crash can lose either."""
-        now = time.time()
         if event.type == RUN_CANCELLED:
             children = (
                 await conn.execute(
-                    sa.select(runs.c.id, runs.c.epoch, runs.c.lease_expires_at).where(
+                    sa.select(runs.c.id).where(
                         runs.c.parent_id == run_id, runs.c.status.not_in(TERMINAL_STATUSES)
                     )
                 )
             ).all()
             for child in children:
-                if child.lease_expires_at is not None and child.lease_expires_at >= now:
-                    await conn.execute(
-                        sa.update(runs).where(runs.c.id == child.id).values(cancel_requested=True)
-                    )
-                    continue
-                await conn.execute(
-                    sa.update(runs).where(runs.c.id == child.id).values(epoch=child.epoch + 1)
-                )
-                await self.append(
-                    child.id,
-                    child.epoch + 1,
-                    [(RUN_CANCELLED, {"reason": f"parent {run_id} was cancelled"})],
-                    projection={
-                        "status": "cancelled",
-                        "wake_at": None,
-                        "lease_owner": None,
-                        "lease_expires_at": None,
-                        "cancel_requested": True,
-                        "error": {"reason": "cancelled", "message": "parent cancelled"},
-                    },
-                    conn=conn,
-                )
+                await self._cancel_in(conn, child.id, f"parent {run_id} was cancelled")
         row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None or row.parent_id is None:
             return
@@ -673,42 +677,47 @@ class Store(FleetState, ScheduleState):
 
         Returns "cancelled", "requested", or the terminal status it already had.
         """
-        now = time.time()
         async with self.engine.begin() as conn:
-            # Lock the row (PostgreSQL), so a claim cannot slip in between this
-            # read and the epoch bump below; SQLite's BEGIN IMMEDIATE already does.
-            row = (
-                await conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
-            ).first()
-            if row is None:
-                raise RunNotFound(run_id)
-            run = RunRow.from_row(row)
-            if run.status in TERMINAL_STATUSES:
-                return run.status
-            held = run.lease_owner is not None and (run.lease_expires_at or 0) >= now
-            if held:
-                await conn.execute(
-                    sa.update(runs).where(runs.c.id == run_id).values(cancel_requested=True)
-                )
-                return "requested"
+            outcome = await self._cancel_in(conn, run_id, reason)
+        if outcome == "missing":
+            raise RunNotFound(run_id)
+        return outcome
+
+    async def _cancel_in(self, conn: AsyncConnection, run_id: str, reason: str) -> str:
+        """`cancel` inside the caller's transaction; "missing" when there is no such run."""
+        now = time.time()
+        # Lock the row (PostgreSQL), so a claim cannot slip in between this read and
+        # the epoch bump below; SQLite's BEGIN IMMEDIATE already does.
+        row = (
+            await conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
+        ).first()
+        if row is None:
+            return "missing"
+        if row.status in TERMINAL_STATUSES:
+            return str(row.status)
+        if row.lease_owner is not None and (row.lease_expires_at or 0) >= now:
             await conn.execute(
-                sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+                sa.update(runs).where(runs.c.id == run_id).values(cancel_requested=True)
             )
-            await self.append(
-                run_id,
-                run.epoch + 1,
-                [(RUN_CANCELLED, {"reason": reason})],
-                projection={
-                    "status": "cancelled",
-                    "wake_at": None,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "cancel_requested": True,
-                    "error": {"reason": "cancelled", "message": reason},
-                },
-                conn=conn,
-            )
-            return "cancelled"
+            return "requested"
+        await conn.execute(
+            sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+        )
+        await self.append(
+            run_id,
+            int(row.epoch) + 1,
+            [(RUN_CANCELLED, {"reason": reason})],
+            projection={
+                "status": "cancelled",
+                "wake_at": None,
+                "lease_owner": None,
+                "lease_expires_at": None,
+                "cancel_requested": True,
+                "error": {"reason": "cancelled", "message": reason},
+            },
+            conn=conn,
+        )
+        return "cancelled"
 
     async def signal(self, run_id: str, kind: str, data: dict[str, Any]) -> Event:
         """Journal an event from outside the worker (a user message, an approval)
