@@ -8,7 +8,10 @@ Built on the official `mcp` SDK (2.x). Two transports:
   database URLs) never reach the server unless `env` passes them. One more
   variable, `EVERRUNS_MCP_CONNECTION`, marks the process so that `pid` can find
   it. The server's stderr goes to a private temporary file whose tail appears in
-  connection errors (it is emptied when it passes 1 MiB).
+  connection errors (it is emptied when it passes 1 MiB). The server runs in the
+  tool sandbox (everruns.tools.sandbox, see `_confine`): it sees the system, the
+  worker's Python and its own files read-only, its `cwd` read-write, a private
+  /tmp as HOME, and dies with its worker.
 - streamable HTTP (`url`), with optional `headers` sent on every request.
 
 Task ownership: anyio cancel scopes and task groups are bound to the task that
