@@ -349,6 +349,10 @@ def test_write_file_refuses_hard_links_out_of_the_workspace(tmp_path: Path) -> N
     write_file("plain.txt", "two", ctx)
     assert (root / "plain.txt").read_text() == "two"
     assert (root / "plain.txt").stat().st_ino != inode
+    (root / "plain.txt").chmod(0o755)
+    edit_file("plain.txt", "two", "three", ctx)
+    assert (root / "plain.txt").read_text() == "three"
+    assert (root / "plain.txt").stat().st_mode & 0o777 == 0o755  # the mode is kept
     assert sorted(p.name for p in root.iterdir()) == ["linked.txt", "plain.txt"]
 
 

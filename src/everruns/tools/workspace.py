@@ -60,9 +60,10 @@ def replace_file(label: str, target: Path, data: bytes) -> None:
     if target.is_dir():
         raise ToolError(f"{label or '.'!r} is a folder, not a file")
     try:
-        links = target.lstat().st_nlink
+        st = target.lstat()
+        links, mode = st.st_nlink, st.st_mode & 0o7777
     except FileNotFoundError:
-        links = 1
+        links, mode = 1, None
     except OSError as exc:
         raise ToolError(f"{label!r}: {exc.strerror}") from None
     if links > 1:
@@ -75,6 +76,8 @@ def replace_file(label: str, target: Path, data: bytes) -> None:
         target.parent.mkdir(parents=True, exist_ok=True)
         with open(temp, "xb") as f:
             f.write(data)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # an edited script stays executable
         os.replace(temp, target)
     except OSError as exc:
         with contextlib.suppress(OSError):
