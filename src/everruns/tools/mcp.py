@@ -665,7 +665,9 @@ class MCPConnection:
             env = {MARKER_ENV: s.marker, **(config.env or {})}
             path = (config.env or {}).get("PATH", os.environ.get("PATH"))
             executable = _resolve_executable(config.command[0], config.cwd, path)
-            command, args = _confine(executable, config.command[1:], config.cwd, env)
+            command, args = await asyncio.to_thread(
+                _confine, executable, config.command[1:], config.cwd, env
+            )
             s.stderr = _stderr_capture()
             params = StdioServerParameters(command=command, args=args, env=env, cwd=config.cwd)
             async with stdio_client(params, errlog=s.stderr) as (read, write):

@@ -133,7 +133,7 @@ async def run_shell(
         raise ToolError("the working directory does not exist")
     if "\0" in command:
         raise ToolError("the command contains a NUL byte")
-    config = sandbox.check()
+    config = await asyncio.to_thread(sandbox.check)  # the first check starts bwrap
     where = str(cwd.resolve())
     argv = [SHELL, "-c", command]
     tmpdir = None
