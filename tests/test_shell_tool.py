@@ -1,4 +1,4 @@
-"""The shell tool core: real /bin/sh processes, real signals."""
+"""The shell tool core: real /bin/sh processes in the bubblewrap sandbox, real signals."""
 
 from __future__ import annotations
 
@@ -34,26 +34,12 @@ async def _wait_dead(pids: list[int], within: float = 3.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _pids_in(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
 
 def _same_dir(a: str | Path, b: Path) -> bool:
     return Path(a).resolve() == b.resolve()
-
-
-async def _read_pids(path: Path, count: int, within: float = 5.0) -> list[int]:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        pids = _pids_in(path)
-        if len(pids) >= count:
-            return pids[:count]
-        await asyncio.sleep(0.02)
-    raise AssertionError(f"{path} never got {count} pids")
 
 
 def _host_pids(marker: str) -> list[int]:
