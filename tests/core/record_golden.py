@@ -137,7 +137,9 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
         ],
         tools=notes,
     )
-    s = parse_spec({**s.to_dict(), "model": {**s.to_dict()["model"], "pricing": {"input": 1.0, "output": 2.0}}})
+    s = parse_spec(
+        {**s.to_dict(), "model": {**s.to_dict()["model"], "pricing": {"input": 1.0, "output": 2.0}}}
+    )
     rid = await store.create_run(s, "go")
     await quiet(store, rid, "completed")
     out["tool_calling"] = [rid]
@@ -152,7 +154,15 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     out["failed"] = [rid]
     s = spec(
         "retrying",
-        [{"text": "ok", "error": "flaky", "error_class": "server_error", "error_times": 1, "usage": USAGE}],
+        [
+            {
+                "text": "ok",
+                "error": "flaky",
+                "error_class": "server_error",
+                "error_times": 1,
+                "usage": USAGE,
+            }
+        ],
         retry={"initial_backoff": 0.0},
     )
     rid = await store.create_run(s, "go")
@@ -170,7 +180,9 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     )
     rid = await store.create_run(s, "go")
     await quiet(store, rid, "waiting")
-    call_id = next(e for e in await store.load_events(rid) if e.type == "approval.requested").data["call_id"]
+    call_id = next(e for e in await store.load_events(rid) if e.type == "approval.requested").data[
+        "call_id"
+    ]
     await store.signal(rid, "approval.granted", {"call_id": call_id})
     await quiet(store, rid, "completed")
     out["approval"] = [rid]
@@ -182,7 +194,10 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     # Cancelled while a worker holds it (a durable sleep kept in memory): the runner's path.
     s = spec(
         "sleeper",
-        [{"tool_calls": [{"name": "sleep", "arguments": {"seconds": 1.5}}], "usage": USAGE}, {"text": "late"}],
+        [
+            {"tool_calls": [{"name": "sleep", "arguments": {"seconds": 1.5}}], "usage": USAGE},
+            {"text": "late"},
+        ],
         tools=[{"builtin": "sleep"}],
         retry={"durable_wait_after": 30},
     )
@@ -210,7 +225,9 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     assert await store.pause(rid) == "paused"
     assert await store.resume(rid) == "queued"
     await quiet(store, rid, "waiting")
-    call_id = next(e for e in await store.load_events(rid) if e.type == "approval.requested").data["call_id"]
+    call_id = next(e for e in await store.load_events(rid) if e.type == "approval.requested").data[
+        "call_id"
+    ]
     await store.signal(rid, "approval.denied", {"call_id": call_id, "reason": "no"})
     await quiet(store, rid, "completed")
     out["paused_resumed"] = [rid]
@@ -230,7 +247,10 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     s = spec(
         "parent",
         [
-            {"tool_calls": [{"name": "spawn_agent", "arguments": {"input": "child task"}}], "usage": USAGE},
+            {
+                "tool_calls": [{"name": "spawn_agent", "arguments": {"input": "child task"}}],
+                "usage": USAGE,
+            },
             {"tool_calls": [{"name": "wait_agents", "arguments": {}}], "usage": USAGE},
             {"text": "parent done", "usage": USAGE},
         ],
@@ -282,7 +302,10 @@ async def main() -> None:
             }
         await store.close()
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {OUT} ({sum(len(s['runs']) for s in result['scenarios'].values())} runs)", file=sys.stderr)
+    print(
+        f"wrote {OUT} ({sum(len(s['runs']) for s in result['scenarios'].values())} runs)",
+        file=sys.stderr,
+    )
 
 
 if __name__ == "__main__":

@@ -21,13 +21,13 @@ import sqlalchemy as sa
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from everruns.journal import TERMINAL_STATUSES
-from everruns.schedule import OVERLAP_POLICIES, parse_schedule
+from everruns.core.events import TERMINAL_STATUSES
+from everruns.core.schedule import OVERLAP_POLICIES, parse_schedule
 from everruns.store import store as _store  # cyclic on purpose: used at call time only
 from everruns.store.schema import agent_notes, agents, runs, schedule_runs, schedules
 
 if TYPE_CHECKING:
-    from everruns.journal import Event
+    from everruns.core.events import Event
     from everruns.spec import AgentSpec
 
 log = logging.getLogger("everruns.schedules")

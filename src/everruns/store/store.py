@@ -20,7 +20,7 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from everruns.journal import (
+from everruns.core.events import (
     CHILD_FINISHED,
     MESSAGE_USER,
     RUN_CANCELLED,
@@ -33,6 +33,7 @@ from everruns.journal import (
     TERMINAL_STATUSES,
     Event,
 )
+from everruns.errors import Fenced, Moved, RunNotFound, StoreError
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import database
 from everruns.store.fleet import FleetState
@@ -53,24 +54,6 @@ NOT_PROGRESS = frozenset(
         "approval.requested",
     }
 )
-
-
-class StoreError(Exception):
-    pass
-
-
-class RunNotFound(StoreError):
-    def __init__(self, run_id: str):
-        super().__init__(f"no run with id {run_id!r}")
-        self.run_id = run_id
-
-
-class Fenced(StoreError):
-    """The caller's epoch is stale: another worker holds the run now."""
-
-
-class Moved(StoreError):
-    """A conditional append found events the caller has not seen (a signal arrived)."""
 
 
 def _token_hash(plaintext: str) -> str:
