@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from everruns.api.wire import run_from_api, run_to_api
 from everruns.client import ApiError, Client
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
@@ -300,11 +301,11 @@ def status(
     async def go() -> None:
         if server:
             with Client(server, token) as client:
-                row = RunRow.from_api(client.runs.get(run_id).model_dump())
+                row = run_from_api(client.runs.get(run_id).model_dump())
         else:
             row = await _with_store(db, lambda s: s.get_run(run_id))
         if json_out:
-            _print_json(row.to_dict())
+            _print_json(run_to_api(row))
             return
         _print_status(row)
 
@@ -414,13 +415,13 @@ def list_runs(
         if server:
             with Client(server, token) as client:
                 items, _ = client.runs.list(status=status, agent=agent, limit=limit)
-            rows = [RunRow.from_api(r.model_dump()) for r in items]
+            rows = [run_from_api(r.model_dump()) for r in items]
         else:
             rows = await _with_store(
                 db, lambda s: s.list_runs(status=status, agent=agent, limit=limit)
             )
         if json_out:
-            _print_json([r.to_dict() for r in rows])
+            _print_json([run_to_api(r) for r in rows])
             return
         table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
         for r in rows:

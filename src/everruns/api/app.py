@@ -33,6 +33,7 @@ from everruns.api.models import (
     SecretPut,
 )
 from everruns.api.problems import Problem
+from everruns.api.wire import run_to_api
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
 from everruns.engine.broker import Broker
@@ -114,7 +115,7 @@ StoreDep = Annotated[Store, Depends(store_of)]
 
 
 def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(row.to_dict())
+    return RunOut.model_validate(run_to_api(row))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:

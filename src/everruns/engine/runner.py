@@ -22,7 +22,7 @@ from everruns.core.backoff import backoff_delay
 from everruns.core.context import estimate_tokens, model_view
 from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
-from everruns.core.state import State, add_usage, apply, fold
+from everruns.core.state import State, apply, fold
 from everruns.engine import crashpoints
 from everruns.engine.broker import Broker
 from everruns.engine.models import (
@@ -74,15 +74,6 @@ class StopReason:
     LOST = "lost"  # the lease was taken over: write nothing
 
 
-def _projection(state: State) -> dict[str, Any]:
-    return {
-        "steps": state.steps,
-        "input_tokens": state.input_tokens,
-        "output_tokens": state.output_tokens,
-        "cost_usd": state.cost_usd,
-    }
-
-
 class RunRunner:
     def __init__(self, store: Store, claim: Claim, options: RunnerOptions, broker: Broker):
         self.store = store
@@ -104,9 +95,7 @@ class RunRunner:
 
     # ------------------------------------------------------------ journal
 
-    async def append(
-        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, **projection: Any
-    ) -> Event:
+    async def append(self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False) -> Event:
         """Append one event (fenced), fold it, and publish it to live subscribers.
 
         `if_unchanged`: only if nobody appended since our last look (raises Moved).
@@ -118,7 +107,6 @@ class RunRunner:
                 self.run_id,
                 self.epoch,
                 [(kind, data)],
-                projection={**_projection(self._preview(kind, data)), **projection},
                 expect_seq=self.state.last_seq if if_unchanged else None,
             )
             if event.seq == expected:
@@ -128,19 +116,6 @@ class RunRunner:
             self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
             crashpoints.hit(f"after:{kind}")
             return event
-
-    def _preview(self, kind: str, data: dict[str, Any]) -> State:
-        """Usage totals including this event, for the runs-table projection."""
-        if kind not in (EventType.LLM_COMPLETED, EventType.LLM_FAILED):
-            return self.state
-        preview = State(
-            steps=self.state.steps + (kind == EventType.LLM_COMPLETED),
-            input_tokens=self.state.input_tokens,
-            output_tokens=self.state.output_tokens,
-            cost_usd=self.state.cost_usd,
-        )
-        add_usage(preview, data.get("usage"))
-        return preview
 
     def publish_ephemeral(self, kind: str, data: dict[str, Any]) -> None:
         self.broker.publish(
@@ -178,11 +153,6 @@ class RunRunner:
         await self.append(
             EventType.RUN_CANCELLED,
             {"reason": "cancelled by user"},
-            status="cancelled",
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            error={"reason": "cancelled", "message": "cancelled by user"},
         )
 
     async def _run(self) -> None:
@@ -222,7 +192,6 @@ class RunRunner:
                 "resumed": self.state.starts > 0,
                 "crashes": self.claim.crashes,
             },
-            status="running",
         )
         if await self._load_mcp_tools():
             await self._loop()
@@ -276,11 +245,6 @@ class RunRunner:
                 await self.append(
                     EventType.RUN_PAUSED,
                     {"by": "user"},
-                    status="paused",
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    pause_requested=False,
                 )
                 return
             atom = decide(self.state, self.spec, time.time(), effects)
@@ -300,11 +264,6 @@ class RunRunner:
                         EventType.RUN_COMPLETED,
                         {"result": atom.result},
                         if_unchanged=True,  # a user message that just arrived gets an answer
-                        status="completed",
-                        result=atom.result,
-                        wake_at=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
                     )
                 except Moved:
                     self.state = fold(await self.store.load_events(self.run_id))
@@ -357,16 +316,7 @@ class RunRunner:
         return True
 
     async def fail(self, reason: str, message: str) -> None:
-        error = {"reason": reason, "message": message}
-        await self.append(
-            EventType.RUN_FAILED,
-            {"error": message, "reason": reason},
-            status="failed",
-            error=error,
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        await self.append(EventType.RUN_FAILED, {"error": message, "reason": reason})
 
     # ------------------------------------------------------------ atoms
 

@@ -28,6 +28,7 @@ from everruns.store.schema import agent_notes, agents, runs, schedule_runs, sche
 
 if TYPE_CHECKING:
     from everruns.core.events import Event
+    from everruns.core.projection import RowFacts
     from everruns.spec import AgentSpec
 
 log = logging.getLogger("everruns.schedules")
@@ -104,9 +105,9 @@ class ScheduleState:
             epoch: int | None,
             new_events: list[tuple[str, dict[str, Any]]],
             *,
-            projection: dict[str, Any] | None = None,
             conn: AsyncConnection | None = None,
             expect_seq: int | None = None,
+            current: RowFacts | None = None,
         ) -> list[Event]: ...
 
         async def _insert_run(

@@ -15,12 +15,14 @@ import socket
 import time
 from collections.abc import Iterable
 from dataclasses import dataclass
+from enum import StrEnum
 from typing import Any
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
 from everruns.core.events import (
+    ACTIVE_STATUSES,
     CHILD_FINISHED,
     MESSAGE_USER,
     RUN_CANCELLED,
@@ -28,32 +30,18 @@ from everruns.core.events import (
     RUN_FORKED,
     RUN_PAUSED,
     RUN_RESUMED,
-    RUN_STARTED,
     TERMINAL_EVENTS,
     TERMINAL_STATUSES,
     Event,
+    RunStatus,
 )
+from everruns.core.projection import RowFacts, RowUpdate, project, totals
 from everruns.errors import Fenced, Moved, RunNotFound, StoreError
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import database
 from everruns.store.fleet import FleetState
 from everruns.store.schedules import ScheduleState
 from everruns.store.schema import agents, api_tokens, events, runs, secrets, workers
-
-ACTIVE_STATUSES = ("queued", "running", "waiting")
-# Events that start work rather than finish it: a worker that dies after only these
-# made no progress (crash-loop protection).
-NOT_PROGRESS = frozenset(
-    {
-        "run.started",
-        "llm.started",
-        "tool.started",
-        "compaction.started",
-        "tools.listed",
-        "llm.fallback",
-        "approval.requested",
-    }
-)
 
 
 def _token_hash(plaintext: str) -> str:
@@ -137,59 +125,6 @@ class RunRow:
             created_at=m["created_at"],
             updated_at=m["updated_at"],
         )
-
-    @classmethod
-    def from_api(cls, run: dict[str, Any]) -> RunRow:
-        """A RunRow from the HTTP API's run object (for the CLI's --server mode)."""
-        usage = run.get("usage") or {}
-        return cls(
-            id=run["id"],
-            agent_name=run["agent"],
-            agent_version=run["agent_version"],
-            parent_id=run.get("parent_id"),
-            status=run["status"],
-            epoch=run.get("epoch", 0),
-            lease_owner=run.get("lease_owner"),
-            lease_expires_at=None,
-            wake_at=run.get("wake_at"),
-            last_seq=run.get("last_seq", 0),
-            crashes=0,
-            cancel_requested=False,
-            steps=run.get("steps", 0),
-            input_tokens=usage.get("input_tokens", 0),
-            output_tokens=usage.get("output_tokens", 0),
-            cost_usd=usage.get("cost_usd", 0.0),
-            input=run.get("input"),
-            result=run.get("result"),
-            error=run.get("error"),
-            created_at=run.get("created_at", 0.0),
-            updated_at=run.get("updated_at", 0.0),
-        )
-
-    def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent_name,
-            "agent_version": self.agent_version,
-            "parent_id": self.parent_id,
-            "status": self.status,
-            "steps": self.steps,
-            "usage": {
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "total_tokens": self.input_tokens + self.output_tokens,
-                "cost_usd": round(self.cost_usd, 6),
-            },
-            "input": self.input,
-            "result": self.result,
-            "error": self.error,
-            "epoch": self.epoch,
-            "lease_owner": self.lease_owner,
-            "wake_at": self.wake_at,
-            "last_seq": self.last_seq,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
 
 
 class Store(FleetState, ScheduleState):
@@ -529,13 +464,15 @@ class Store(FleetState, ScheduleState):
         epoch: int | None,
         new_events: list[tuple[str, dict[str, Any]]],
         *,
-        projection: dict[str, Any] | None = None,
         conn: AsyncConnection | None = None,
         expect_seq: int | None = None,
+        current: RowFacts | None = None,
     ) -> list[Event]:
         """Append events with gap-free seq, fenced by `epoch` (None: unfenced signal).
 
-        Raises Fenced when the epoch is stale; nothing is written then.
+        The runs row is updated in the same statement by `core.projection.project`
+        (`current`: the row as a signal found it). Raises Fenced when the epoch is
+        stale; nothing is written then.
         """
         if conn is None:
             async with self.engine.begin() as own:
@@ -543,21 +480,12 @@ class Store(FleetState, ScheduleState):
                     run_id,
                     epoch,
                     new_events,
-                    projection=projection,
                     conn=own,
                     expect_seq=expect_seq,
+                    current=current,
                 )
         now = time.time()
-        values: dict[str, Any] = {"last_seq": runs.c.last_seq + len(new_events), "updated_at": now}
-        if any(kind not in NOT_PROGRESS for kind, _ in new_events):
-            values["progress_seq"] = runs.c.last_seq + len(new_events)
-        for i, (kind, _) in enumerate(new_events):
-            if kind == RUN_STARTED:  # a new holder's progress is counted from here
-                values["claim_seq"] = runs.c.last_seq + i + 1
-        for key, value in (projection or {}).items():
-            if key == "result" and isinstance(value, str) and not self.is_sqlite:
-                value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
-            values[key] = _dumps(value) if key == "error" and value is not None else value
+        values = self._row_values(project(new_events, now, current))
         where = [runs.c.id == run_id]
         if epoch is not None:
             where.append(runs.c.epoch == epoch)
@@ -569,12 +497,10 @@ class Store(FleetState, ScheduleState):
             )
         ).first()
         if row is None:
-            current = (
-                await conn.execute(sa.select(runs.c.epoch).where(runs.c.id == run_id))
-            ).first()
-            if current is None:
+            found = (await conn.execute(sa.select(runs.c.epoch).where(runs.c.id == run_id))).first()
+            if found is None:
                 raise RunNotFound(run_id)
-            if expect_seq is not None and (epoch is None or current.epoch == epoch):
+            if expect_seq is not None and (epoch is None or found.epoch == epoch):
                 raise Moved(f"run {run_id}: new events after seq {expect_seq}")
             raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
         first = int(row.last_seq) - len(new_events) + 1
@@ -598,6 +524,21 @@ class Store(FleetState, ScheduleState):
             await self._after_end(conn, run_id, ended[-1])
         return out
 
+    def _row_values(self, update: RowUpdate) -> dict[str, Any]:
+        """The projection as UPDATE values: increments and seq marks relative to the row."""
+        values: dict[str, Any] = {}
+        for key, value in update.set.items():
+            if key == "result" and isinstance(value, str) and not self.is_sqlite:
+                value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
+            if key == "error" and value is not None:
+                value = _dumps(value)
+            values[key] = str(value) if isinstance(value, StrEnum) else value
+        for key, amount in update.add.items():
+            values[key] = runs.c[key] + amount
+        for key, offset in update.seq.items():
+            values[key] = runs.c.last_seq + offset
+        return values
+
     async def _after_end(self, conn: AsyncConnection, run_id: str, event: Event) -> None:
         """In the ending run's transaction: cancel its children if it was cancelled, and
         tell its parent (`child.finished`, waking it), so no crash can lose either."""
@@ -614,14 +555,18 @@ class Store(FleetState, ScheduleState):
         row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None or row.parent_id is None:
             return
-        run = RunRow.from_row(row)
         parent_id = str(row.parent_id)
         parent = (
             await conn.execute(sa.select(runs.c.status).where(runs.c.id == parent_id))
         ).first()
         if parent is None or parent.status in TERMINAL_STATUSES:
             return
-        usage = run.to_dict()["usage"]
+        usage = {
+            "input_tokens": row.input_tokens,
+            "output_tokens": row.output_tokens,
+            "total_tokens": row.input_tokens + row.output_tokens,
+            "cost_usd": round(row.cost_usd, 6),
+        }
         await self._signal_in(
             conn,
             parent_id,
@@ -638,19 +583,14 @@ class Store(FleetState, ScheduleState):
     async def _signal_in(
         self, conn: AsyncConnection, run_id: str, kind: str, data: dict[str, Any]
     ) -> Event:
-        now = time.time()
         row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None:
             raise RunNotFound(run_id)
-        run = RunRow.from_row(row)
-        projection: dict[str, Any] = {}
-        if run.status == "cancelled" or (run.status in TERMINAL_STATUSES and kind != MESSAGE_USER):
-            raise StoreError(f"run {run_id} is {run.status}")
-        if run.status in TERMINAL_STATUSES:
-            projection = {"status": "queued", "wake_at": now, "result": None, "error": None}
-        elif run.lease_owner is None and (run.wake_at is None or run.wake_at > now):
-            projection = {"wake_at": now}
-        (event,) = await self.append(run_id, None, [(kind, data)], projection=projection, conn=conn)
+        status = str(row.status)
+        if status == RunStatus.CANCELLED or (status in TERMINAL_STATUSES and kind != MESSAGE_USER):
+            raise StoreError(f"run {run_id} is {status}")
+        current = RowFacts(status, row.lease_owner is not None, row.wake_at)
+        (event,) = await self.append(run_id, None, [(kind, data)], conn=conn, current=current)
         return event
 
     # ------------------------------------------------------------ signals
@@ -690,14 +630,6 @@ class Store(FleetState, ScheduleState):
             run_id,
             int(row.epoch) + 1,
             [(RUN_CANCELLED, {"reason": reason})],
-            projection={
-                "status": "cancelled",
-                "wake_at": None,
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "cancel_requested": True,
-                "error": {"reason": "cancelled", "message": reason},
-            },
             conn=conn,
         )
         return "cancelled"
@@ -727,20 +659,12 @@ class Store(FleetState, ScheduleState):
                 run_id,
                 run.epoch + 1,
                 [(RUN_PAUSED, {"by": "user"})],
-                projection={
-                    "status": "paused",
-                    "wake_at": None,
-                    "lease_owner": None,
-                    "lease_expires_at": None,
-                    "pause_requested": False,
-                },
                 conn=conn,
             )
             return "paused"
 
     async def resume(self, run_id: str) -> str:
         """Resume a paused run (or withdraw a pause request not yet honoured)."""
-        now = time.time()
         async with self.engine.begin() as conn:
             run = await self._locked_run(conn, run_id)
             if run.status != "paused":
@@ -752,7 +676,6 @@ class Store(FleetState, ScheduleState):
                 run_id,
                 None,
                 [(RUN_RESUMED, {"by": "user"})],
-                projection={"status": "queued", "wake_at": now, "pause_requested": False},
                 conn=conn,
             )
             return "queued"
@@ -805,6 +728,7 @@ class Store(FleetState, ScheduleState):
                     input=source.input,
                     created_at=now,
                     updated_at=now,
+                    **totals((e.type, e.data) for e in prefix),
                 )
             )
             await conn.execute(
