@@ -4,7 +4,8 @@ This was run once on the code from before `core/projection.py` existed (main at
 c2ef42c, where the runner and the store set the runs-table columns by hand), to pin
 down what the row looked like after every append. `test_projection.py` replays the
 recorded journals through `core.projection` and compares. Re-running it on newer code
-records the new behaviour, so only do that on purpose:
+records the new behaviour, so only do that on purpose (the output must then be
+reviewed as a change of the runs row, not committed blindly):
 
     .venv/bin/python tests/core/record_golden.py
 
@@ -15,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import sys
 import tempfile
 import time
@@ -29,7 +31,11 @@ from everruns.spec import parse_spec
 from everruns.store import Store
 from everruns.store.schema import runs
 
-OUT = Path(__file__).parent / "fixtures" / "projection_golden.json"
+OUT = Path(
+    os.environ.get(
+        "EVERRUNS_GOLDEN_OUT", Path(__file__).parent / "fixtures" / "projection_golden.json"
+    )
+)
 COLUMNS = (
     "status",
     "epoch",
@@ -67,9 +73,14 @@ async def _row(conn: Any, run_id: str) -> dict[str, Any] | None:
 
 
 def _install_recorder() -> None:
-    original = Store.append
+    # The old Store had `append` as a method; the new one delegates to Journal.append.
+    try:
+        from everruns.store.journal import Journal as owner
+    except ImportError:
+        owner = Store  # type: ignore[assignment]
+    original = owner.append
 
-    async def append(self: Store, run_id: str, epoch: Any, new_events: Any, **kw: Any) -> Any:
+    async def append(self: Any, run_id: str, epoch: Any, new_events: Any, **kw: Any) -> Any:
         conn = kw.get("conn")
         if conn is None:
             return await original(self, run_id, epoch, new_events, **kw)
@@ -87,7 +98,7 @@ def _install_recorder() -> None:
         )
         return out
 
-    Store.append = append  # type: ignore[method-assign]
+    owner.append = append  # type: ignore[method-assign]
 
 
 def spec(name: str, responses: list[dict[str, Any]], **fields: Any) -> Any:
@@ -278,7 +289,7 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     return out
 
 
-async def main() -> None:
+async def main() -> dict[str, Any]:
     _install_recorder()
     with tempfile.TemporaryDirectory() as tmp:
         store = await Store.open(f"sqlite:///{tmp}/golden.db")
@@ -301,6 +312,10 @@ async def main() -> None:
                 }
             }
         await store.close()
+    return result
+
+
+def write(result: dict[str, Any]) -> None:
     OUT.write_text(json.dumps(result, indent=1, sort_keys=True) + "\n")
     print(
         f"wrote {OUT} ({sum(len(s['runs']) for s in result['scenarios'].values())} runs)",
@@ -309,4 +324,4 @@ async def main() -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main())
+    write(asyncio.run(main()))
