@@ -199,17 +199,18 @@ async def test_lease_expiry_and_takeover(db_url: str) -> None:
         await s1.append(run_id, c1.epoch, [(EventType.LLM_STARTED, {"attempt": 1})])
         await asyncio.sleep(0.6)
 
-        (c2,) = await s2.claim("w2", limit=5, lease_ttl=0.5)
+        # From here on the claimers' clocks are passed in (and run ahead instead of the
+        # test sleeping), so a slow machine cannot let a lease run out early.
+        t = time.time()
+        (c2,) = await s2.claim("w2", limit=5, lease_ttl=0.5, now=t)
         assert c2.run_id == run_id
         assert c2.epoch == c1.epoch + 1
         assert c2.crashes == 1, "a holder that made progress and died counts as one crash"
         assert (await s2.get_run(run_id)).lease_owner == "w2"
-        assert await s1.claim("w1", limit=5, lease_ttl=0.5) == []
+        assert await s1.claim("w1", limit=5, lease_ttl=0.5, now=t) == []
 
         # w2 only journals run.started (no progress), then dies: the count grows.
-        # (From here on the claimers' clocks run ahead instead of the test sleeping.)
         await start(s2, c2)
-        t = time.time()
         assert await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 0.4) == []
         (c3,) = await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 1)
         assert (c3.epoch, c3.crashes) == (3, 2)
