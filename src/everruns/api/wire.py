@@ -21,12 +21,7 @@ def run_to_api(row: RunRow) -> dict[str, Any]:
         "parent_id": row.parent_id,
         "status": str(row.status),
         "steps": row.steps,
-        "usage": {
-            "input_tokens": row.input_tokens,
-            "output_tokens": row.output_tokens,
-            "total_tokens": row.input_tokens + row.output_tokens,
-            "cost_usd": round(row.cost_usd, 6),
-        },
+        "usage": row.usage,
         "input": row.input,
         "result": row.result,
         "error": row.error,

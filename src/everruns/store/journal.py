@@ -30,7 +30,7 @@ from everruns.core.projection import RowFacts, RowUpdate, project
 from everruns.errors import Fenced, Moved, RunNotFound, StoreError
 from everruns.store.backend import Backend
 from everruns.store.notify import notify_appended
-from everruns.store.records import dumps
+from everruns.store.records import dumps, usage_totals
 from everruns.store.schema import events, runs
 
 
@@ -152,12 +152,7 @@ class Journal:
         ).first()
         if parent is None or parent.status in TERMINAL_STATUSES:
             return
-        usage = {
-            "input_tokens": row.input_tokens,
-            "output_tokens": row.output_tokens,
-            "total_tokens": row.input_tokens + row.output_tokens,
-            "cost_usd": round(row.cost_usd, 6),
-        }
+        usage = usage_totals(row.input_tokens, row.output_tokens, row.cost_usd)
         await self.signal_in(
             conn,
             parent_id,
@@ -174,6 +169,7 @@ class Journal:
     async def signal_in(
         self, conn: AsyncConnection, run_id: str, kind: str, data: dict[str, Any]
     ) -> Event:
+        """`signal` inside the caller's transaction (also used for `child.finished`)."""
         row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None:
             raise RunNotFound(run_id)

@@ -26,6 +26,16 @@ def new_id(prefix: str = "run") -> str:
     return f"{prefix}_{''.join(reversed(chars))}"
 
 
+def usage_totals(input_tokens: int, output_tokens: int, cost_usd: float) -> dict[str, Any]:
+    """A run's usage as the API shows it and `child.finished` carries it."""
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "cost_usd": round(cost_usd, 6),
+    }
+
+
 @dataclass(frozen=True)
 class Claim:
     run_id: str
@@ -86,3 +96,7 @@ class RunRow:
             created_at=m["created_at"],
             updated_at=m["updated_at"],
         )
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return usage_totals(self.input_tokens, self.output_tokens, self.cost_usd)
