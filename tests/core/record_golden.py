@@ -128,6 +128,10 @@ async def quiet(store: Store, run_id: str, status: str) -> None:
 
 
 USAGE = {"input_tokens": 7, "output_tokens": 3}
+# The in-memory sleep the cancel interrupts. The fixture was recorded with 1.5 s; it is
+# longer now so a loaded machine cannot finish the sleep before the cancel (no row
+# column depends on it).
+SLEEP = 10.0
 
 
 async def scenarios(store: Store) -> dict[str, list[str]]:
@@ -206,7 +210,7 @@ async def scenarios(store: Store) -> dict[str, list[str]]:
     s = spec(
         "sleeper",
         [
-            {"tool_calls": [{"name": "sleep", "arguments": {"seconds": 1.5}}], "usage": USAGE},
+            {"tool_calls": [{"name": "sleep", "arguments": {"seconds": SLEEP}}], "usage": USAGE},
             {"text": "late"},
         ],
         tools=[{"builtin": "sleep"}],

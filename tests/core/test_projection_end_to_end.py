@@ -16,6 +16,8 @@ from typing import Any
 
 import pytest
 
+pytestmark = pytest.mark.timeout(600)  # the recording runs twelve scenarios (seconds when idle)
+
 HERE = Path(__file__).parent
 GOLDEN = json.loads((HERE / "fixtures" / "projection_golden.json").read_text())["scenarios"]
 PER_APPEND = (
@@ -40,7 +42,7 @@ def recorded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
         env=env,
         capture_output=True,
         text=True,
-        timeout=120,
+        timeout=500,
     )
     assert result.returncode == 0, result.stderr
     return dict(json.loads(out.read_text())["scenarios"])
