@@ -208,9 +208,12 @@ async def test_lease_expiry_and_takeover(db_url: str) -> None:
 
         # w2 only journals run.started (no progress), then dies: the count grows.
         # (From here on the claimers' clocks run ahead instead of the test sleeping.)
+        # (Relative to the lease's own expiry, so a slow machine cannot blur the edge.)
         await start(s2, c2)
-        t = time.time()
-        assert await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 0.4) == []
+        expires = (await s2.get_run(run_id)).lease_expires_at
+        assert expires is not None
+        t = expires - 0.5
+        assert await s1.claim("w3", limit=5, lease_ttl=0.5, now=expires - 0.1) == []
         (c3,) = await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 1)
         assert (c3.epoch, c3.crashes) == (3, 2)
 

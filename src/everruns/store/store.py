@@ -38,6 +38,7 @@ from everruns.store import database
 from everruns.store.fleet import FleetState
 from everruns.store.schedules import ScheduleState
 from everruns.store.schema import agents, api_tokens, events, runs, secrets, workers
+from everruns.store.writer import AppendRequest, JournalWriter
 
 ACTIVE_STATUSES = ("queued", "running", "waiting")
 # Events that start work rather than finish it: a worker that dies after only these
@@ -216,6 +217,8 @@ class Store(FleetState, ScheduleState):
         self.engine = engine
         self.url = url
         self.is_sqlite = database.is_sqlite(url)
+        self.writer: JournalWriter | None = database.create_writer(url)
+        self._agents: dict[tuple[str, int], AgentSpec] = {}
 
     @classmethod
     async def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:
@@ -225,6 +228,8 @@ class Store(FleetState, ScheduleState):
         return cls(database.create_engine(url), url)
 
     async def close(self) -> None:
+        if self.writer is not None:
+            await self.writer.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Store:
@@ -273,6 +278,17 @@ class Store(FleetState, ScheduleState):
             return version
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
+        """A stored agent version (versions are immutable, so a known one is cached)."""
+        if version is not None and (name, version) in self._agents:
+            return self._agents[(name, version)]
+        spec = await self._load_agent(name, version)
+        if version is not None:
+            if len(self._agents) >= 256:
+                self._agents.pop(next(iter(self._agents)))
+            self._agents[(name, version)] = spec
+        return spec
+
+    async def _load_agent(self, name: str, version: int | None) -> AgentSpec:
         query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
         if version is not None:
             query = query.where(agents.c.version == version)
@@ -496,7 +512,11 @@ class Store(FleetState, ScheduleState):
             rows = (
                 await conn.execute(
                     sa.update(runs)
-                    .where(runs.c.lease_owner == worker_id, runs.c.id.in_(ids))
+                    .where(
+                        runs.c.lease_owner == worker_id,
+                        # Many runs: renew all the worker holds (it executes only what it holds).
+                        runs.c.id.in_(ids) if len(ids) <= 500 else sa.true(),
+                    )
                     .values(lease_expires_at=now + lease_ttl)
                     .returning(runs.c.id, runs.c.cancel_requested)
                 )
@@ -554,6 +574,11 @@ class Store(FleetState, ScheduleState):
 
         Raises Fenced when the epoch is stale; nothing is written then.
         """
+        if conn is None and self.writer is not None and new_events:
+            if not any(kind in TERMINAL_EVENTS for kind, _ in new_events):
+                return await self._append_fast(
+                    self.writer, run_id, epoch, new_events, projection or {}, expect_seq
+                )
         if conn is None:
             async with self.engine.begin() as own:
                 return await self.append(
@@ -614,6 +639,44 @@ class Store(FleetState, ScheduleState):
         if ended:
             await self._after_end(conn, run_id, ended[-1])
         return out
+
+    async def _append_fast(
+        self,
+        writer: JournalWriter,
+        run_id: str,
+        epoch: int | None,
+        new_events: list[tuple[str, dict[str, Any]]],
+        projection: dict[str, Any],
+        expect_seq: int | None,
+    ) -> list[Event]:
+        """`append` on the hot path (store/writer.py): no cross-run effects to apply."""
+        now = time.time()
+        sets: dict[str, Any] = {}
+        for key, value in projection.items():
+            if key == "result" and isinstance(value, str) and not self.is_sqlite:
+                value = value.replace("\x00", "\ufffd")
+            sets[key] = _dumps(value) if key == "error" and value is not None else value
+        claim = next((i for i, (kind, _) in enumerate(new_events) if kind == RUN_STARTED), None)
+        request = AppendRequest(
+            run_id=run_id,
+            epoch=epoch,
+            types=[kind for kind, _ in new_events],
+            datas=[_dumps(data) for _, data in new_events],
+            sets=sets,
+            expect_seq=expect_seq,
+            progress=any(kind not in NOT_PROGRESS for kind, _ in new_events),
+            claim_index=claim,
+            ts=now,
+        )
+        outcome = await writer.append(request)
+        if outcome.last_seq is None:
+            if outcome.why is None:
+                raise RunNotFound(run_id)
+            if expect_seq is not None and (epoch is None or outcome.why[0] == epoch):
+                raise Moved(f"run {run_id}: new events after seq {expect_seq}")
+            raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
+        first = outcome.last_seq - len(new_events) + 1
+        return [Event(first + i, kind, now, data) for i, (kind, data) in enumerate(new_events)]
 
     async def _after_end(self, conn: AsyncConnection, run_id: str, event: Event) -> None:
         """In the ending run's transaction: cancel its children if it was cancelled, and
@@ -788,15 +851,25 @@ class Store(FleetState, ScheduleState):
         return found
 
     async def pause_requests(self, worker_id: str) -> set[str]:
+        return {
+            run_id
+            for run_id, (_c, pause) in (await self.control_requests(worker_id)).items()
+            if pause
+        }
+
+    async def control_requests(
+        self, worker_id: str, run_ids: list[str] | None = None
+    ) -> dict[str, tuple[bool, bool]]:
+        """{run_id: (cancel_requested, pause_requested)} for the worker's runs with a request."""
+        query = sa.select(runs.c.id, runs.c.cancel_requested, runs.c.pause_requested).where(
+            runs.c.lease_owner == worker_id,
+            sa.or_(runs.c.cancel_requested.is_(True), runs.c.pause_requested.is_(True)),
+        )
+        if run_ids is not None:
+            query = query.where(runs.c.id.in_(run_ids))
         async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(runs.c.id).where(
-                        runs.c.lease_owner == worker_id, runs.c.pause_requested.is_(True)
-                    )
-                )
-            ).all()
-        return {r.id for r in rows}
+            rows = (await conn.execute(query)).all()
+        return {r.id: (bool(r.cancel_requested), bool(r.pause_requested)) for r in rows}
 
     async def fork(self, run_id: str, at_seq: int, *, agent_version: int | None = None) -> str:
         """A new run whose journal is a copy of the source's first `at_seq` events."""
