@@ -14,6 +14,7 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
 
 from everruns.engine.broker import Broker
@@ -69,8 +70,12 @@ class Worker:
         self._wakeup = asyncio.Event()
         self.listener: Listener | None = None
         self._background: set[asyncio.Future[None]] = set()
+        # How often each signal reached this worker (tests assert the mechanism).
+        self.signals: Counter[str] = Counter()
         if not store.is_sqlite:
-            self.listener = Listener(store.url, on_wake=self.wake, on_control=self._on_control)
+            self.listener = Listener(
+                store.url, on_wake=self._on_notify_wake, on_control=self._on_control
+            )
 
     def stop(self) -> None:
         """Graceful stop: finish current atoms (up to the grace period), release leases."""
@@ -200,8 +205,13 @@ class Worker:
                 continue
             await self._check_control(None)
 
+    def _on_notify_wake(self) -> None:
+        self.signals["wake"] += 1
+        self.wake()
+
     def _on_control(self, owner: str, run_id: str) -> None:
         if owner == self.worker_id and run_id in self.active:
+            self.signals["control"] += 1
             task = asyncio.ensure_future(self._check_control([run_id]))
             self._background.add(task)
             task.add_done_callback(self._background.discard)

@@ -18,6 +18,7 @@ from everruns.store.schema import blobs, breakers, rate_buckets
 
 class FleetState:
     engine: AsyncEngine
+    reads: AsyncEngine
     is_sqlite: bool
 
     async def _ensure_row(
@@ -31,7 +32,7 @@ class FleetState:
     async def breakers_open(self, keys: list[str], now: float | None = None) -> dict[str, float]:
         """{key: open_until} for the breakers among `keys` that are open now."""
         now = time.time() if now is None else now
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(breakers.c.key, breakers.c.open_until).where(
@@ -144,7 +145,7 @@ class FleetState:
     async def get_blobs(self, shas: list[str]) -> dict[str, bytes]:
         if not shas:
             return {}
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(blobs.c.sha256, blobs.c.content).where(blobs.c.sha256.in_(shas))

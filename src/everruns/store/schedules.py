@@ -92,6 +92,7 @@ class ScheduleState:
     """Mixed into `Store`."""
 
     engine: AsyncEngine
+    reads: AsyncEngine
     is_sqlite: bool
 
     if TYPE_CHECKING:
@@ -206,14 +207,14 @@ class ScheduleState:
             raise _store.StoreError(f"no {what} (store it first, e.g. `everruns schedule add`)")
 
     async def get_schedule(self, agent: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(schedules).where(schedules.c.agent_name == agent))
             ).first()
         return None if row is None else _schedule_dict(row)
 
     async def list_schedules(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(sa.select(schedules).order_by(schedules.c.agent_name))).all()
         return [_schedule_dict(r) for r in rows]
 
@@ -423,7 +424,7 @@ class ScheduleState:
 
     async def recall(self, agent: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` notes of `agent`, oldest first."""
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(agent_notes)

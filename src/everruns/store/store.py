@@ -215,17 +215,20 @@ class Store(FleetState, ScheduleState):
 
     def __init__(self, engine: AsyncEngine, url: str):
         self.engine = engine
+        self.reads = database.readonly(engine)
         self.url = url
         self.is_sqlite = database.is_sqlite(url)
         self.writer: JournalWriter | None = database.create_writer(url)
         self._agents: dict[tuple[str, int], AgentSpec] = {}
 
     @classmethod
-    async def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:
+    async def open(
+        cls, url: str | None = None, *, migrate: bool = True, pool_size: int = 10
+    ) -> Store:
         url = database.resolve_url(url)
         if migrate:
             await database.upgrade(url)
-        return cls(database.create_engine(url), url)
+        return cls(database.create_engine(url, pool_size=pool_size), url)
 
     async def close(self) -> None:
         if self.writer is not None:
@@ -293,7 +296,7 @@ class Store(FleetState, ScheduleState):
         if version is not None:
             query = query.where(agents.c.version == version)
         query = query.order_by(agents.c.version.desc()).limit(1)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
@@ -314,7 +317,7 @@ class Store(FleetState, ScheduleState):
         same id returns it unchanged); `created_data` adds keys to run.created."""
         version = await self.save_agent(spec)
         if run_id is not None:
-            async with self.engine.connect() as conn:
+            async with self.reads.connect() as conn:
                 found = (
                     await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))
                 ).first()
@@ -375,7 +378,7 @@ class Store(FleetState, ScheduleState):
         return run_id
 
     async def get_run(self, run_id: str) -> RunRow:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None:
             raise RunNotFound(run_id)
@@ -411,7 +414,7 @@ class Store(FleetState, ScheduleState):
                     sa.and_(runs.c.created_at == before[0], runs.c.id < before[1]),
                 )
             )
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [RunRow.from_row(r) for r in rows]
 
@@ -425,7 +428,7 @@ class Store(FleetState, ScheduleState):
         )
         if limit is not None:
             query = query.limit(limit)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Event(r.seq, r.type, r.ts, json.loads(r.data)) for r in rows]
 
@@ -448,16 +451,19 @@ class Store(FleetState, ScheduleState):
         if limit <= 0:
             return []
         now = time.time() if now is None else now
+        candidates = sa.select(runs.c.id).where(
+            runs.c.status.in_(ACTIVE_STATUSES),
+            runs.c.wake_at.is_not(None),
+            runs.c.wake_at <= now,
+            sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
+            runs.c.id.in_(only) if only is not None else sa.true(),
+        )
+        if self.is_sqlite:  # an idle poll reads (no lock) instead of taking the write lock
+            async with self.reads.connect() as conn:
+                if (await conn.execute(candidates.limit(1))).first() is None:
+                    return []
         runnable = (
-            sa.select(runs.c.id)
-            .where(
-                runs.c.status.in_(ACTIVE_STATUSES),
-                runs.c.wake_at.is_not(None),
-                runs.c.wake_at <= now,
-                sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
-            )
-            .where(runs.c.id.in_(only) if only is not None else sa.true())
-            .order_by(runs.c.wake_at, runs.c.id)
+            candidates.order_by(runs.c.wake_at, runs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -575,10 +581,19 @@ class Store(FleetState, ScheduleState):
         Raises Fenced when the epoch is stale; nothing is written then.
         """
         if conn is None and self.writer is not None and new_events:
-            if not any(kind in TERMINAL_EVENTS for kind, _ in new_events):
-                return await self._append_fast(
-                    self.writer, run_id, epoch, new_events, projection or {}, expect_seq
+            kinds = {kind for kind, _ in new_events}
+            if RUN_CANCELLED not in kinds:  # a cancel also cancels children: not here
+                out = await self._append_fast(
+                    self.writer,
+                    run_id,
+                    epoch,
+                    new_events,
+                    projection or {},
+                    expect_seq,
+                    parentless=bool(kinds & TERMINAL_EVENTS),
                 )
+                if out is not None:
+                    return out
         if conn is None:
             async with self.engine.begin() as own:
                 return await self.append(
@@ -648,8 +663,11 @@ class Store(FleetState, ScheduleState):
         new_events: list[tuple[str, dict[str, Any]]],
         projection: dict[str, Any],
         expect_seq: int | None,
-    ) -> list[Event]:
-        """`append` on the hot path (store/writer.py): no cross-run effects to apply."""
+        *,
+        parentless: bool,
+    ) -> list[Event] | None:
+        """`append` on the hot path (store/writer.py). None: the run has a parent to tell
+        about its end, which the caller does on the SQLAlchemy path."""
         now = time.time()
         sets: dict[str, Any] = {}
         for key, value in projection.items():
@@ -667,11 +685,17 @@ class Store(FleetState, ScheduleState):
             progress=any(kind not in NOT_PROGRESS for kind, _ in new_events),
             claim_index=claim,
             ts=now,
+            parentless=parentless,
         )
         outcome = await writer.append(request)
         if outcome.last_seq is None:
             if outcome.why is None:
                 raise RunNotFound(run_id)
+            row_epoch, row_seq, parent = outcome.why
+            fence_ok = epoch is None or row_epoch == epoch
+            if parentless and parent is not None and fence_ok:
+                if expect_seq is None or row_seq == expect_seq:
+                    return None
             if expect_seq is not None and (epoch is None or outcome.why[0] == epoch):
                 raise Moved(f"run {run_id}: new events after seq {expect_seq}")
             raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
@@ -841,7 +865,7 @@ class Store(FleetState, ScheduleState):
         """The runs and all their descendants (sub-agents, recursively)."""
         found = list(dict.fromkeys(run_ids))
         frontier = list(found)
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             while frontier:
                 rows = (
                     await conn.execute(sa.select(runs.c.id).where(runs.c.parent_id.in_(frontier)))
@@ -867,7 +891,7 @@ class Store(FleetState, ScheduleState):
         )
         if run_ids is not None:
             query = query.where(runs.c.id.in_(run_ids))
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return {r.id: (bool(r.cancel_requested), bool(r.pause_requested)) for r in rows}
 
@@ -946,7 +970,7 @@ class Store(FleetState, ScheduleState):
 
     async def verify_token(self, plaintext: str) -> str | None:
         """The token's name if it is valid and not revoked."""
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(api_tokens.c.name).where(
@@ -958,7 +982,7 @@ class Store(FleetState, ScheduleState):
         return None if row is None else str(row.name)
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(sa.select(api_tokens).order_by(api_tokens.c.created_at))
             ).all()
@@ -982,19 +1006,19 @@ class Store(FleetState, ScheduleState):
             )
 
     async def get_secret(self, name: str) -> str | None:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(secrets.c.ciphertext).where(secrets.c.name == name))
             ).first()
         return None if row is None else str(row.ciphertext)
 
     async def list_secrets(self) -> list[str]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (await conn.execute(sa.select(secrets.c.name).order_by(secrets.c.name))).all()
         return [r.name for r in rows]
 
     async def list_agents(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(
@@ -1021,7 +1045,7 @@ class Store(FleetState, ScheduleState):
 
     async def list_workers(self, alive_within: float = 60.0) -> list[dict[str, Any]]:
         now = time.time()
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(workers).where(
@@ -1051,7 +1075,7 @@ class Store(FleetState, ScheduleState):
         ]
 
     async def count_runs_by_status(self) -> dict[str, int]:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
@@ -1060,7 +1084,7 @@ class Store(FleetState, ScheduleState):
         return {str(status): int(count) for status, count in rows}
 
     async def ping(self) -> None:
-        async with self.engine.connect() as conn:
+        async with self.reads.connect() as conn:
             await conn.execute(sa.text("SELECT 1"))
 
     # ------------------------------------------------------------ workers

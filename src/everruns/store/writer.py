@@ -72,6 +72,9 @@ class AppendRequest:
     progress: bool = False  # some event finished work (crash-loop protection)
     claim_index: int | None = None  # index of a run.started event (a new holder)
     ts: float = 0.0
+    # Only for a run without a parent (a terminal event of a child must also signal its
+    # parent: that stays on the SQLAlchemy path, in the same transaction).
+    parentless: bool = False
 
     def shape(self) -> tuple[Any, ...]:
         """What the SQL text depends on (the statement cache key)."""
@@ -82,13 +85,14 @@ class AppendRequest:
             self.expect_seq is None,
             self.progress,
             self.claim_index is not None,
+            self.parentless,
         )
 
 
 @dataclass
 class AppendOutcome:
     last_seq: int | None  # None: rejected (see `why`)
-    why: tuple[int | None, int | None] | None = None  # (epoch, last_seq) of the row, or None
+    why: tuple[Any, ...] | None = None  # (epoch, last_seq, parent_id) of the row, or None
 
 
 def _set_clause(req: AppendRequest, param: Callable[[str], str]) -> tuple[str, list[str]]:
@@ -123,6 +127,8 @@ def _where_clause(req: AppendRequest, param: Callable[[str], str]) -> tuple[str,
     if req.expect_seq is not None:
         parts.append(f"last_seq = {param('expect')}")
         names.append("expect")
+    if req.parentless:
+        parts.append("parent_id IS NULL")
     return " AND ".join(parts), names
 
 
@@ -260,7 +266,7 @@ class SQLiteJournalWriter:
             row = conn.execute(self._statement(req), _values(req)).fetchone()
             if row is None:
                 found = conn.execute(
-                    "SELECT epoch, last_seq FROM runs WHERE id = ?", (req.run_id,)
+                    "SELECT epoch, last_seq, parent_id FROM runs WHERE id = ?", (req.run_id,)
                 ).fetchone()
                 outcomes.append(AppendOutcome(None, tuple(found) if found else None))
                 continue
@@ -284,8 +290,9 @@ class SQLiteJournalWriter:
 class PostgresJournalWriter:
     """One psycopg connection; one statement per append; concurrent appends share a commit."""
 
-    def __init__(self, conninfo: str):
+    def __init__(self, conninfo: str, *, on_commit: Callable[[list[str]], None] | None = None):
         self.conninfo = conninfo
+        self.on_commit = on_commit
         self._conn: Any = None
         self._pending: list[tuple[AppendRequest, asyncio.Future[AppendOutcome]]] = []
         self._busy = False
@@ -341,6 +348,9 @@ class PostgresJournalWriter:
             for one in batch:
                 await self._commit_batch([one])
             return
+        if self.on_commit is not None:
+            with contextlib.suppress(Exception):
+                self.on_commit([req.run_id for req, _f in batch])
         for (_req, future), outcome in zip(batch, outcomes, strict=True):
             if not future.done():
                 future.set_result(outcome)
@@ -387,7 +397,9 @@ class PostgresJournalWriter:
         row = await cur.fetchone()
         if row is not None:
             return AppendOutcome(int(row[0]))
-        cur = await conn.execute("SELECT epoch, last_seq FROM runs WHERE id = %s", (req.run_id,))
+        cur = await conn.execute(
+            "SELECT epoch, last_seq, parent_id FROM runs WHERE id = %s", (req.run_id,)
+        )
         found = await cur.fetchone()
         return AppendOutcome(None, tuple(found) if found else None)
 
