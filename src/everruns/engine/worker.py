@@ -51,7 +51,7 @@ class Worker:
         self.lease_ttl = lease_ttl
         # SQLite cannot notify across processes: poll for new work often (a cheap claim).
         # PostgreSQL workers LISTEN (engine/signals.py) and poll only as a fallback.
-        self.poll_interval = poll_interval or (0.1 if store.is_sqlite else 1.0)
+        self.poll_interval = poll_interval or (0.1 if store.is_sqlite else 0.5)
         self.control_interval = control_interval
         self.claim_batch = claim_batch  # runs claimed and starting up at once (pool-sized)
         self.starting = 0
