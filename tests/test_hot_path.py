@@ -138,14 +138,32 @@ async def test_group_commit_rejects_only_the_fenced_run(db_url: str) -> None:
 
 async def test_a_bad_append_fails_alone(sqlite_url: str) -> None:
     """A statement that raises inside a batch rolls the batch back; the others are retried
-    one by one and commit."""
+    one per transaction and commit."""
     store = await Store.open(sqlite_url)
     try:
-        (a, ea), (b, eb) = await claimed_runs(store, 2)
-        good = store.append(a, ea, [(j.LLM_STARTED, {"attempt": 1})])
-        bad = store.append(b, eb, [(j.LLM_STARTED, {"attempt": 1})], projection={"epoch": 9})
+        writer = store.writer
+        assert writer is not None
+        batches: list[list[str]] = []
+        writer.on_commit = batches.append
+        (first, e0), (a, ea), (b, eb) = await claimed_runs(store, 3)
+        blocker = BlockedWriter(sqlite_url)
+        thread = blocker.hold_sqlite()
+        await asyncio.to_thread(blocker.held.wait, 10)
+        blocked = asyncio.create_task(store.append(first, e0, [(j.LLM_STARTED, {"attempt": 1})]))
+        await asyncio.sleep(0.3)
+        good = asyncio.create_task(store.append(a, ea, [(j.LLM_STARTED, {"attempt": 1})]))
+        # A lone surrogate cannot be encoded as UTF-8: the driver refuses the row.
+        bad = asyncio.create_task(
+            store.append(b, eb, [(j.LLM_STARTED, {"attempt": 1, "bad": "\ud800"})])
+        )
+        await asyncio.sleep(0.3)
+        blocker.release.set()
+        await asyncio.to_thread(thread.join, 10)
+        await blocked
         results = await asyncio.gather(good, bad, return_exceptions=True)
-        assert isinstance(results[1], ValueError) and "runs.epoch" in str(results[1])
+        assert isinstance(results[1], UnicodeEncodeError), results
+        assert not isinstance(results[0], BaseException), results
+        assert [a] in batches, f"the good append was not committed alone: {batches}"
         assert [e.type for e in await store.load_events(a)] == [j.RUN_CREATED, j.LLM_STARTED]
         assert [e.type for e in await store.load_events(b)] == [j.RUN_CREATED]
     finally:

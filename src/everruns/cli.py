@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from everruns import journal as j
+from everruns.api.wire import run_from_api, run_to_api
 from everruns.client import ApiError, Client
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.engine.worker import Worker
 from everruns.render import format_event, format_status_time
 from everruns.spec import AgentSpec, SpecError, load_spec
@@ -226,7 +228,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                     out.print()
                     streaming = False
                 out.print(format_event(event), highlight=False)
-            if event["type"] in j.TERMINAL_EVENTS:
+            if event["type"] in TERMINAL_EVENTS:
                 status = event["type"].split(".")[1]
                 break
     finally:
@@ -299,11 +301,11 @@ def status(
     async def go() -> None:
         if server:
             with Client(server, token) as client:
-                row = RunRow.from_api(client.runs.get(run_id).model_dump())
+                row = run_from_api(client.runs.get(run_id).model_dump())
         else:
             row = await _with_store(db, lambda s: s.get_run(run_id))
         if json_out:
-            _print_json(row.to_dict())
+            _print_json(run_to_api(row))
             return
         _print_status(row)
 
@@ -378,13 +380,13 @@ def events(
                     else:
                         out.print(format_event(record), highlight=False)
                     last = event.seq
-                    if follow and event.type in j.TERMINAL_EVENTS:
+                    if follow and event.type in TERMINAL_EVENTS:
                         return
                 if not follow:
                     return
                 if not batch:
                     row = await store.get_run(run_id)
-                    if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+                    if row.status in TERMINAL_STATUSES and row.last_seq <= last:
                         return
                     await asyncio.sleep(0.2)
         finally:
@@ -413,13 +415,13 @@ def list_runs(
         if server:
             with Client(server, token) as client:
                 items, _ = client.runs.list(status=status, agent=agent, limit=limit)
-            rows = [RunRow.from_api(r.model_dump()) for r in items]
+            rows = [run_from_api(r.model_dump()) for r in items]
         else:
             rows = await _with_store(
                 db, lambda s: s.list_runs(status=status, agent=agent, limit=limit)
             )
         if json_out:
-            _print_json([r.to_dict() for r in rows])
+            _print_json([run_to_api(r) for r in rows])
             return
         table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
         for r in rows:
@@ -473,7 +475,7 @@ def cancel(
             while outcome == "requested" and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 row = await store.get_run(run_id)
-                if row.status in j.TERMINAL_STATUSES:
+                if row.status in TERMINAL_STATUSES:
                     outcome = row.status
                 elif row.lease_owner is None or (row.lease_expires_at or 0) < time.time():
                     outcome = await store.cancel(run_id)
@@ -488,7 +490,7 @@ def cancel(
 
 
 async def _pending_approval(store: Store, run_id: str, call_id: str) -> None:
-    state = j.fold(await store.load_events(run_id))
+    state = fold(await store.load_events(run_id))
     pending = [c.id for c in state.calls if c.approval == "requested"]
     if call_id not in pending:
         known = ", ".join(pending) or "none"
@@ -514,7 +516,7 @@ def approve(
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
-        await store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+        await store.signal(run_id, EventType.APPROVAL_GRANTED, {"call_id": call_id})
         out.print(f"approved {call_id} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -538,7 +540,9 @@ def deny(
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
-        await store.signal(run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": reason})
+        await store.signal(
+            run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": reason}
+        )
         out.print(f"denied {call_id} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -560,7 +564,7 @@ def message(
         return
 
     async def go(store: Store) -> None:
-        event = await store.signal(run_id, j.MESSAGE_USER, {"content": text})
+        event = await store.signal(run_id, EventType.MESSAGE_USER, {"content": text})
         out.print(f"message journaled as seq {event.seq} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -579,7 +583,7 @@ def workspace(
 
     async def go(store: Store) -> None:
         await store.get_run(run_id)
-        state = j.fold(await store.load_events(run_id))
+        state = fold(await store.load_events(run_id))
         if export is None:
             for path, sha in sorted(state.files.items()):
                 out.print(f"{sha[:12]}  {path}")

@@ -10,9 +10,11 @@ import os
 
 from cryptography.fernet import Fernet, InvalidToken
 
+from everruns.errors import EverrunsError
 
-class SecretsUnavailable(Exception):
-    pass
+
+class SecretsUnavailable(EverrunsError):
+    """No usable master key: secrets cannot be stored or read."""
 
 
 def _fernet() -> Fernet:

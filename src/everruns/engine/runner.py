@@ -19,16 +19,18 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from everruns import journal as j
+from everruns.core.backoff import backoff_delay
+from everruns.core.context import estimate_tokens, model_view
+from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
+from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
+from everruns.core.state import State, apply, fold
 from everruns.engine import crashpoints
-from everruns.engine.backoff import backoff_delay
 from everruns.engine.broker import Broker
 from everruns.engine.models import (
     acquire_rate_limits,
     breaker_key,
     candidates,
     choose_model,
-    estimate_tokens,
 )
 from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
@@ -73,15 +75,6 @@ class StopReason:
     LOST = "lost"  # the lease was taken over: write nothing
 
 
-def _projection(state: j.State) -> dict[str, Any]:
-    return {
-        "steps": state.steps,
-        "input_tokens": state.input_tokens,
-        "output_tokens": state.output_tokens,
-        "cost_usd": state.cost_usd,
-    }
-
-
 class RunRunner:
     def __init__(self, store: Store, claim: Claim, options: RunnerOptions, broker: Broker):
         self.store = store
@@ -90,7 +83,7 @@ class RunRunner:
         self.broker = broker
         self.run_id = claim.run_id
         self.epoch = claim.epoch
-        self.state = j.State()
+        self.state = State()
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False
@@ -106,14 +99,8 @@ class RunRunner:
     # ------------------------------------------------------------ journal
 
     async def append(
-        self,
-        kind: str,
-        data: dict[str, Any],
-        *,
-        if_unchanged: bool = False,
-        defer: bool = False,
-        **projection: Any,
-    ) -> j.Event:
+        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, defer: bool = False
+    ) -> Event:
         """Append one event (fenced), fold it, and publish it to live subscribers.
 
         `if_unchanged`: only if nobody appended since our last look (raises Moved).
@@ -122,12 +109,12 @@ class RunRunner:
         once). Every path that waits or gives up the run commits what is carried first.
         """
         async with self._lock:
-            if defer and not projection:
-                event = j.Event(self.state.last_seq + 1, kind, time.time(), data)
-                j.apply(self.state, event)
+            if defer:
+                event = Event(self.state.last_seq + 1, kind, time.time(), data)
+                apply(self.state, event)
                 self._carry.append((kind, data))
                 return event
-            return await self._commit([(kind, data, projection)], if_unchanged=if_unchanged)
+            return await self._commit([(kind, data)], if_unchanged=if_unchanged)
 
     async def flush(self) -> None:
         """Commit the carried events alone (before waiting, releasing or stopping)."""
@@ -135,59 +122,35 @@ class RunRunner:
             if self._carry:
                 await self._commit([], if_unchanged=False)
 
-    async def _commit(
-        self, new: list[tuple[str, dict[str, Any], dict[str, Any]]], *, if_unchanged: bool
-    ) -> j.Event:
+    async def _commit(self, new: list[tuple[str, dict[str, Any]]], *, if_unchanged: bool) -> Event:
         carry, self._carry = self._carry, []
-        batch = [*carry, *((kind, data) for kind, data, _ in new)]
+        batch = [*carry, *new]
         committed_seq = self.state.last_seq - len(carry)
         for kind, _ in batch:
             crashpoints.hit(f"before:{kind}")
-        preview = self.state
-        extra: dict[str, Any] = {}
-        for kind, data, proj in new:
-            preview = self._preview(kind, data, preview)
-            extra.update(proj)
         try:
             events = await self.store.append(
                 self.run_id,
                 self.epoch,
                 batch,
-                projection={**_projection(preview), **extra},
                 expect_seq=committed_seq if if_unchanged else None,
             )
         except Moved:
             if carry:  # the carried events are ours to keep: commit them alone
-                kept = await self.store.append(
-                    self.run_id, self.epoch, carry, projection=_projection(self.state)
-                )
+                kept = await self.store.append(self.run_id, self.epoch, carry)
                 for event in kept:
                     self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
             raise  # the caller refolds from the journal and decides again
         if events[0].seq == committed_seq + 1:
             for event in events[len(carry) :]:
-                j.apply(self.state, event)
+                apply(self.state, event)
         else:  # someone else appended (a user message): refold from the truth
-            self.state = j.fold(await self.store.load_events(self.run_id))
+            self.state = fold(await self.store.load_events(self.run_id))
         for event in events:
             self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
         for kind, _ in batch:
             crashpoints.hit(f"after:{kind}")
         return events[-1]
-
-    def _preview(self, kind: str, data: dict[str, Any], state: j.State | None = None) -> j.State:
-        """Usage totals including this event, for the runs-table projection."""
-        state = self.state if state is None else state
-        if kind not in (j.LLM_COMPLETED, j.LLM_FAILED):
-            return state
-        preview = j.State(
-            steps=state.steps + (kind == j.LLM_COMPLETED),
-            input_tokens=state.input_tokens,
-            output_tokens=state.output_tokens,
-            cost_usd=state.cost_usd,
-        )
-        j._add_usage(preview, data.get("usage"))
-        return preview
 
     def publish_ephemeral(self, kind: str, data: dict[str, Any]) -> None:
         self.broker.publish(
@@ -227,18 +190,13 @@ class RunRunner:
 
     async def _finish_cancelled(self) -> None:
         await self.append(
-            j.RUN_CANCELLED,
+            EventType.RUN_CANCELLED,
             {"reason": "cancelled by user"},
-            status="cancelled",
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            error={"reason": "cancelled", "message": "cancelled by user"},
         )
 
     async def _run(self) -> None:
         try:
-            self.state = j.fold(await self.store.load_events(self.run_id))
+            self.state = fold(await self.store.load_events(self.run_id))
             self.spec = await self.store.get_agent(self.claim.agent_name, self.claim.agent_version)
         finally:
             if self.on_started is not None:
@@ -269,7 +227,7 @@ class RunRunner:
             return
         self.workspace = Workspace(self.store, self.run_id, self.state.files)
         await self.append(
-            j.RUN_STARTED,
+            EventType.RUN_STARTED,
             {
                 "worker": self.options.worker_id,
                 "epoch": self.epoch,
@@ -277,7 +235,6 @@ class RunRunner:
                 "resumed": self.state.starts > 0,
                 "crashes": self.claim.crashes,
             },
-            status="running",
         )
         if await self._load_mcp_tools():
             await self._loop()
@@ -303,7 +260,7 @@ class RunRunner:
                 except ToolError as exc:
                     await self.fail("mcp_unavailable", f"MCP server {config.label}: {exc}")
                     return False
-                await self.append(j.TOOLS_LISTED, {"server": server, "tools": listing})
+                await self.append(EventType.TOOLS_LISTED, {"server": server, "tools": listing})
             from everruns.tools.mcp import tools_from_listing
 
             try:
@@ -330,46 +287,36 @@ class RunRunner:
                 return
             if self.pause_requested:
                 await self.append(
-                    j.RUN_PAUSED,
+                    EventType.RUN_PAUSED,
                     {"by": "user"},
-                    status="paused",
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    pause_requested=False,
                 )
                 return
-            atom = j.decide(self.state, self.spec, time.time(), effects)
-            if isinstance(atom, j.Reason):
+            atom = decide(self.state, self.spec, time.time(), effects)
+            if isinstance(atom, Reason):
                 waiting = await self.reason(atom)
                 if waiting is not None:
                     atom = waiting
-            if isinstance(atom, j.Reason):
+            if isinstance(atom, Reason):
                 pass
-            elif isinstance(atom, j.Act):
+            elif isinstance(atom, Act):
                 await self.act(atom)
-            elif isinstance(atom, j.Compact):
+            elif isinstance(atom, Compact):
                 await self.compact(atom)
-            elif isinstance(atom, j.Complete):
+            elif isinstance(atom, Complete):
                 try:
                     await self.append(
-                        j.RUN_COMPLETED,
+                        EventType.RUN_COMPLETED,
                         {"result": atom.result},
                         if_unchanged=True,  # a user message that just arrived gets an answer
-                        status="completed",
-                        result=atom.result,
-                        wake_at=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
                     )
                 except Moved:
-                    self.state = j.fold(await self.store.load_events(self.run_id))
+                    self.state = fold(await self.store.load_events(self.run_id))
                     continue
                 return
-            elif isinstance(atom, j.Fail):
+            elif isinstance(atom, Fail):
                 await self.fail(atom.reason, atom.message)
                 return
-            elif isinstance(atom, j.Wait):
+            elif isinstance(atom, Wait):
                 delay = atom.until - time.time()
                 if delay <= self.spec.retry.durable_wait_after:
                     await self.flush()
@@ -408,39 +355,30 @@ class RunRunner:
         folded in and then slept through by `release(seen_seq=...)`. False: decide again.
         """
         try:
-            await self.append(j.RUN_WAITING, data, if_unchanged=True)
+            await self.append(EventType.RUN_WAITING, data, if_unchanged=True)
         except Moved:
-            self.state = j.fold(await self.store.load_events(self.run_id))
+            self.state = fold(await self.store.load_events(self.run_id))
             return False
         return True
 
     async def fail(self, reason: str, message: str) -> None:
-        error = {"reason": reason, "message": message}
-        await self.append(
-            j.RUN_FAILED,
-            {"error": message, "reason": reason},
-            status="failed",
-            error=error,
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        await self.append(EventType.RUN_FAILED, {"error": message, "reason": reason})
 
     # ------------------------------------------------------------ atoms
 
-    async def reason(self, atom: j.Reason) -> j.Wait | None:
+    async def reason(self, atom: Reason) -> Wait | None:
         """One LLM call. Returns a Wait when no model may be called yet."""
         assert self.spec is not None
         retry = self.spec.retry
         choice = await choose_model(self.store, self.spec)
         if choice.model is None:
             assert choice.wake_at is not None
-            return j.Wait(until=choice.wake_at, reason="circuit_breakers_open")
+            return Wait(until=choice.wake_at, reason="circuit_breakers_open")
         model = choice.model
         previous = self.state.model or self.spec.model.label
         if model.label != previous:
             await self.append(
-                j.LLM_FALLBACK,
+                EventType.LLM_FALLBACK,
                 {
                     "from": previous,
                     "to": model.label,
@@ -448,7 +386,7 @@ class RunRunner:
                     "skipped": list(choice.skipped),
                 },
             )
-        messages = j.model_view(self.state)
+        messages = model_view(self.state)
         estimate = estimate_tokens(self.spec.system_prompt, messages)
         if self.options.settings.rate_limits_for(model):
             await self.flush()  # acquiring may sleep: what is done must be durable first
@@ -456,9 +394,9 @@ class RunRunner:
             self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
         )
         if wait:
-            return j.Wait(until=time.time() + wait, reason="rate_limited")
+            return Wait(until=time.time() + wait, reason="rate_limited")
         await self.append(
-            j.LLM_STARTED,
+            EventType.LLM_STARTED,
             {"attempt": atom.attempt, "step": self.state.steps + 1, "model": model.label},
         )
         request = LLMRequest(
@@ -497,7 +435,7 @@ class RunRunner:
             )
             await self._correct_rate(model, estimate, usage)
         await self.append(
-            j.LLM_COMPLETED,
+            EventType.LLM_COMPLETED,
             defer=True,  # committed with the next atom's start (decided at once)
             data={
                 "attempt": atom.attempt,
@@ -532,7 +470,7 @@ class RunRunner:
                 await self.store.charge_tokens(limit.key, actual - estimate)
 
     async def _record_failure(
-        self, atom: j.Reason, model: ModelSpec, exc: ProviderError, price: Any, estimate: int
+        self, atom: Reason, model: ModelSpec, exc: ProviderError, price: Any, estimate: int
     ) -> None:
         assert self.spec is not None
         retry = self.spec.retry
@@ -570,13 +508,13 @@ class RunRunner:
         }
         if opened_until is not None:
             data["breaker_open_until"] = opened_until
-        await self.append(j.LLM_FAILED, data)
+        await self.append(EventType.LLM_FAILED, data)
 
-    async def act(self, atom: j.Act) -> None:
+    async def act(self, atom: Act) -> None:
         assert self.spec is not None
         limit = asyncio.Semaphore(self.spec.max_parallel_tools)
 
-        async def one(plan: j.CallPlan) -> None:
+        async def one(plan: CallPlan) -> None:
             async with limit:
                 await self.call_tool(plan)
 
@@ -616,10 +554,12 @@ class RunRunner:
             created_data={"depth": self.state.depth + 1},
         )
 
-    async def compact(self, atom: j.Compact) -> None:
+    async def compact(self, atom: Compact) -> None:
         """Replace messages[:until] by a model-written summary (the journal keeps all)."""
         assert self.spec is not None
-        await self.append(j.COMPACTION_STARTED, {"until": atom.until, "reason": atom.reason})
+        await self.append(
+            EventType.COMPACTION_STARTED, {"until": atom.until, "reason": atom.reason}
+        )
         model = self.spec.context.summary_model or self.spec.model
         older = self.state.messages[self.state.compacted_until : atom.until]
         text = "\n\n".join(_render_message(m) for m in older)
@@ -646,7 +586,7 @@ class RunRunner:
             return
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
         await self.append(
-            j.CONTEXT_COMPACTED,
+            EventType.CONTEXT_COMPACTED,
             {
                 "until": atom.until,
                 "summary": response.message.get("content") or "",
@@ -655,22 +595,23 @@ class RunRunner:
             },
         )
 
-    async def call_tool(self, plan: j.CallPlan) -> None:
+    async def call_tool(self, plan: CallPlan) -> None:
         call = plan.call
         base = {"call_id": call.id, "name": call.name}
         if plan.action == "interrupt":
             await self.append(
-                j.TOOL_FAILED, {**base, "error": j.INTERRUPTED_MESSAGE, "interrupted": True}
+                EventType.TOOL_FAILED, {**base, "error": INTERRUPTED_MESSAGE, "interrupted": True}
             )
             return
         if plan.action == "deny":
             reason = call.denial or "no reason given"
             await self.append(
-                j.TOOL_FAILED, {**base, "error": f"denied by a human: {reason}", "denied": True}
+                EventType.TOOL_FAILED,
+                {**base, "error": f"denied by a human: {reason}", "denied": True},
             )
             return
         if plan.action == "request_approval":
-            await self.append(j.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
+            await self.append(EventType.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
             return
         if plan.action == "wake":
             if call.wait_for is not None:
@@ -687,7 +628,7 @@ class RunRunner:
                 )
             else:
                 output = f"slept until {_iso(call.wake_at)}"
-            await self._resolve_call(j.TOOL_COMPLETED, {**base, "output": output})
+            await self._resolve_call(EventType.TOOL_COMPLETED, {**base, "output": output})
             return
         tool = self.tools.get(call.name)
         problem = None
@@ -698,11 +639,11 @@ class RunRunner:
         elif INVALID_ARGUMENTS in call.arguments:
             problem = f"the arguments are not valid JSON: {call.arguments[INVALID_ARGUMENTS]}"
         if tool is None or problem is not None:
-            await self._resolve_call(j.TOOL_FAILED, {**base, "error": problem})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.run_id}:{call.id}"
         await self.append(
-            j.TOOL_STARTED,
+            EventType.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
         # Calls that touch the workspace run one at a time, so the file changes journaled
@@ -736,7 +677,7 @@ class RunRunner:
                 await self._tool_result(tool, base, output, uses_ws)
                 return
             changes = await self._changes() if uses_ws else {}
-            await self._resolve_call(j.TOOL_FAILED, {**base, "error": error, **changes})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
 
     async def _changes(self) -> dict[str, Any]:
         """Workspace changes since the last journaled result, to journal with this one."""
@@ -748,24 +689,26 @@ class RunRunner:
     ) -> None:
         if isinstance(output, SleepRequest):
             await self.append(
-                j.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
+                EventType.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
             )
             return
         if isinstance(output, WaitRequest):
             if not output.run_ids:
                 output = WaitRequest(run_ids=tuple(self.state.children), mode=output.mode)
             if not output.run_ids:
-                await self.append(j.TOOL_FAILED, {**base, "error": "this run has no sub-agents"})
+                await self.append(
+                    EventType.TOOL_FAILED, {**base, "error": "this run has no sub-agents"}
+                )
                 return
             unknown = [r for r in output.run_ids if r not in self.state.children]
             if unknown:
                 await self.append(
-                    j.TOOL_FAILED,
+                    EventType.TOOL_FAILED,
                     {**base, "error": f"not sub-agents of this run: {', '.join(unknown)}"},
                 )
                 return
             await self.append(
-                j.TOOL_WAITING,
+                EventType.TOOL_WAITING,
                 {
                     **base,
                     "wait_for": list(output.run_ids),
@@ -778,10 +721,10 @@ class RunRunner:
             try:
                 child = await self._spawn(base["call_id"], output)
             except ToolError as exc:
-                await self.append(j.TOOL_FAILED, {**base, "error": str(exc)})
+                await self.append(EventType.TOOL_FAILED, {**base, "error": str(exc)})
                 return
             await self.append(
-                j.TOOL_COMPLETED,
+                EventType.TOOL_COMPLETED,
                 {**base, "output": render_output({"run_id": child}), "child": child},
             )
             return
@@ -795,7 +738,7 @@ class RunRunner:
             data["max_output"] = tool.max_output
         if uses_ws:
             data.update(await self._changes())
-        await self._resolve_call(j.TOOL_COMPLETED, data)
+        await self._resolve_call(EventType.TOOL_COMPLETED, data)
 
     async def _resolve_call(self, kind: str, data: dict[str, Any]) -> None:
         """Journal a call's result. The last open call of an answer is deferred: the next

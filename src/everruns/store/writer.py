@@ -36,6 +36,7 @@ from typing import Any
 # Columns an append may set or increment (anything else is a programming error).
 SETTABLE = frozenset(
     {
+        "updated_at",
         "status",
         "wake_at",
         "result",
@@ -51,6 +52,7 @@ SETTABLE = frozenset(
     }
 )
 ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd"})
+SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
 
 
@@ -60,7 +62,8 @@ class AppendRejected(Exception):
 
 @dataclass
 class AppendRequest:
-    """One fenced append: events of one run plus the run-row columns they change."""
+    """One fenced append: events of one run plus the run-row columns they change
+    (`core.projection.RowUpdate`: values to set, increments, seq marks)."""
 
     run_id: str
     epoch: int | None  # None: an unfenced signal
@@ -68,9 +71,8 @@ class AppendRequest:
     datas: list[str]  # JSON text, one per event
     sets: dict[str, Any] = field(default_factory=dict)
     adds: dict[str, int | float] = field(default_factory=dict)
+    seqs: dict[str, int] = field(default_factory=dict)
     expect_seq: int | None = None  # only if last_seq still equals this
-    progress: bool = False  # some event finished work (crash-loop protection)
-    claim_index: int | None = None  # index of a run.started event (a new holder)
     ts: float = 0.0
     # Only for a run without a parent (a terminal event of a child must also signal its
     # parent: that stays on the SQLAlchemy path, in the same transaction).
@@ -81,10 +83,9 @@ class AppendRequest:
         return (
             tuple(sorted(self.sets)),
             tuple(sorted(self.adds)),
+            tuple(sorted(self.seqs)),
             self.epoch is None,
             self.expect_seq is None,
-            self.progress,
-            self.claim_index is not None,
             self.parentless,
         )
 
@@ -97,14 +98,13 @@ class AppendOutcome:
 
 def _set_clause(req: AppendRequest, param: Callable[[str], str]) -> tuple[str, list[str]]:
     """The SET list and the names of its parameters, in order."""
-    parts = [f"last_seq = last_seq + {param('n')}", f"updated_at = {param('ts')}"]
-    names = ["n", "ts"]
-    if req.progress:
-        parts.append(f"progress_seq = last_seq + {param('n')}")
-        names.append("n")
-    if req.claim_index is not None:
-        parts.append(f"claim_seq = last_seq + {param('claim')}")
-        names.append("claim")
+    parts = [f"last_seq = last_seq + {param('n')}"]
+    names = ["n"]
+    for col in sorted(req.seqs):
+        if col not in SEQ_MARKS:
+            raise ValueError(f"an append cannot mark runs.{col}")
+        parts.append(f"{col} = last_seq + {param('seq_' + col)}")
+        names.append("seq_" + col)
     for col in sorted(req.sets):
         if col not in SETTABLE:
             raise ValueError(f"an append cannot set runs.{col}")
@@ -139,8 +139,9 @@ def _values(req: AppendRequest) -> dict[str, Any]:
         "id": req.run_id,
         "epoch": req.epoch,
         "expect": req.expect_seq,
-        "claim": (req.claim_index or 0) + 1,
     }
+    for col, offset in req.seqs.items():
+        values["seq_" + col] = offset
     for col, value in req.sets.items():
         values["set_" + col] = value
     for col, value in req.adds.items():
