@@ -20,7 +20,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import estimate_tokens, model_view
+from everruns.core.context import context_tokens, model_view
 from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
 from everruns.core.state import State, apply, fold
@@ -387,7 +387,7 @@ class RunRunner:
                 },
             )
         messages = model_view(self.state)
-        estimate = estimate_tokens(self.spec.system_prompt, messages)
+        estimate = context_tokens(self.spec.system_prompt, self.state)
         if self.options.settings.rate_limits_for(model):
             await self.flush()  # acquiring may sleep: what is done must be durable first
         wait = await acquire_rate_limits(
