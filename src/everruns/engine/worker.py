@@ -123,8 +123,15 @@ class Worker:
                 try:
                     if self.only is not None:  # `everruns run`: its run and its sub-agents
                         self.only = await self.store.family(self.only)
+                    # Never take over a run this worker is executing: its lease only lapsed
+                    # because a renewal was late (a loaded machine); renewing restores it.
+                    mine = list(self.active) if len(self.active) <= 500 else None
                     claims = await self.store.claim(
-                        self.worker_id, limit=free, lease_ttl=self.lease_ttl, only=self.only
+                        self.worker_id,
+                        limit=free,
+                        lease_ttl=self.lease_ttl,
+                        only=self.only,
+                        exclude=mine,
                     )
                 except Exception:
                     log.exception("claim failed; retrying")

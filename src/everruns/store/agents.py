@@ -27,12 +27,21 @@ class Agents:
         digest = hashlib.sha256(text.encode()).hexdigest()
         for _ in range(50):
             try:
-                return await self._save_agent_once(spec.name, text, digest)
+                version = await self._save_agent_once(spec.name, text, digest)
+                break
             except sa.exc.IntegrityError:
                 # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
                 # version first: look at the newest version again.
                 continue
-        return await self._save_agent_once(spec.name, text, digest)
+        else:
+            version = await self._save_agent_once(spec.name, text, digest)
+        self._remember(spec.name, version, spec)
+        return version
+
+    def _remember(self, name: str, version: int, spec: AgentSpec) -> None:
+        if len(self._cache) >= 256:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(name, version)] = spec
 
     async def _save_agent_once(self, name: str, text: str, digest: str) -> int:
         async with self.db.engine.begin() as conn:
@@ -64,9 +73,7 @@ class Agents:
             return self._cache[(name, version)]
         spec = await self._load(name, version)
         if version is not None:
-            if len(self._cache) >= 256:
-                self._cache.pop(next(iter(self._cache)))
-            self._cache[(name, version)] = spec
+            self._remember(name, version, spec)
         return spec
 
     async def _load(self, name: str, version: int | None) -> AgentSpec:

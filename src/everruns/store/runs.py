@@ -170,6 +170,7 @@ class Runs:
         lease_ttl: float,
         now: float | None = None,
         only: list[str] | None = None,
+        exclude: list[str] | None = None,
     ) -> list[Claim]:
         """Lease up to `limit` runnable runs, bumping each one's epoch.
 
@@ -178,20 +179,35 @@ class Runs:
         """
         if limit <= 0:
             return []
-        now = time.time() if now is None else now
-        candidates = sa.select(runs.c.id).where(
-            runs.c.status.in_(ACTIVE_STATUSES),
-            runs.c.wake_at.is_not(None),
-            runs.c.wake_at <= now,
-            sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
-            runs.c.id.in_(only) if only is not None else sa.true(),
-        )
         if self.db.is_sqlite:  # an idle poll reads (no lock) instead of taking the write lock
+            probe = _claimable(time.time() if now is None else now, only, exclude).limit(1)
             async with self.db.reads.connect() as conn:
-                if (await conn.execute(candidates.limit(1))).first() is None:
+                if (await conn.execute(probe)).first() is None:
                     return []
+        fixed_now = now
+        async with self.db.engine.begin() as conn:
+            # The lease is timed from when the write lock is held, not from before waiting
+            # for it: a claim that waited must not hand out a lease that is already over.
+            now = time.time() if fixed_now is None else fixed_now
+            statement = self._claim_statement(worker_id, now, lease_ttl, only, exclude, limit)
+            rows = (await conn.execute(statement)).all()
+        return [
+            Claim(r.id, r.epoch, r.crashes, r.agent_name, r.agent_version, bool(r.cancel_requested))
+            for r in rows
+        ]
+
+    def _claim_statement(
+        self,
+        worker_id: str,
+        now: float,
+        lease_ttl: float,
+        only: list[str] | None,
+        exclude: list[str] | None,
+        limit: int,
+    ) -> Any:
         runnable = (
-            candidates.order_by(runs.c.wake_at, runs.c.id)
+            _claimable(now, only, exclude)
+            .order_by(runs.c.wake_at, runs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
         )
@@ -220,12 +236,7 @@ class Runs:
                 runs.c.cancel_requested,
             )
         )
-        async with self.db.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [
-            Claim(r.id, r.epoch, r.crashes, r.agent_name, r.agent_version, bool(r.cancel_requested))
-            for r in rows
-        ]
+        return stmt
 
     async def renew(
         self, worker_id: str, run_ids: Iterable[str], *, lease_ttl: float
@@ -236,8 +247,8 @@ class Runs:
         missing from the answer was taken over and must be dropped.
         """
         ids = list(run_ids)
-        now = time.time()
         async with self.db.engine.begin() as conn:
+            now = time.time()  # with the write lock held: the lease runs from here
             await conn.execute(
                 workers.update().where(workers.c.id == worker_id).values(heartbeat_at=now)
             )
@@ -309,3 +320,16 @@ class Runs:
         async with self.db.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return {r.id: (bool(r.cancel_requested), bool(r.pause_requested)) for r in rows}
+
+
+def _claimable(now: float, only: list[str] | None, exclude: list[str] | None = None) -> Any:
+    """Runs a worker may claim at `now`: active, due, and with no live lease (`exclude`: runs
+    the claimer executes already, whose lease a slow renewal let lapse)."""
+    return sa.select(runs.c.id).where(
+        runs.c.status.in_(ACTIVE_STATUSES),
+        runs.c.wake_at.is_not(None),
+        runs.c.wake_at <= now,
+        sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
+        runs.c.id.in_(only) if only is not None else sa.true(),
+        runs.c.id.not_in(exclude) if exclude else sa.true(),
+    )
