@@ -351,26 +351,32 @@ def case(point: str, in_flight: str = "", side_effects: str = "", llm: bool = Fa
 
 # The first hit of each point falls in step 1 (LLM) or on the parallel calls
 # a (slow) and b (fast); `#3` hits land on call c, alone in step 2.
+#
+# One transaction per durable step (docs/architecture.md): a completion is committed
+# together with the start of the atom decided right after it, so some boundaries are one
+# commit. `llm.completed` of step 1 commits with `tool.started` of call a; `llm.completed`
+# of the last step with `run.completed`; the result of the last open call of an answer
+# with the next `llm.started`. `before:` a point is before that commit, `after:` after it.
 CASES = [
     case("before:llm.started"),
     case("after:llm.started", llm=True),
     case("llm.mid", llm=True),
     case("before:llm.completed", llm=True),
-    case("after:llm.completed"),
-    case("before:tool.started"),  # call a, nothing started yet
+    case("after:llm.completed", "a"),  # committed with call a's start
+    case("before:tool.started", llm=True),  # = before:llm.completed of step 1
     case("after:tool.started", "a"),  # call a started; b waits for the journal
     case("tool.mid", "ab", "b"),  # b's side effect done; a asleep before its own
     case("before:tool.completed", "ab", "b"),  # b about to be journaled as done
     case("after:tool.completed", "a", "b"),  # b done; a still running
-    case("before:run.completed", "", "abc"),
+    case("before:run.completed", "", "abc", llm=True),  # with the last llm.completed
 ]
 # The tool boundaries again, on call c alone in step 2 (the third hit).
 SINGLE_CALL_CASES = [
-    case("before:tool.started#3", "", "ab"),
+    case("before:tool.started#3", "", "ab", llm=True),  # with step 2's llm.completed
     case("after:tool.started#3", "c", "ab"),
     case("tool.mid#3", "c", "abc"),
     case("before:tool.completed#3", "c", "abc"),
-    case("after:tool.completed#3", "", "abc"),
+    case("after:tool.completed#3", "", "abc", llm=True),  # with step 3's llm.started
 ]
 CASE_BY_POINT = {c.point: c for c in CASES + SINGLE_CALL_CASES}
 
@@ -573,8 +579,9 @@ async def test_crash_point(
     if kind:
         count = [e.type for e in dead].count(kind)
         assert count == (hits if where == "after" else hits - 1), [e.type for e in dead]
-        if where == "after":
-            assert dead[-1].type == kind, [e.type for e in dead]
+        if where == "after":  # the event is in the last commit (its events share one ts)
+            last = next(e for e in reversed(dead) if e.type == kind)
+            assert last.ts == dead[-1].ts, [(e.type, e.ts) for e in dead]
 
     # What the killed worker left in flight is what the timing design says.
     in_flight = {

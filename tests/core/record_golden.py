@@ -82,11 +82,22 @@ def _install_recorder() -> None:
 
     async def append(self: Any, run_id: str, epoch: Any, new_events: Any, **kw: Any) -> Any:
         conn = kw.get("conn")
-        if conn is None:
-            return await original(self, run_id, epoch, new_events, **kw)
-        before = await _row(conn, run_id)
-        out = await original(self, run_id, epoch, new_events, **kw)
-        after = await _row(conn, run_id)
+        if conn is None and getattr(self.db, "writer", None) is None:
+            return await original(self, run_id, epoch, new_events, **kw)  # records below
+        if conn is None:  # the hot path (store/writer.py) commits on its own connection
+            async with self.db.engine.connect() as own:
+                before = await _row(own, run_id)
+            try:
+                out = await original(self, run_id, epoch, new_events, **kw)
+            finally:
+                async with self.db.engine.connect() as own:
+                    after = await _row(own, run_id)
+            if after is not None and before is not None and after["last_seq"] == before["last_seq"]:
+                return out  # handed to the SQLAlchemy path, recorded there
+        else:
+            before = await _row(conn, run_id)
+            out = await original(self, run_id, epoch, new_events, **kw)
+            after = await _row(conn, run_id)
         RECORD.append(
             {
                 "run_id": run_id,

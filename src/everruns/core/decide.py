@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from everruns.core.context import compaction_cut, estimate_tokens, model_view
+from everruns.core.context import compaction_cut, context_tokens
 from everruns.core.events import CallStatus
 from everruns.core.state import CallState, State
 from everruns.spec import AgentSpec
@@ -174,7 +174,7 @@ def _need_compaction(state: State, spec: AgentSpec) -> Atom | None:
         return Compact(until=cut, reason="provider_context_too_long")
     if policy.max_tokens is None:
         return None
-    if estimate_tokens(spec.system_prompt, model_view(state)) <= policy.max_tokens:
+    if context_tokens(spec.system_prompt, state) <= policy.max_tokens:
         return None
     cut = compaction_cut(state, policy.keep_recent)
     if cut is None:

@@ -98,6 +98,9 @@ class State:
     children_cost: float = 0.0
     depth: int = 0
     tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    # Running prefix sums of the messages' sizes (core/context.py): the context estimate
+    # costs O(1) per LLM call however long the run. Messages never change once folded.
+    char_prefix: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
 
     @property
     def terminal(self) -> bool:

@@ -13,12 +13,13 @@ import json
 import logging
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import estimate_tokens, model_view
+from everruns.core.context import context_tokens, model_view
 from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
 from everruns.core.state import State, apply, fold
@@ -90,33 +91,67 @@ class RunRunner:
         self._spawning: set[str] = set()
         self._ws_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
+        self._carry: list[tuple[str, dict[str, Any]]] = []  # folded, committed with the next
         self.spec: AgentSpec | None = None
         self.tools: dict[str, Tool] = {}
         self.workspace: Workspace | None = None
+        self.on_started: Callable[[], None] | None = None  # start-up reads are done
 
     # ------------------------------------------------------------ journal
 
-    async def append(self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False) -> Event:
+    async def append(
+        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, defer: bool = False
+    ) -> Event:
         """Append one event (fenced), fold it, and publish it to live subscribers.
 
         `if_unchanged`: only if nobody appended since our last look (raises Moved).
+        `defer`: fold the event now but commit it with the next append (one transaction per
+        durable step: a completion rides with the next atom's start, which `decide` picks at
+        once). Every path that waits or gives up the run commits what is carried first.
         """
         async with self._lock:
+            if defer:
+                event = Event(self.state.last_seq + 1, kind, time.time(), data)
+                apply(self.state, event)
+                self._carry.append((kind, data))
+                return event
+            return await self._commit([(kind, data)], if_unchanged=if_unchanged)
+
+    async def flush(self) -> None:
+        """Commit the carried events alone (before waiting, releasing or stopping)."""
+        async with self._lock:
+            if self._carry:
+                await self._commit([], if_unchanged=False)
+
+    async def _commit(self, new: list[tuple[str, dict[str, Any]]], *, if_unchanged: bool) -> Event:
+        carry, self._carry = self._carry, []
+        batch = [*carry, *new]
+        committed_seq = self.state.last_seq - len(carry)
+        for kind, _ in batch:
             crashpoints.hit(f"before:{kind}")
-            expected = self.state.last_seq + 1
-            (event,) = await self.store.append(
+        try:
+            events = await self.store.append(
                 self.run_id,
                 self.epoch,
-                [(kind, data)],
-                expect_seq=self.state.last_seq if if_unchanged else None,
+                batch,
+                expect_seq=committed_seq if if_unchanged else None,
             )
-            if event.seq == expected:
+        except Moved:
+            if carry:  # the carried events are ours to keep: commit them alone
+                kept = await self.store.append(self.run_id, self.epoch, carry)
+                for event in kept:
+                    self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
+            raise  # the caller refolds from the journal and decides again
+        if events[0].seq == committed_seq + 1:
+            for event in events[len(carry) :]:
                 apply(self.state, event)
-            else:  # someone else appended (a user message): refold from the truth
-                self.state = fold(await self.store.load_events(self.run_id))
+        else:  # someone else appended (a user message): refold from the truth
+            self.state = fold(await self.store.load_events(self.run_id))
+        for event in events:
             self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
+        for kind, _ in batch:
             crashpoints.hit(f"after:{kind}")
-            return event
+        return events[-1]
 
     def publish_ephemeral(self, kind: str, data: dict[str, Any]) -> None:
         self.broker.publish(
@@ -135,6 +170,10 @@ class RunRunner:
             log.warning(
                 "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
             )
+        except Exception:
+            with contextlib.suppress(Exception):
+                await self.flush()  # keep what finished, whatever broke afterwards
+            raise
 
     async def _on_stop(self) -> None:
         reason = self.stop_reason
@@ -142,13 +181,13 @@ class RunRunner:
             if reason == StopReason.CANCEL:
                 await asyncio.shield(self._finish_cancelled())
             elif reason == StopReason.SHUTDOWN:
-                await asyncio.shield(
-                    self.store.release(
-                        self.run_id, self.epoch, wake_at=time.time(), status="queued"
-                    )
-                )
+                await asyncio.shield(self._release_for_shutdown())
         except Fenced:
             pass
+
+    async def _release_for_shutdown(self) -> None:
+        await self.flush()
+        await self.store.release(self.run_id, self.epoch, wake_at=time.time(), status="queued")
 
     async def _finish_cancelled(self) -> None:
         await self.append(
@@ -157,7 +196,12 @@ class RunRunner:
         )
 
     async def _run(self) -> None:
-        self.state = fold(await self.store.load_events(self.run_id))
+        try:
+            self.state = fold(await self.store.load_events(self.run_id))
+            self.spec = await self.store.get_agent(self.claim.agent_name, self.claim.agent_version)
+        finally:
+            if self.on_started is not None:
+                self.on_started()
         if self.state.terminal:
             await self.store.release(
                 self.run_id, self.epoch, wake_at=None, status=self.state.status
@@ -166,7 +210,6 @@ class RunRunner:
         if self.claim.cancel_requested:
             await self._finish_cancelled()
             return
-        self.spec = await self.store.get_agent(self.claim.agent_name, self.claim.agent_version)
         if self.claim.crashes >= self.options.max_crashes:
             await self.fail(
                 "crash_loop",
@@ -241,6 +284,7 @@ class RunRunner:
         effects = {name: t.effect for name, t in self.tools.items()}
         while True:
             if self.draining:
+                await self.flush()
                 await self.store.release(
                     self.run_id, self.epoch, wake_at=time.time(), status="queued"
                 )
@@ -279,6 +323,7 @@ class RunRunner:
             elif isinstance(atom, Wait):
                 delay = atom.until - time.time()
                 if delay <= self.spec.retry.durable_wait_after:
+                    await self.flush()
                     await asyncio.sleep(max(0.0, delay))
                     continue
                 if not await self._journal_waiting({"reason": atom.reason, "wake_at": atom.until}):
@@ -297,6 +342,7 @@ class RunRunner:
                     {"reason": "approval", "calls": pending}
                 ):
                     continue
+                await self.flush()
                 await self.store.release(
                     self.run_id,
                     self.epoch,
@@ -345,7 +391,9 @@ class RunRunner:
                 },
             )
         messages = model_view(self.state)
-        estimate = estimate_tokens(self.spec.system_prompt, messages)
+        estimate = context_tokens(self.spec.system_prompt, self.state)
+        if self.options.settings.rate_limits_for(model):
+            await self.flush()  # acquiring may sleep: what is done must be durable first
         wait = await acquire_rate_limits(
             self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
         )
@@ -392,7 +440,8 @@ class RunRunner:
             await self._correct_rate(model, estimate, usage)
         await self.append(
             EventType.LLM_COMPLETED,
-            {
+            defer=True,  # committed with the next atom's start (decided at once)
+            data={
                 "attempt": atom.attempt,
                 "message": response.message,
                 "usage": usage,
@@ -583,7 +632,7 @@ class RunRunner:
                 )
             else:
                 output = f"slept until {_iso(call.wake_at)}"
-            await self.append(EventType.TOOL_COMPLETED, {**base, "output": output})
+            await self._resolve_call(EventType.TOOL_COMPLETED, {**base, "output": output})
             return
         tool = self.tools.get(call.name)
         problem = None
@@ -594,7 +643,7 @@ class RunRunner:
         elif INVALID_ARGUMENTS in call.arguments:
             problem = f"the arguments are not valid JSON: {call.arguments[INVALID_ARGUMENTS]}"
         if tool is None or problem is not None:
-            await self.append(EventType.TOOL_FAILED, {**base, "error": problem})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.run_id}:{call.id}"
         await self.append(
@@ -632,7 +681,7 @@ class RunRunner:
                 await self._tool_result(tool, base, output, uses_ws)
                 return
             changes = await self._changes() if uses_ws else {}
-            await self.append(EventType.TOOL_FAILED, {**base, "error": error, **changes})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
 
     async def _changes(self) -> dict[str, Any]:
         """Workspace changes since the last journaled result, to journal with this one."""
@@ -693,7 +742,13 @@ class RunRunner:
             data["max_output"] = tool.max_output
         if uses_ws:
             data.update(await self._changes())
-        await self.append(EventType.TOOL_COMPLETED, data)
+        await self._resolve_call(EventType.TOOL_COMPLETED, data)
+
+    async def _resolve_call(self, kind: str, data: dict[str, Any]) -> None:
+        """Journal a call's result. The last open call of an answer is deferred: the next
+        atom (an LLM call, decided at once) commits it with its own start."""
+        others = any(c.status != "done" and c.id != data["call_id"] for c in self.state.calls)
+        await self.append(kind, data, defer=not others)
 
 
 COMPACTION_PROMPT = (

@@ -39,7 +39,7 @@ class Access:
 
     async def verify_token(self, plaintext: str) -> str | None:
         """The token's name if it is valid and not revoked."""
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (
                 await conn.execute(
                     sa.select(api_tokens.c.name).where(
@@ -51,7 +51,7 @@ class Access:
         return None if row is None else str(row.name)
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(sa.select(api_tokens).order_by(api_tokens.c.created_at))
             ).all()
@@ -75,13 +75,13 @@ class Access:
             )
 
     async def get_secret(self, name: str) -> str | None:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(secrets.c.ciphertext).where(secrets.c.name == name))
             ).first()
         return None if row is None else str(row.ciphertext)
 
     async def list_secrets(self) -> list[str]:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (await conn.execute(sa.select(secrets.c.name).order_by(secrets.c.name))).all()
         return [r.name for r in rows]

@@ -19,6 +19,7 @@ from everruns.store.schema import agents
 class Agents:
     def __init__(self, db: Backend):
         self.db = db
+        self._cache: dict[tuple[str, int], AgentSpec] = {}
 
     async def save_agent(self, spec: AgentSpec) -> int:
         """Store the spec as an immutable version; reuse the newest if identical."""
@@ -26,12 +27,21 @@ class Agents:
         digest = hashlib.sha256(text.encode()).hexdigest()
         for _ in range(50):
             try:
-                return await self._save_agent_once(spec.name, text, digest)
+                version = await self._save_agent_once(spec.name, text, digest)
+                break
             except sa.exc.IntegrityError:
                 # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
                 # version first: look at the newest version again.
                 continue
-        return await self._save_agent_once(spec.name, text, digest)
+        else:
+            version = await self._save_agent_once(spec.name, text, digest)
+        self._remember(spec.name, version, spec)
+        return version
+
+    def _remember(self, name: str, version: int, spec: AgentSpec) -> None:
+        if len(self._cache) >= 256:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(name, version)] = spec
 
     async def _save_agent_once(self, name: str, text: str, digest: str) -> int:
         async with self.db.engine.begin() as conn:
@@ -58,18 +68,27 @@ class Agents:
             return version
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
+        """A stored agent version; versions are immutable, so a known one is cached."""
+        if version is not None and (name, version) in self._cache:
+            return self._cache[(name, version)]
+        spec = await self._load(name, version)
+        if version is not None:
+            self._remember(name, version, spec)
+        return spec
+
+    async def _load(self, name: str, version: int | None) -> AgentSpec:
         query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
         if version is not None:
             query = query.where(agents.c.version == version)
         query = query.order_by(agents.c.version.desc()).limit(1)
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (await conn.execute(query)).first()
         if row is None:
             raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
         return parse_spec(json.loads(row.spec), f"agent {name} v{row.version}")
 
     async def list_agents(self) -> list[dict[str, Any]]:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(

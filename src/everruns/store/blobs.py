@@ -28,7 +28,7 @@ class Blobs:
     async def get_blobs(self, shas: list[str]) -> dict[str, bytes]:
         if not shas:
             return {}
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(blobs.c.sha256, blobs.c.content).where(blobs.c.sha256.in_(shas))

@@ -24,7 +24,7 @@ class Fleet:
     async def breakers_open(self, keys: list[str], now: float | None = None) -> dict[str, float]:
         """{key: open_until} for the breakers among `keys` that are open now."""
         now = time.time() if now is None else now
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(breakers.c.key, breakers.c.open_until).where(
@@ -140,7 +140,7 @@ class Fleet:
 
     async def list_workers(self, alive_within: float = 60.0) -> list[dict[str, Any]]:
         now = time.time()
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(workers).where(

@@ -32,6 +32,7 @@ from everruns.store.backend import Backend
 from everruns.store.notify import notify_appended
 from everruns.store.records import dumps, usage_totals
 from everruns.store.schema import events, runs
+from everruns.store.writer import AppendRequest, JournalWriter
 
 
 class Journal:
@@ -48,7 +49,7 @@ class Journal:
         )
         if limit is not None:
             query = query.limit(limit)
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [Event(r.seq, r.type, r.ts, json.loads(r.data)) for r in rows]
 
@@ -68,6 +69,21 @@ class Journal:
         (`current`: the row as a signal found it). Raises Fenced when the epoch is
         stale; nothing is written then.
         """
+        writer = self.db.writer
+        if conn is None and writer is not None and new_events:
+            kinds = {kind for kind, _ in new_events}
+            if RUN_CANCELLED not in kinds:  # a cancel also cancels children: not here
+                fast = await self._append_fast(
+                    writer,
+                    run_id,
+                    epoch,
+                    new_events,
+                    expect_seq,
+                    current,
+                    parentless=bool(kinds & TERMINAL_EVENTS),
+                )
+                if fast is not None:
+                    return fast
         if conn is None:
             async with self.db.engine.begin() as own:
                 return await self.append(
@@ -115,15 +131,62 @@ class Journal:
             await self._after_end(conn, run_id, ended[-1])
         return out
 
-    def _row_values(self, update: RowUpdate) -> dict[str, Any]:
-        """The projection as UPDATE values: increments and seq marks relative to the row."""
-        values: dict[str, Any] = {}
-        for key, value in update.set.items():
+    async def _append_fast(
+        self,
+        writer: JournalWriter,
+        run_id: str,
+        epoch: int | None,
+        new_events: list[tuple[str, dict[str, Any]]],
+        expect_seq: int | None,
+        current: RowFacts | None,
+        *,
+        parentless: bool,
+    ) -> list[Event] | None:
+        """`append` on the hot path (store/writer.py). None: the run has a parent to tell
+        about its end, which the caller does on the SQLAlchemy path (same transaction)."""
+        now = time.time()
+        update = project(new_events, now, current)
+        request = AppendRequest(
+            run_id=run_id,
+            epoch=epoch,
+            types=[str(kind) for kind, _ in new_events],
+            datas=[dumps(data) for _, data in new_events],
+            sets=self._plain_values(update.set),
+            adds=dict(update.add),
+            seqs={k: v for k, v in update.seq.items() if k != "last_seq"},  # = n, always
+            expect_seq=expect_seq,
+            ts=now,
+            parentless=parentless,
+        )
+        outcome = await writer.append(request)
+        if outcome.last_seq is None:
+            if outcome.why is None:
+                raise RunNotFound(run_id)
+            row_epoch, row_seq, parent = outcome.why
+            fence_ok = epoch is None or row_epoch == epoch
+            if parentless and parent is not None and fence_ok:
+                if expect_seq is None or row_seq == expect_seq:
+                    return None
+            if expect_seq is not None and fence_ok:
+                raise Moved(f"run {run_id}: new events after seq {expect_seq}")
+            raise Fenced(f"run {run_id}: epoch {epoch} is no longer current")
+        first = outcome.last_seq - len(new_events) + 1
+        return [Event(first + i, str(kind), now, data) for i, (kind, data) in enumerate(new_events)]
+
+    def _plain_values(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Projected values as the database stores them (JSON text, plain strings)."""
+        out: dict[str, Any] = {}
+        for key, value in values.items():
             if key == "result" and isinstance(value, str) and not self.db.is_sqlite:
                 value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
             if key == "error" and value is not None:
                 value = dumps(value)
-            values[key] = str(value) if isinstance(value, StrEnum) else value
+            out[key] = str(value) if isinstance(value, StrEnum) else value
+        return out
+
+    def _row_values(self, update: RowUpdate) -> dict[str, Any]:
+        """The projection as UPDATE values: increments and seq marks relative to the row."""
+        values: dict[str, Any] = self._plain_values(update.set)
         for key, amount in update.add.items():
             values[key] = runs.c[key] + amount
         for key, offset in update.seq.items():

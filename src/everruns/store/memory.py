@@ -77,7 +77,7 @@ class Memory:
 
     async def recall(self, agent: str, *, limit: int = 50) -> list[dict[str, Any]]:
         """The newest `limit` notes of `agent`, oldest first."""
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(agent_notes)

@@ -41,7 +41,7 @@ class Runs:
         same id returns it unchanged); `created_data` adds keys to run.created."""
         version = await self.agents.save_agent(spec)
         if run_id is not None:
-            async with self.db.engine.connect() as conn:
+            async with self.db.reads.connect() as conn:
                 found = (
                     await conn.execute(sa.select(runs.c.id).where(runs.c.id == run_id))
                 ).first()
@@ -100,7 +100,7 @@ class Runs:
         return run_id
 
     async def get_run(self, run_id: str) -> RunRow:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
         if row is None:
             raise RunNotFound(run_id)
@@ -136,7 +136,7 @@ class Runs:
                     sa.and_(runs.c.created_at == before[0], runs.c.id < before[1]),
                 )
             )
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
         return [RunRow.from_row(r) for r in rows]
 
@@ -144,7 +144,7 @@ class Runs:
         """The runs and all their descendants (sub-agents, recursively)."""
         found = list(dict.fromkeys(run_ids))
         frontier = list(found)
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             while frontier:
                 rows = (
                     await conn.execute(sa.select(runs.c.id).where(runs.c.parent_id.in_(frontier)))
@@ -154,7 +154,7 @@ class Runs:
         return found
 
     async def count_runs_by_status(self) -> dict[str, int]:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(runs.c.status, sa.func.count()).group_by(runs.c.status)
@@ -170,6 +170,7 @@ class Runs:
         lease_ttl: float,
         now: float | None = None,
         only: list[str] | None = None,
+        exclude: list[str] | None = None,
     ) -> list[Claim]:
         """Lease up to `limit` runnable runs, bumping each one's epoch.
 
@@ -178,16 +179,34 @@ class Runs:
         """
         if limit <= 0:
             return []
-        now = time.time() if now is None else now
+        if self.db.is_sqlite:  # an idle poll reads (no lock) instead of taking the write lock
+            probe = _claimable(time.time() if now is None else now, only, exclude).limit(1)
+            async with self.db.reads.connect() as conn:
+                if (await conn.execute(probe)).first() is None:
+                    return []
+        fixed_now = now
+        async with self.db.engine.begin() as conn:
+            # The lease is timed from when the write lock is held, not from before waiting
+            # for it: a claim that waited must not hand out a lease that is already over.
+            now = time.time() if fixed_now is None else fixed_now
+            statement = self._claim_statement(worker_id, now, lease_ttl, only, exclude, limit)
+            rows = (await conn.execute(statement)).all()
+        return [
+            Claim(r.id, r.epoch, r.crashes, r.agent_name, r.agent_version, bool(r.cancel_requested))
+            for r in rows
+        ]
+
+    def _claim_statement(
+        self,
+        worker_id: str,
+        now: float,
+        lease_ttl: float,
+        only: list[str] | None,
+        exclude: list[str] | None,
+        limit: int,
+    ) -> Any:
         runnable = (
-            sa.select(runs.c.id)
-            .where(
-                runs.c.status.in_(ACTIVE_STATUSES),
-                runs.c.wake_at.is_not(None),
-                runs.c.wake_at <= now,
-                sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
-            )
-            .where(runs.c.id.in_(only) if only is not None else sa.true())
+            _claimable(now, only, exclude)
             .order_by(runs.c.wake_at, runs.c.id)
             .limit(limit)
             .with_for_update(skip_locked=True)
@@ -217,12 +236,7 @@ class Runs:
                 runs.c.cancel_requested,
             )
         )
-        async with self.db.engine.begin() as conn:
-            rows = (await conn.execute(stmt)).all()
-        return [
-            Claim(r.id, r.epoch, r.crashes, r.agent_name, r.agent_version, bool(r.cancel_requested))
-            for r in rows
-        ]
+        return stmt
 
     async def renew(
         self, worker_id: str, run_ids: Iterable[str], *, lease_ttl: float
@@ -233,8 +247,8 @@ class Runs:
         missing from the answer was taken over and must be dropped.
         """
         ids = list(run_ids)
-        now = time.time()
         async with self.db.engine.begin() as conn:
+            now = time.time()  # with the write lock held: the lease runs from here
             await conn.execute(
                 workers.update().where(workers.c.id == worker_id).values(heartbeat_at=now)
             )
@@ -243,7 +257,11 @@ class Runs:
             rows = (
                 await conn.execute(
                     sa.update(runs)
-                    .where(runs.c.lease_owner == worker_id, runs.c.id.in_(ids))
+                    .where(
+                        runs.c.lease_owner == worker_id,
+                        # Many runs: renew all the worker holds (it executes only what it holds).
+                        runs.c.id.in_(ids) if len(ids) <= 500 else sa.true(),
+                    )
                     .values(lease_expires_at=now + lease_ttl)
                     .returning(runs.c.id, runs.c.cancel_requested)
                 )
@@ -286,12 +304,32 @@ class Runs:
         return result.rowcount == 1
 
     async def pause_requests(self, worker_id: str) -> set[str]:
-        async with self.db.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(runs.c.id).where(
-                        runs.c.lease_owner == worker_id, runs.c.pause_requested.is_(True)
-                    )
-                )
-            ).all()
-        return {r.id for r in rows}
+        requests = await self.control_requests(worker_id)
+        return {run_id for run_id, (_cancel, pause) in requests.items() if pause}
+
+    async def control_requests(
+        self, worker_id: str, run_ids: list[str] | None = None
+    ) -> dict[str, tuple[bool, bool]]:
+        """{run_id: (cancel_requested, pause_requested)} for the worker's runs with a request."""
+        query = sa.select(runs.c.id, runs.c.cancel_requested, runs.c.pause_requested).where(
+            runs.c.lease_owner == worker_id,
+            sa.or_(runs.c.cancel_requested.is_(True), runs.c.pause_requested.is_(True)),
+        )
+        if run_ids is not None:
+            query = query.where(runs.c.id.in_(run_ids))
+        async with self.db.reads.connect() as conn:
+            rows = (await conn.execute(query)).all()
+        return {r.id: (bool(r.cancel_requested), bool(r.pause_requested)) for r in rows}
+
+
+def _claimable(now: float, only: list[str] | None, exclude: list[str] | None = None) -> Any:
+    """Runs a worker may claim at `now`: active, due, and with no live lease (`exclude`: runs
+    the claimer executes already, whose lease a slow renewal let lapse)."""
+    return sa.select(runs.c.id).where(
+        runs.c.status.in_(ACTIVE_STATUSES),
+        runs.c.wake_at.is_not(None),
+        runs.c.wake_at <= now,
+        sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
+        runs.c.id.in_(only) if only is not None else sa.true(),
+        runs.c.id.not_in(exclude) if exclude else sa.true(),
+    )

@@ -164,14 +164,14 @@ class Schedules:
             raise StoreError(f"no {what} (store it first, e.g. `everruns schedule add`)")
 
     async def get_schedule(self, agent: str) -> dict[str, Any] | None:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(schedules).where(schedules.c.agent_name == agent))
             ).first()
         return None if row is None else _schedule_dict(row)
 
     async def list_schedules(self) -> list[dict[str, Any]]:
-        async with self.db.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (await conn.execute(sa.select(schedules).order_by(schedules.c.agent_name))).all()
         return [_schedule_dict(r) for r in rows]
 

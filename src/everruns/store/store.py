@@ -25,6 +25,7 @@ from everruns.store.journal import Journal
 from everruns.store.memory import Memory
 from everruns.store.runs import Runs
 from everruns.store.schedules import Schedules
+from everruns.store.writer import JournalWriter
 
 
 class Store:
@@ -58,6 +59,7 @@ class Store:
         self.renew = runs.renew
         self.release = runs.release
         self.pause_requests = runs.pause_requests
+        self.control_requests = runs.control_requests
         # control signals
         self.signal = control.signal
         self.cancel = control.cancel
@@ -101,13 +103,22 @@ class Store:
         self.get_blobs = blobs.get_blobs
 
     @classmethod
-    async def open(cls, url: str | None = None, *, migrate: bool = True) -> Store:
+    async def open(
+        cls, url: str | None = None, *, migrate: bool = True, pool_size: int = 10
+    ) -> Store:
         url = database.resolve_url(url)
         if migrate:
             await database.upgrade(url)
-        return cls(database.create_engine(url), url)
+        return cls(database.create_engine(url, pool_size=pool_size), url)
+
+    @property
+    def writer(self) -> JournalWriter | None:
+        """The journal's hot path (store/writer.py), None for in-memory SQLite."""
+        return self.db.writer
 
     async def close(self) -> None:
+        if self.db.writer is not None:
+            await self.db.writer.close()
         await self.engine.dispose()
 
     async def __aenter__(self) -> Store:
