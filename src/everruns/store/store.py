@@ -235,30 +235,33 @@ class Store(FleetState, ScheduleState):
 
     # ------------------------------------------------------------ agents
 
-    async def save_agent(self, spec: AgentSpec) -> int:
-        """Store the spec as an immutable version; reuse the newest if identical."""
+    async def save_agent(self, spec: AgentSpec, *, origin: str = "local") -> int:
+        """Store the spec as an immutable version; reuse the newest if identical (and
+        of the same origin: "local" for the CLI and in-process callers, "api" for HTTP)."""
+        if origin not in ("local", "api"):
+            raise ValueError(f"origin must be 'local' or 'api', not {origin!r}")
         text = _dumps(spec.to_dict())
         digest = hashlib.sha256(text.encode()).hexdigest()
         for _ in range(50):
             try:
-                return await self._save_agent_once(spec.name, text, digest)
+                return await self._save_agent_once(spec.name, text, digest, origin)
             except sa.exc.IntegrityError:
                 # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
                 # version first: look at the newest version again.
                 continue
-        return await self._save_agent_once(spec.name, text, digest)
+        return await self._save_agent_once(spec.name, text, digest, origin)
 
-    async def _save_agent_once(self, name: str, text: str, digest: str) -> int:
+    async def _save_agent_once(self, name: str, text: str, digest: str, origin: str) -> int:
         async with self.engine.begin() as conn:
             latest = (
                 await conn.execute(
-                    sa.select(agents.c.version, agents.c.digest)
+                    sa.select(agents.c.version, agents.c.digest, agents.c.origin)
                     .where(agents.c.name == name)
                     .order_by(agents.c.version.desc())
                     .limit(1)
                 )
             ).first()
-            if latest is not None and latest.digest == digest:
+            if latest is not None and latest.digest == digest and latest.origin == origin:
                 return int(latest.version)
             version = 1 if latest is None else int(latest.version) + 1
             await conn.execute(
@@ -268,9 +271,22 @@ class Store(FleetState, ScheduleState):
                     spec=text,
                     digest=digest,
                     created_at=time.time(),
+                    origin=origin,
                 )
             )
             return version
+
+    async def get_agent_origin(self, name: str, version: int | None = None) -> str:
+        """Where an agent version's spec came from: "local" or "api"."""
+        query = sa.select(agents.c.origin).where(agents.c.name == name)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        query = query.order_by(agents.c.version.desc()).limit(1)
+        async with self.engine.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        return "local" if row.origin == "local" else "api"
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
         query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
@@ -293,10 +309,12 @@ class Store(FleetState, ScheduleState):
         parent_id: str | None = None,
         run_id: str | None = None,
         created_data: dict[str, Any] | None = None,
+        origin: str = "local",
     ) -> str:
         """Queue a new run. `run_id` makes creation idempotent (a second call with the
-        same id returns it unchanged); `created_data` adds keys to run.created."""
-        version = await self.save_agent(spec)
+        same id returns it unchanged); `created_data` adds keys to run.created; `origin`
+        is where the spec came from (see everruns.policy)."""
+        version = await self.save_agent(spec, origin=origin)
         if run_id is not None:
             async with self.engine.connect() as conn:
                 found = (
@@ -901,11 +919,19 @@ class Store(FleetState, ScheduleState):
             )
         return result.rowcount == 1
 
-    async def put_secret(self, name: str, ciphertext: str) -> None:
+    async def put_secret(
+        self, name: str, ciphertext: str, allow_urls: list[str] | None = None
+    ) -> None:
+        """Store (replace) a secret and the URL patterns it may be sent to."""
         async with self.engine.begin() as conn:
             await conn.execute(sa.delete(secrets).where(secrets.c.name == name))
             await conn.execute(
-                secrets.insert().values(name=name, ciphertext=ciphertext, updated_at=time.time())
+                secrets.insert().values(
+                    name=name,
+                    ciphertext=ciphertext,
+                    updated_at=time.time(),
+                    allow_urls=_dumps(list(allow_urls or [])),
+                )
             )
 
     async def get_secret(self, name: str) -> str | None:
@@ -914,6 +940,12 @@ class Store(FleetState, ScheduleState):
                 await conn.execute(sa.select(secrets.c.ciphertext).where(secrets.c.name == name))
             ).first()
         return None if row is None else str(row.ciphertext)
+
+    async def secret_bindings(self) -> dict[str, list[str]]:
+        """Every stored secret's name and the URL patterns it may be sent to."""
+        async with self.engine.connect() as conn:
+            rows = (await conn.execute(sa.select(secrets.c.name, secrets.c.allow_urls))).all()
+        return {r.name: [str(u) for u in json.loads(r.allow_urls or "[]")] for r in rows}
 
     async def list_secrets(self) -> list[str]:
         async with self.engine.connect() as conn:
