@@ -51,12 +51,12 @@ def check_tools(spec: AgentSpec, origin: str, settings: Settings) -> None:
             continue
         field = f"tools[{index}]" + {"python": ".python", "shell": ".builtin"}.get(kind, ".mcp")
         if kind not in policy.allow_tools:
-            what = {"python": "Python tools", "shell": "the shell tool"}.get(
-                kind, "stdio MCP servers (`command`)"
+            what = {"python": "Python tools are", "shell": "the shell tool is"}.get(
+                kind, "stdio MCP servers (`command`) are"
             )
             raise PolicyError(
                 field,
-                f"{what} are not allowed in specs submitted through the API "
+                f"{what} not allowed in specs submitted through the API "
                 f"(the operator can allow them: settings `api_specs.allow_tools: [{kind}]`)",
             )
         if kind == "python":
