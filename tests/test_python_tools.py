@@ -73,7 +73,7 @@ def test_load_function_errors() -> None:
         load_function("json:no_such_function")
     # Only functions declared with @tool: never an arbitrary callable.
     for path in ("json:dumps", "os:system", "builtins:eval", "subprocess:Popen"):
-        with pytest.raises(ToolLoadError, match="not a function decorated with @everruns.tool"):
+        with pytest.raises(ToolLoadError, match="not a function decorated with @everruns"):
             load_function(path)
     assert load_function(f"{__name__}:charge") is charge
     with pytest.raises(ToolLoadError, match="not a function decorated"):

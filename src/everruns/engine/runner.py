@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from everruns import journal as j
-from everruns.credentials import CredentialError, plan_key
+from everruns.credentials import CredentialError, models_of, plan_key
 from everruns.engine import crashpoints
 from everruns.engine.backoff import backoff_delay
 from everruns.engine.broker import Broker
@@ -209,7 +209,9 @@ class RunRunner:
                 self.claim.agent_name, self.claim.agent_version
             )
             # The operator's policy again, before any tool module is imported.
-            check_spec(self.spec, self.origin, self.options.settings, await self._bindings())
+            check_spec(
+                self.spec, self.origin, self.options.settings, await self._bindings(self.spec)
+            )
             self.tools = build_tools(
                 self.spec, allow_private_networks=self.options.settings.allow_private_networks
             )
@@ -454,13 +456,25 @@ class RunRunner:
         )
         return None
 
-    async def _bindings(self) -> dict[str, list[str]]:
+    async def _bindings(self, spec: AgentSpec | None = None) -> dict[str, list[str]]:
+        """Stored secrets' URL bindings; skips the query when `spec` names no credential
+        that settings do not bind (most runs)."""
+        settings = self.options.settings
+        if spec is not None and not any(
+            m.credential is not None and m.credential not in settings.credentials
+            for _, m in models_of(spec)
+        ):
+            return {}
         return await self.store.secret_bindings()
 
     async def _stored_key(self, model: ModelSpec) -> str | None:
         """The key this model's call carries, decided by the operator's bindings just
         before the request (see everruns.credentials); `not-needed` when none may go."""
-        bindings = await self._bindings()
+        if model.provider == "scripted":
+            return None
+        settings = self.options.settings
+        stored = model.credential is not None and model.credential not in settings.credentials
+        bindings = await self._bindings() if stored else {}
         try:
             plan = plan_key(model, self.origin, self.options.settings, bindings)
         except CredentialError as exc:
@@ -473,6 +487,8 @@ class RunRunner:
         if plan.source == "env":
             raise _missing(f"environment variable {plan.name} (the key for {model.label})")
         ciphertext = await self.store.get_secret(plan.name)
+        if plan.source == "default":
+            bindings = await self._bindings()
         if plan.source == "default" and (
             ciphertext is None or not _stored_default_allowed(plan, bindings)
         ):
@@ -572,7 +588,7 @@ class RunRunner:
                 spec,
                 origin,
                 self.options.settings,
-                await self._bindings(),
+                await self._bindings(spec),
                 spawned=request.spec is not None,
             )
             build_tools(spec, allow_private_networks=self.options.settings.allow_private_networks)
