@@ -556,7 +556,7 @@ def test_api_specs_get_only_the_tools_the_operator_allows(sqlite_url: str, tmp_p
     env = _env(sqlite_url, tmp_path, allowing)
     server = Server(env, "--lease-ttl", "2", log=tmp_path / "server2.log")
     try:
-        allowed = ([{"builtin": "shell"}], ["ledgertools:idem_record"], denied[4][0])
+        allowed = ([{"builtin": "shell"}], ["ledgertools:idem_record"], [stdio], denied[4][0])
         for tools in allowed:
             r = httpx.post(f"{server.url}/v1/agents", json={"spec": _spec("t", scripted, tools)})
             assert r.status_code == 201, r.text
