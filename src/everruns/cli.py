@@ -97,11 +97,25 @@ async def _call(fn: Callable[[], T]) -> T:
     return fn()
 
 
-def _load_checked(path: Path) -> AgentSpec:
-    """Load a spec and its tools, so a bad spec fails before any run exists."""
+async def _load_checked(path: Path, db: str | None = None) -> AgentSpec:
+    """Load a spec and its tools, so a bad spec fails before any run exists. A local
+    spec may use every tool kind; its credentials must still be bound (settings, or
+    stored secrets in the database when it names one settings does not bind)."""
+    from everruns.credentials import models_of
+    from everruns.policy import check_spec
+    from everruns.settings import load_settings
+
     spec = load_spec(path)
+    settings = load_settings()
+    stored: dict[str, list[str]] = {}
+    if any(
+        m.credential is not None and m.credential not in settings.credentials
+        for _, m in models_of(spec)
+    ):
+        stored = await _with_store(db, lambda s: s.secret_bindings())
     try:
-        build_tools(spec)
+        check_spec(spec, "local", settings, stored)
+        build_tools(spec, allow_private_networks=settings.allow_private_networks)
     except ToolSpecError as exc:
         raise SpecError(str(path), [(exc.field, exc.message)]) from None
     return spec
@@ -130,11 +144,13 @@ def _install_stop_handlers(stop: Callable[[], None]) -> None:
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")]) -> None:
-    """Check an agent spec and its tools without running anything."""
+def validate(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")], db: DbOption = None
+) -> None:
+    """Check an agent spec, its tools and its credentials' bindings without running anything."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         out.print(
             f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)"
         )
@@ -154,7 +170,7 @@ def start(
     """Queue a new run and print its id; a worker executes it."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, None if server else db)
         if server:
             with Client(server, token) as client:
                 run_id = client.runs.start(spec=loaded.to_dict(), input=input).id
@@ -183,7 +199,7 @@ def run(
     """
 
     async def go() -> int:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         store = await Store.open(db)
         try:
             run_id = await store.create_run(loaded, input)
@@ -612,10 +628,20 @@ def server(
     ] = False,
     lease_ttl: LeaseOption = 15.0,
     concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.")] = 16,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="A browser origin (https://app.example) allowed to make state-changing "
+            "requests; repeatable; needs auth.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web UI, with an embedded worker unless --no-worker.
 
     Auth (API tokens, `everruns token create`) is always required on a non-loopback address.
+    With auth off, only requests addressed to 127.0.0.1, localhost or [::1] are served, and
+    cross-site browser requests that change anything are refused (see docs/security.md).
     """
     import ipaddress
 
@@ -627,12 +653,35 @@ def server(
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
+    origins = tuple(cors_origin or ())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
+            err.print(
+                f"[red]error:[/] --cors-origin {escape(origin)!r} is not an origin "
+                "(scheme://host[:port], e.g. https://app.example)"
+            )
+            raise typer.Exit(2)
+    if origins and not (auth or not loopback):
+        err.print(
+            "[red]error:[/] --cors-origin needs --auth (with auth off, only the "
+            "server's own origin may change anything)"
+        )
+        raise typer.Exit(2)
+    from everruns.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except SpecError as exc:
+        err.print(f"[red]error:[/] invalid settings\n{escape(str(exc))}")
+        raise typer.Exit(2) from None
     config = ApiConfig(
         database_url=db,
         auth_required=auth or not loopback,
         embedded_worker=not no_worker,
         lease_ttl=lease_ttl,
         worker_concurrency=concurrency,
+        cors_origins=origins,
+        settings=settings,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -689,6 +738,79 @@ def token_revoke(token_id: Annotated[str, typer.Argument()], db: DbOption = None
     _run_async(lambda: _with_store(db, go))
 
 
+secret_app = typer.Typer(
+    help="Stored secrets (encrypted), each bound to the URLs it may be sent to.",
+    no_args_is_help=True,
+)
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("set")
+def secret_set(
+    name: Annotated[str, typer.Argument(help="The credential name specs use.")],
+    value: Annotated[
+        str | None,
+        typer.Option("--value", help="The secret; default: read from standard input."),
+    ] = None,
+    allow_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-url",
+            help="A URL pattern the secret may be sent to (repeatable), "
+            "e.g. 'https://api.openai.com/*'.",
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Store a secret for `model.credential: NAME`, bound to the --allow-url patterns.
+
+    A spec can use it only at a matching URL; it is encrypted with EVERRUNS_MASTER_KEY.
+    """
+    import re
+
+    from everruns.secretbox import SecretsUnavailable, encrypt
+    from everruns.settings import check_url_pattern
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", name):
+        raise _usage(f"{name!r} is not a secret name (letters, digits, _ . -)")
+    patterns = list(allow_url or [])
+    if not patterns:
+        raise _usage("give at least one --allow-url (a secret bound to no URL is usable nowhere)")
+    try:
+        patterns = [check_url_pattern(p) for p in patterns]
+    except ValueError as exc:
+        raise _usage(f"--allow-url: {exc}") from None
+    secret = value if value is not None else sys.stdin.read().strip()
+    if not secret:
+        raise _usage("the secret is empty (give --value or pipe it on standard input)")
+
+    async def go(store: Store) -> None:
+        try:
+            ciphertext = encrypt(secret)
+        except SecretsUnavailable as exc:
+            raise CliError(str(exc)) from None
+        await store.put_secret(name, ciphertext, patterns)
+        out.print(f"stored secret {name} (may be sent to: {', '.join(patterns)})")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@secret_app.command("ls")
+def secret_ls(db: DbOption = None) -> None:
+    """List stored secrets and their allowed URLs (never their values)."""
+
+    async def go(store: Store) -> None:
+        for name, urls in sorted((await store.secret_bindings()).items()):
+            out.print(f"{name}  {' '.join(urls) or '(bound to no URL: unusable)'}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+def _usage(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(2)
+
+
 schedule_app = typer.Typer(
     help="Scheduled runs (cron or `every <duration>`, UTC).", no_args_is_help=True
 )
@@ -716,7 +838,7 @@ def schedule_add(
     """Store the agent version and schedule it (replaces the agent's schedule)."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         if not loaded.schedule:
             raise SpecError(
                 str(spec),
