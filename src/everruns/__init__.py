@@ -1,6 +1,7 @@
 """everruns: durable execution for long-lived AI agents."""
 
 from everruns.client import AsyncClient, Client
+from everruns.providers.base import ProviderError
 from everruns.spec import AgentSpec, load_spec
 from everruns.tools import Tool, ToolContext, ToolError, tool
 
@@ -8,6 +9,7 @@ __all__ = [
     "AgentSpec",
     "AsyncClient",
     "Client",
+    "ProviderError",
     "Tool",
     "ToolContext",
     "ToolError",

@@ -102,6 +102,10 @@ class State:
     starts: int = 0
     wake_at: float | None = None
     result: str | None = None
+    # The result before a follow-up message reopened the run; it stands when the
+    # follow-up's answer is only a `script_exhausted` notice (scripted provider).
+    prior_result: str | None = None
+    script_exhausted: bool = False
     error: dict[str, Any] | None = None
     last_seq: int = 0
     notes: list[str] = field(default_factory=list)
@@ -192,6 +196,8 @@ def apply(state: State, event: Event) -> State:
         state.inbox.append({"role": "user", "content": data["content"]})
         if state.status in ("completed", "failed"):
             state.status = "queued"
+            if state.result is not None:
+                state.prior_result = state.result
             state.result = None
             state.error = None
             state.fatal_error = None
@@ -206,6 +212,7 @@ def apply(state: State, event: Event) -> State:
         state.messages.append(message)
         _add_usage(state, data.get("usage"))
         state.steps += 1
+        state.script_exhausted = data.get("stop_reason") == "script_exhausted"
         state.overflow_retried = False
         state.attempt = 0
         state.failures = 0
@@ -503,6 +510,8 @@ def decide(
     if last is None:
         return Idle()
     if last["role"] == "assistant":
+        if state.script_exhausted and state.prior_result is not None:
+            return Complete(result=state.prior_result)
         return Complete(result=last.get("content") or "")
     # The model owes an answer (to a user message or tool results).
     if state.fatal_error is not None:
