@@ -60,7 +60,10 @@ def test_broken_tools_fail_and_the_keyed_tool_passes(tmp_path: Path) -> None:
         for boundary in ("mid:tool#1", "before:tool.completed#1"):
             line = f"- {boundary}: tool '{tool}' (declared idempotent), call call_1_1: {duplicated}"
             assert line in out, f"missing: {line}\n{out}"
-    assert "'charge_random_key' (declared idempotent), call call_1_1: ignores the idempotency key" in out
+    assert (
+        "'charge_random_key' (declared idempotent), call call_1_1: ignores the idempotency key"
+        in out
+    )
     # The keyed tool's report: every boundary ok, the repeated call did not charge twice.
     keyed = out.split("crash matrix of agent 'shop-charge-keyed'")[1].split("\n\n")[0]
     assert "VIOLATION" not in keyed and "mid:tool#1" in keyed, keyed

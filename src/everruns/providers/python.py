@@ -134,9 +134,7 @@ def to_llm_response(value: Any, request: ModelRequest, source: str) -> LLMRespon
         message["tool_calls"] = calls
     prompt = request.system + "".join(str(m.get("content") or "") for m in request.messages)
     usage = {
-        "input_tokens": value.input_tokens
-        if value.input_tokens is not None
-        else _estimate(prompt),
+        "input_tokens": value.input_tokens if value.input_tokens is not None else _estimate(prompt),
         "output_tokens": value.output_tokens
         if value.output_tokens is not None
         else _estimate(value.text or str(calls)),

@@ -40,9 +40,7 @@ def _summary(request: LLMRequest) -> LLMResponse:
 
 def _answered_before(request: LLMRequest) -> bool:
     """Whether the run already finished once (a final answer before the last message)."""
-    return any(
-        m["role"] == "assistant" and not m.get("tool_calls") for m in request.messages[:-1]
-    )
+    return any(m["role"] == "assistant" and not m.get("tool_calls") for m in request.messages[:-1])
 
 
 def _exhausted(request: LLMRequest, scripted: int) -> LLMResponse:

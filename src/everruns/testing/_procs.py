@@ -54,7 +54,8 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
     thread.join()
     if "error" in box:
         raise box["error"]
-    return box["value"]  # type: ignore[no-any-return]
+    value: T = box["value"]
+    return value
 
 
 def worker_env(ledger: Path | None, crash_at: str | None = None) -> dict[str, str]:
@@ -74,7 +75,8 @@ async def run_worker(
     url: str, run_id: str, env: dict[str, str], log: Path, lease_ttl: float, timeout: float
 ) -> int:
     """Start `python -m everruns.testing.worker` and wait for it; its exit code."""
-    with open(log, "ab") as out:
+    out = await asyncio.to_thread(open, log, "ab")
+    with out:
         proc = await asyncio.create_subprocess_exec(
             sys.executable,
             "-m",

@@ -33,8 +33,8 @@ from everruns.testing._procs import (
     as_spec,
     run_sync,
     tail,
-    worker_env,
     workdir,
+    worker_env,
 )
 
 BOUNDARY_EVENTS = (
@@ -73,7 +73,9 @@ class CaseResult:
         if not self.reached:
             return "not reached"
         interrupted = [
-            e.data["name"] for e in self.events if e.type == j.TOOL_FAILED and e.data.get("interrupted")
+            e.data["name"]
+            for e in self.events
+            if e.type == j.TOOL_FAILED and e.data.get("interrupted")
         ]
         repeated = _repeated(self.events)
         parts = []
@@ -240,11 +242,11 @@ def _ledger_violations(ledger: list[dict[str, Any]]) -> list[str]:
                     f"tool {tool!r} (declared {declared}), call {call_id}: duplicated effect "
                     f"{effect!r} happened {len(same)} times (attempts {attempts})"
                 )
-        keys = list(dict.fromkeys(e["key"] for e in entries if e["key"] is not None))
-        if len(keys) > 1:
+        used = list(dict.fromkeys(e["key"] for e in entries if e["key"] is not None))
+        if len(used) > 1:
             out.append(
                 f"tool {tool!r} (declared {declared}), call {call_id}: ignores the idempotency "
-                f"key: its effects used {len(keys)} different keys ({', '.join(keys)}), "
+                f"key: its effects used {len(used)} different keys ({', '.join(used)}), "
                 f"not the call's key {entries[0]['idempotency_key']!r}"
             )
     return out
@@ -279,7 +281,9 @@ def check_case(reference: CaseResult, case: CaseResult) -> list[str]:
 def _transcript_difference(want: list[dict[str, Any]], got: list[dict[str, Any]]) -> str:
     for i, (a, b) in enumerate(zip(want, got, strict=False)):
         if a != b:
-            return f"transcript differs from the uncrashed run at message {i + 1}: want {a}, got {b}"
+            return (
+                f"transcript differs from the uncrashed run at message {i + 1}: want {a}, got {b}"
+            )
     return (
         f"transcript has {len(got)} messages, the uncrashed run {len(want)} "
         f"(first extra: {(got + want)[min(len(got), len(want))]})"
@@ -299,7 +303,7 @@ async def _execute(
     lease_ttl: float,
     timeout: float,
 ) -> CaseResult:
-    case_dir.mkdir(parents=True, exist_ok=True)
+    await asyncio.to_thread(case_dir.mkdir, parents=True, exist_ok=True)
     ledger = case_dir / "ledger.jsonl"
     run_id = await store.create_run(spec, input)
     reached = False

@@ -65,8 +65,8 @@ def install_hooks() -> None:
     def mid_call_provider(model: ModelSpec, api_key: str | None = None) -> Provider:
         return _MidCall(get_provider(model, api_key))
 
-    runner.build_tools = counted_tools  # type: ignore[assignment]
-    runner.get_provider = mid_call_provider  # type: ignore[assignment]
+    runner.build_tools = counted_tools
+    runner.get_provider = mid_call_provider
 
 
 async def serve(url: str, run_id: str, lease_ttl: float, poll: float) -> None:
@@ -74,9 +74,7 @@ async def serve(url: str, run_id: str, lease_ttl: float, poll: float) -> None:
     from everruns.store import Store
 
     store = await Store.open(url, migrate=False)
-    worker = Worker(
-        store, concurrency=1, lease_ttl=lease_ttl, poll_interval=poll, only=[run_id]
-    )
+    worker = Worker(store, concurrency=1, lease_ttl=lease_ttl, poll_interval=poll, only=[run_id])
     task = asyncio.create_task(worker.run())
     try:
         while not task.done():

@@ -28,7 +28,9 @@ def bank_charge(card: str, amount: int, key: str | None) -> str:
                 if charge["key"] == key:
                     return charge["receipt"]
         receipt = f"charged {amount} EUR to {card}"
-        fh.write(json.dumps({"card": card, "amount": amount, "key": key, "receipt": receipt}) + "\n")
+        fh.write(
+            json.dumps({"card": card, "amount": amount, "key": key, "receipt": receipt}) + "\n"
+        )
         fh.flush()
         os.fsync(fh.fileno())
     record_effect(f"charge {amount} EUR to {card}", key=key)
