@@ -95,9 +95,7 @@ async def test_tool_calls_and_classified_errors(sqlite_url: str) -> None:
         state = await run_to_end(store, run_id)
         assert state.status == "completed" and state.result == "answered step 1"
         failed = [e for e in await store.load_events(run_id) if e.type == j.LLM_FAILED]
-        assert [(e.data["class"], e.data["retry_after"]) for e in failed] == [
-            ("rate_limited", 0.2)
-        ]
+        assert [(e.data["class"], e.data["retry_after"]) for e in failed] == [("rate_limited", 0.2)]
         assert state.input_tokens == 7 and state.output_tokens == 3
     finally:
         await store.close()
@@ -112,7 +110,9 @@ async def test_tool_calls_and_classified_errors(sqlite_url: str) -> None:
         ("nosuchmodule:respond", "invalid_spec", "cannot import module 'nosuchmodule'"),
     ],
 )
-async def test_failures_are_clear(sqlite_url: str, function: str, reason: str, message: str) -> None:
+async def test_failures_are_clear(
+    sqlite_url: str, function: str, reason: str, message: str
+) -> None:
     store = await Store.open(sqlite_url)
     try:
         run_id = await store.create_run(parse_spec(spec(function)), "hi")

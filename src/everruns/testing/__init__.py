@@ -7,7 +7,9 @@ Importing this package does not import pytest; the fixtures live in
 
 from everruns.providers.base import ProviderError
 from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
+from everruns.testing.diff import diff_runs
 from everruns.testing.effects import record_effect
+from everruns.testing.journalfile import JournalFileError, Recording, export_run, import_run
 from everruns.testing.matrix import (
     CaseResult,
     CrashMatrixError,
@@ -16,17 +18,29 @@ from everruns.testing.matrix import (
     assert_exactly_once,
     crash_matrix,
 )
+from everruns.testing.replay import Divergence, ReplayReport, arecord, areplay, record, replay
 
 __all__ = [
     "CaseResult",
     "CrashMatrixError",
     "CrashReport",
+    "Divergence",
+    "JournalFileError",
     "ModelRequest",
     "ModelResponse",
     "ProviderError",
+    "Recording",
+    "ReplayReport",
     "ToolCall",
     "acrash_matrix",
+    "arecord",
+    "areplay",
     "assert_exactly_once",
     "crash_matrix",
+    "diff_runs",
+    "export_run",
+    "import_run",
+    "record",
     "record_effect",
+    "replay",
 ]

@@ -19,7 +19,7 @@ from typing import Any
 
 import pytest
 
-from everruns.testing import matrix
+from everruns.testing import matrix, replay
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -46,5 +46,32 @@ def crash_matrix(everruns_db: str | None, tmp_path: Path) -> Callable[..., matri
         options.setdefault("db", everruns_db)
         options.setdefault("tmp", tmp_path / "crash-matrix")
         return matrix.crash_matrix(spec, input, **options)
+
+    return run
+
+
+@pytest.fixture
+def record_run(everruns_db: str | None, tmp_path: Path) -> Callable[..., Path]:
+    """`record_run(spec, input, name="run") -> Path`: run the agent, export its journal."""
+
+    def run(spec: Any, input: str | None, name: str = "run", **options: Any) -> Path:
+        options.setdefault("db", everruns_db)
+        options.setdefault("tmp", tmp_path / f"record-{name}")
+        return replay.record(spec, input, tmp_path / f"{name}.jsonl", **options)
+
+    return run
+
+
+@pytest.fixture
+def replay_run(everruns_db: str | None, tmp_path: Path) -> Callable[..., replay.ReplayReport]:
+    """`replay_run(recording, spec=None, live=False, tools=None) -> ReplayReport`."""
+    count = 0
+
+    def run(recording: Any, spec: Any = None, **options: Any) -> replay.ReplayReport:
+        nonlocal count
+        count += 1
+        options.setdefault("db", everruns_db)
+        options.setdefault("tmp", tmp_path / f"replay-{count}")
+        return replay.replay(recording, spec, **options)
 
     return run
