@@ -19,7 +19,8 @@ from typing import Any
 
 import pytest
 
-from everruns.testing import matrix, replay
+from everruns.testing import matrix
+from everruns.testing.replay import ReplayReport, record, replay
 
 
 def pytest_addoption(parser: pytest.Parser) -> None:
@@ -57,21 +58,21 @@ def record_run(everruns_db: str | None, tmp_path: Path) -> Callable[..., Path]:
     def run(spec: Any, input: str | None, name: str = "run", **options: Any) -> Path:
         options.setdefault("db", everruns_db)
         options.setdefault("tmp", tmp_path / f"record-{name}")
-        return replay.record(spec, input, tmp_path / f"{name}.jsonl", **options)
+        return record(spec, input, tmp_path / f"{name}.jsonl", **options)
 
     return run
 
 
 @pytest.fixture
-def replay_run(everruns_db: str | None, tmp_path: Path) -> Callable[..., replay.ReplayReport]:
+def replay_run(everruns_db: str | None, tmp_path: Path) -> Callable[..., ReplayReport]:
     """`replay_run(recording, spec=None, live=False, tools=None) -> ReplayReport`."""
     count = 0
 
-    def run(recording: Any, spec: Any = None, **options: Any) -> replay.ReplayReport:
+    def run(recording: Any, spec: Any = None, **options: Any) -> ReplayReport:
         nonlocal count
         count += 1
         options.setdefault("db", everruns_db)
         options.setdefault("tmp", tmp_path / f"replay-{count}")
-        return replay.replay(recording, spec, **options)
+        return replay(recording, spec, **options)
 
     return run
