@@ -9,6 +9,7 @@ from everruns.providers.base import ProviderError
 from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
 from everruns.testing.diff import diff_runs
 from everruns.testing.effects import record_effect
+from everruns.testing.faults import Retry, RunReport, faults
 from everruns.testing.journalfile import JournalFileError, Recording, export_run, import_run
 from everruns.testing.matrix import (
     CaseResult,
@@ -19,6 +20,7 @@ from everruns.testing.matrix import (
     crash_matrix,
 )
 from everruns.testing.replay import Divergence, ReplayReport, arecord, areplay, record, replay
+from everruns.testing.runs import arun_agent, run_agent
 
 __all__ = [
     "CaseResult",
@@ -31,16 +33,21 @@ __all__ = [
     "ProviderError",
     "Recording",
     "ReplayReport",
+    "Retry",
+    "RunReport",
     "ToolCall",
     "acrash_matrix",
     "arecord",
     "areplay",
+    "arun_agent",
     "assert_exactly_once",
     "crash_matrix",
     "diff_runs",
     "export_run",
+    "faults",
     "import_run",
     "record",
     "record_effect",
     "replay",
+    "run_agent",
 ]

@@ -12,7 +12,6 @@ result of the same call) or executed, per tool (`tools={"search": "execute"}`).
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
 import dataclasses
 import json
@@ -24,7 +23,6 @@ from typing import Any
 
 from everruns import journal as j
 from everruns.engine import runner
-from everruns.engine.worker import Worker
 from everruns.providers import get_provider
 from everruns.providers.base import LLMRequest, ProviderError, ToolSchema
 from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
@@ -33,6 +31,7 @@ from everruns.store import Store
 from everruns.testing import journalfile
 from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
 from everruns.testing.diff import diff_runs
+from everruns.testing.runs import run_to_end
 from everruns.tools.base import Tool, ToolContext, ToolError
 
 SERVE = "everruns.testing.replay:serve"
@@ -330,28 +329,6 @@ def _active(session: _Session) -> Iterator[None]:
 
 
 # ------------------------------------------------------------------ running
-
-
-async def run_to_end(
-    store: Store, run_id: str, lease_ttl: float = 2.0, timeout: float = 120
-) -> None:
-    """Execute one run in this process until it is terminal (or parks on a human)."""
-    worker = Worker(store, concurrency=1, lease_ttl=lease_ttl, poll_interval=0.05, only=[run_id])
-    task = asyncio.create_task(worker.run())
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout
-    try:
-        while loop.time() < deadline and not task.done():
-            row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES or (
-                row.status == "waiting" and row.wake_at is None
-            ):
-                return
-            await asyncio.sleep(0.05)
-        raise TimeoutError(f"run {run_id} did not finish within {timeout:g}s")
-    finally:
-        worker.stop()
-        await task
 
 
 async def areplay(
