@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -19,23 +20,30 @@ import pytest
 
 EXAMPLES = Path(__file__).parent / "examples"
 
-pytestmark = pytest.mark.timeout(600)
+pytestmark = pytest.mark.timeout(1000)
 
 
-def run_pytest(tmp: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """pytest on an example file, outside this project's configuration."""
+def run_pytest(
+    tmp: Path, *args: str, example: str | None = None
+) -> subprocess.CompletedProcess[str]:
+    """pytest in a fresh directory, outside this project's configuration, on a copy of an
+    example test file (the example's tool modules are importable, as in a user's project)."""
     (tmp / "pytest.ini").write_text("[pytest]\n")
+    if example is not None:
+        shutil.copy(EXAMPLES / example, tmp / f"test_{example}")
+        args = (*args, f"test_{example}")
     env = dict(os.environ)
     env["PYTHONPATH"] = os.pathsep.join([str(EXAMPLES), env.get("PYTHONPATH", "")])
     env["SHOP_BANK"] = str(tmp / "bank.jsonl")
     env.pop("EVERRUNS_TESTING_DB", None)
+    command = [sys.executable, "-m", "pytest", "-c", str(tmp / "pytest.ini"), "--rootdir", str(tmp)]
     return subprocess.run(
-        [sys.executable, "-m", "pytest", "-p", "no:cacheprovider", "-rA", *args],
+        [*command, "-p", "no:cacheprovider", "-o", "timeout=900", "-rA", *args],
         cwd=tmp,
         env=env,
         capture_output=True,
         text=True,
-        timeout=580,
+        timeout=1000,
     )
 
 
@@ -47,7 +55,7 @@ def test_plugin_is_registered(tmp_path: Path) -> None:
 
 
 def test_broken_tools_fail_and_the_keyed_tool_passes(tmp_path: Path) -> None:
-    result = run_pytest(tmp_path, str(EXAMPLES / "shop_crash_example.py"))
+    result = run_pytest(tmp_path, example="shop_crash_example.py")
     out = result.stdout
     sys.stdout.write(out)  # the plugin's reports, for the record (-s shows them)
     assert result.returncode == 1, out + result.stderr
@@ -70,3 +78,17 @@ def test_broken_tools_fail_and_the_keyed_tool_passes(tmp_path: Path) -> None:
     assert "ok (repeated charge_keyed (call_1_1))" in keyed, keyed
     bank = (tmp_path / "bank.jsonl").read_text().splitlines()
     assert bank, "the example tools never charged"
+
+
+def test_the_documented_example_passes(tmp_path: Path) -> None:
+    """docs/testing.md's travel agent: the full crash matrix and the replay test pass,
+    and the interrupted payment is reported as "outcome unknown", never repeated."""
+    result = run_pytest(tmp_path, "-s", example="travel_test_example.py")
+    out = result.stdout
+    assert result.returncode == 0, out + result.stderr
+    assert "2 passed" in out, out
+    table = out.split("crash matrix of agent 'travel'")[1].split("\n\n")[0]
+    assert "0 with violations" in table, table
+    assert "mid:tool#2               ok (outcome unknown: pay)" in table, table
+    assert "before:tool.started#2    ok" in table, table
+    assert "first divergence at step 1: the system prompt differs" in out, out
