@@ -109,3 +109,27 @@ def test_bad_file_is_a_clear_error(tmp_path: Path) -> None:
     bad.write_text('{"hello": 1}\n')
     with pytest.raises(journalfile.JournalFileError, match="not an everruns journal export"):
         replay(bad)
+
+
+async def test_import_keeps_a_failed_run_and_its_error(tmp_path: Path, db_url: str) -> None:
+    from everruns.store import Store
+    from everruns.testing.replay import arecord
+
+    failing = {"name": "broken", "model": {"provider": "python", "function": "pricing:broken"}}
+    path = await arecord(failing, "hi", tmp_path / "failed.jsonl", tmp=tmp_path / "rec")
+    recording = journalfile.read(path)
+    assert recording.state.status == "failed"
+    store = await Store.open(db_url)
+    try:
+        run_id = await journalfile.import_run(store, recording)
+        row = await store.get_run(run_id)
+        assert row.status == "failed" and row.agent_name == "broken"
+        assert row.error is not None and row.error["reason"] == "llm_error"
+        assert "pricing:broken raised TypeError" in row.error["message"]
+        assert [e.to_dict() for e in await store.load_events(run_id)][1:] == [
+            e.to_dict() for e in recording.events
+        ][1:]
+        again = journalfile.parse(await journalfile.export_run(store, run_id))
+        assert again.run["id"] == run_id and len(again.events) == len(recording.events)
+    finally:
+        await store.close()

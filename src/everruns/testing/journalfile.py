@@ -153,7 +153,7 @@ async def import_run(store: Store, recording: Recording) -> str:
                 last_seq=len(events),
                 input=state.input,
                 result=state.result,
-                error=json.dumps(state.error) if state.error else None,
+                error=json.dumps(_error(state)) if state.error else None,
                 steps=state.steps,
                 input_tokens=state.input_tokens,
                 output_tokens=state.output_tokens,
@@ -177,6 +177,13 @@ async def import_run(store: Store, recording: Recording) -> str:
                 ],
             )
     return run_id
+
+
+def _error(state: j.State) -> dict[str, Any]:
+    """The runs-table form of a failed or cancelled run's error (as the engine writes it)."""
+    data = state.error or {}
+    reason = data.get("reason") or ("cancelled" if state.status == "cancelled" else "error")
+    return {"reason": reason, "message": data.get("error") or data.get("message")}
 
 
 def _reversioned(event: Event, name: str, version: int) -> dict[str, Any]:
