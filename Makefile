@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak openapi clean browser
+.PHONY: install demo test lint format bench soak openapi clean browser sandbox
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-demo: install
+demo: install sandbox
 	$(PY) examples/demo.py
 
 lint: install
@@ -26,12 +26,16 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 	$(VENV)/bin/ruff format src tests bench examples
 
-test: install lint browser
+test: install lint browser sandbox
 	$(PY) -m pytest -q -ra
 
 # The web UI tests (tests/test_ui.py) drive Debian's chromium through Playwright.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
+
+# The shell tool and stdio MCP servers run inside bubblewrap (docs/security-sandbox.md).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap; }
 
 openapi: install
 	$(PY) -m everruns.api.openapi > docs/openapi.json

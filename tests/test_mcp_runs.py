@@ -187,13 +187,13 @@ def completed(call_id: str) -> Callable[[list[Event]], bool]:
     return check
 
 
-async def run_once(url: str, spec_path: Path, tmp: Path) -> list[Event]:
+async def run_once(url: str, spec_path: Path, tmp: Path, **env: str) -> list[Event]:
     """Create a run of the spec, execute it on one worker process, return its journal."""
     log = tmp / "worker.log"
     store = await Store.open(url)
     try:
         run_id = await store.create_run(load_spec(spec_path), "go")
-        proc = start_worker(env_for(url), *WORKER_ARGS, log=log)
+        proc = start_worker(env_for(url, **env), *WORKER_ARGS, log=log)
         try:
             events = await wait_for(store, run_id, ended, proc, log, "the run to end")
         finally:
@@ -688,7 +688,11 @@ async def test_each_server_gets_its_own_listing(
         {"text": "both"},
     ]
     spec = write_agent(tmp_path / "agent.yaml", responses, tools=tools, name="mcp-labels")
-    events = await run_once(sqlite_url, spec, tmp_path)
+    # The wrapper scripts name node's entry point where the sandbox cannot see it (inside
+    # the script): the operator makes the installed package readable to tools.
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"sandbox_read_only: [{json.dumps(str(everything_js.parents[3]))}]\n")
+    events = await run_once(sqlite_url, spec, tmp_path, EVERRUNS_SETTINGS=str(settings))
     state = journal.fold(events)
     assert state.status == "completed", state.error
     listed = by_type(events, journal.TOOLS_LISTED)

@@ -6,9 +6,9 @@ The master key comes from `EVERRUNS_MASTER_KEY` (a Fernet key:
 
 from __future__ import annotations
 
-import os
-
 from cryptography.fernet import Fernet, InvalidToken
+
+from everruns.engine.hardening import getenv
 
 
 class SecretsUnavailable(Exception):
@@ -16,7 +16,7 @@ class SecretsUnavailable(Exception):
 
 
 def _fernet() -> Fernet:
-    key = os.environ.get("EVERRUNS_MASTER_KEY")
+    key = getenv("EVERRUNS_MASTER_KEY")
     if not key:
         raise SecretsUnavailable("EVERRUNS_MASTER_KEY is not set: cannot store or read secrets")
     try:

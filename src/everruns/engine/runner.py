@@ -11,7 +11,6 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shlex
 import time
 from dataclasses import dataclass, field
@@ -22,6 +21,7 @@ from everruns import journal as j
 from everruns.engine import crashpoints
 from everruns.engine.backoff import backoff_delay
 from everruns.engine.broker import Broker
+from everruns.engine.hardening import getenv
 from everruns.engine.models import (
     acquire_rate_limits,
     breaker_key,
@@ -47,6 +47,7 @@ from everruns.tools.base import (
     WaitRequest,
     render_output,
 )
+from everruns.tools.reaper import reap, registry_for
 from everruns.tools.registry import MCPPool, ToolSpecError, build_tools, mcp_config
 from everruns.tools.workspace import Workspace
 
@@ -211,17 +212,19 @@ class RunRunner:
             await self.fail("invalid_spec", str(exc))
             return
         self.workspace = Workspace(self.store, self.run_id, self.state.files)
-        await self.append(
-            j.RUN_STARTED,
-            {
-                "worker": self.options.worker_id,
-                "epoch": self.epoch,
-                "takeover": self.claim.crashes > 0,
-                "resumed": self.state.starts > 0,
-                "crashes": self.claim.crashes,
-            },
-            status="running",
-        )
+        started: dict[str, Any] = {
+            "worker": self.options.worker_id,
+            "epoch": self.epoch,
+            "takeover": self.claim.crashes > 0,
+            "resumed": self.state.starts > 0,
+            "crashes": self.claim.crashes,
+        }
+        # Tool processes a previous holder of this run left behind die before we touch
+        # its workspace; what was found is journaled (absent when nothing was).
+        reaped = await asyncio.to_thread(reap, registry_for(self.workspace.path))
+        if reaped:
+            started["reaped"] = reaped
+        await self.append(j.RUN_STARTED, started, status="running")
         if await self._load_mcp_tools():
             await self._loop()
 
@@ -452,7 +455,7 @@ class RunRunner:
             "openai": "OPENAI_API_KEY",
             "anthropic": "ANTHROPIC_API_KEY",
         }.get(model.provider)
-        if env is None or os.environ.get(env):
+        if env is None or getenv(env):
             return None
         ciphertext = await self.store.get_secret(env)
         if ciphertext is None:

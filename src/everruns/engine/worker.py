@@ -16,10 +16,14 @@ import socket
 import time
 from collections.abc import Callable
 
+from sqlalchemy.engine import make_url
+
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
 from everruns.settings import Settings, load_settings
 from everruns.store import Claim, Store, new_id
+from everruns.tools import sandbox
+from everruns.tools.workspace import DEFAULT_ROOT
 
 log = logging.getLogger("everruns.worker")
 
@@ -54,6 +58,7 @@ class Worker:
             max_crashes=max_crashes,
             settings=settings if settings is not None else load_settings(),
         )
+        _configure_sandbox(self.options.settings, store.url)
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
@@ -180,3 +185,14 @@ class Worker:
             del run_id
         if pending:
             await asyncio.wait(pending, timeout=5)
+
+
+def _configure_sandbox(settings: Settings, database_url: str) -> None:
+    """The tool sandbox of this process: the operator's mode and extra paths, and what
+    it must hide even inside shared paths (the workspaces, the SQLite file)."""
+    hidden = [os.path.abspath(os.environ.get("EVERRUNS_WORKSPACE_ROOT", DEFAULT_ROOT))]
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = os.path.abspath(url.database)
+        hidden += [db, f"{db}-wal", f"{db}-shm", f"{db}-journal"]
+    sandbox.configure(settings.sandbox, tuple(settings.sandbox_read_only), tuple(hidden))
