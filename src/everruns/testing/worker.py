@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> None:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from everruns.engine.hardening import harden
+
+    harden()  # like `everruns worker`: the user's tools see a production worker's environment
     install_hooks()
     asyncio.run(serve(args.url, args.run_id, args.lease_ttl, args.poll_interval))
 
