@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak openapi clean browser sandbox
+.PHONY: install demo test lint format bench bench-peers soak openapi clean browser sandbox
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -43,6 +43,15 @@ openapi: install
 bench: install
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_providers.py
+
+# The peers (DBOS, LangGraph, Temporal, raw floors) and everruns in one run: bench/README.md.
+PEERS ?= ../shared/peers-bench
+bench-peers: install
+	$(PEERS)/run.sh --setup --with-private-pg --rounds $${ROUNDS:-1} \
+	  --extra 'everruns-sqlite=$(abspath $(PY)) $(abspath bench/peers_row.py) --store sqlite' \
+	  --extra 'everruns-pg=$(abspath $(PY)) $(abspath bench/peers_row.py) --store pg' \
+	  --ratio-to floor-sqlite-wal-full --ratio-to dbos-sqlite-sync --ratio-to langgraph-sqlite-sync \
+	  --md bench/peers-report.md
 
 soak: install
 	EVERRUNS_SOAK_RUNS=40 EVERRUNS_SOAK_KILLS=60 $(PY) -m pytest -q -ra --timeout 3600 tests/test_crash_matrix.py -k random_kills

@@ -9,10 +9,11 @@ from __future__ import annotations
 from cryptography.fernet import Fernet, InvalidToken
 
 from everruns.engine.hardening import getenv
+from everruns.errors import EverrunsError
 
 
-class SecretsUnavailable(Exception):
-    pass
+class SecretsUnavailable(EverrunsError):
+    """No usable master key: secrets cannot be stored or read."""
 
 
 def _fernet() -> Fernet:

@@ -108,6 +108,7 @@ async def test_tool_calls_and_classified_errors(sqlite_url: str) -> None:
         ("pricing:refuses", "llm_error", "bad credentials"),
         ("pricing:nope", "invalid_spec", "model.function 'pricing:nope'"),
         ("nosuchmodule:respond", "invalid_spec", "cannot import module 'nosuchmodule'"),
+        ("pricing:ProviderError", "invalid_spec", "is not a Python function defined in 'pricing'"),
     ],
 )
 async def test_failures_are_clear(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from everruns.errors import EverrunsError
 from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
@@ -14,8 +15,8 @@ from everruns.providers.base import (
 from everruns.spec import ModelSpec
 
 
-class UnknownProvider(ValueError):
-    pass
+class UnknownProvider(EverrunsError, ValueError):
+    """A spec names a provider that does not exist."""
 
 
 _cache: dict[str, Provider] = {}
@@ -55,13 +56,12 @@ def get_provider(model: ModelSpec, api_key: str | None = None) -> Provider:
 
 
 def _python_provider(model: ModelSpec) -> Provider:
-    from everruns.providers.python import PythonProvider
-    from everruns.tools.python import ToolLoadError, load_function
+    from everruns.providers.python import PythonProvider, load_model_function
 
     assert model.function is not None
     try:
-        function = load_function(model.function)
-    except ToolLoadError as exc:
+        function = load_model_function(model.function)
+    except ValueError as exc:
         raise UnknownProvider(f"model.function {model.function!r}: {exc}") from None
     return PythonProvider(function, model.function)
 

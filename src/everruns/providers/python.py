@@ -13,7 +13,10 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import importlib
 import inspect
+import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -145,6 +148,26 @@ def to_llm_response(value: Any, request: ModelRequest, source: str) -> LLMRespon
         stop_reason="tool_use" if calls else "end_turn",
         model="python",
     )
+
+
+def load_model_function(path: str) -> Callable[..., Any]:
+    """Import `package.module:function` (from the working directory or PYTHONPATH).
+
+    Only a Python function defined in that module qualifies, never an arbitrary
+    callable re-exported there (`os:system`, `builtins:eval`)."""
+    module_name, _, attr = path.partition(":")
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise ValueError(f"cannot import module {module_name!r}: {exc}") from None
+    obj = getattr(module, attr, None)
+    if obj is None:
+        raise ValueError(f"module {module_name!r} has no attribute {attr!r}")
+    if not inspect.isfunction(obj) or obj.__module__ != module.__name__:
+        raise ValueError(f"{path!r} is not a Python function defined in {module_name!r}")
+    return obj
 
 
 class PythonProvider:
