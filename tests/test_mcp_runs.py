@@ -47,7 +47,7 @@ from typing import Any
 import pytest
 
 from everruns import journal
-from everruns.cli import _load_checked
+from everruns.cli import load_checked as _load_checked
 from everruns.journal import Event
 from everruns.spec import SpecError, load_spec
 from everruns.store import Store
