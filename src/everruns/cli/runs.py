@@ -170,8 +170,13 @@ def events(
         async with open_backend(db, server, token) as backend:
             await backend.get_run(run_id)  # a clear error for an unknown id
             if follow:
-                async for record in backend.follow(run_id, after):
-                    _show(record, json_out)
+                last = after
+                while True:  # a message after the end started a new turn: follow on
+                    async for record in backend.follow(run_id, last):
+                        _show(record, json_out)
+                        last = record["seq"]
+                    if (await backend.get_run(run_id)).last_seq <= last:
+                        break
             else:
                 for record in await backend.events(run_id, after):
                     _show(record, json_out)
