@@ -11,6 +11,7 @@ from typing import Any
 from everruns import journal as j
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
+from everruns.client import Usage
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
 
@@ -19,6 +20,12 @@ FOLLOW_POLL = 0.2
 
 
 def view(row: RunRow) -> RunView:
+    usage = Usage(
+        input_tokens=row.input_tokens,
+        output_tokens=row.output_tokens,
+        total_tokens=row.input_tokens + row.output_tokens,
+        cost_usd=round(row.cost_usd, 6),
+    )
     return RunView(
         id=row.id,
         agent=row.agent_name,
@@ -26,9 +33,7 @@ def view(row: RunRow) -> RunView:
         parent_id=row.parent_id,
         status=row.status,
         steps=row.steps,
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        cost_usd=row.cost_usd,
+        usage=usage,
         input=row.input,
         result=row.result,
         error=row.error,

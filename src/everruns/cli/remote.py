@@ -12,26 +12,7 @@ from everruns.spec import AgentSpec
 
 
 def view(run: Run) -> RunView:
-    return RunView(
-        id=run.id,
-        agent=run.agent,
-        agent_version=run.agent_version,
-        parent_id=run.parent_id,
-        status=run.status,
-        steps=run.steps,
-        input_tokens=run.usage.input_tokens,
-        output_tokens=run.usage.output_tokens,
-        cost_usd=run.usage.cost_usd,
-        input=run.input,
-        result=run.result,
-        error=run.error,
-        epoch=run.epoch,
-        lease_owner=run.lease_owner,
-        wake_at=run.wake_at,
-        last_seq=run.last_seq,
-        created_at=run.created_at,
-        updated_at=run.updated_at,
-    )
+    return RunView.model_validate(run.model_dump())
 
 
 def record(event: Event) -> dict[str, Any]:

@@ -1,63 +1,25 @@
 """The CLI's own view of a run, the same whichever back end it came from (each back end
-converts its own record into it), and how the commands print it. Its `to_dict` is the
-`--json` shape, which is the HTTP API's run object."""
+converts its own record into it), and how the commands print it."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any
 
+from pydantic import Field
 from rich.table import Table
 
+from everruns.client import Run
 from everruns.render import format_status_time
 
 
-@dataclass(frozen=True)
-class RunView:
-    id: str
-    agent: str
-    agent_version: int
-    parent_id: str | None
-    status: str
-    steps: int
-    input_tokens: int
-    output_tokens: int
-    cost_usd: float
-    input: str | None
-    result: str | None
-    error: dict[str, Any] | None
-    epoch: int
-    lease_owner: str | None
-    wake_at: float | None
-    last_seq: int
-    created_at: float
-    updated_at: float
-    lease_expires_at: float | None = None  # known to the local back end only
+class RunView(Run):
+    """A run as the CLI shows it: the API's run object (its `--json` shape is
+    `to_dict()`), plus what only the database knows."""
+
+    lease_expires_at: float | None = Field(default=None, exclude=True)
 
     def to_dict(self) -> dict[str, Any]:
-        return {
-            "id": self.id,
-            "agent": self.agent,
-            "agent_version": self.agent_version,
-            "parent_id": self.parent_id,
-            "status": self.status,
-            "steps": self.steps,
-            "usage": {
-                "input_tokens": self.input_tokens,
-                "output_tokens": self.output_tokens,
-                "total_tokens": self.input_tokens + self.output_tokens,
-                "cost_usd": round(self.cost_usd, 6),
-            },
-            "input": self.input,
-            "result": self.result,
-            "error": self.error,
-            "epoch": self.epoch,
-            "lease_owner": self.lease_owner,
-            "wake_at": self.wake_at,
-            "last_seq": self.last_seq,
-            "created_at": self.created_at,
-            "updated_at": self.updated_at,
-        }
+        return self.model_dump()
 
 
 def event_record(
@@ -77,7 +39,8 @@ def status_table(run: RunView) -> Table:
     table.add_row("steps", str(run.steps))
     table.add_row(
         "usage",
-        f"{run.input_tokens} in + {run.output_tokens} out tokens, ${run.cost_usd:.4f}",
+        f"{run.usage.input_tokens} in + {run.usage.output_tokens} out tokens, "
+        f"${run.usage.cost_usd:.4f}",
     )
     table.add_row("created", format_status_time(run.created_at))
     if run.result is not None:
@@ -95,8 +58,8 @@ def runs_table(runs: list[RunView]) -> Table:
             r.agent,
             r.status,
             str(r.steps),
-            str(r.input_tokens + r.output_tokens),
-            f"${r.cost_usd:.4f}",
+            str(r.usage.total_tokens),
+            f"${r.usage.cost_usd:.4f}",
             format_status_time(r.created_at),
         )
     return table
