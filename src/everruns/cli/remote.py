@@ -6,6 +6,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
+from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
 from everruns.client import AsyncClient, Event, Run
 from everruns.spec import AgentSpec
@@ -59,5 +60,6 @@ class RemoteBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         seq = (await self.client.runs.message(run_id, text)).seq
-        assert seq is not None, "a journaled message has a seq"
+        if seq is None:
+            raise CliError(f"the server did not journal the message to {run_id}")
         return seq
