@@ -129,9 +129,8 @@ async def test_approve_deny_and_fork(server: Server, tmp_path: Path) -> None:
         assert failed == ["denied by a human: not this one"]
         assert [e["key"] for e in read_ledger(tmp_path / "ledger")] == ["a"]
 
-        # fork after the first tool result: the fork keeps the prefix and runs on.
-        k = next(e.seq for e in source if e.type == "tool.completed")
-        assert k is not None
+        # fork after both calls are resolved: the fork keeps the prefix and runs on.
+        k = max(e.seq or 0 for e in source if e.type in ("tool.completed", "tool.failed"))
         fork = await client.runs.fork(run.id, k)
         assert fork.id != run.id and fork.agent_version == 1
         forked_done = await client.runs.wait(fork.id, timeout=30)
