@@ -8,15 +8,13 @@ import json
 import re
 import subprocess
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import psycopg
 import pytest
 
-from conftest import PG_ADMIN_URL
+from conftest import new_pg_database
 from helpers import Server, cli, env_for, start_worker, stop, write_agent
 
 pytestmark = pytest.mark.timeout(480)  # ~40 CLI processes on a 2-core machine
@@ -34,14 +32,8 @@ def server_db_url(db_url: str, tmp_path: Path) -> Iterator[str]:
     if not db_url.startswith("postgresql"):
         yield f"sqlite:///{tmp_path / 'server.db'}"
         return
-    name = f"everruns_t_{uuid.uuid4().hex[:12]}"
-    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-        conn.execute(f'CREATE DATABASE "{name}"')
-    try:
-        yield f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{name}"
-    finally:
-        with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
-            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    with new_pg_database() as url:
+        yield url
 
 
 def _normalise_json(value: Any, workers: set[str]) -> Any:
