@@ -10,6 +10,9 @@ rate_limits:              # fleet-wide, enforced through the database
     tpm: 200000
 prices:                   # US dollars per million tokens, overriding the built-in table
   "openai:gpt-4.1": {input: 2.0, output: 8.0}
+sandbox: bwrap            # or `none`: shell and stdio MCP servers run unconfined
+sandbox_read_only:        # more paths tools may read (e.g. a runtime installed in /srv)
+  - /srv/node
 ```
 """
 
@@ -17,6 +20,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
@@ -46,6 +50,10 @@ class Settings(BaseModel):
     prices: dict[str, Pricing] = Field(default_factory=dict)
     # web_fetch/http may reach private, loopback and link-local addresses (SSRF guard off).
     allow_private_networks: bool = False
+    # The tool sandbox (everruns.tools.sandbox) for `shell` and stdio MCP servers:
+    # `bwrap` (the default; tools refuse to start where it cannot run) or `none`.
+    sandbox: Literal["bwrap", "none"] = "bwrap"
+    sandbox_read_only: list[str] = Field(default_factory=list)
 
     def rate_limits_for(self, model: ModelSpec) -> list[RateLimit]:
         return [r for r in self.rate_limits if r.applies_to(model)]

@@ -17,7 +17,6 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns import journal as j
 from everruns.api import problems
 from everruns.api.feed import EventFeed
 from everruns.api.models import (
@@ -34,6 +33,9 @@ from everruns.api.models import (
     SecretPut,
 )
 from everruns.api.problems import Problem
+from everruns.api.wire import run_to_api
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.engine.broker import Broker
 from everruns.engine.worker import Worker
 from everruns.secretbox import SecretsUnavailable, encrypt
@@ -113,7 +115,7 @@ StoreDep = Annotated[Store, Depends(store_of)]
 
 
 def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(row.to_dict())
+    return RunOut.model_validate(run_to_api(row))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
@@ -373,7 +375,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/messages", tags=["runs"], status_code=201, dependencies=auth)
     async def send_message(run_id: str, body: MessageCreate, store: StoreDep) -> EventOut:
-        event = await store.signal(run_id, j.MESSAGE_USER, {"content": body.content})
+        event = await store.signal(run_id, EventType.MESSAGE_USER, {"content": body.content})
         _wake(app)
         return EventOut(run_id=run_id, **event.to_dict())
 
@@ -382,7 +384,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         run_id: str, call_id: str, body: Decision, store: StoreDep
     ) -> EventOut:
         await store.get_run(run_id)
-        state = j.fold(await store.load_events(run_id))
+        state = fold(await store.load_events(run_id))
         pending = [c.id for c in state.calls if c.approval == "requested"]
         if call_id not in pending:
             raise Problem(
@@ -394,10 +396,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         if body.approve:
             granted = {"call_id": call_id, **({"reason": body.reason} if body.reason else {})}
-            event = await store.signal(run_id, j.APPROVAL_GRANTED, granted)
+            event = await store.signal(run_id, EventType.APPROVAL_GRANTED, granted)
         else:
             event = await store.signal(
-                run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}
+                run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}
             )
         _wake(app)
         return EventOut(run_id=run_id, **event.to_dict())
@@ -412,7 +414,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def pending_approvals(store: StoreDep) -> list[dict[str, Any]]:
         out = []
         for row in await store.list_runs(status="waiting", limit=500):
-            state = j.fold(await store.load_events(row.id))
+            state = fold(await store.load_events(row.id))
             for call in state.calls:
                 if call.approval == "requested":
                     out.append(
@@ -501,10 +503,10 @@ async def _follow(
             for event in await store.load_events(run_id, after=last):
                 yield _sse({"run_id": run_id, **event.to_dict()})
                 last = event.seq
-                if event.type in j.TERMINAL_EVENTS:
+                if event.type in TERMINAL_EVENTS:
                     return
             row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+            if row.status in TERMINAL_STATUSES and row.last_seq <= last:
                 return
             # Sleep until a durable event is signalled, forwarding live deltas meanwhile.
             deadline = feed.wait_cap

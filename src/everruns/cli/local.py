@@ -8,10 +8,11 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
-from everruns import journal as j
+from everruns.api.wire import run_to_api
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
-from everruns.client import Usage
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
 
@@ -20,31 +21,7 @@ FOLLOW_POLL = 0.2
 
 
 def view(row: RunRow) -> RunView:
-    usage = Usage(
-        input_tokens=row.input_tokens,
-        output_tokens=row.output_tokens,
-        total_tokens=row.input_tokens + row.output_tokens,
-        cost_usd=round(row.cost_usd, 6),
-    )
-    return RunView(
-        id=row.id,
-        agent=row.agent_name,
-        agent_version=row.agent_version,
-        parent_id=row.parent_id,
-        status=row.status,
-        steps=row.steps,
-        usage=usage,
-        input=row.input,
-        result=row.result,
-        error=row.error,
-        epoch=row.epoch,
-        lease_owner=row.lease_owner,
-        wake_at=row.wake_at,
-        last_seq=row.last_seq,
-        created_at=row.created_at,
-        updated_at=row.updated_at,
-        lease_expires_at=row.lease_expires_at,
-    )
+    return RunView.model_validate({**run_to_api(row), "lease_expires_at": row.lease_expires_at})
 
 
 class LocalBackend:
@@ -85,11 +62,11 @@ class LocalBackend:
             for record in batch:
                 yield record
                 last = record["seq"]
-                if record["type"] in j.TERMINAL_EVENTS:
+                if record["type"] in TERMINAL_EVENTS:
                     return
             if not batch:
                 row = await self.store.get_run(run_id)
-                if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+                if row.status in TERMINAL_STATUSES and row.last_seq <= last:
                     return
                 await asyncio.sleep(FOLLOW_POLL)
 
@@ -98,7 +75,7 @@ class LocalBackend:
 
     async def _pending(self, run_id: str, call_id: str) -> None:
         await self.store.get_run(run_id)
-        state = j.fold(await self.store.load_events(run_id))
+        state = fold(await self.store.load_events(run_id))
         pending = [c.id for c in state.calls if c.approval == "requested"]
         if call_id not in pending:
             known = ", ".join(pending) or "none"
@@ -108,21 +85,23 @@ class LocalBackend:
 
     async def approve(self, run_id: str, call_id: str) -> None:
         await self._pending(run_id, call_id)
-        await self.store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+        await self.store.signal(run_id, EventType.APPROVAL_GRANTED, {"call_id": call_id})
 
     async def deny(self, run_id: str, call_id: str, reason: str) -> None:
         await self._pending(run_id, call_id)
-        await self.store.signal(run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": reason})
+        await self.store.signal(
+            run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": reason}
+        )
 
     async def message(self, run_id: str, text: str) -> int:
-        return (await self.store.signal(run_id, j.MESSAGE_USER, {"content": text})).seq
+        return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
 
     # Local only: the journaled workspace lives in the database's blobs.
 
     async def workspace_files(self, run_id: str) -> dict[str, str]:
         """path -> sha256 of each file in the run's workspace, as journaled."""
         await self.store.get_run(run_id)
-        return dict(j.fold(await self.store.load_events(run_id)).files)
+        return dict(fold(await self.store.load_events(run_id)).files)
 
     async def export_workspace(self, run_id: str, target: Path) -> int:
         from everruns.tools.workspace import export_files

@@ -13,7 +13,6 @@ from typing import Annotated, Any
 
 import typer
 
-from everruns import journal as j
 from everruns.cli.backend import open_backend
 from everruns.cli.common import (
     DbOption,
@@ -33,6 +32,7 @@ from everruns.cli.common import (
 )
 from everruns.cli.local import LocalBackend
 from everruns.cli.views import runs_table, status_table
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
 from everruns.engine.worker import Worker
 from everruns.render import format_event
 from everruns.store import Store
@@ -120,7 +120,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                 out.print()
                 streaming = False
             _show(event, json_out)
-            if event["type"] in j.TERMINAL_EVENTS:
+            if event["type"] in TERMINAL_EVENTS:
                 status = event["type"].split(".")[1]
                 break
     finally:
@@ -228,7 +228,7 @@ def cancel(
             while outcome == "requested" and time.monotonic() < deadline:
                 await asyncio.sleep(CANCEL_POLL)
                 current = await backend.get_run(run_id)
-                if current.status in j.TERMINAL_STATUSES:
+                if current.status in TERMINAL_STATUSES:
                     outcome = current.status
                 elif current.lease_owner is None or (
                     current.lease_expires_at is not None and current.lease_expires_at < time.time()

@@ -27,6 +27,9 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Execute queued runs until stopped (SIGTERM/SIGINT release the leases)."""
+    from everruns.engine.hardening import harden
+
+    harden()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -100,4 +103,7 @@ def server(
         f"everruns server on http://{host}:{port}/ (auth {'required' if config.auth_required else 'off'}, "
         f"{'no embedded worker' if no_worker else 'embedded worker'})"
     )
+    from everruns.engine.hardening import harden
+
+    harden()  # the embedded worker's keys, and the master key, leave os.environ
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")

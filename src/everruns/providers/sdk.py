@@ -5,13 +5,13 @@ translation of any SDK failure into a classified ProviderError."""
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import httpx2
 
+from everruns.engine.hardening import getenv
 from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, ProviderError
 from everruns.providers.errors import classify_status
 from everruns.spec import ModelSpec
@@ -26,7 +26,7 @@ def api_key(model: ModelSpec, default_env: str | None, given: str | None = None)
     env = model.api_key_env or default_env
     if env is None:
         return "not-needed"  # a local OpenAI-compatible server without auth
-    key = os.environ.get(env)
+    key = getenv(env)
     if not key:
         raise ProviderError(
             f"environment variable {env} (the API key for {model.label}) is not set",

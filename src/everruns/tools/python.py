@@ -18,6 +18,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from everruns.errors import EverrunsError
 from everruns.spec import EFFECTS
 from everruns.tools.base import Tool, ToolContext, ToolError
 
@@ -25,8 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ATTR = "__everruns_tool__"
 
 
-class ToolLoadError(Exception):
-    pass
+class ToolLoadError(EverrunsError):
+    """A `python:` tool reference that cannot be imported."""
 
 
 def tool(
