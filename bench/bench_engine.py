@@ -272,7 +272,7 @@ async def bulk_create(store: Store, spec: AgentSpec, n: int) -> None:
     for start in range(0, n, 500):
         async with store.engine.begin() as conn:
             for _ in range(min(500, n - start)):
-                await store._insert_run(conn, spec.name, version, "go", {})
+                await store.runs.insert_run(conn, spec.name, version, "go", {})
 
 
 async def throughput(url: str, n_workers: int, log_dir: Path) -> dict[str, Any]:

@@ -622,7 +622,7 @@ def test_bad_mcp_config_is_rejected_before_the_run(sqlite_url: str, tmp_path: Pa
     for expected, entry in cases.items():
         path = write_agent(tmp_path / "bad.yaml", [{"text": "x"}], tools=[entry], name="bad")
         with pytest.raises(SpecError) as info:
-            _load_checked(path)
+            asyncio.run(_load_checked(path))
         assert expected in str(info.value), (entry, str(info.value))
 
 

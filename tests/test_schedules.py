@@ -383,7 +383,8 @@ def test_cli_schedule_commands(sqlite_url: str, tmp_path: Path) -> None:
 def test_http_schedule_and_notes_routes(sqlite_url: str) -> None:
     app = create_app(ApiConfig(database_url=sqlite_url, embedded_worker=False))
     spec = _spec("api-agent", "every 1h", schedule_input="hello").to_dict()
-    with TestClient(app) as client:
+    # With auth off the app serves loopback names only (see docs/security.md).
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         created = client.post("/v1/schedules", json={"spec": spec})
         assert created.status_code == 201, created.text
         body = created.json()

@@ -87,7 +87,14 @@ class ModelSpec(_Strict):
     provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
     base_url: str | None = None
-    api_key_env: str | None = None
+    credential: str | None = Field(
+        default=None,
+        description="the name of a credential the operator bound to URLs (settings or "
+        "`everruns secret set`)",
+    )
+    api_key_env: str | None = Field(
+        default=None, description="only in specs loaded from local files by the CLI"
+    )
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
@@ -113,6 +120,8 @@ class ModelSpec(_Strict):
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
         if self.provider == "openai-compatible" and not self.base_url:
             raise ValueError("provider 'openai-compatible' needs a `base_url`")
+        if self.credential is not None and self.api_key_env is not None:
+            raise ValueError("give either `credential` or `api_key_env`, not both")
         return self
 
     @property

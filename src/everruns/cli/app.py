@@ -56,6 +56,7 @@ app.command()(runs.message)
 app.command()(runs.workspace)
 app.command()(serve.server)
 app.add_typer(access.token_app, name="token")
+app.add_typer(access.secret_app, name="secret")
 app.add_typer(schedules.schedule_app, name="schedule")
 
 

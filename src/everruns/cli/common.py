@@ -81,14 +81,39 @@ def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
         raise typer.Exit(1) from None
 
 
-def load_checked(path: Path) -> AgentSpec:
-    """Load a spec and its tools, so a bad spec fails before any run exists."""
+async def load_checked(path: Path, db: str | None = None) -> AgentSpec:
+    """Load a spec and its tools, so a bad spec fails before any run exists. A local
+    spec may use every tool kind; its credentials must still be bound (settings, or
+    stored secrets in the database when it names one settings does not bind)."""
+    from everruns.credentials import models_of
+    from everruns.policy import check_spec
+    from everruns.settings import load_settings
+    from everruns.store import Store
+
     spec = load_spec(path)
+    settings = load_settings()
+    stored: dict[str, list[str]] = {}
+    if any(
+        m.credential is not None and m.credential not in settings.credentials
+        for _, m in models_of(spec)
+    ):
+        store = await Store.open(db)
+        try:
+            stored = await store.secret_bindings()
+        finally:
+            await store.close()
     try:
-        build_tools(spec)
+        check_spec(spec, "local", settings, stored)
+        build_tools(spec, allow_private_networks=settings.allow_private_networks)
     except ToolSpecError as exc:
         raise SpecError(str(path), [(exc.field, exc.message)]) from None
     return spec
+
+
+def usage_error(message: str) -> typer.Exit:
+    """A bad command line: the message, exit code 2."""
+    err.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(2)
 
 
 def print_json(value: Any) -> None:

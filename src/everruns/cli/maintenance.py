@@ -10,11 +10,11 @@ from everruns.cli.local import LocalBackend
 db_app = typer.Typer(help="Database maintenance.", no_args_is_help=True)
 
 
-def validate(spec: SpecArgument) -> None:
-    """Check an agent spec and its tools without running anything."""
+def validate(spec: SpecArgument, db: DbOption = None) -> None:
+    """Check an agent spec, its tools and its credentials' bindings without running anything."""
 
     async def go() -> None:
-        loaded = load_checked(spec)
+        loaded = await load_checked(spec, db)
         out.print(
             f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)"
         )

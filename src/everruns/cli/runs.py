@@ -53,7 +53,7 @@ def start(
     """Queue a new run and print its id; a worker executes it."""
 
     async def go() -> None:
-        loaded = load_checked(spec)
+        loaded = await load_checked(spec, None if server else db)
         async with open_backend(db, server, token) as backend:
             run_id = await backend.start_run(loaded, input)
         if json_out:
@@ -78,7 +78,7 @@ def run(
     """
 
     async def go() -> int:
-        loaded = load_checked(spec)
+        loaded = await load_checked(spec, db)
         async with LocalBackend.open(db) as local:
             run_id = await local.start_run(loaded, input)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)

@@ -48,7 +48,7 @@ def schedule_add(
     """Store the agent version and schedule it (replaces the agent's schedule)."""
 
     async def go() -> None:
-        loaded = load_checked(spec)
+        loaded = await load_checked(spec, db)
         if not loaded.schedule:
             raise SpecError(
                 str(spec),

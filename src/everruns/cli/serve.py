@@ -7,9 +7,18 @@ import sys
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 
-from everruns.cli.common import DbOption, LeaseOption, err, install_stop_handlers, run_async
+from everruns.cli.common import (
+    DbOption,
+    LeaseOption,
+    err,
+    install_stop_handlers,
+    run_async,
+    usage_error,
+)
 from everruns.engine.worker import Worker
+from everruns.spec import SpecError
 from everruns.store import Store
 
 
@@ -74,10 +83,20 @@ def server(
     ] = False,
     lease_ttl: LeaseOption = 15.0,
     concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.")] = 16,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="A browser origin (https://app.example) allowed to make state-changing "
+            "requests; repeatable; needs auth.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web UI, with an embedded worker unless --no-worker.
 
     Auth (API tokens, `everruns token create`) is always required on a non-loopback address.
+    With auth off, only requests addressed to 127.0.0.1, localhost or [::1] are served, and
+    cross-site browser requests that change anything are refused (see docs/security.md).
     """
     import ipaddress
 
@@ -89,12 +108,33 @@ def server(
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
+    origins = tuple(cors_origin or ())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
+            raise usage_error(
+                f"--cors-origin {origin!r} is not an origin "
+                "(scheme://host[:port], e.g. https://app.example)"
+            )
+    if origins and not (auth or not loopback):
+        raise usage_error(
+            "--cors-origin needs --auth (with auth off, only the "
+            "server's own origin may change anything)"
+        )
+    from everruns.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except SpecError as exc:
+        err.print(f"[red]error:[/] invalid settings\n{escape(str(exc))}")
+        raise typer.Exit(2) from None
     config = ApiConfig(
         database_url=db,
         auth_required=auth or not loopback,
         embedded_worker=not no_worker,
         lease_ttl=lease_ttl,
         worker_concurrency=concurrency,
+        cors_origins=origins,
+        settings=settings,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"

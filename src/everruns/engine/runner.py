@@ -23,6 +23,7 @@ from everruns.core.context import context_tokens, model_view
 from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
 from everruns.core.state import State, apply, fold
+from everruns.credentials import CredentialError, models_of, plan_key
 from everruns.engine import crashpoints
 from everruns.engine.broker import Broker
 from everruns.engine.hardening import getenv
@@ -32,6 +33,7 @@ from everruns.engine.models import (
     candidates,
     choose_model,
 )
+from everruns.policy import check_spec
 from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
@@ -93,6 +95,7 @@ class RunRunner:
         self._lock = asyncio.Lock()
         self._carry: list[tuple[str, dict[str, Any]]] = []  # folded, committed with the next
         self.spec: AgentSpec | None = None
+        self.origin = "api"  # where the spec came from (the agent version says)
         self.tools: dict[str, Tool] = {}
         self.workspace: Workspace | None = None
         self.on_started: Callable[[], None] | None = None  # start-up reads are done
@@ -218,6 +221,13 @@ class RunRunner:
             )
             return
         try:
+            self.origin = await self.store.get_agent_origin(
+                self.claim.agent_name, self.claim.agent_version
+            )
+            # The operator's policy again, before any tool module is imported.
+            check_spec(
+                self.spec, self.origin, self.options.settings, await self._bindings(self.spec)
+            )
             self.tools = build_tools(
                 self.spec, allow_private_networks=self.options.settings.allow_private_networks
             )
@@ -451,17 +461,47 @@ class RunRunner:
         )
         return None
 
+    async def _bindings(self, spec: AgentSpec | None = None) -> dict[str, list[str]]:
+        """Stored secrets' URL bindings; skips the query when `spec` names no credential
+        that settings do not bind (most runs)."""
+        settings = self.options.settings
+        if spec is not None and not any(
+            m.credential is not None and m.credential not in settings.credentials
+            for _, m in models_of(spec)
+        ):
+            return {}
+        return await self.store.secret_bindings()
+
     async def _stored_key(self, model: ModelSpec) -> str | None:
-        """A key stored through the API (encrypted) when its variable is not set here."""
-        env = model.api_key_env or {
-            "openai": "OPENAI_API_KEY",
-            "anthropic": "ANTHROPIC_API_KEY",
-        }.get(model.provider)
-        if env is None or getenv(env):
+        """The key this model's call carries, decided by the operator's bindings just
+        before the request (see everruns.credentials); `not-needed` when none may go."""
+        if model.provider == "scripted":
             return None
-        ciphertext = await self.store.get_secret(env)
+        settings = self.options.settings
+        stored = model.credential is not None and model.credential not in settings.credentials
+        bindings = await self._bindings() if stored else {}
+        try:
+            plan = plan_key(model, self.origin, self.options.settings, bindings)
+        except CredentialError as exc:
+            raise ProviderError(str(exc), error_class="auth", retryable=False) from None
+        if plan.source == "none":
+            return "not-needed"
+        assert plan.name is not None
+        if plan.source in ("env", "default"):
+            value = getenv(plan.name)  # the worker holds keys outside os.environ (hardening)
+            if value:
+                return value
+        if plan.source == "env":
+            raise _missing(f"environment variable {plan.name} (the key for {model.label})")
+        ciphertext = await self.store.get_secret(plan.name)
+        if plan.source == "default":
+            bindings = await self._bindings()
+        if plan.source == "default" and (
+            ciphertext is None or not _stored_default_allowed(plan, bindings)
+        ):
+            raise _missing(f"environment variable {plan.name} (the API key for {model.label})")
         if ciphertext is None:
-            return None
+            raise _missing(f"stored secret {plan.name!r}")
         try:
             return decrypt(ciphertext)
         except SecretsUnavailable as exc:
@@ -537,17 +577,28 @@ class RunRunner:
         if child_id not in known and len(known) >= max_children:
             raise ToolError(f"sub-agent fan-out limit reached (max_children={max_children})")
         self._spawning.add(child_id)
+        origin = self.origin  # a child never has more trust than its parent
         if request.spec is not None:
             spec = parse_spec(request.spec, "spawn_agent.spec")
         elif request.agent is not None:
             try:
                 spec = await self.store.get_agent(request.agent)
+                if await self.store.get_agent_origin(request.agent) == "api":
+                    origin = "api"
             except StoreError as exc:
                 raise ToolError(str(exc)) from None
         else:
             spec = self.spec
         try:
-            build_tools(spec)
+            # A spec the model wrote may only name credentials the operator bound.
+            check_spec(
+                spec,
+                origin,
+                self.options.settings,
+                await self._bindings(spec),
+                spawned=request.spec is not None,
+            )
+            build_tools(spec, allow_private_networks=self.options.settings.allow_private_networks)
         except ToolSpecError as exc:
             raise ToolError(f"the sub-agent's spec is invalid: {exc}") from None
         return await self.store.create_run(
@@ -556,6 +607,7 @@ class RunRunner:
             parent_id=self.run_id,
             run_id=child_id,
             created_data={"depth": self.state.depth + 1},
+            origin=origin,
         )
 
     async def compact(self, atom: Compact) -> None:
@@ -800,3 +852,15 @@ def _iso(ts: float | None) -> str:
     if ts is None:
         return "now"
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+def _stored_default_allowed(plan: Any, bindings: dict[str, list[str]]) -> bool:
+    """A stored secret named like the provider's default variable stands in for it only
+    at a URL its own binding allows."""
+    from everruns.credentials import url_allowed
+
+    return plan.url is not None and url_allowed(plan.url, bindings.get(plan.name, []))
+
+
+def _missing(what: str) -> ProviderError:
+    return ProviderError(f"{what} is not set", error_class="auth", retryable=False)

@@ -2,7 +2,7 @@
 
 PostgreSQL: one LISTEN connection per worker on `everruns_wake` (a run became claimable) and
 `everruns_control` (`lease_owner:run_id`: a cancel or pause was requested for a leased run),
-sent by a trigger on `runs` (migration 0007), so every writer — API, CLI, another worker —
+sent by a trigger on `runs` (migration 0008), so every writer — API, CLI, another worker —
 reaches idle workers and run holders at once. SQLite has no cross-process notification: the
 worker polls for work and for control requests on short intervals instead (cheap reads).
 """

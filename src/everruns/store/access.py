@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 import secrets as secrets_module
 import time
 from typing import Any
@@ -10,7 +11,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from everruns.store.backend import Backend
-from everruns.store.records import new_id
+from everruns.store.records import dumps, new_id
 from everruns.store.schema import api_tokens, secrets
 
 
@@ -67,12 +68,26 @@ class Access:
             )
         return result.rowcount == 1
 
-    async def put_secret(self, name: str, ciphertext: str) -> None:
+    async def put_secret(
+        self, name: str, ciphertext: str, allow_urls: list[str] | None = None
+    ) -> None:
+        """Store (replace) a secret and the URL patterns it may be sent to."""
         async with self.db.engine.begin() as conn:
             await conn.execute(sa.delete(secrets).where(secrets.c.name == name))
             await conn.execute(
-                secrets.insert().values(name=name, ciphertext=ciphertext, updated_at=time.time())
+                secrets.insert().values(
+                    name=name,
+                    ciphertext=ciphertext,
+                    updated_at=time.time(),
+                    allow_urls=dumps(list(allow_urls or [])),
+                )
             )
+
+    async def secret_bindings(self) -> dict[str, list[str]]:
+        """Every stored secret's name and the URL patterns it may be sent to."""
+        async with self.db.reads.connect() as conn:
+            rows = (await conn.execute(sa.select(secrets.c.name, secrets.c.allow_urls))).all()
+        return {r.name: [str(u) for u in json.loads(r.allow_urls or "[]")] for r in rows}
 
     async def get_secret(self, name: str) -> str | None:
         async with self.db.reads.connect() as conn:

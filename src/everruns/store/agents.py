@@ -20,21 +20,25 @@ class Agents:
     def __init__(self, db: Backend):
         self.db = db
         self._cache: dict[tuple[str, int], AgentSpec] = {}
+        self._origins: dict[tuple[str, int], str] = {}
 
-    async def save_agent(self, spec: AgentSpec) -> int:
-        """Store the spec as an immutable version; reuse the newest if identical."""
+    async def save_agent(self, spec: AgentSpec, *, origin: str = "local") -> int:
+        """Store the spec as an immutable version; reuse the newest if identical (and
+        of the same origin: "local" for the CLI and in-process callers, "api" for HTTP)."""
+        if origin not in ("local", "api"):
+            raise ValueError(f"origin must be 'local' or 'api', not {origin!r}")
         text = dumps(spec.to_dict())
         digest = hashlib.sha256(text.encode()).hexdigest()
         for _ in range(50):
             try:
-                version = await self._save_agent_once(spec.name, text, digest)
+                version = await self._save_agent_once(spec.name, text, digest, origin)
                 break
             except sa.exc.IntegrityError:
                 # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
                 # version first: look at the newest version again.
                 continue
         else:
-            version = await self._save_agent_once(spec.name, text, digest)
+            version = await self._save_agent_once(spec.name, text, digest, origin)
         self._remember(spec.name, version, spec)
         return version
 
@@ -43,17 +47,17 @@ class Agents:
             self._cache.pop(next(iter(self._cache)))
         self._cache[(name, version)] = spec
 
-    async def _save_agent_once(self, name: str, text: str, digest: str) -> int:
+    async def _save_agent_once(self, name: str, text: str, digest: str, origin: str) -> int:
         async with self.db.engine.begin() as conn:
             latest = (
                 await conn.execute(
-                    sa.select(agents.c.version, agents.c.digest)
+                    sa.select(agents.c.version, agents.c.digest, agents.c.origin)
                     .where(agents.c.name == name)
                     .order_by(agents.c.version.desc())
                     .limit(1)
                 )
             ).first()
-            if latest is not None and latest.digest == digest:
+            if latest is not None and latest.digest == digest and latest.origin == origin:
                 return int(latest.version)
             version = 1 if latest is None else int(latest.version) + 1
             await conn.execute(
@@ -63,9 +67,33 @@ class Agents:
                     spec=text,
                     digest=digest,
                     created_at=time.time(),
+                    origin=origin,
                 )
             )
             return version
+
+    async def get_agent_origin(self, name: str, version: int | None = None) -> str:
+        """Where an agent version's spec came from: "local" or "api" (immutable per version,
+        so a known one is cached)."""
+        if version is not None and (name, version) in self._origins:
+            return self._origins[(name, version)]
+        origin = await self._load_origin(name, version)
+        if version is not None:
+            if len(self._origins) >= 256:
+                self._origins.pop(next(iter(self._origins)))
+            self._origins[(name, version)] = origin
+        return origin
+
+    async def _load_origin(self, name: str, version: int | None) -> str:
+        query = sa.select(agents.c.origin).where(agents.c.name == name)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        query = query.order_by(agents.c.version.desc()).limit(1)
+        async with self.db.reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        return "local" if row.origin == "local" else "api"
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
         """A stored agent version; versions are immutable, so a known one is cached."""

@@ -36,10 +36,12 @@ class Runs:
         parent_id: str | None = None,
         run_id: str | None = None,
         created_data: dict[str, Any] | None = None,
+        origin: str = "local",
     ) -> str:
         """Queue a new run. `run_id` makes creation idempotent (a second call with the
-        same id returns it unchanged); `created_data` adds keys to run.created."""
-        version = await self.agents.save_agent(spec)
+        same id returns it unchanged); `created_data` adds keys to run.created; `origin`
+        is where the spec came from (see everruns.policy)."""
+        version = await self.agents.save_agent(spec, origin=origin)
         if run_id is not None:
             async with self.db.reads.connect() as conn:
                 found = (

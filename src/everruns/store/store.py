@@ -69,6 +69,7 @@ class Store:
         # agents
         self.save_agent = agents.save_agent
         self.get_agent = agents.get_agent
+        self.get_agent_origin = agents.get_agent_origin
         self.list_agents = agents.list_agents
         self.archive_agent = agents.archive_agent
         # access
@@ -79,6 +80,7 @@ class Store:
         self.put_secret = access.put_secret
         self.get_secret = access.get_secret
         self.list_secrets = access.list_secrets
+        self.secret_bindings = access.secret_bindings
         # schedules
         self.save_schedule = schedules.save_schedule
         self.put_schedule = schedules.put_schedule

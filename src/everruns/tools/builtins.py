@@ -236,10 +236,24 @@ def _shell_tool(options: dict[str, Any]) -> Callable[..., Any]:
     return shell
 
 
+def _private_allowed(requested: Any, operator_allows: bool) -> bool:
+    """A spec can narrow the operator's SSRF guard (`allow_private: false`), never widen it."""
+    if requested is None:
+        return operator_allows
+    if not isinstance(requested, bool):
+        raise ValueError("options.allow_private must be true or false")
+    if requested and not operator_allows:
+        raise ValueError(
+            "options.allow_private: the operator does not allow private networks "
+            "(settings `allow_private_networks: false`); a spec can only narrow the SSRF guard"
+        )
+    return requested
+
+
 def _web_tools(
     options: dict[str, Any], allow_private: bool
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    allow = bool(options.get("allow_private", allow_private))
+    allow = _private_allowed(options.get("allow_private"), allow_private)
     timeout = float(options.get("timeout", 30))
     max_bytes = int(options.get("max_bytes", 2_000_000))
 

@@ -143,4 +143,10 @@ def load_function(path: str) -> Callable[..., Any]:
             raise ToolLoadError(f"module {module_name!r} has no attribute {attr!r}")
     if not callable(obj):
         raise ToolLoadError(f"{path!r} is not a function")
+    if not (inspect.isfunction(obj) and _ATTR in vars(obj)):
+        # Never an arbitrary callable (os:system, builtins:eval): only declared tools.
+        raise ToolLoadError(
+            f"{path!r} is not a function decorated with @everruns.tool "
+            "(only declared tools can be used)"
+        )
     return obj

@@ -7,14 +7,14 @@ both, so a new run is picked up and a cancel reaches the in-flight LLM call with
 the next poll or lease renewal, whichever process (API, CLI, another worker) wrote the row.
 SQLite has no cross-process notification; its workers poll briefly instead.
 
-Revision ID: 0007
-Revises: 0006
+Revision ID: 0008
+Revises: 0007
 """
 
 from alembic import op
 
-revision = "0007"
-down_revision = "0006"
+revision = "0008"
+down_revision = "0007"
 
 FUNCTION = """
 CREATE OR REPLACE FUNCTION everruns_runs_notify() RETURNS trigger AS $$
