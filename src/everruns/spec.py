@@ -84,8 +84,11 @@ class Pricing(_Strict):
 class ModelSpec(_Strict):
     """Which model answers. Written as `provider:name` or as an object."""
 
-    provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
+    provider: Literal["scripted", "python", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
+    function: str | None = Field(
+        default=None, description="provider python: `package.module:function` that answers"
+    )
     base_url: str | None = None
     credential: str | None = Field(
         default=None,
@@ -116,6 +119,12 @@ class ModelSpec(_Strict):
         if self.provider == "scripted":
             if not self.responses:
                 raise ValueError("the scripted provider needs a non-empty `responses` list")
+        elif self.provider == "python":
+            if not self.function or ":" not in self.function:
+                raise ValueError(
+                    "provider 'python' needs `function: package.module:function` "
+                    "(e.g. mypkg.fake:respond)"
+                )
         elif self.name is None:
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
         if self.provider == "openai-compatible" and not self.base_url:
@@ -125,7 +134,14 @@ class ModelSpec(_Strict):
         return self
 
     @property
+    def offline(self) -> bool:
+        """Answered in-process (scripted or python): no breaker, no shared health."""
+        return self.provider in ("scripted", "python")
+
+    @property
     def label(self) -> str:
+        if self.provider == "python":
+            return f"python:{self.name or self.function}"
         return f"{self.provider}:{self.name or 'script'}"
 
 

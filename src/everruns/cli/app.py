@@ -12,6 +12,7 @@ import typer
 
 from everruns import __version__
 from everruns.cli import access, maintenance, runs, schedules, serve
+from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
     help="Durable execution for long-lived AI agents.",
@@ -58,6 +59,7 @@ app.command()(serve.server)
 app.add_typer(access.token_app, name="token")
 app.add_typer(access.secret_app, name="secret")
 app.add_typer(schedules.schedule_app, name="schedule")
+register_testing(app)  # test, export, import, replay, diff
 
 
 def main() -> None:

@@ -136,6 +136,8 @@ def decide(
     if last is None:
         return Idle()
     if last["role"] == "assistant":
+        if state.script_exhausted and state.prior_result is not None:
+            return Complete(result=state.prior_result)
         return Complete(result=last.get("content") or "")
     # The model owes an answer (to a user message or tool results).
     if state.fatal_error is not None:
