@@ -24,9 +24,16 @@ from everruns.store import Store
 
 def worker(
     db: DbOption = None,
-    concurrency: Annotated[int, typer.Option(help="Runs executed at once.")] = 16,
+    concurrency: Annotated[int, typer.Option(help="Runs executed at once.", min=1)] = 64,
     lease_ttl: LeaseOption = 15.0,
-    poll_interval: Annotated[float, typer.Option(help="Seconds between claims when idle.")] = 0.5,
+    poll_interval: Annotated[
+        float | None,
+        typer.Option(
+            help="Seconds between claims when idle (default 0.1 on SQLite; 0.5 on "
+            "PostgreSQL, whose workers are also woken by NOTIFY).",
+            min=0.01,
+        ),
+    ] = None,
     max_crashes: Annotated[
         int, typer.Option(help="Fail a run after this many workers died on it without progress.")
     ] = 5,
@@ -82,7 +89,7 @@ def server(
         typer.Option("--auth", envvar="EVERRUNS_AUTH", help="Require API tokens on loopback too."),
     ] = False,
     lease_ttl: LeaseOption = 15.0,
-    concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.")] = 16,
+    concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.", min=1)] = 64,
     cors_origin: Annotated[
         list[str] | None,
         typer.Option(
