@@ -117,6 +117,9 @@ class State:
     children_tokens: int = 0
     children_cost: float = 0.0
     depth: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, how many were read from a prompt cache
+    truncated: bool = False  # the latest answer was cut off at max_tokens
+    continuations: int = 0  # continuations asked for the latest truncated answer
     tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
@@ -150,6 +153,20 @@ def _add_usage(state: State, usage: dict[str, Any] | None) -> None:
         state.input_tokens += int(usage.get("input_tokens", 0))
         state.output_tokens += int(usage.get("output_tokens", 0))
         state.cost_usd += float(usage.get("cost_usd", 0.0))
+        state.cached_input_tokens += int(usage.get("cached_input_tokens", 0))
+
+
+def _join_continuation(state: State, message: dict[str, Any]) -> bool:
+    """Append a continuation's text to the truncated answer it continues (a new dict:
+    folded messages are never mutated). False when there is nothing to join."""
+    last = state.messages[-1] if state.messages else None
+    if not state.truncated or last is None or last["role"] != "assistant":
+        return False
+    joined = {**last, "content": (last.get("content") or "") + (message.get("content") or "")}
+    if message.get("tool_calls"):
+        joined["tool_calls"] = [*(last.get("tool_calls") or []), *message["tool_calls"]]
+    state.messages[-1] = joined
+    return True
 
 
 def _call(state: State, call_id: str) -> CallState | None:
@@ -203,7 +220,13 @@ def apply(state: State, event: Event) -> State:
     elif kind == LLM_COMPLETED:
         state.llm_in_flight = False
         message = data["message"]
-        state.messages.append(message)
+        if data.get("continuation") and _join_continuation(state, message):
+            message = state.messages[-1]
+            state.continuations += 1
+        else:
+            state.messages.append(message)
+            state.continuations = 0
+        state.truncated = bool(data.get("truncated"))
         _add_usage(state, data.get("usage"))
         state.steps += 1
         state.overflow_retried = False
@@ -338,6 +361,11 @@ def fold(events: list[Event], state: State | None = None) -> State:
     return state
 
 
+MAX_CONTINUATIONS = 8
+CONTINUE_PROMPT = (
+    "Your previous answer was cut off at the output token limit. Continue exactly where it "
+    "stopped, without repeating anything."
+)
 SUMMARY_HEADER = "[Summary of the earlier conversation, compacted to fit the context window]"
 
 
@@ -382,6 +410,7 @@ def transcript(state: State) -> list[dict[str, Any]]:
 @dataclass(frozen=True)
 class Reason:
     attempt: int
+    continuation: bool = False  # ask the model to continue its truncated answer
 
 
 @dataclass(frozen=True)
@@ -502,15 +531,29 @@ def decide(
     last = state.messages[-1] if state.messages else None
     if last is None:
         return Idle()
+    continuation = False
     if last["role"] == "assistant":
-        return Complete(result=last.get("content") or "")
-    # The model owes an answer (to a user message or tool results).
+        policy = spec.model.on_truncated
+        if not state.truncated or policy == "accept":
+            return Complete(result=last.get("content") or "")
+        if policy == "fail":
+            return Fail(
+                "truncated",
+                "the answer was cut off at the model's max_tokens (model.on_truncated: fail)",
+            )
+        if state.continuations >= MAX_CONTINUATIONS:
+            return Fail(
+                "truncated",
+                f"the answer was still cut off after {MAX_CONTINUATIONS} continuations",
+            )
+        continuation = True
+    # The model owes an answer (to a user message or tool results, or the rest of one).
     if state.fatal_error is not None:
-        # A prompt over the context window has its own documented reason (providers/errors.py).
+        # A prompt over the context window and a request the SDK would not build have
+        # their own documented reasons (providers/errors.py).
+        error_class = state.fatal_error.get("class")
         reason = (
-            "context_too_long"
-            if state.fatal_error.get("class") == "context_too_long"
-            else "llm_error"
+            error_class if error_class in ("context_too_long", "invalid_request") else "llm_error"
         )
         return Fail(reason, state.fatal_error.get("error", "the LLM call failed"))
     if state.failures >= spec.retry.max_attempts:
@@ -527,7 +570,7 @@ def decide(
         return compact
     if state.retry_at is not None and now < state.retry_at:
         return Wait(until=state.retry_at, reason="llm_backoff")
-    return Reason(attempt=state.attempt + 1)
+    return Reason(attempt=state.attempt + 1, continuation=continuation)
 
 
 def _need_compaction(state: State, spec: AgentSpec) -> Atom | None:

@@ -93,10 +93,22 @@ class Pricing(_Strict):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="a prompt-cache read")
+
+
+class ToolChoiceName(_Strict):
+    name: str = Field(min_length=1)
+
+
+ToolChoice = Literal["auto", "required", "none"] | ToolChoiceName
 
 
 class ModelSpec(_Strict):
-    """Which model answers. Written as `provider:name` or as an object."""
+    """Which model answers. Written as `provider:name` or as an object.
+
+    `parameters` are checked against the installed SDK (everruns.providers.options):
+    keys its create() accepts pass through, the rest are sent in the request body.
+    """
 
     provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
@@ -105,6 +117,14 @@ class ModelSpec(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="auto | required | none | {name: TOOL}"
+    )
+    on_truncated: Literal["accept", "continue", "fail"] = Field(
+        default="accept",
+        description="an answer cut off at max_tokens: keep it marked (accept), ask the model "
+        "to continue and join the parts (continue), or fail the run (fail)",
+    )
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)
 
@@ -127,6 +147,11 @@ class ModelSpec(_Strict):
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
         if self.provider == "openai-compatible" and not self.base_url:
             raise ValueError("provider 'openai-compatible' needs a `base_url`")
+        from everruns.providers.options import parameter_problems
+
+        problems = parameter_problems(self.provider, self.parameters)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -33,6 +33,7 @@ from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
+from everruns.providers.sdk import classify_unexpected
 from everruns.secretbox import SecretsUnavailable, decrypt
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec, parse_spec
@@ -148,7 +149,8 @@ class RunRunner:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Execute until the run parks or ends. Raises nothing but unexpected errors."""
+        """Execute until the run parks or ends. Raises nothing: an unexpected exception
+        fails this run with a journaled reason (see `_on_unexpected`)."""
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -156,6 +158,31 @@ class RunRunner:
         except Fenced:
             log.warning(
                 "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
+            )
+        except Exception as exc:
+            await self._on_unexpected(exc)
+
+    async def _on_unexpected(self, exc: Exception) -> None:
+        """An exception nothing classified, inside one of this run's atoms.
+
+        The run fails with reason `engine_error` and the exception journaled, so it
+        cannot crash-loop the fleet and the worker's other runs go on. When even that
+        append fails (the store is down), the lease is released for a retry shortly,
+        rather than left to expire.
+        """
+        log.error("run %s: unexpected error in the engine", self.run_id, exc_info=exc)
+        message = f"unexpected error in the engine: {type(exc).__name__}: {exc}"
+        try:
+            if not _transient(exc):
+                await self.fail("engine_error", message)
+                return
+        except Fenced:
+            return
+        except Exception:
+            log.exception("run %s: could not journal the failure; releasing", self.run_id)
+        with contextlib.suppress(Exception):
+            await self.store.release(
+                self.run_id, self.epoch, wake_at=time.time() + 5.0, status="queued"
             )
 
     async def _on_stop(self) -> None:
@@ -389,6 +416,8 @@ class RunRunner:
                 },
             )
         messages = j.model_view(self.state)
+        if atom.continuation:
+            messages.append({"role": "user", "content": j.CONTINUE_PROMPT})
         estimate = estimate_tokens(self.spec.system_prompt, messages)
         wait = await acquire_rate_limits(
             self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
@@ -417,12 +446,16 @@ class RunRunner:
             response = await asyncio.wait_for(
                 provider.complete(request, on_delta), model.timeouts.total
             )
-        except (ProviderError, TimeoutError) as exc:
+        except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = ProviderError(
                     f"no complete answer within {model.timeouts.total:g}s (timeouts.total)",
                     error_class="timeout",
                 )
+            elif not isinstance(exc, ProviderError):
+                # Building or sending the request failed in a way nobody classified:
+                # journal it and fail the run, never a crash (and a crash loop).
+                exc = classify_unexpected(exc)
             await self._record_failure(atom, model, exc, price, estimate)
             return None
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
@@ -442,6 +475,8 @@ class RunRunner:
                 "usage": usage,
                 "model": response.model or model.label,
                 "stop_reason": response.stop_reason,
+                **({"truncated": True} if response.truncated else {}),
+                **({"continuation": True} if atom.continuation else {}),
             },
         )
         return None
@@ -751,6 +786,13 @@ def _render_message(message: dict[str, Any]) -> str:
         calls = "; ".join(f"{c['name']}({c.get('arguments')})" for c in message["tool_calls"])
         return f"[assistant] {message.get('content') or ''}\n[tool calls] {calls}"
     return f"[{role}] {message.get('content') or ''}"
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database or network outage: the run is retried, not failed."""
+    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+
+    return isinstance(exc, DBAPIError | PoolTimeout | OSError | ConnectionError)
 
 
 def _listing_key(config: MCPServerConfig) -> str:

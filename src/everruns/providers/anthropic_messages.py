@@ -12,12 +12,25 @@ from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
     ProviderError,
+    estimate_usage,
     parse_arguments,
     stream_with_idle_timeout,
 )
+from everruns.providers.options import split_parameters
 from everruns.providers.sdk import SDKProvider, client_kwargs
+from everruns.spec import ModelSpec, ToolChoiceName
 
 DEFAULT_MAX_TOKENS = 4096
+
+
+def tool_choice(model: ModelSpec) -> dict[str, Any] | None:
+    """`model.tool_choice` in the Messages API's form (`required` is `any`)."""
+    choice = model.tool_choice
+    if choice is None:
+        return None
+    if isinstance(choice, ToolChoiceName):
+        return {"type": "tool", "name": choice.name}
+    return {"type": {"required": "any"}.get(choice, choice)}
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -72,7 +85,7 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
 
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
         client = self.client()
-        params: dict[str, Any] = dict(request.model.parameters)
+        params = split_parameters("anthropic", request.model.parameters)
         params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if request.system:
             params["system"] = request.system
@@ -81,6 +94,9 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in request.tools
             ]
+            choice = tool_choice(request.model)
+            if choice is not None:
+                params["tool_choice"] = choice
         create: Any = client.messages.create
         stream = await create(
             model=request.model.name or "",
@@ -90,7 +106,7 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
         )
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
-        usage = {"input_tokens": 0, "output_tokens": 0}
+        usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
         stop_reason: str | None = None
         finished = False
         model_name: str | None = None
@@ -100,12 +116,15 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
             if kind == "message_start":
                 model_name = event.message.model
                 u = event.message.usage
+                cached = getattr(u, "cache_read_input_tokens", 0) or 0
                 usage["input_tokens"] = (
                     (u.input_tokens or 0)
-                    + (getattr(u, "cache_read_input_tokens", 0) or 0)
+                    + cached
                     + (getattr(u, "cache_creation_input_tokens", 0) or 0)
                 )
                 usage["output_tokens"] = u.output_tokens or 0
+                if cached:
+                    usage["cached_input_tokens"] = cached
             elif kind == "content_block_start":
                 block = event.content_block
                 if block.type == "tool_use":
@@ -139,10 +158,19 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
                 retryable=False,
                 usage=usage,
             )
+        if not usage["input_tokens"] and not usage["output_tokens"]:
+            streamed = "".join(text) + "".join(b["name"] + b["json"] for b in blocks.values())
+            usage = estimate_usage(request, streamed)  # the server sent none
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
         if blocks:
             message["tool_calls"] = [
                 {"id": b["id"], "name": b["name"], "arguments": parse_arguments(b["json"])}
                 for _, b in sorted(blocks.items())
             ]
-        return LLMResponse(message=message, usage=usage, stop_reason=stop_reason, model=model_name)
+        return LLMResponse(
+            message=message,
+            usage=usage,
+            stop_reason=stop_reason,
+            model=model_name,
+            truncated=stop_reason == "max_tokens",
+        )
