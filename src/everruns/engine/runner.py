@@ -182,7 +182,7 @@ class RunRunner:
             log.exception("run %s: could not journal the failure; releasing", self.run_id)
         with contextlib.suppress(Exception):
             await self.store.release(
-                self.run_id, self.epoch, wake_at=time.time() + 5.0, status="queued"
+                self.run_id, self.epoch, wake_at=time.time() + 2.0, status="queued"
             )
 
     async def _on_stop(self) -> None:
