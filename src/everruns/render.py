@@ -43,7 +43,9 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
             )
         approx = "~" if usage.get("estimated") else ""
         cached = usage.get("cached_input_tokens")
-        tokens = f"{approx}{usage.get('input_tokens', 0)}+{approx}{usage.get('output_tokens', 0)} tok"
+        tokens = (
+            f"{approx}{usage.get('input_tokens', 0)}+{approx}{usage.get('output_tokens', 0)} tok"
+        )
         if cached:
             tokens += f", {cached} cached"
         parts.append(f"[{tokens}]")

@@ -790,7 +790,8 @@ def _render_message(message: dict[str, Any]) -> str:
 
 def _transient(exc: BaseException) -> bool:
     """A database or network outage: the run is retried, not failed."""
-    from sqlalchemy.exc import DBAPIError, TimeoutError as PoolTimeout
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
 
     return isinstance(exc, DBAPIError | PoolTimeout | OSError | ConnectionError)
 
