@@ -425,6 +425,11 @@ async def test_anthropic_options_tool_choice_and_max_tokens(replay: _Replay) -> 
     body = replay.requests[-1]
     assert body["temperature"] == 0 and body["max_tokens"] == 3
     assert body["tool_choice"] == {"type": "any"}
+    # Prompt caching (model.cache: auto): breakpoints on system, tools and the conversation.
+    ephemeral = {"type": "ephemeral"}
+    assert body["system"] == [{"type": "text", "text": "be brief", "cache_control": ephemeral}]
+    assert body["tools"][-1]["cache_control"] == ephemeral
+    assert body["messages"][-1]["content"][-1]["cache_control"] == ephemeral
     assert response.truncated and response.message["content"] == "It is sun"
     assert response.usage["estimated"] is True  # the server reported zeros
 
@@ -501,3 +506,91 @@ def test_invalid_request_fails_with_its_own_reason() -> None:
     ]
     atom = j.decide(j.fold(events), spec, 0.0)
     assert atom == j.Fail("invalid_request", "TypeError: x")
+
+
+# ---------------------------------------------------------------- thinking
+
+
+async def test_anthropic_thinking_is_kept_and_sent_back_first(replay: _Replay) -> None:
+    from everruns.providers.anthropic_messages import to_anthropic_messages
+
+    start = {
+        "type": "message_start",
+        "message": {
+            "id": "m",
+            "type": "message",
+            "role": "assistant",
+            "model": "claude",
+            "content": [],
+            "stop_reason": None,
+            "usage": {"input_tokens": 20, "output_tokens": 1},
+        },
+    }
+    replay.bodies.append(
+        _anthropic_events(
+            start,
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "thinking_delta", "thinking": "Paris: use the tool."},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "signature_delta", "signature": "sig=="},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "content_block_start",
+                "index": 1,
+                "content_block": {
+                    "type": "tool_use",
+                    "id": "tu_1",
+                    "name": "get_weather",
+                    "input": {},
+                },
+            },
+            {
+                "type": "content_block_delta",
+                "index": 1,
+                "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'},
+            },
+            {"type": "content_block_stop", "index": 1},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "tool_use"},
+                "usage": {"output_tokens": 30},
+            },
+            {"type": "message_stop"},
+        )
+    )
+    model = ModelSpec.model_validate(
+        {"provider": "anthropic", "name": "claude", "base_url": replay.url, "cache": "off"}
+    )
+    response = await get_provider(model, api_key="k").complete(_request(model), lambda _t: None)
+    assert response.message["thinking"] == [
+        {"type": "thinking", "thinking": "Paris: use the tool.", "signature": "sig=="}
+    ]
+    assert replay.requests[-1]["system"] == "be brief"  # cache: off sends it plain
+    tool_result = {"role": "tool", "tool_call_id": "tu_1", "content": "sunny", "is_error": False}
+    sent = to_anthropic_messages([{"role": "user", "content": "q"}, response.message, tool_result])
+    assert [b["type"] for b in sent[1]["content"]] == ["thinking", "tool_use"]
+    assert sent[1]["content"][0]["signature"] == "sig=="
+
+
+async def test_openai_compatible_reasoning_is_journaled(replay: _Replay) -> None:
+    replay.bodies.append(
+        _sse(
+            _chunk({"reasoning_content": "think "}),
+            _chunk({"reasoning_content": "more"}),
+            _chunk({"content": "42"}, "stop"),
+        )
+    )
+    model = _model(replay)
+    response = await get_provider(model).complete(_request(model), lambda _t: None)
+    assert response.message["reasoning"] == "think more" and response.message["content"] == "42"

@@ -125,6 +125,11 @@ class ModelSpec(_Strict):
         description="an answer cut off at max_tokens: keep it marked (accept), ask the model "
         "to continue and join the parts (continue), or fail the run (fail)",
     )
+    cache: Literal["auto", "off"] = Field(
+        default="auto",
+        description="prompt caching: auto places Anthropic cache breakpoints on the system "
+        "prompt, the tools and the conversation so far (OpenAI caches by itself)",
+    )
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)
 

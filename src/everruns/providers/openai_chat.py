@@ -108,6 +108,7 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             **params,
         )
         text: list[str] = []
+        reasoning: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         finish: str | None = None
         usage: dict[str, int] = {}
@@ -123,6 +124,11 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
                     if delta is not None and delta.content:
                         text.append(delta.content)
                         on_delta(delta.content)
+                    # Reasoning text of llama.cpp, vLLM and DeepSeek-style servers: kept in the
+                    # journal, not sent back (Chat Completions takes no reasoning input).
+                    reasoning_part = getattr(delta, "reasoning_content", None) if delta else None
+                    if isinstance(reasoning_part, str):
+                        reasoning.append(reasoning_part)
                     for position, tc in enumerate(
                         (delta.tool_calls if delta is not None else None) or []
                     ):
@@ -164,6 +170,8 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             streamed = "".join(text) + "".join(c["name"] + c["arguments"] for c in calls.values())
             usage = estimate_usage(request, streamed)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if reasoning:
+            message["reasoning"] = "".join(reasoning)
         if calls:
             message["tool_calls"] = [
                 {
