@@ -279,7 +279,7 @@ async def test_tool_round_trip(
     assert len(completed) == 2, [e.type for e in events]
     assert completed[0].data["message"]["tool_calls"][0]["name"] == "get_weather"
     assert _of(events, j.TOOL_COMPLETED) and not _of(events, j.LLM_FAILED)
-    assert row.status == "failed" and row.error["reason"] == "max_steps"
+    assert row.status == "failed" and row.error["reason"] == "max_steps_exceeded"
 
 
 async def test_tool_round_trip_to_a_text_answer(

@@ -41,7 +41,9 @@ def add_cache_breakpoints(params: dict[str, Any], messages: list[dict[str, Any]]
     system prompt, the last tool, and the last block of the conversation so far, so the
     next step of a long run re-reads everything up to here from the cache."""
     if isinstance(params.get("system"), str):
-        params["system"] = [{"type": "text", "text": params["system"], "cache_control": CACHE_POINT}]
+        params["system"] = [
+            {"type": "text", "text": params["system"], "cache_control": CACHE_POINT}
+        ]
     if params.get("tools"):
         params["tools"][-1] = {**params["tools"][-1], "cache_control": CACHE_POINT}
     if messages and messages[-1]["content"]:
