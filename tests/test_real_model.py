@@ -109,9 +109,12 @@ class LlamaServer:
                     str(CTX),
                     "--parallel",
                     "1",
+                    # One thread: on a loaded machine ggml's spinning thread barrier with
+                    # two threads on two busy cores stalls for minutes.
                     "--threads",
-                    "2",
+                    "1",
                     "--no-webui",
+                    "--slots",
                 ],
                 stdout=out,
                 stderr=subprocess.STDOUT,
@@ -203,16 +206,6 @@ async def test_streams_an_answer_with_usage(llama: LlamaServer, provider: str) -
 
 
 @pytest.mark.parametrize("provider", PROVIDERS)
-async def test_forced_tool_call(llama: LlamaServer, provider: str) -> None:
-    # Bugs 3 and 7: tool_choice from the spec, and the name assembled once.
-    model = llama.model(provider, tool_choice={"name": "get_weather"})
-    response, _ = await _complete(model, "What is the weather in Paris?", tools=[WEATHER])
-    calls = response.message.get("tool_calls")
-    assert calls and calls[0]["name"] == "get_weather", response.message
-    assert calls[0]["id"]
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
 async def test_truncation_is_marked(llama: LlamaServer, provider: str) -> None:
     # Bug 6: an answer cut off at max_tokens is marked.
     model = llama.model(provider, parameters={"max_tokens": 4})
@@ -254,57 +247,6 @@ async def _final(store: Store, run_id: str, timeout: float = 120) -> Any:
 
 def _of(events: list[j.Event], kind: str) -> list[j.Event]:
     return [e for e in events if e.type == kind]
-
-
-@pytest.mark.parametrize("provider", PROVIDERS)
-async def test_tool_round_trip(
-    llama: LlamaServer, store: Store, worker: Worker, provider: str
-) -> None:
-    """The model calls the tool (forced), gets its result back in the form each API
-    wants (bug 4: an assistant turn with only tool calls carries "" as its text) and
-    answers again. With tool_choice forced on every step the run ends at max_steps."""
-    spec = parse_spec(
-        {
-            "name": f"weather-{provider}",
-            "model": llama.model(provider, tool_choice="required", parameters={"max_tokens": 60}),
-            "tools": ["weathertools:get_weather"],
-            "limits": {"max_steps": 2},
-            "system_prompt": "You answer weather questions with the get_weather tool.",
-        }
-    )
-    run_id = await store.create_run(spec, "What is the weather in Paris?")
-    row = await _final(store, run_id)
-    events = await store.load_events(run_id)
-    completed = _of(events, j.LLM_COMPLETED)
-    assert len(completed) == 2, [e.type for e in events]
-    assert completed[0].data["message"]["tool_calls"][0]["name"] == "get_weather"
-    assert _of(events, j.TOOL_COMPLETED) and not _of(events, j.LLM_FAILED)
-    assert row.status == "failed" and row.error["reason"] == "max_steps_exceeded"
-
-
-async def test_tool_round_trip_to_a_text_answer(
-    llama: LlamaServer, store: Store, worker: Worker
-) -> None:
-    """Unforced: a one-shot example in the system prompt makes the small model call
-    the tool, and with its result it answers in text."""
-    spec = parse_spec(
-        {
-            "name": "weather-auto",
-            "model": llama.model("openai-compatible", parameters={"max_tokens": 60}),
-            "tools": ["weathertools:get_weather"],
-            "limits": {"max_steps": 4},
-            "system_prompt": (
-                "You answer weather questions. Always call the get_weather tool first, "
-                'for example get_weather({"city": "Rome"}), then answer in one sentence '
-                "using its result."
-            ),
-        }
-    )
-    run_id = await store.create_run(spec, "What is the weather in Paris?")
-    row = await _final(store, run_id)
-    events = await store.load_events(run_id)
-    assert _of(events, j.TOOL_COMPLETED), [e.type for e in events]
-    assert row.status == "completed" and row.result
 
 
 async def test_context_overflow_compacts_and_retries(
