@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench soak openapi clean browser real-model local-model
+.PHONY: install demo test lint format bench bench-peers soak openapi clean browser sandbox real-model local-model
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -14,7 +14,7 @@ $(STAMP): pyproject.toml requirements.lock
 
 install: $(STAMP)
 
-demo: install
+demo: install sandbox
 	$(PY) examples/demo.py
 
 lint: install
@@ -26,7 +26,7 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 	$(VENV)/bin/ruff format src tests bench examples
 
-test: install lint browser real-model
+test: install lint browser sandbox real-model
 	$(PY) -m pytest -q -ra
 
 # The real-model tier (tests/test_real_model.py): llama.cpp's llama-server built from the
@@ -45,12 +45,25 @@ local-model: real-model
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
+# The shell tool and stdio MCP servers run inside bubblewrap (docs/security-sandbox.md).
+sandbox:
+	@command -v bwrap >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y bubblewrap; }
+
 openapi: install
 	$(PY) -m everruns.api.openapi > docs/openapi.json
 
 bench: install
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_providers.py
+
+# The peers (DBOS, LangGraph, Temporal, raw floors) and everruns in one run: bench/README.md.
+PEERS ?= ../shared/peers-bench
+bench-peers: install
+	$(PEERS)/run.sh --setup --with-private-pg --rounds $${ROUNDS:-1} \
+	  --extra 'everruns-sqlite=$(abspath $(PY)) $(abspath bench/peers_row.py) --store sqlite' \
+	  --extra 'everruns-pg=$(abspath $(PY)) $(abspath bench/peers_row.py) --store pg' \
+	  --ratio-to floor-sqlite-wal-full --ratio-to dbos-sqlite-sync --ratio-to langgraph-sqlite-sync \
+	  --md bench/peers-report.md
 
 soak: install
 	EVERRUNS_SOAK_RUNS=40 EVERRUNS_SOAK_KILLS=60 $(PY) -m pytest -q -ra --timeout 3600 tests/test_crash_matrix.py -k random_kills

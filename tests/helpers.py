@@ -25,6 +25,7 @@ def env_for(db_url: str, **extra: str) -> dict[str, str]:
         os.pathsep
     )
     env.pop("EVERRUNS_CRASH_AT", None)
+    env["EVERRUNS_SETTINGS"] = str(TOOLING / "settings.yaml")
     env.update(extra)
     return env
 

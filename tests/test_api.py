@@ -773,7 +773,8 @@ def test_auth_tokens_and_secrets_never_leak(db_url: str, tmp_path: Path) -> None
         assert info.value.status == 401
 
         auth = {"Authorization": f"Bearer {token}"}
-        r = httpx.put(f"{base}/v1/secrets/OPENAI_API_KEY", json={"value": key}, headers=auth)
+        bound = {"value": key, "allow_urls": [fake.url + "/*"]}
+        r = httpx.put(f"{base}/v1/secrets/OPENAI_API_KEY", json=bound, headers=auth)
         assert r.status_code == 204 and r.content == b""
         r = httpx.get(f"{base}/v1/secrets", headers=auth)
         assert r.json() == ["OPENAI_API_KEY"]
@@ -783,7 +784,12 @@ def test_auth_tokens_and_secrets_never_leak(db_url: str, tmp_path: Path) -> None
             run = client.runs.start(
                 spec={
                     "name": "keyed",
-                    "model": {"provider": "openai", "name": "gpt-4.1", "base_url": fake.url},
+                    "model": {
+                        "provider": "openai",
+                        "name": "gpt-4.1",
+                        "base_url": fake.url,
+                        "credential": "OPENAI_API_KEY",
+                    },
                 },
                 input="use the stored key",
             )

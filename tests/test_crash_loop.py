@@ -7,7 +7,7 @@ import json
 import time
 from pathlib import Path
 
-from everruns import journal as j
+from everruns.core.events import Event
 from everruns.store import Store
 from helpers import cli, env_for, read_ledger, start_worker, stop, write_agent
 
@@ -50,7 +50,7 @@ def test_poison_tool_fails_the_run_after_max_crashes(tmp_path: Path, db_url: str
     assert deaths == 2, deaths
     assert len(read_ledger(ledger)) == 2  # the pure tool ran once per worker, then never again
 
-    async def events() -> list[j.Event]:
+    async def events() -> list[Event]:
         store = await Store.open(db_url)
         try:
             return await store.load_events(run_id)

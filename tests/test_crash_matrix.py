@@ -11,7 +11,7 @@ and the tools' side-effect ledger are checked against the semantics:
 * a pure/idempotent tool call started but not completed is repeated with the
   same idempotency key (attempt + 1);
 * an at_most_once tool call started but not completed is never run again: the
-  model gets `journal.INTERRUPTED_MESSAGE` as an error result;
+  model gets `INTERRUPTED_MESSAGE` as an error result;
 * completed atoms are never executed again;
 * everything else equals the reference transcript of an uncrashed run.
 
@@ -61,8 +61,8 @@ import sqlalchemy as sa
 from conftest import _PG_PROBLEM as PG_PROBLEM
 from conftest import PG_ADMIN_URL
 from conftest import _need_pg as need_pg
-from everruns import journal
-from everruns.journal import Event
+from everruns.core.events import INTERRUPTED_MESSAGE, TERMINAL_STATUSES, Event, EventType
+from everruns.core.state import fold, transcript
 from everruns.spec import load_spec
 from everruns.store import RunRow, Store
 from everruns.store.schema import runs, workers
@@ -78,7 +78,7 @@ WORKER_ARGS = ("--lease-ttl", "1", "--poll-interval", "0.1")
 # The killed worker is alone while it runs, so its lease can be shorter: the
 # takeover then waits for nothing but the second worker's start-up.
 CRASHING_ARGS = ("--lease-ttl", "0.5", "--poll-interval", "0.1")
-RESOLUTIONS = (journal.TOOL_COMPLETED, journal.TOOL_FAILED)
+RESOLUTIONS = (EventType.TOOL_COMPLETED, EventType.TOOL_FAILED)
 
 
 # ------------------------------------------------------------------ scripts
@@ -136,7 +136,7 @@ async def wait_terminal(
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         rows = [await store.get_run(r) for r in run_ids]
-        if all(row.status in journal.TERMINAL_STATUSES for row in rows):
+        if all(row.status in TERMINAL_STATUSES for row in rows):
             return
         for proc, log in zip(procs, logs, strict=True):
             if proc.poll() is not None:
@@ -175,11 +175,11 @@ async def reference_transcripts(tmp: Path, specs: dict[str, Path]) -> dict[str, 
         out = {}
         for name, run_id in run_ids.items():
             events = await store.load_events(run_id)
-            state = journal.fold(events)
+            state = fold(events)
             assert state.status == "completed", (name, state.error)
-            assert [e.type for e in events].count(journal.LLM_COMPLETED) == STEPS
-            assert [e.type for e in events].count(journal.RUN_STARTED) == 1
-            out[name] = journal.transcript(state)
+            assert [e.type for e in events].count(EventType.LLM_COMPLETED) == STEPS
+            assert [e.type for e in events].count(EventType.RUN_STARTED) == 1
+            out[name] = transcript(state)
         entries = read_ledger(ledger)
         assert len(entries) == len(CALLS) * len(specs), entries
         assert all(e["attempt"] == 1 for e in entries), entries
@@ -209,7 +209,7 @@ def reference(tmp_path_factory: pytest.TempPathFactory) -> dict[str, list[Any]]:
 
 def interrupted_result(reference: list[dict[str, Any]], call_id: str) -> dict[str, Any]:
     ref = next(m for m in reference if m["role"] == "tool" and m["tool_call_id"] == call_id)
-    return {**ref, "content": journal.INTERRUPTED_MESSAGE, "is_error": True}
+    return {**ref, "content": INTERRUPTED_MESSAGE, "is_error": True}
 
 
 def expected_transcript(reference: list[dict[str, Any]], interrupted: set[str]) -> list[Any]:
@@ -235,12 +235,12 @@ def check_invariants(
     where = f"run {run_id} ({effect})"
     types = [e.type for e in events]
     assert [e.seq for e in events] == list(range(1, len(events) + 1)), f"{where}: seq gaps"
-    assert types[0] == journal.RUN_CREATED
-    assert types.count(journal.RUN_COMPLETED) == 1, f"{where}: {types}"
-    assert types[-1] == journal.RUN_COMPLETED, f"{where}: {types}"
-    assert not {journal.RUN_FAILED, journal.RUN_CANCELLED} & set(types), f"{where}: {types}"
+    assert types[0] == EventType.RUN_CREATED
+    assert types.count(EventType.RUN_COMPLETED) == 1, f"{where}: {types}"
+    assert types[-1] == EventType.RUN_COMPLETED, f"{where}: {types}"
+    assert not {EventType.RUN_FAILED, EventType.RUN_CANCELLED} & set(types), f"{where}: {types}"
 
-    starts = [e for e in events if e.type == journal.RUN_STARTED]
+    starts = [e for e in events if e.type == EventType.RUN_STARTED]
     epochs = [e.data["epoch"] for e in starts]
     assert epochs == sorted(set(epochs)), f"{where}: epochs not increasing: {epochs}"
     # Every start after the first follows a dead holder (nothing here releases a run).
@@ -248,24 +248,24 @@ def check_invariants(
     assert all(e.data["takeover"] for e in starts[1:]), f"{where}: {starts}"
 
     # LLM calls: each step completed exactly once; a repeat only of an unfinished call.
-    completed = [e for e in events if e.type == journal.LLM_COMPLETED]
+    completed = [e for e in events if e.type == EventType.LLM_COMPLETED]
     assert len(completed) == STEPS, f"{where}: {len(completed)} llm.completed, want {STEPS}"
-    assert journal.LLM_FAILED not in types, f"{where}: {types}"  # the script never fails
+    assert EventType.LLM_FAILED not in types, f"{where}: {types}"  # the script never fails
     step_attempts: dict[int, list[int]] = defaultdict(list)
     done_steps: list[int] = []
     open_llm: int | None = None
     for e in events:
-        if e.type == journal.LLM_STARTED:
+        if e.type == EventType.LLM_STARTED:
             step = e.data["step"]
             assert open_llm is None, f"{where}: LLM call repeated without a takeover (seq {e.seq})"
             assert step not in done_steps, f"{where}: completed step {step} called again"
             step_attempts[step].append(e.data["attempt"])
             open_llm = step
-        elif e.type == journal.LLM_COMPLETED:
+        elif e.type == EventType.LLM_COMPLETED:
             assert open_llm is not None, f"{where}: llm.completed without llm.started"
             done_steps.append(open_llm)
             open_llm = None
-        elif e.type == journal.RUN_STARTED:
+        elif e.type == EventType.RUN_STARTED:
             open_llm = None  # the holder died mid-call: the call may be repeated
     assert done_steps == list(range(1, STEPS + 1)), f"{where}: completed steps {done_steps}"
     assert sorted(step_attempts) == list(range(1, STEPS + 1)), f"{where}: {dict(step_attempts)}"
@@ -276,7 +276,7 @@ def check_invariants(
     interrupted: set[str] = set()
     for call_id in CALLS:
         mine = [e for e in events if e.data.get("call_id") == call_id]
-        started = [e for e in mine if e.type == journal.TOOL_STARTED]
+        started = [e for e in mine if e.type == EventType.TOOL_STARTED]
         resolved = [e for e in mine if e.type in RESOLUTIONS]
         assert len(resolved) == 1, f"{where}: {call_id} resolved {len(resolved)} times"
         assert mine[-1] is resolved[0], f"{where}: {call_id} started again after its result"
@@ -287,15 +287,15 @@ def check_invariants(
         outcome = resolved[0]
         if outcome.data.get("interrupted"):
             assert effect == "at_most_once", f"{where}: {effect} call {call_id} was interrupted"
-            assert outcome.data["error"] == journal.INTERRUPTED_MESSAGE
+            assert outcome.data["error"] == INTERRUPTED_MESSAGE
             assert len(started) == 1, f"{where}: interrupted {call_id} started {len(started)}x"
             between = [e for e in events if started[0].seq < e.seq < outcome.seq]
-            assert journal.RUN_STARTED in [e.type for e in between], (
+            assert EventType.RUN_STARTED in [e.type for e in between], (
                 f"{where}: {call_id} interrupted without a takeover after it started"
             )
             interrupted.add(call_id)
         else:
-            assert outcome.type == journal.TOOL_COMPLETED, f"{where}: {outcome.data}"
+            assert outcome.type == EventType.TOOL_COMPLETED, f"{where}: {outcome.data}"
             assert started, f"{where}: {call_id} completed without tool.started"
         if effect == "at_most_once":
             assert len(started) <= 1, f"{where}: at_most_once {call_id} started {len(started)}x"
@@ -317,10 +317,10 @@ def check_invariants(
                 f"journaled attempts {[e.data['attempt'] for e in started]}"
             )
 
-    state = journal.fold(events)
+    state = fold(events)
     assert state.status == "completed"
     assert state.result == reference[-1]["content"]
-    assert journal.transcript(state) == expected_transcript(reference, interrupted), where
+    assert transcript(state) == expected_transcript(reference, interrupted), where
     return interrupted
 
 
@@ -351,26 +351,32 @@ def case(point: str, in_flight: str = "", side_effects: str = "", llm: bool = Fa
 
 # The first hit of each point falls in step 1 (LLM) or on the parallel calls
 # a (slow) and b (fast); `#3` hits land on call c, alone in step 2.
+#
+# One transaction per durable step (docs/architecture.md): a completion is committed
+# together with the start of the atom decided right after it, so some boundaries are one
+# commit. `llm.completed` of step 1 commits with `tool.started` of call a; `llm.completed`
+# of the last step with `run.completed`; the result of the last open call of an answer
+# with the next `llm.started`. `before:` a point is before that commit, `after:` after it.
 CASES = [
     case("before:llm.started"),
     case("after:llm.started", llm=True),
     case("llm.mid", llm=True),
     case("before:llm.completed", llm=True),
-    case("after:llm.completed"),
-    case("before:tool.started"),  # call a, nothing started yet
+    case("after:llm.completed", "a"),  # committed with call a's start
+    case("before:tool.started", llm=True),  # = before:llm.completed of step 1
     case("after:tool.started", "a"),  # call a started; b waits for the journal
     case("tool.mid", "ab", "b"),  # b's side effect done; a asleep before its own
     case("before:tool.completed", "ab", "b"),  # b about to be journaled as done
     case("after:tool.completed", "a", "b"),  # b done; a still running
-    case("before:run.completed", "", "abc"),
+    case("before:run.completed", "", "abc", llm=True),  # with the last llm.completed
 ]
 # The tool boundaries again, on call c alone in step 2 (the third hit).
 SINGLE_CALL_CASES = [
-    case("before:tool.started#3", "", "ab"),
+    case("before:tool.started#3", "", "ab", llm=True),  # with step 2's llm.completed
     case("after:tool.started#3", "c", "ab"),
     case("tool.mid#3", "c", "abc"),
     case("before:tool.completed#3", "c", "abc"),
-    case("after:tool.completed#3", "", "abc"),
+    case("after:tool.completed#3", "", "abc", llm=True),  # with step 3's llm.started
 ]
 CASE_BY_POINT = {c.point: c for c in CASES + SINGLE_CALL_CASES}
 
@@ -450,7 +456,7 @@ async def execute_case(
             raise AssertionError(f"{point} was never reached\n{log_tail(logs[0])}") from None
         assert code == -signal.SIGKILL, f"worker 1 exited {code}\n{log_tail(logs[0])}"
         before = await store.load_events(run_id)
-        assert journal.RUN_COMPLETED not in [e.type for e in before]
+        assert EventType.RUN_COMPLETED not in [e.type for e in before]
 
         recovering = start_worker(env, *WORKER_ARGS, log=logs[1])
         try:
@@ -559,7 +565,7 @@ async def test_crash_point(
     assert row.status == "completed" and row.result == reference[effect][-1]["content"]
 
     # Exactly one takeover, at a higher epoch.
-    starts = [e for e in events if e.type == journal.RUN_STARTED]
+    starts = [e for e in events if e.type == EventType.RUN_STARTED]
     assert len(starts) == 2, [e.to_dict() for e in starts]
     assert starts[1].data["epoch"] > starts[0].data["epoch"]
     assert [e.data["takeover"] for e in starts] == [False, True]
@@ -573,25 +579,26 @@ async def test_crash_point(
     if kind:
         count = [e.type for e in dead].count(kind)
         assert count == (hits if where == "after" else hits - 1), [e.type for e in dead]
-        if where == "after":
-            assert dead[-1].type == kind, [e.type for e in dead]
+        if where == "after":  # the event is in the last commit (its events share one ts)
+            last = next(e for e in reversed(dead) if e.type == kind)
+            assert last.ts == dead[-1].ts, [(e.type, e.ts) for e in dead]
 
     # What the killed worker left in flight is what the timing design says.
     in_flight = {
         c
         for c in CALLS
-        if any(e.type == journal.TOOL_STARTED and e.data["call_id"] == c for e in dead)
+        if any(e.type == EventType.TOOL_STARTED and e.data["call_id"] == c for e in dead)
         and not any(e.type in RESOLUTIONS and e.data["call_id"] == c for e in dead)
     }
     assert in_flight == expect.in_flight, f"in flight at the kill: {in_flight}"
     last_dead = dead[-1].type
-    assert (last_dead == journal.LLM_STARTED) == expect.llm_in_flight, [e.type for e in dead]
+    assert (last_dead == EventType.LLM_STARTED) == expect.llm_in_flight, [e.type for e in dead]
 
     # LLM: only the unfinished call is repeated, with the next attempt.
-    llm_started = [e for e in events if e.type == journal.LLM_STARTED]
+    llm_started = [e for e in events if e.type == EventType.LLM_STARTED]
     assert len(llm_started) == STEPS + expect.llm_in_flight
     if expect.llm_in_flight:
-        repeat = next(e for e in events[len(before) :] if e.type == journal.LLM_STARTED)
+        repeat = next(e for e in events[len(before) :] if e.type == EventType.LLM_STARTED)
         assert (repeat.data["step"], repeat.data["attempt"]) == (dead[-1].data["step"], 2)
 
     # Tools: in-flight at_most_once calls are interrupted, pure/idempotent ones repeated.
@@ -616,7 +623,7 @@ async def test_crash_point(
         started = [
             e.data["attempt"]
             for e in events
-            if e.type == journal.TOOL_STARTED and e.data["call_id"] == call_id
+            if e.type == EventType.TOOL_STARTED and e.data["call_id"] == call_id
         ]
         repeated = call_id in expect.in_flight and effect != "at_most_once"
         assert started == ([1, 2] if repeated else [1]), f"{call_id}: attempts {started}"
@@ -682,7 +689,7 @@ async def test_random_kills(db_url: str, tmp_path: Path) -> None:
         deadline = time.monotonic() + 90 + 3 * RANDOM_KILLS + RANDOM_RUNS
         while True:
             rows = [await store.get_run(r) for r in run_ids.values()]
-            if all(row.status in journal.TERMINAL_STATUSES for row in rows):
+            if all(row.status in TERMINAL_STATUSES for row in rows):
                 break
             assert time.monotonic() < deadline, (
                 f"{where}: runs not finished: {[(r.id, r.status) for r in rows]}"
@@ -729,7 +736,7 @@ async def test_random_kills(db_url: str, tmp_path: Path) -> None:
             run_id, effects[name], events[name], ledger_by_call(mine), reference[name]
         )
         interrupted_total += len(interrupted)
-        takeovers += [e.type for e in events[name]].count(journal.RUN_STARTED) - 1
+        takeovers += [e.type for e in events[name]].count(EventType.RUN_STARTED) - 1
     print(
         f"{where}: {kills} kills, {takeovers} takeovers, "
         f"{interrupted_total} interrupted at_most_once calls"

@@ -11,7 +11,9 @@ from typing import Any
 
 import pytest
 
-from everruns import journal as j
+from everruns.core.context import SUMMARY_HEADER, compaction_cut, estimate_tokens, model_view
+from everruns.core.events import TERMINAL_STATUSES, Event, EventType
+from everruns.core.state import State, fold
 from everruns.spec import parse_spec
 from everruns.store import Store
 from helpers import cli, env_for, start_worker, stop, wait_until, write_agent
@@ -34,9 +36,9 @@ def _compacting_responses(n: int) -> list[dict[str, Any]]:
     return out
 
 
-def _check_view(state: j.State) -> None:
+def _check_view(state: State) -> None:
     """Every tool result the model sees follows the assistant message that called it."""
-    view = j.model_view(state)
+    view = model_view(state)
     called: set[str] = set()
     for message in view:
         if message["role"] == "assistant":
@@ -45,20 +47,20 @@ def _check_view(state: j.State) -> None:
             assert message["tool_call_id"] in called, "a tool result was split from its call"
 
 
-async def _run_to_end(db_url: str, run_id: str, timeout: float = 60) -> j.State:
+async def _run_to_end(db_url: str, run_id: str, timeout: float = 60) -> State:
     store = await Store.open(db_url)
     try:
 
         async def done() -> bool:
-            return (await store.get_run(run_id)).status in j.TERMINAL_STATUSES
+            return (await store.get_run(run_id)).status in TERMINAL_STATUSES
 
         await wait_until(done, timeout=timeout, what=f"run {run_id} to end")
-        return j.fold(await store.load_events(run_id))
+        return fold(await store.load_events(run_id))
     finally:
         await store.close()
 
 
-async def _events(db_url: str, run_id: str) -> list[j.Event]:
+async def _events(db_url: str, run_id: str) -> list[Event]:
     store = await Store.open(db_url)
     try:
         return await store.load_events(run_id)
@@ -83,12 +85,12 @@ def test_compaction_keeps_pairs_notes_and_completes(tmp_path: Path, db_url: str)
     assert state.status == "completed"
     assert state.summary is not None and state.compacted_until > 0
     _check_view(state)
-    view = j.model_view(state)
-    assert view[0]["content"].startswith(j.SUMMARY_HEADER)
+    view = model_view(state)
+    assert view[0]["content"].startswith(SUMMARY_HEADER)
     # Notes survive compaction verbatim, and the full history stays in the journal.
     assert all(note in view[0]["content"] for note in state.notes[:1])
     assert len(state.messages) > len(view)
-    assert j.estimate_tokens("", view) < j.estimate_tokens("", state.messages)
+    assert estimate_tokens("", view) < estimate_tokens("", state.messages)
 
 
 def test_crash_during_compaction_repeats_it(tmp_path: Path, sqlite_url: str) -> None:
@@ -105,7 +107,7 @@ def test_crash_during_compaction_repeats_it(tmp_path: Path, sqlite_url: str) -> 
     )
     assert crashing.wait(60) == -9
     events = asyncio.run(_events(sqlite_url, run_id))
-    assert events[-1].type == j.COMPACTION_STARTED  # died half-way through the compaction
+    assert events[-1].type == EventType.COMPACTION_STARTED  # died half-way through the compaction
     worker = start_worker(env, "--lease-ttl", "1", "--poll-interval", "0.1")
     try:
         state = asyncio.run(_run_to_end(sqlite_url, run_id))
@@ -113,8 +115,8 @@ def test_crash_during_compaction_repeats_it(tmp_path: Path, sqlite_url: str) -> 
         stop(worker)
     assert state.status == "completed"
     events = asyncio.run(_events(sqlite_url, run_id))
-    starts = [e.data["until"] for e in events if e.type == j.COMPACTION_STARTED]
-    dones = [e.data["until"] for e in events if e.type == j.CONTEXT_COMPACTED]
+    starts = [e.data["until"] for e in events if e.type == EventType.COMPACTION_STARTED]
+    dones = [e.data["until"] for e in events if e.type == EventType.CONTEXT_COMPACTED]
     assert starts[0] == starts[1], "the interrupted compaction was repeated"
     assert len(dones) == len(set(dones)), "a completed compaction was repeated"
     _check_view(state)
@@ -207,7 +209,7 @@ def test_fan_out_survives_random_kills(tmp_path: Path, db_url: str) -> None:
         assert [e.type for e in events].count("run.completed") == 1
         assert [e.seq for e in events] == list(range(1, len(events) + 1))
     parent_events = asyncio.run(_events(db_url, run_id))
-    finished = [e.data["run_id"] for e in parent_events if e.type == j.CHILD_FINISHED]
+    finished = [e.data["run_id"] for e in parent_events if e.type == EventType.CHILD_FINISHED]
     assert sorted(finished) == sorted(state.children), "each child reported exactly once"
     assert [e.type for e in parent_events].count("run.completed") == 1
 
@@ -262,7 +264,7 @@ def test_fan_out_limit_is_a_tool_error(tmp_path: Path, sqlite_url: str) -> None:
 
 @pytest.mark.parametrize("keep", [1, 2, 3])
 def test_compaction_cut_never_splits_a_tool_call(keep: int) -> None:
-    state = j.State(
+    state = State(
         messages=[
             {"role": "user", "content": "u"},
             {
@@ -275,7 +277,7 @@ def test_compaction_cut_never_splits_a_tool_call(keep: int) -> None:
             {"role": "assistant", "content": "done"},
         ]
     )
-    cut = j.compaction_cut(state, keep)
+    cut = compaction_cut(state, keep)
     assert cut is not None
     assert state.messages[cut]["role"] != "tool"
     state.summary, state.compacted_until = "s", cut

@@ -362,7 +362,9 @@ async def test_everything_stdio(everything_js: Path, monkeypatch: pytest.MonkeyP
         assert set(env) <= {"HOME", "LOGNAME", "PATH", "SHELL", "TERM", "USER"} | {
             "EVERRUNS_TEST_VISIBLE",
             "EVERRUNS_MCP_CONNECTION",
+            "PWD",  # set by the sandbox (bwrap --chdir) to the server's working directory
         }
+        assert env["HOME"] == "/tmp"  # the sandbox's private /tmp, not the worker's home
 
         tools = {t.name: t for t in tools_from_listing(config, listing, lambda: conn)}
         assert await tools["get-sum"].invoke({"a": 1, "b": 2}, CTX) == "The sum of 1 and 2 is 3."

@@ -12,7 +12,7 @@ Covered:
    resumed on another worker lists only what was not journaled yet;
 3. a worker SIGKILLed while MCP calls of each effect class are in flight:
    pure/idempotent calls are made again (attempt 2, same idempotency key),
-   the at_most_once call is not (the model sees journal.INTERRUPTED_MESSAGE);
+   the at_most_once call is not (the model sees INTERRUPTED_MESSAGE);
    the stdio server process SIGKILLed between calls and during calls: the next
    call restarts it transparently (an in-flight pure call is resent, an
    in-flight at_most_once call fails as "connection lost");
@@ -46,9 +46,9 @@ from typing import Any
 
 import pytest
 
-from everruns import journal
 from everruns.cli import _load_checked
-from everruns.journal import Event
+from everruns.core.events import INTERRUPTED_MESSAGE, TERMINAL_EVENTS, Event, EventType
+from everruns.core.state import fold, transcript
 from everruns.spec import SpecError, load_spec
 from everruns.store import Store
 from helpers import cli, env_for, start_worker, stop, write_agent
@@ -167,12 +167,12 @@ async def wait_for(
 
 
 def ended(events: list[Event]) -> bool:
-    return any(e.type in journal.TERMINAL_EVENTS for e in events)
+    return any(e.type in TERMINAL_EVENTS for e in events)
 
 
 def started_all(*call_ids: str) -> Callable[[list[Event]], bool]:
     def check(events: list[Event]) -> bool:
-        started = {e.data["call_id"] for e in events if e.type == journal.TOOL_STARTED}
+        started = {e.data["call_id"] for e in events if e.type == EventType.TOOL_STARTED}
         return set(call_ids) <= started
 
     return check
@@ -181,19 +181,19 @@ def started_all(*call_ids: str) -> Callable[[list[Event]], bool]:
 def completed(call_id: str) -> Callable[[list[Event]], bool]:
     def check(events: list[Event]) -> bool:
         return any(
-            e.type == journal.TOOL_COMPLETED and e.data["call_id"] == call_id for e in events
+            e.type == EventType.TOOL_COMPLETED and e.data["call_id"] == call_id for e in events
         )
 
     return check
 
 
-async def run_once(url: str, spec_path: Path, tmp: Path) -> list[Event]:
+async def run_once(url: str, spec_path: Path, tmp: Path, **env: str) -> list[Event]:
     """Create a run of the spec, execute it on one worker process, return its journal."""
     log = tmp / "worker.log"
     store = await Store.open(url)
     try:
         run_id = await store.create_run(load_spec(spec_path), "go")
-        proc = start_worker(env_for(url), *WORKER_ARGS, log=log)
+        proc = start_worker(env_for(url, **env), *WORKER_ARGS, log=log)
         try:
             events = await wait_for(store, run_id, ended, proc, log, "the run to end")
         finally:
@@ -209,13 +209,13 @@ def by_type(events: list[Event], kind: str) -> list[Event]:
 
 
 def tool_starts(events: list[Event], call_id: str) -> list[Event]:
-    return [e for e in by_type(events, journal.TOOL_STARTED) if e.data["call_id"] == call_id]
+    return [e for e in by_type(events, EventType.TOOL_STARTED) if e.data["call_id"] == call_id]
 
 
 def tool_messages(events: list[Event]) -> dict[str, dict[str, Any]]:
     """call id -> the tool message the model saw."""
-    state = journal.fold(events)
-    return {m["tool_call_id"]: m for m in journal.transcript(state) if m["role"] == "tool"}
+    state = fold(events)
+    return {m["tool_call_id"]: m for m in transcript(state) if m["role"] == "tool"}
 
 
 def call(call_id: str, name: str, **arguments: Any) -> dict[str, Any]:
@@ -286,7 +286,7 @@ async def test_run_calls_stdio_and_http_servers(
     assert_clean_log(log)
 
     assert row.status == "completed" and row.result == "all servers answered", row.error
-    listed = by_type(events, journal.TOOLS_LISTED)
+    listed = by_type(events, EventType.TOOLS_LISTED)
     assert len(listed) == 3, [e.data["server"] for e in listed]
     # Each list names its server in full; `env`/`headers` only as a digest.
     servers = [e.data["server"] for e in listed]
@@ -297,8 +297,8 @@ async def test_run_calls_stdio_and_http_servers(
     assert {"get_current_time", "convert_time"} <= names[0]
     assert {"echo", "get-sum", SLOW_TOOL} <= names[1] == names[2]
     # Listed after run.started, before the first LLM call, never again.
-    assert by_type(events, journal.RUN_STARTED)[0].seq < listed[0].seq
-    assert listed[-1].seq < by_type(events, journal.LLM_STARTED)[0].seq
+    assert by_type(events, EventType.RUN_STARTED)[0].seq < listed[0].seq
+    assert listed[-1].seq < by_type(events, EventType.LLM_STARTED)[0].seq
 
     results = tool_messages(events)
     assert not any(m["is_error"] for m in results.values()), results
@@ -309,7 +309,7 @@ async def test_run_calls_stdio_and_http_servers(
     assert results["c_http_echo"]["content"] == "Echo: over http"
     assert results["c_http_sum"]["content"] == "The sum of -1 and 1.5 is 0.5."
     assert results["c_again"]["content"] == "Echo: second step"
-    effects = {e.data["call_id"]: e.data["effect"] for e in by_type(events, journal.TOOL_STARTED)}
+    effects = {e.data["call_id"]: e.data["effect"] for e in by_type(events, EventType.TOOL_STARTED)}
     assert effects == {
         "c_time": "pure",
         "c_echo": "at_most_once",
@@ -373,10 +373,10 @@ async def test_resumed_run_reuses_the_journaled_listing(
 
     assert events[: len(before)] == before
     assert row.status == "completed" and row.result == "resumed fine", row.error
-    starts = by_type(events, journal.RUN_STARTED)
+    starts = by_type(events, EventType.RUN_STARTED)
     assert [e.data["takeover"] for e in starts] == [False, True]
     # The resumed run listed only the server that was not journaled yet.
-    listed = by_type(events, journal.TOOLS_LISTED)
+    listed = by_type(events, EventType.TOOLS_LISTED)
     assert [e.data["server"] for e in listed][1:] == [everything_http.url]
     assert listed[0] == before[-1] and listed[1].seq > starts[1].seq
     results = tool_messages(events)
@@ -435,7 +435,7 @@ async def test_worker_killed_during_mcp_calls(
                 first.kill()
                 first.wait()
         before = await store.load_events(run_id)
-        assert [e.type for e in before[-3:]] == [journal.TOOL_STARTED] * 3, before
+        assert [e.type for e in before[-3:]] == [EventType.TOOL_STARTED] * 3, before
 
         second = start_worker(env, *WORKER_ARGS, log=logs[1])
         try:
@@ -450,8 +450,8 @@ async def test_worker_killed_during_mcp_calls(
     assert events[: len(before)] == before
     assert row.status == "completed" and row.result == "survived", row.error
     # One listing, by worker 1; the resumed run reuses it.
-    assert len(by_type(events, journal.TOOLS_LISTED)) == 1
-    assert len(by_type(events, journal.RUN_STARTED)) == 2
+    assert len(by_type(events, EventType.TOOLS_LISTED)) == 1
+    assert len(by_type(events, EventType.RUN_STARTED)) == 2
     results = tool_messages(events)
     for call_id, effect in by_effect.items():
         starts = tool_starts(events, call_id)
@@ -460,14 +460,14 @@ async def test_worker_killed_during_mcp_calls(
         if effect == "at_most_once":
             assert [e.data["attempt"] for e in starts] == [1], call_id
             (failed,) = [
-                e for e in by_type(events, journal.TOOL_FAILED) if e.data["call_id"] == call_id
+                e for e in by_type(events, EventType.TOOL_FAILED) if e.data["call_id"] == call_id
             ]
             assert failed.data["interrupted"] is True and failed.seq > len(before)
             assert results[call_id] == {
                 "role": "tool",
                 "tool_call_id": call_id,
                 "name": f"amo_{SLOW_TOOL}",
-                "content": journal.INTERRUPTED_MESSAGE,
+                "content": INTERRUPTED_MESSAGE,
                 "is_error": True,
             }
         else:
@@ -536,9 +536,9 @@ async def test_mcp_server_killed_mid_run(
         await store.close()
 
     assert row.status == "completed" and row.result == "done", row.error
-    assert len(by_type(events, journal.TOOLS_LISTED)) == 1
-    assert len(by_type(events, journal.RUN_STARTED)) == 1
-    assert {e.data["attempt"] for e in by_type(events, journal.TOOL_STARTED)} == {1}
+    assert len(by_type(events, EventType.TOOLS_LISTED)) == 1
+    assert len(by_type(events, EventType.RUN_STARTED)) == 1
+    assert {e.data["attempt"] for e in by_type(events, EventType.TOOL_STARTED)} == {1}
     results = tool_messages(events)
     assert results["c1"]["content"] == "Echo: one"
     # The server was known to be dead before c2 was sent: restarted transparently.
@@ -578,9 +578,9 @@ async def test_invalid_arguments_fail_the_call_not_the_run(
     ]
     spec = write_agent(tmp_path / "agent.yaml", responses, tools=tools, name="mcp-bad-args")
     events = await run_once(sqlite_url, spec, tmp_path)
-    state = journal.fold(events)
+    state = fold(events)
     assert state.status == "completed" and state.result == "recovered", state.error
-    failed = {e.data["call_id"]: e.data["error"] for e in by_type(events, journal.TOOL_FAILED)}
+    failed = {e.data["call_id"]: e.data["error"] for e in by_type(events, EventType.TOOL_FAILED)}
     assert set(failed) == {"c_bad", "c_missing"}
     assert failed["c_bad"].startswith("invalid arguments for get-sum: b: 'two' is not of type")
     assert "'message' is a required property" in failed["c_missing"]
@@ -622,7 +622,7 @@ def test_bad_mcp_config_is_rejected_before_the_run(sqlite_url: str, tmp_path: Pa
     for expected, entry in cases.items():
         path = write_agent(tmp_path / "bad.yaml", [{"text": "x"}], tools=[entry], name="bad")
         with pytest.raises(SpecError) as info:
-            _load_checked(path)
+            asyncio.run(_load_checked(path))
         assert expected in str(info.value), (entry, str(info.value))
 
 
@@ -688,10 +688,14 @@ async def test_each_server_gets_its_own_listing(
         {"text": "both"},
     ]
     spec = write_agent(tmp_path / "agent.yaml", responses, tools=tools, name="mcp-labels")
-    events = await run_once(sqlite_url, spec, tmp_path)
-    state = journal.fold(events)
+    # The wrapper scripts name node's entry point where the sandbox cannot see it (inside
+    # the script): the operator makes the installed package readable to tools.
+    settings = tmp_path / "settings.yaml"
+    settings.write_text(f"sandbox_read_only: [{json.dumps(str(everything_js.parents[3]))}]\n")
+    events = await run_once(sqlite_url, spec, tmp_path, EVERRUNS_SETTINGS=str(settings))
+    state = fold(events)
     assert state.status == "completed", state.error
-    listed = by_type(events, journal.TOOLS_LISTED)
+    listed = by_type(events, EventType.TOOLS_LISTED)
     assert len(listed) == 2, [e.data["server"] for e in listed]
     assert "echo" in {t["name"] for t in listed[0].data["tools"]}
     assert "get_current_time" in {t["name"] for t in listed[1].data["tools"]}

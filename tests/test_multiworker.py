@@ -16,7 +16,8 @@ from pathlib import Path
 import pytest
 import sqlalchemy as sa
 
-from everruns import journal as j
+from everruns.core.events import TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.spec import load_spec
 from everruns.store import Store
 from everruns.store.schema import runs, workers
@@ -99,7 +100,7 @@ async def test_three_workers_hundred_runs(pg_url: str, tmp_path: Path) -> None:
                     await conn.execute(
                         sa.select(sa.func.count())
                         .select_from(runs)
-                        .where(runs.c.status.not_in(tuple(j.TERMINAL_STATUSES)))
+                        .where(runs.c.status.not_in(tuple(TERMINAL_STATUSES)))
                     )
                 ).scalar_one()
             return left == 0
@@ -127,12 +128,18 @@ async def test_three_workers_hundred_runs(pg_url: str, tmp_path: Path) -> None:
         types = [e.type for e in events]
         assert [e.seq for e in events] == list(range(1, len(events) + 1)), run_id
         assert rows[run_id].last_seq == len(events)
-        assert types.count(j.RUN_STARTED) == 1, (run_id, types)  # no double claim, no takeover
-        assert types.count(j.RUN_COMPLETED) == 1 and types[-1] == j.RUN_COMPLETED, (run_id, types)
-        assert types.count(j.LLM_COMPLETED) == steps + 1
-        assert types.count(j.TOOL_STARTED) == types.count(j.TOOL_COMPLETED) == steps
-        assert j.TOOL_FAILED not in types and j.LLM_FAILED not in types
-        started = next(e for e in events if e.type == j.RUN_STARTED)
+        assert types.count(EventType.RUN_STARTED) == 1, (
+            run_id,
+            types,
+        )  # no double claim, no takeover
+        assert types.count(EventType.RUN_COMPLETED) == 1 and types[-1] == EventType.RUN_COMPLETED, (
+            run_id,
+            types,
+        )
+        assert types.count(EventType.LLM_COMPLETED) == steps + 1
+        assert types.count(EventType.TOOL_STARTED) == types.count(EventType.TOOL_COMPLETED) == steps
+        assert EventType.TOOL_FAILED not in types and EventType.LLM_FAILED not in types
+        started = next(e for e in events if e.type == EventType.RUN_STARTED)
         assert started.data["epoch"] == 1 and started.data["takeover"] is False
         holder[run_id] = started.data["worker"]
         result = "one done" if agent == "one-step" else "two done"
@@ -145,7 +152,7 @@ async def test_three_workers_hundred_runs(pg_url: str, tmp_path: Path) -> None:
             None,
         )
         assert row.steps == steps + 1
-        state = j.fold(events)
+        state = fold(events)
         assert state.status == "completed" and state.steps == steps + 1
 
     # The fleet shared the work.
@@ -214,7 +221,7 @@ async def test_runs_claimed_during_renewal_are_kept(pg_url: str, tmp_path: Path)
                     await conn.execute(
                         sa.select(sa.func.count())
                         .select_from(runs)
-                        .where(runs.c.status.not_in(tuple(j.TERMINAL_STATUSES)))
+                        .where(runs.c.status.not_in(tuple(TERMINAL_STATUSES)))
                     )
                 ).scalar_one()
             return left == 0
@@ -232,7 +239,7 @@ async def test_runs_claimed_during_renewal_are_kept(pg_url: str, tmp_path: Path)
     assert not reclaimed, f"{len(reclaimed)} runs were dropped by their worker and claimed again"
     for events in journals:
         types = [e.type for e in events]
-        assert types.count(j.RUN_STARTED) == 1 and types.count(j.RUN_COMPLETED) == 1
+        assert types.count(EventType.RUN_STARTED) == 1 and types.count(EventType.RUN_COMPLETED) == 1
     keys = Counter(x["idempotency_key"] for x in read_ledger(ledger))
     assert sorted(keys) == sorted(f"{r}:call_1_1" for r in run_ids)
     assert set(keys.values()) == {1}

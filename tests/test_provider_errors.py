@@ -20,7 +20,8 @@ import httpx2
 import openai
 import pytest
 
-from everruns import journal as j
+from everruns.core.events import Event, EventType
+from everruns.core.state import fold, transcript
 from everruns.providers.anthropic_messages import to_anthropic_messages
 from everruns.providers.base import (
     INVALID_ARGUMENTS,
@@ -301,11 +302,11 @@ def _transcript_with_parallel_tools() -> list[dict[str, Any]]:
     """A transcript as the journal folds it: two parallel calls finishing out of order,
     one failing, then a user message that arrived while the tools ran."""
     events = [
-        (j.RUN_CREATED, {"input": "look up a and b"}),
-        (j.RUN_STARTED, {"epoch": 1}),
-        (j.LLM_STARTED, {"attempt": 1}),
+        (EventType.RUN_CREATED, {"input": "look up a and b"}),
+        (EventType.RUN_STARTED, {"epoch": 1}),
+        (EventType.LLM_STARTED, {"attempt": 1}),
         (
-            j.LLM_COMPLETED,
+            EventType.LLM_COMPLETED,
             {
                 "message": {
                     "role": "assistant",
@@ -318,14 +319,14 @@ def _transcript_with_parallel_tools() -> list[dict[str, Any]]:
                 "usage": {"input_tokens": 10, "output_tokens": 5},
             },
         ),
-        (j.TOOL_STARTED, {"call_id": "call_a", "name": "lookup"}),
-        (j.TOOL_STARTED, {"call_id": "call_b", "name": "lookup"}),
-        (j.MESSAGE_USER, {"content": "also check c"}),
-        (j.TOOL_FAILED, {"call_id": "call_b", "name": "lookup", "error": "b: not found"}),
-        (j.TOOL_COMPLETED, {"call_id": "call_a", "name": "lookup", "output": "a = 1"}),
+        (EventType.TOOL_STARTED, {"call_id": "call_a", "name": "lookup"}),
+        (EventType.TOOL_STARTED, {"call_id": "call_b", "name": "lookup"}),
+        (EventType.MESSAGE_USER, {"content": "also check c"}),
+        (EventType.TOOL_FAILED, {"call_id": "call_b", "name": "lookup", "error": "b: not found"}),
+        (EventType.TOOL_COMPLETED, {"call_id": "call_a", "name": "lookup", "output": "a = 1"}),
     ]
-    state = j.fold([j.Event(i + 1, kind, 0.0, data) for i, (kind, data) in enumerate(events)])
-    return j.transcript(state)
+    state = fold([Event(i + 1, kind, 0.0, data) for i, (kind, data) in enumerate(events)])
+    return transcript(state)
 
 
 def test_to_openai_messages() -> None:

@@ -30,7 +30,7 @@ import httpx
 import pytest
 import yaml
 
-from everruns.journal import Event
+from everruns.core.events import Event
 from everruns.spec import load_spec, parse_spec
 from everruns.store import Store
 from helpers import cli, env_for, read_ledger, start_worker, stop, wait_until

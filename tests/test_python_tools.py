@@ -71,4 +71,10 @@ def test_load_function_errors() -> None:
         load_function("no_such_module_xyz:f")
     with pytest.raises(ToolLoadError, match="no attribute"):
         load_function("json:no_such_function")
-    assert load_function("json:dumps")([1]) == "[1]"
+    # Only functions declared with @tool: never an arbitrary callable.
+    for path in ("json:dumps", "os:system", "builtins:eval", "subprocess:Popen"):
+        with pytest.raises(ToolLoadError, match="not a function decorated with @everruns"):
+            load_function(path)
+    assert load_function(f"{__name__}:charge") is charge
+    with pytest.raises(ToolLoadError, match="not a function decorated"):
+        load_function(f"{__name__}:plain")

@@ -22,11 +22,11 @@ import sqlalchemy as sa
 from fastapi.testclient import TestClient
 from typer.testing import CliRunner, Result
 
-from everruns import journal as j
 from everruns.api import ApiConfig, create_app
 from everruns.cli import app as cli_app
+from everruns.core.events import TERMINAL_STATUSES, Event, EventType
+from everruns.core.schedule import parse_schedule
 from everruns.engine.worker import Worker
-from everruns.schedule import parse_schedule
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, SpecError, ToolSpec, load_spec, parse_spec
 from everruns.store import Store, StoreError
@@ -56,7 +56,7 @@ async def _scheduled_runs(store: Store, agent: str) -> list[dict[str, Any]]:
     out = []
     for row in reversed(await store.list_runs(agent=agent, limit=1000)):
         created = (await store.load_events(row.id, limit=1))[0]
-        assert created.type == j.RUN_CREATED
+        assert created.type == EventType.RUN_CREATED
         out.append({"run_id": row.id, "status": row.status, **created.data["schedule"]})
     return out
 
@@ -197,7 +197,7 @@ async def test_overlap_cancel_previous(store: Store) -> None:
     old = await store.get_run(first.run_id)
     assert old.status == "cancelled" and (old.error or {}).get("reason") == "cancelled"
     events = await store.load_events(first.run_id)
-    assert events[-1].type == j.RUN_CANCELLED and "superseded" in events[-1].data["reason"]
+    assert events[-1].type == EventType.RUN_CANCELLED and "superseded" in events[-1].data["reason"]
     # A run a live worker holds is asked to stop (its worker cancels it).
     claims = await store.claim("w-test", limit=10, lease_ttl=30)
     assert [c.run_id for c in claims] == [second.run_id]
@@ -272,7 +272,7 @@ async def _execute(store: Store, run_id: str) -> None:
     try:
 
         async def finished() -> bool:
-            return (await store.get_run(run_id)).status in j.TERMINAL_STATUSES
+            return (await store.get_run(run_id)).status in TERMINAL_STATUSES
 
         await wait_until(finished, timeout=20, interval=0.05, what=f"{run_id} finished")
     finally:
@@ -280,8 +280,8 @@ async def _execute(store: Store, run_id: str) -> None:
         await task
 
 
-def _tool_output(events: list[j.Event], name: str) -> str:
-    (done,) = [e for e in events if e.type == j.TOOL_COMPLETED and e.data["name"] == name]
+def _tool_output(events: list[Event], name: str) -> str:
+    (done,) = [e for e in events if e.type == EventType.TOOL_COMPLETED and e.data["name"] == name]
     return str(done.data["output"])
 
 
@@ -383,7 +383,8 @@ def test_cli_schedule_commands(sqlite_url: str, tmp_path: Path) -> None:
 def test_http_schedule_and_notes_routes(sqlite_url: str) -> None:
     app = create_app(ApiConfig(database_url=sqlite_url, embedded_worker=False))
     spec = _spec("api-agent", "every 1h", schedule_input="hello").to_dict()
-    with TestClient(app) as client:
+    # With auth off the app serves loopback names only (see docs/security.md).
+    with TestClient(app, base_url="http://127.0.0.1") as client:
         created = client.post("/v1/schedules", json={"spec": spec})
         assert created.status_code == 201, created.text
         body = created.json()

@@ -1,10 +1,11 @@
-"""The shell tool core: real /bin/sh processes, real signals."""
+"""The shell tool core: real /bin/sh processes in the bubblewrap sandbox, real signals."""
 
 from __future__ import annotations
 
 import asyncio
 import os
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -33,10 +34,6 @@ async def _wait_dead(pids: list[int], within: float = 3.0) -> list[int]:
     return [p for p in pids if _alive(p)]
 
 
-def _pids_in(path: Path) -> list[int]:
-    return [int(x) for x in path.read_text().split()] if path.exists() else []
-
-
 def _exists(path: str) -> bool:
     return os.path.exists(path)
 
@@ -45,14 +42,28 @@ def _same_dir(a: str | Path, b: Path) -> bool:
     return Path(a).resolve() == b.resolve()
 
 
-async def _read_pids(path: Path, count: int, within: float = 5.0) -> list[int]:
+def _host_pids(marker: str) -> list[int]:
+    """Host pids of live processes whose command line contains `marker` (the shell
+    runs in its own pid namespace, so its `$$` and `$!` are not host pids)."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit() and int(entry) != os.getpid():
+            try:
+                cmdline = Path(f"/proc/{entry}/cmdline").read_bytes()
+            except OSError:
+                continue
+            if marker.encode() in cmdline and _alive(int(entry)):
+                found.append(int(entry))
+    return found
+
+
+async def _wait_host_pids(marker: str, count: int, within: float = 5.0) -> list[int]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        pids = _pids_in(path)
-        if len(pids) >= count:
-            return pids[:count]
+        if len(pids := _host_pids(marker)) >= count:
+            return pids
         await asyncio.sleep(0.02)
-    raise AssertionError(f"{path} never got {count} pids")
+    raise AssertionError(f"never saw {count} processes with {marker!r}")
 
 
 async def test_exit_code_stdout_stderr(tmp_path: Path) -> None:
@@ -95,14 +106,18 @@ async def test_environment_is_minimal(tmp_path: Path, monkeypatch: pytest.Monkey
     assert env["LANG"] == "C.UTF-8"
     assert env["EXTRA"] == "given"
     assert _same_dir(env["HOME"], tmp_path)
-    assert not _exists(env["TMPDIR"])  # a per-call directory, removed afterwards
+    assert env["TMPDIR"] == "/tmp"  # the sandbox's private /tmp
     # Only what we set (the shell itself may add PWD, SHLVL, _ and the like).
     assert set(env) - {"PWD", "OLDPWD", "SHLVL", "_"} == {"PATH", "HOME", "LANG", "TMPDIR", "EXTRA"}
 
 
-async def test_tmpdir_is_writable(tmp_path: Path) -> None:
-    result = await run_shell('f=$(mktemp) && echo hi > "$f" && cat "$f"', cwd=tmp_path)
+async def test_tmpdir_is_writable_and_private(tmp_path: Path) -> None:
+    marker = f"everruns-tmp-{uuid.uuid4().hex}"
+    result = await run_shell(f"echo hi > /tmp/{marker} && cat /tmp/{marker}", cwd=tmp_path)
     assert result["stdout"] == "hi\n"
+    assert not _exists(f"/tmp/{marker}")  # not the host's /tmp ...
+    again = await run_shell(f"cat /tmp/{marker}", cwd=tmp_path)
+    assert again["exit_code"] != 0  # ... and not kept for the next call
 
 
 async def test_output_cap_keeps_the_head(tmp_path: Path) -> None:
@@ -126,42 +141,48 @@ async def test_cap_does_not_split_utf8(tmp_path: Path) -> None:
     assert result["stdout"] == "aéa\n[... output truncated: 295 more bytes not shown]"
 
 
+def _marker() -> str:
+    """A unique `sleep` duration: its command line finds the process on the host."""
+    return f"30.{uuid.uuid4().int % 10**9:09d}"
+
+
 async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
+    m = _marker()
     started = time.monotonic()
-    result = await run_shell(
-        f"echo $$ > {pids}; sleep 30 & echo $! >> {pids}; sh -c 'sleep 30' & echo $! >> {pids};"
-        " echo started; sleep 30",
-        cwd=tmp_path,
-        timeout=1,
+    task = asyncio.create_task(
+        run_shell(
+            f"sleep {m} & sh -c 'sleep {m}' & echo started; exec sleep {m}",
+            cwd=tmp_path,
+            timeout=1,
+        )
     )
+    found = await _wait_host_pids(m, 3)
+    result = await task
     elapsed = time.monotonic() - started
     assert result["timed_out"] is True and result["exit_code"] is None
     assert result["stdout"] == "started\n"
     assert elapsed < 5
-    found = _pids_in(pids)
-    assert len(found) == 3
     assert await _wait_dead(found) == []
 
 
 async def test_background_processes_do_not_outlive_the_call(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
+    m = _marker()
     started = time.monotonic()
-    result = await run_shell(f"sleep 30 & echo $! > {pids}; echo done", cwd=tmp_path, timeout=10)
+    task = asyncio.create_task(
+        run_shell(f"sleep {m} & setsid -f sleep {m}; sleep 0.5; echo done", cwd=tmp_path)
+    )
+    found = await _wait_host_pids(m, 2)
+    result = await task
     assert time.monotonic() - started < 5
     assert result["exit_code"] == 0 and result["timed_out"] is False
     assert result["stdout"] == "done\n"
-    assert await _wait_dead(_pids_in(pids)) == []
+    assert await _wait_dead(found) == []
 
 
 async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
-    pids = tmp_path / "pids"
-    task = asyncio.create_task(
-        run_shell(
-            f"echo $$ > {pids}; sleep 30 & echo $! >> {pids}; sleep 30", cwd=tmp_path, timeout=60
-        )
-    )
-    found = await _read_pids(pids, 2)
+    m = _marker()
+    task = asyncio.create_task(run_shell(f"sleep {m} & exec sleep {m}", cwd=tmp_path, timeout=60))
+    found = await _wait_host_pids(m, 2)
     assert all(_alive(p) for p in found)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):

@@ -20,7 +20,8 @@ from typing import Any
 import pytest
 import sqlalchemy as sa
 
-from everruns import journal as j
+from everruns.core.events import EventType
+from everruns.core.state import fold
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Claim, Fenced, RunNotFound, Store
 from everruns.store.schema import runs, workers
@@ -44,11 +45,10 @@ async def seqs(store: Store, run_id: str) -> list[int]:
 
 
 async def start(store: Store, claim: Claim) -> int:
-    """What a runner does after claiming: journal run.started and record claim_seq."""
+    """What a runner does after claiming: journal run.started (which records claim_seq)."""
     (event,) = await store.append(
-        claim.run_id, claim.epoch, [(j.RUN_STARTED, {"epoch": claim.epoch})]
+        claim.run_id, claim.epoch, [(EventType.RUN_STARTED, {"epoch": claim.epoch})]
     )
-    await store.append(claim.run_id, claim.epoch, [], projection={"claim_seq": event.seq})
     return event.seq
 
 
@@ -196,20 +196,21 @@ async def test_lease_expiry_and_takeover(db_url: str) -> None:
         assert t0 + 0.5 <= row.lease_expires_at <= time.time() + 0.5
         # w1 made progress (an event after its run.started), then died.
         await start(s1, c1)
-        await s1.append(run_id, c1.epoch, [(j.LLM_STARTED, {"attempt": 1})])
+        await s1.append(run_id, c1.epoch, [(EventType.LLM_STARTED, {"attempt": 1})])
         await asyncio.sleep(0.6)
 
-        (c2,) = await s2.claim("w2", limit=5, lease_ttl=0.5)
+        # From here on the claimers' clocks are passed in (and run ahead instead of the
+        # test sleeping), so a slow machine cannot let a lease run out early.
+        t = time.time()
+        (c2,) = await s2.claim("w2", limit=5, lease_ttl=0.5, now=t)
         assert c2.run_id == run_id
         assert c2.epoch == c1.epoch + 1
         assert c2.crashes == 1, "a holder that made progress and died counts as one crash"
         assert (await s2.get_run(run_id)).lease_owner == "w2"
-        assert await s1.claim("w1", limit=5, lease_ttl=0.5) == []
+        assert await s1.claim("w1", limit=5, lease_ttl=0.5, now=t) == []
 
         # w2 only journals run.started (no progress), then dies: the count grows.
-        # (From here on the claimers' clocks run ahead instead of the test sleeping.)
         await start(s2, c2)
-        t = time.time()
         assert await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 0.4) == []
         (c3,) = await s1.claim("w3", limit=5, lease_ttl=0.5, now=t + 1)
         assert (c3.epoch, c3.crashes) == (3, 2)
@@ -254,7 +255,7 @@ async def test_stale_epoch_is_fenced(db_url: str) -> None:
         (run_id,) = await create_runs(s1, 1)
         (c1,) = await s1.claim("w1", limit=1, lease_ttl=0.3)
         await start(s1, c1)
-        await s1.append(run_id, c1.epoch, [(j.LLM_STARTED, {"attempt": 1})])
+        await s1.append(run_id, c1.epoch, [(EventType.LLM_STARTED, {"attempt": 1})])
         await asyncio.sleep(0.4)
         (c2,) = await s2.claim("w2", limit=1, lease_ttl=LONG)
         assert c2.epoch == c1.epoch + 1
@@ -266,14 +267,16 @@ async def test_stale_epoch_is_fenced(db_url: str) -> None:
                 run_id,
                 c1.epoch,
                 [
-                    (j.LLM_COMPLETED, {"message": {"role": "assistant", "content": "stale"}}),
-                    (j.RUN_COMPLETED, {"result": "stale"}),
+                    (
+                        EventType.LLM_COMPLETED,
+                        {"message": {"role": "assistant", "content": "stale"}},
+                    ),
+                    (EventType.RUN_COMPLETED, {"result": "stale"}),
                 ],
-                projection={"status": "completed", "result": "stale", "steps": 7},
             )
-        # An empty append (the claim_seq bookkeeping) is fenced too.
+        # An empty append is fenced too.
         with pytest.raises(Fenced):
-            await s1.append(run_id, c1.epoch, [], projection={"claim_seq": 99})
+            await s1.append(run_id, c1.epoch, [])
         assert await s1.load_events(run_id) == before
         row = await s1.get_run(run_id)
         assert row.last_seq == row_before.last_seq == before[-1].seq
@@ -286,15 +289,15 @@ async def test_stale_epoch_is_fenced(db_url: str) -> None:
         assert row.lease_owner == "w2" and row.status == "running"
 
         # The current holder writes on, right after the last seq.
-        (event,) = await s2.append(run_id, c2.epoch, [(j.RUN_STARTED, {"epoch": c2.epoch})])
+        (event,) = await s2.append(run_id, c2.epoch, [(EventType.RUN_STARTED, {"epoch": c2.epoch})])
         assert event.seq == before[-1].seq + 1
         assert await seqs(s2, run_id) == list(range(1, event.seq + 1))
         assert await s2.release(run_id, c2.epoch, wake_at=None, status="waiting") is True
 
         with pytest.raises(RunNotFound):
-            await s1.append("run_missing", 1, [(j.LLM_STARTED, {})])
+            await s1.append("run_missing", 1, [(EventType.LLM_STARTED, {})])
         with pytest.raises(RunNotFound):
-            await s1.append("run_missing", None, [(j.MESSAGE_USER, {"content": "x"})])
+            await s1.append("run_missing", None, [(EventType.MESSAGE_USER, {"content": "x"})])
     finally:
         await s1.close()
         await s2.close()
@@ -316,7 +319,7 @@ async def test_fencing_races_takeover(db_url: str) -> None:
             while True:
                 try:
                     (event,) = await s1.append(
-                        run_id, c1.epoch, [(j.LLM_STARTED, {"epoch": c1.epoch, "i": i})]
+                        run_id, c1.epoch, [(EventType.LLM_STARTED, {"epoch": c1.epoch, "i": i})]
                     )
                 except Fenced:
                     fenced.set()
@@ -331,7 +334,9 @@ async def test_fencing_races_takeover(db_url: str) -> None:
                     (claim,) = got
                     for i in range(5):
                         await s2.append(
-                            run_id, claim.epoch, [(j.LLM_STARTED, {"epoch": claim.epoch, "i": i})]
+                            run_id,
+                            claim.epoch,
+                            [(EventType.LLM_STARTED, {"epoch": claim.epoch, "i": i})],
                         )
                     return claim
                 await asyncio.sleep(0.02)
@@ -372,7 +377,10 @@ async def test_seq_gap_free_under_concurrent_appends(db_url: str) -> None:
                     run_id,
                     epoch,
                     [
-                        (j.MESSAGE_USER, {"content": f"{name}/{b}/{k}", "w": name, "b": b, "k": k})
+                        (
+                            EventType.MESSAGE_USER,
+                            {"content": f"{name}/{b}/{k}", "w": name, "b": b, "k": k},
+                        )
                         for k in range(size)
                     ],
                 )
@@ -419,12 +427,9 @@ async def test_wake_at_ordering(db_url: str) -> None:
         assert await store.release(parked, 0, wake_at=None, status="waiting")
         # A finished run with a wake time in the past is never claimed either.
         done = (await create_runs(store, 1))[0]
-        await store.append(
-            done,
-            0,
-            [(j.RUN_COMPLETED, {"result": "x"})],
-            projection={"status": "completed", "wake_at": now - 100},
-        )
+        await store.append(done, 0, [(EventType.RUN_COMPLETED, {"result": "x"})])
+        async with store.engine.begin() as conn:  # a stale wake time left behind
+            await conn.execute(sa.update(runs).where(runs.c.id == done).values(wake_at=now - 100))
 
         order = []
         while got := await store.claim("w", limit=1, lease_ttl=LONG, now=now):
@@ -539,10 +544,10 @@ async def test_cancel(db_url: str) -> None:
         assert row.wake_at is None and row.lease_owner is None
         assert row.error == {"reason": "cancelled", "message": "no longer needed"}
         events = await s1.load_events(idle)
-        assert [e.type for e in events] == [j.RUN_CREATED, j.RUN_CANCELLED]
+        assert [e.type for e in events] == [EventType.RUN_CREATED, EventType.RUN_CANCELLED]
         assert events[-1].data == {"reason": "no longer needed"} and events[-1].seq == 2
         assert row.last_seq == 2
-        assert j.fold(events).status == "cancelled"
+        assert fold(events).status == "cancelled"
         assert await s1.claim("w", limit=10, lease_ttl=LONG, only=[idle]) == []
         assert await s2.cancel(idle) == "cancelled"  # already terminal
         assert len(await s1.load_events(idle)) == 2
@@ -553,19 +558,13 @@ async def test_cancel(db_url: str) -> None:
         row = await s1.get_run(busy)
         assert row.status == "running" and row.cancel_requested is True
         assert row.lease_owner == "w1" and row.epoch == cb.epoch
-        assert [e.type for e in await s1.load_events(busy)] == [j.RUN_CREATED]
+        assert [e.type for e in await s1.load_events(busy)] == [EventType.RUN_CREATED]
         assert await s1.renew("w1", [busy], lease_ttl=LONG) == {busy: True}
         # The holder journals the cancellation itself.
         await s1.append(
             busy,
             cb.epoch,
-            [(j.RUN_CANCELLED, {"reason": "cancelled by user"})],
-            projection={
-                "status": "cancelled",
-                "lease_owner": None,
-                "lease_expires_at": None,
-                "wake_at": None,
-            },
+            [(EventType.RUN_CANCELLED, {"reason": "cancelled by user"})],
         )
         assert await s2.cancel(busy) == "cancelled"
 
@@ -580,8 +579,11 @@ async def test_cancel(db_url: str) -> None:
         # and the dead holder is fenced.
         assert await s2.cancel(expired) == "cancelled"
         with pytest.raises(Fenced):
-            await s1.append(expired, short[expired].epoch, [(j.LLM_STARTED, {})])
-        assert [e.type for e in await s1.load_events(expired)] == [j.RUN_CREATED, j.RUN_CANCELLED]
+            await s1.append(expired, short[expired].epoch, [(EventType.LLM_STARTED, {})])
+        assert [e.type for e in await s1.load_events(expired)] == [
+            EventType.RUN_CREATED,
+            EventType.RUN_CANCELLED,
+        ]
         assert (await s1.get_run(expired)).status == "cancelled"
         # A run that was asked to cancel hands that over to its next holder.
         (co2,) = await s2.claim("w2", limit=1, lease_ttl=LONG, only=[other])
@@ -641,11 +643,14 @@ async def test_cancel_races_claims(db_url: str) -> None:
             assert row.cancel_requested is True
             if outcome[run_id] == "cancelled":
                 assert run_id not in claimed
-                assert row.status == "cancelled" and types == [j.RUN_CREATED, j.RUN_CANCELLED]
+                assert row.status == "cancelled" and types == [
+                    EventType.RUN_CREATED,
+                    EventType.RUN_CANCELLED,
+                ]
             else:
                 assert outcome[run_id] == "requested"
                 assert run_id in claimed and row.lease_owner == claimed[run_id]
-                assert row.status == "running" and types == [j.RUN_CREATED]
+                assert row.status == "running" and types == [EventType.RUN_CREATED]
     finally:
         for s in stores:
             await s.close()

@@ -26,9 +26,9 @@ from typing import Any
 
 import pytest
 
-from everruns import journal as j
+from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
+from everruns.core.state import TRUNCATION_MARKER, State, fold, transcript
 from everruns.engine.worker import Worker
-from everruns.journal import Event
 from everruns.settings import Settings
 from everruns.spec import load_spec
 from everruns.store import RunRow, Store
@@ -95,8 +95,8 @@ class Harness:
     async def events(self, run_id: str) -> list[Event]:
         return await self.store.load_events(run_id)
 
-    async def state(self, run_id: str) -> j.State:
-        return j.fold(await self.events(run_id))
+    async def state(self, run_id: str) -> State:
+        return fold(await self.events(run_id))
 
     async def wait(
         self, run_id: str, check: Callable[[RunRow], bool], what: str, timeout: float = 30
@@ -144,13 +144,13 @@ def by_call(events: list[Event], call_id: str, *types: str) -> list[Event]:
 
 
 def result_of(events: list[Event], call_id: str) -> Event:
-    (resolved,) = by_call(events, call_id, j.TOOL_COMPLETED, j.TOOL_FAILED)
+    (resolved,) = by_call(events, call_id, EventType.TOOL_COMPLETED, EventType.TOOL_FAILED)
     return resolved
 
 
-def tool_message(state: j.State, call_id: str) -> dict[str, Any]:
+def tool_message(state: State, call_id: str) -> dict[str, Any]:
     (message,) = [
-        m for m in j.transcript(state) if m["role"] == "tool" and m["tool_call_id"] == call_id
+        m for m in transcript(state) if m["role"] == "tool" and m["tool_call_id"] == call_id
     ]
     return message
 
@@ -210,7 +210,7 @@ async def test_workspace_survives_a_crash_and_moves_to_another_workers_disk(
         second = h.worker(EVERRUNS_WORKSPACE_ROOT=str(root_b))
         await h.wait_status(run_id, "completed")
         events = await h.events(run_id)
-        state = j.fold(events)
+        state = fold(events)
 
         # The slow tool ran twice (idempotent), each time on a different worker's
         # disk, and both times saw exactly the files of the completed step 1.
@@ -226,7 +226,10 @@ async def test_workspace_survives_a_crash_and_moves_to_another_workers_disk(
         assert not (root_a / run_id / "result.txt").exists()
         journaled = set().union(*(set(e.data.get("files") or {}) for e in events))
         assert "partial.txt" not in journaled
-        assert [e.data["attempt"] for e in by_call(events, "call_2_1", j.TOOL_STARTED)] == [1, 2]
+        assert [e.data["attempt"] for e in by_call(events, "call_2_1", EventType.TOOL_STARTED)] == [
+            1,
+            2,
+        ]
         assert result_of(events, "call_2_1").data["files"] == {"result.txt": sha("gamma\n")}
 
         # Path escapes are refused, and nothing was written outside.
@@ -234,7 +237,7 @@ async def test_workspace_survives_a_crash_and_moves_to_another_workers_disk(
             cid: result_of(events, cid).data.get("error")
             for cid in ("call_3_2", "call_3_3", "call_3_4", "call_4_1", "call_4_2", "call_4_3")
         }
-        assert all(result_of(events, cid).type == j.TOOL_FAILED for cid in errors), errors
+        assert all(result_of(events, cid).type == EventType.TOOL_FAILED for cid in errors), errors
         assert errors["call_3_2"] == "'../x' is outside the workspace"
         assert "absolute paths are not allowed" in errors["call_3_3"]
         assert errors["call_3_4"] == "'../escape.txt' is outside the workspace"
@@ -294,7 +297,7 @@ async def test_unfinished_parallel_call_writes_are_not_journaled(
         first = h.worker(EVERRUNS_CRASH_AT="after:tool.completed#1")
         assert first.wait(30) == KILLED, h.logs()
         before = await h.events(run_id)
-        (early,) = [e for e in before if e.type == j.TOOL_COMPLETED]
+        (early,) = [e for e in before if e.type == EventType.TOOL_COMPLETED]
         assert early.data["call_id"] == "call_1_2"  # finished while ws_slow was half-way
         assert "files" not in early.data, early.data
         h.worker(EVERRUNS_WORKSPACE_ROOT=str(tmp_path / "other-root"))
@@ -334,8 +337,11 @@ async def test_parallel_calls_crash_after_three_results(tmp_path: Path, sqlite_u
         first = h.worker(EVERRUNS_CRASH_AT="after:tool.completed#3")
         assert first.wait(30) == KILLED, h.logs()
         before = await h.events(run_id)
-        assert sorted(e.data["call_id"] for e in before if e.type == j.TOOL_STARTED) == ids
-        assert sorted(e.data["call_id"] for e in before if e.type == j.TOOL_COMPLETED) == ids[:3]
+        assert sorted(e.data["call_id"] for e in before if e.type == EventType.TOOL_STARTED) == ids
+        assert (
+            sorted(e.data["call_id"] for e in before if e.type == EventType.TOOL_COMPLETED)
+            == ids[:3]
+        )
         second = h.worker()
         row = await h.wait_status(run_id, "completed")
         assert row.result == "all five handled"
@@ -344,16 +350,19 @@ async def test_parallel_calls_crash_after_three_results(tmp_path: Path, sqlite_u
         # The journal: the idempotent unfinished call ran again, the at_most_once
         # one was not run again and got the interrupted result.
         for cid in ids[:3]:
-            assert [e.type for e in by_call(events, cid)] == [j.TOOL_STARTED, j.TOOL_COMPLETED]
+            assert [e.type for e in by_call(events, cid)] == [
+                EventType.TOOL_STARTED,
+                EventType.TOOL_COMPLETED,
+            ]
         assert [(e.type, e.data.get("attempt")) for e in by_call(events, "call_1_4")] == [
-            (j.TOOL_STARTED, 1),
-            (j.TOOL_STARTED, 2),
-            (j.TOOL_COMPLETED, None),
+            (EventType.TOOL_STARTED, 1),
+            (EventType.TOOL_STARTED, 2),
+            (EventType.TOOL_COMPLETED, None),
         ]
         k5 = by_call(events, "call_1_5")
-        assert [e.type for e in k5] == [j.TOOL_STARTED, j.TOOL_FAILED]
+        assert [e.type for e in k5] == [EventType.TOOL_STARTED, EventType.TOOL_FAILED]
         assert k5[1].data["interrupted"] is True
-        assert k5[1].data["error"] == j.INTERRUPTED_MESSAGE
+        assert k5[1].data["error"] == INTERRUPTED_MESSAGE
 
         # The ledger: every call started once on the first worker; only call_1_4
         # started again, on the second.
@@ -370,8 +379,8 @@ async def test_parallel_calls_crash_after_three_results(tmp_path: Path, sqlite_u
         }
 
         # The model saw the results in call order, the interrupted one as an error.
-        state = j.fold(events)
-        results = [m for m in j.transcript(state) if m["role"] == "tool"]
+        state = fold(events)
+        results = [m for m in transcript(state) if m["role"] == "tool"]
         assert [m["tool_call_id"] for m in results] == ids
         assert [m["is_error"] for m in results] == [False, False, False, False, True]
         assert results[3]["content"] == "early_idem recorded k4"
@@ -402,15 +411,15 @@ async def test_approval_survives_a_fleet_restart_and_deny_reaches_the_model(
             None,
         )
         events = await h.events(approved)
-        (requested,) = [e for e in events if e.type == j.APPROVAL_REQUESTED]
+        (requested,) = [e for e in events if e.type == EventType.APPROVAL_REQUESTED]
         assert requested.data == {
             "call_id": "call_1_1",
             "name": "amo_record",
             "arguments": {"key": "pay"},
         }
-        assert events[-1].type == j.RUN_WAITING
+        assert events[-1].type == EventType.RUN_WAITING
         assert events[-1].data == {"reason": "approval", "calls": ["call_1_1"]}
-        assert not by_call(events, "call_1_1", j.TOOL_STARTED)
+        assert not by_call(events, "call_1_1", EventType.TOOL_STARTED)
 
         # No worker is needed while a run waits for a human: stop them all.
         assert stop(first) == 0
@@ -436,23 +445,23 @@ async def test_approval_survives_a_fleet_restart_and_deny_reaches_the_model(
         ]
         types = [e.type for e in by_call(await h.events(approved), "call_1_1")]
         assert types == [
-            j.APPROVAL_REQUESTED,
-            j.APPROVAL_GRANTED,
-            j.TOOL_STARTED,
-            j.TOOL_COMPLETED,
+            EventType.APPROVAL_REQUESTED,
+            EventType.APPROVAL_GRANTED,
+            EventType.TOOL_STARTED,
+            EventType.TOOL_COMPLETED,
         ]
 
         # Denied: the model got the human's reason as the tool's (error) result.
         events = await h.events(denied)
         assert [e.type for e in by_call(events, "call_1_1")] == [
-            j.APPROVAL_REQUESTED,
-            j.APPROVAL_DENIED,
-            j.TOOL_FAILED,
+            EventType.APPROVAL_REQUESTED,
+            EventType.APPROVAL_DENIED,
+            EventType.TOOL_FAILED,
         ]
-        message = tool_message(j.fold(events), "call_1_1")
+        message = tool_message(fold(events), "call_1_1")
         assert message["content"] == "denied by a human: not today"
         assert message["is_error"] is True
-        assert j.transcript(j.fold(events))[-1] == {"role": "assistant", "content": "handled"}
+        assert transcript(fold(events))[-1] == {"role": "assistant", "content": "handled"}
 
         # Deciding again, or on a finished run, is a clear error.
         for command, run_id in (("approve", denied), ("deny", approved)):
@@ -489,9 +498,9 @@ async def test_approval_landing_while_the_run_parks_is_not_lost(
         injected = []
 
         async def racing_append(rid: str, epoch: int | None, new: Any, **kw: Any) -> Any:
-            if epoch is not None and not injected and new and new[0][0] == j.RUN_WAITING:
+            if epoch is not None and not injected and new and new[0][0] == EventType.RUN_WAITING:
                 injected.append(
-                    await store.signal(rid, j.APPROVAL_GRANTED, {"call_id": "call_1_1"})
+                    await store.signal(rid, EventType.APPROVAL_GRANTED, {"call_id": "call_1_1"})
                 )
             return await original(rid, epoch, new, **kw)
 
@@ -537,11 +546,11 @@ async def test_sleep_parks_without_a_worker_and_wakes_on_a_new_one(
         parked_at = time.time()
         stop(first, signal.SIGKILL)  # no worker at all while it sleeps
         events = await h.events(run_id)
-        (waiting,) = by_call(events, "call_1_1", j.TOOL_WAITING)
+        (waiting,) = by_call(events, "call_1_1", EventType.TOOL_WAITING)
         wake_at = waiting.data["wake_at"]
         assert waiting.data["reason"] == "cool down"
         assert wake_at - parked_at > 3  # parked long before it is due
-        assert events[-1].type == j.RUN_WAITING
+        assert events[-1].type == EventType.RUN_WAITING
         assert events[-1].data == {"reason": "sleep", "wake_at": wake_at}
         status = h.status(run_id)
         assert status["status"] == "waiting" and status["lease_owner"] is None
@@ -555,11 +564,11 @@ async def test_sleep_parks_without_a_worker_and_wakes_on_a_new_one(
         events = await h.events(run_id)
         done = result_of(events, "call_1_1")
         iso = datetime.fromtimestamp(wake_at, tz=UTC).isoformat(timespec="seconds")
-        assert done.type == j.TOOL_COMPLETED
+        assert done.type == EventType.TOOL_COMPLETED
         assert done.data["output"] == f"slept until {iso}"
         assert done.ts >= wake_at
-        assert [e.type for e in events].count(j.RUN_STARTED) == 2
-        assert [e.type for e in events].count(j.TOOL_STARTED) == 1  # woken, not re-run
+        assert [e.type for e in events].count(EventType.RUN_STARTED) == 2
+        assert [e.type for e in events].count(EventType.TOOL_STARTED) == 1  # woken, not re-run
         h.assert_clean_logs()
 
 
@@ -588,7 +597,7 @@ async def test_notes_written_before_a_crash_are_read_after_takeover(
         h.worker()
         await h.wait_status(run_id, "completed")
         events = await h.events(run_id)
-        starts = [e for e in events if e.type == j.RUN_STARTED]
+        starts = [e for e in events if e.type == EventType.RUN_STARTED]
         assert [e.data["takeover"] for e in starts] == [False, True]
         assert [e.data["note"] for e in events if e.data.get("note")] == notes
         assert result_of(events, "call_3_1").data["output"] == (
@@ -637,11 +646,11 @@ async def test_bad_arguments_timeouts_and_truncated_output(tmp_path: Path, sqlit
         row = await h.wait_status(run_id, "completed")
         assert row.result == "checked"  # every failure went to the model; the run went on
         events = await h.events(run_id)
-        state = j.fold(events)
+        state = fold(events)
 
         # Schema validation names the argument; the tool never ran.
         wrong_type = result_of(events, "call_1_1")
-        assert wrong_type.type == j.TOOL_FAILED
+        assert wrong_type.type == EventType.TOOL_FAILED
         assert wrong_type.data["error"].startswith("invalid arguments for idem_record: sleep: ")
         assert "valid number" in wrong_type.data["error"]
         missing = result_of(events, "call_1_2")
@@ -650,8 +659,8 @@ async def test_bad_arguments_timeouts_and_truncated_output(tmp_path: Path, sqlit
 
         # The per-tool timeout stops the call.
         timed_out = result_of(events, "call_1_3")
-        (nap_started,) = by_call(events, "call_1_3", j.TOOL_STARTED)
-        assert timed_out.type == j.TOOL_FAILED
+        (nap_started,) = by_call(events, "call_1_3", EventType.TOOL_STARTED)
+        assert timed_out.type == EventType.TOOL_FAILED
         assert timed_out.data["error"] == "timed out after 1s"
         assert 0.9 <= timed_out.ts - nap_started.ts < 4
         assert [e["at"] for e in h.ledger_entries("nap")] == ["start"]
@@ -659,11 +668,11 @@ async def test_bad_arguments_timeouts_and_truncated_output(tmp_path: Path, sqlit
         # Output truncation: the journal keeps everything, the model sees the head.
         for cid, size, limit in (("call_1_4", 50_000, 20_000), ("call_3_1", len(content), 1000)):
             done = result_of(events, cid)
-            assert done.type == j.TOOL_COMPLETED
+            assert done.type == EventType.TOOL_COMPLETED
             output = done.data["output"]
             assert len(output) == size and done.data["max_output"] == limit
             seen = tool_message(state, cid)["content"]
-            assert seen == output[:limit] + j.TRUNCATION_MARKER.format(shown=limit, total=size)
+            assert seen == output[:limit] + TRUNCATION_MARKER.format(shown=limit, total=size)
             assert f"output truncated: {limit} of {size} characters shown" in seen
         assert result_of(events, "call_3_1").data["output"] == content
         assert "max_output" not in result_of(events, "call_2_2").data
@@ -697,15 +706,15 @@ async def test_messages_while_parked_and_after_completion(tmp_path: Path, sqlite
             "the run to park again after the message",
         )
         events = await h.events(run_id)
-        assert events[-1].type == j.RUN_WAITING and events[-1].data["reason"] == "approval"
-        assert [e.type for e in events].count(j.LLM_STARTED) == 1  # not answered yet
+        assert events[-1].type == EventType.RUN_WAITING and events[-1].data["reason"] == "approval"
+        assert [e.type for e in events].count(EventType.LLM_STARTED) == 1  # not answered yet
         assert h.ledger_entries() == []
 
         h.ok("approve", run_id, "call_1_1")
         row = await h.wait_status(run_id, "completed")
         assert row.result == "shipped, and hurrying"
         state = await h.state(run_id)
-        assert [(m["role"], m.get("content")) for m in j.transcript(state)] == [
+        assert [(m["role"], m.get("content")) for m in transcript(state)] == [
             ("user", "go"),
             ("assistant", None),
             ("tool", "amo_record recorded ship"),
@@ -721,7 +730,7 @@ async def test_messages_while_parked_and_after_completion(tmp_path: Path, sqlite
             "the second turn",
         )
         state = await h.state(run_id)
-        assert [(m["role"], m.get("content")) for m in j.transcript(state)][-2:] == [
+        assert [(m["role"], m.get("content")) for m in transcript(state)][-2:] == [
             ("user", "one more thing"),
             ("assistant", "second turn done"),
         ]

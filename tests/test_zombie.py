@@ -22,8 +22,8 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from everruns import journal as j
-from everruns.journal import Event
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, Event, EventType
+from everruns.core.state import fold
 from everruns.spec import load_spec
 from everruns.store import Store
 from helpers import env_for, read_ledger, start_worker, stop, wait_until, write_agent
@@ -122,15 +122,15 @@ async def zombie_scenario(db_url: str, tmp_path: Path, *, stall_renewal: bool) -
         procs.append(first)
 
         async def both_tools_started() -> bool:
-            return sum(e.type == j.TOOL_STARTED for e in await events()) == 2
+            return sum(e.type == EventType.TOOL_STARTED for e in await events()) == 2
 
         await wait_until(both_tools_started, timeout=20, interval=0.02, what="tools started")
         freeze_between_transactions(first, db_url)
         frozen = first
         at_freeze = await events()
-        (started1,) = [e for e in at_freeze if e.type == j.RUN_STARTED]
+        (started1,) = [e for e in at_freeze if e.type == EventType.RUN_STARTED]
         assert started1.data["epoch"] == 1
-        assert at_freeze[-1].type == j.TOOL_STARTED
+        assert at_freeze[-1].type == EventType.TOOL_STARTED
         # Frozen in the first half of the tools: no side effect happened yet.
         assert read_ledger(ledger) == []
 
@@ -138,11 +138,13 @@ async def zombie_scenario(db_url: str, tmp_path: Path, *, stall_renewal: bool) -
         procs.append(second)
 
         async def taken_over() -> bool:
-            return sum(e.type == j.RUN_STARTED for e in await events()) == 2
+            return sum(e.type == EventType.RUN_STARTED for e in await events()) == 2
 
         await wait_until(taken_over, timeout=20, interval=0.02, what="takeover")
         takeover_seq = next(
-            e.seq for e in await events() if e.type == j.RUN_STARTED and e.seq > started1.seq
+            e.seq
+            for e in await events()
+            if e.type == EventType.RUN_STARTED and e.seq > started1.seq
         )
         if stall_renewal:
             # Renewal updates the worker's heartbeat row first: hold that row's lock.
@@ -170,7 +172,7 @@ async def zombie_scenario(db_url: str, tmp_path: Path, *, stall_renewal: bool) -
             await asyncio.sleep(TOOL_SLEEP / 2 + 0.5)  # its tools return; it would report
 
         async def finished() -> bool:
-            return (await store.get_run(run_id)).status in j.TERMINAL_STATUSES
+            return (await store.get_run(run_id)).status in TERMINAL_STATUSES
 
         await wait_until(finished, timeout=30, interval=0.05, what="run end")
         await asyncio.sleep(0.5)
@@ -192,7 +194,7 @@ async def zombie_scenario(db_url: str, tmp_path: Path, *, stall_renewal: bool) -
     # The journal: gap-free, two holders, the second one took over.
     assert [e.seq for e in final] == list(range(1, len(final) + 1))
     assert final[: len(at_freeze)] == at_freeze
-    assert [e.seq for e in final if e.type == j.RUN_STARTED] == [started1.seq, takeover_seq]
+    assert [e.seq for e in final if e.type == EventType.RUN_STARTED] == [started1.seq, takeover_seq]
     takeover = final[takeover_seq - 1]
     assert takeover.data["epoch"] == 2 and takeover.data["takeover"] is True
     assert takeover.data["worker"] != started1.data["worker"]
@@ -202,28 +204,30 @@ async def zombie_scenario(db_url: str, tmp_path: Path, *, stall_renewal: bool) -
     after = final[takeover_seq:]
     by_type = Counter(e.type for e in after)
     assert by_type == {
-        j.TOOL_STARTED: 1,
-        j.TOOL_COMPLETED: 1,
-        j.TOOL_FAILED: 1,
-        j.LLM_STARTED: 1,
-        j.LLM_COMPLETED: 1,
-        j.RUN_COMPLETED: 1,
+        EventType.TOOL_STARTED: 1,
+        EventType.TOOL_COMPLETED: 1,
+        EventType.TOOL_FAILED: 1,
+        EventType.LLM_STARTED: 1,
+        EventType.LLM_COMPLETED: 1,
+        EventType.RUN_COMPLETED: 1,
     }, [(e.seq, e.type, e.data) for e in after]
-    idem_start = next(e for e in after if e.type == j.TOOL_STARTED)
+    idem_start = next(e for e in after if e.type == EventType.TOOL_STARTED)
     assert idem_start.data["name"] == "idem_record" and idem_start.data["attempt"] == 2
-    amo_fail = next(e for e in after if e.type == j.TOOL_FAILED)
+    amo_fail = next(e for e in after if e.type == EventType.TOOL_FAILED)
     assert amo_fail.data["name"] == "amo_record" and amo_fail.data["interrupted"] is True
-    assert final[-1].type == j.RUN_COMPLETED and final[-1].data["result"] == "done"
+    assert final[-1].type == EventType.RUN_COMPLETED and final[-1].data["result"] == "done"
 
     # Each tool call resolved exactly once in the whole journal.
     terminal_per_call = Counter(
-        e.data["call_id"] for e in final if e.type in (j.TOOL_COMPLETED, j.TOOL_FAILED)
+        e.data["call_id"]
+        for e in final
+        if e.type in (EventType.TOOL_COMPLETED, EventType.TOOL_FAILED)
     )
     assert terminal_per_call == {"call_1_1": 1, "call_1_2": 1}
-    assert sum(e.type == j.RUN_COMPLETED for e in final) == 1
-    assert sum(e.type in j.TERMINAL_EVENTS for e in final) == 1
+    assert sum(e.type == EventType.RUN_COMPLETED for e in final) == 1
+    assert sum(e.type in TERMINAL_EVENTS for e in final) == 1
 
-    state = j.fold(final)
+    state = fold(final)
     assert state.status == "completed" and state.result == "done"
     async with await Store.open(db_url, migrate=False) as check:
         row = await check.get_run(run_id)

@@ -18,8 +18,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from everruns import journal as j
+from everruns.api.wire import run_from_api, run_to_api
 from everruns.client import ApiError, Client
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.engine.worker import Worker
 from everruns.render import format_event, format_status_time
 from everruns.spec import AgentSpec, SpecError, load_spec
@@ -95,11 +97,25 @@ async def _call(fn: Callable[[], T]) -> T:
     return fn()
 
 
-def _load_checked(path: Path) -> AgentSpec:
-    """Load a spec and its tools, so a bad spec fails before any run exists."""
+async def _load_checked(path: Path, db: str | None = None) -> AgentSpec:
+    """Load a spec and its tools, so a bad spec fails before any run exists. A local
+    spec may use every tool kind; its credentials must still be bound (settings, or
+    stored secrets in the database when it names one settings does not bind)."""
+    from everruns.credentials import models_of
+    from everruns.policy import check_spec
+    from everruns.settings import load_settings
+
     spec = load_spec(path)
+    settings = load_settings()
+    stored: dict[str, list[str]] = {}
+    if any(
+        m.credential is not None and m.credential not in settings.credentials
+        for _, m in models_of(spec)
+    ):
+        stored = await _with_store(db, lambda s: s.secret_bindings())
     try:
-        build_tools(spec)
+        check_spec(spec, "local", settings, stored)
+        build_tools(spec, allow_private_networks=settings.allow_private_networks)
     except ToolSpecError as exc:
         raise SpecError(str(path), [(exc.field, exc.message)]) from None
     return spec
@@ -128,11 +144,13 @@ def _install_stop_handlers(stop: Callable[[], None]) -> None:
 
 
 @app.command()
-def validate(spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")]) -> None:
-    """Check an agent spec and its tools without running anything."""
+def validate(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML).")], db: DbOption = None
+) -> None:
+    """Check an agent spec, its tools and its credentials' bindings without running anything."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         out.print(
             f"ok: agent {loaded.name} ({loaded.model.label}, {len(loaded.tools)} tool entries)"
         )
@@ -152,7 +170,7 @@ def start(
     """Queue a new run and print its id; a worker executes it."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, None if server else db)
         if server:
             with Client(server, token) as client:
                 run_id = client.runs.start(spec=loaded.to_dict(), input=input).id
@@ -181,7 +199,7 @@ def run(
     """
 
     async def go() -> int:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         store = await Store.open(db)
         try:
             run_id = await store.create_run(loaded, input)
@@ -226,7 +244,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                     out.print()
                     streaming = False
                 out.print(format_event(event), highlight=False)
-            if event["type"] in j.TERMINAL_EVENTS:
+            if event["type"] in TERMINAL_EVENTS:
                 status = event["type"].split(".")[1]
                 break
     finally:
@@ -254,6 +272,9 @@ def worker(
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Execute queued runs until stopped (SIGTERM/SIGINT release the leases)."""
+    from everruns.engine.hardening import harden
+
+    harden()
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
@@ -299,11 +320,11 @@ def status(
     async def go() -> None:
         if server:
             with Client(server, token) as client:
-                row = RunRow.from_api(client.runs.get(run_id).model_dump())
+                row = run_from_api(client.runs.get(run_id).model_dump())
         else:
             row = await _with_store(db, lambda s: s.get_run(run_id))
         if json_out:
-            _print_json(row.to_dict())
+            _print_json(run_to_api(row))
             return
         _print_status(row)
 
@@ -378,13 +399,13 @@ def events(
                     else:
                         out.print(format_event(record), highlight=False)
                     last = event.seq
-                    if follow and event.type in j.TERMINAL_EVENTS:
+                    if follow and event.type in TERMINAL_EVENTS:
                         return
                 if not follow:
                     return
                 if not batch:
                     row = await store.get_run(run_id)
-                    if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+                    if row.status in TERMINAL_STATUSES and row.last_seq <= last:
                         return
                     await asyncio.sleep(0.2)
         finally:
@@ -413,13 +434,13 @@ def list_runs(
         if server:
             with Client(server, token) as client:
                 items, _ = client.runs.list(status=status, agent=agent, limit=limit)
-            rows = [RunRow.from_api(r.model_dump()) for r in items]
+            rows = [run_from_api(r.model_dump()) for r in items]
         else:
             rows = await _with_store(
                 db, lambda s: s.list_runs(status=status, agent=agent, limit=limit)
             )
         if json_out:
-            _print_json([r.to_dict() for r in rows])
+            _print_json([run_to_api(r) for r in rows])
             return
         table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
         for r in rows:
@@ -473,7 +494,7 @@ def cancel(
             while outcome == "requested" and time.monotonic() < deadline:
                 await asyncio.sleep(0.2)
                 row = await store.get_run(run_id)
-                if row.status in j.TERMINAL_STATUSES:
+                if row.status in TERMINAL_STATUSES:
                     outcome = row.status
                 elif row.lease_owner is None or (row.lease_expires_at or 0) < time.time():
                     outcome = await store.cancel(run_id)
@@ -488,7 +509,7 @@ def cancel(
 
 
 async def _pending_approval(store: Store, run_id: str, call_id: str) -> None:
-    state = j.fold(await store.load_events(run_id))
+    state = fold(await store.load_events(run_id))
     pending = [c.id for c in state.calls if c.approval == "requested"]
     if call_id not in pending:
         known = ", ".join(pending) or "none"
@@ -514,7 +535,7 @@ def approve(
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
-        await store.signal(run_id, j.APPROVAL_GRANTED, {"call_id": call_id})
+        await store.signal(run_id, EventType.APPROVAL_GRANTED, {"call_id": call_id})
         out.print(f"approved {call_id} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -538,7 +559,9 @@ def deny(
 
     async def go(store: Store) -> None:
         await _pending_approval(store, run_id, call_id)
-        await store.signal(run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": reason})
+        await store.signal(
+            run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": reason}
+        )
         out.print(f"denied {call_id} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -560,7 +583,7 @@ def message(
         return
 
     async def go(store: Store) -> None:
-        event = await store.signal(run_id, j.MESSAGE_USER, {"content": text})
+        event = await store.signal(run_id, EventType.MESSAGE_USER, {"content": text})
         out.print(f"message journaled as seq {event.seq} of {run_id}")
 
     _run_async(lambda: _with_store(db, go))
@@ -579,7 +602,7 @@ def workspace(
 
     async def go(store: Store) -> None:
         await store.get_run(run_id)
-        state = j.fold(await store.load_events(run_id))
+        state = fold(await store.load_events(run_id))
         if export is None:
             for path, sha in sorted(state.files.items()):
                 out.print(f"{sha[:12]}  {path}")
@@ -605,10 +628,20 @@ def server(
     ] = False,
     lease_ttl: LeaseOption = 15.0,
     concurrency: Annotated[int, typer.Option(help="Embedded worker concurrency.")] = 16,
+    cors_origin: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--cors-origin",
+            help="A browser origin (https://app.example) allowed to make state-changing "
+            "requests; repeatable; needs auth.",
+        ),
+    ] = None,
 ) -> None:
     """Serve the HTTP API and web UI, with an embedded worker unless --no-worker.
 
     Auth (API tokens, `everruns token create`) is always required on a non-loopback address.
+    With auth off, only requests addressed to 127.0.0.1, localhost or [::1] are served, and
+    cross-site browser requests that change anything are refused (see docs/security.md).
     """
     import ipaddress
 
@@ -620,12 +653,35 @@ def server(
         loopback = host == "localhost" or ipaddress.ip_address(host).is_loopback
     except ValueError:
         loopback = False
+    origins = tuple(cors_origin or ())
+    for origin in origins:
+        if not origin.startswith(("http://", "https://")) or origin.rstrip("/").count("/") != 2:
+            err.print(
+                f"[red]error:[/] --cors-origin {escape(origin)!r} is not an origin "
+                "(scheme://host[:port], e.g. https://app.example)"
+            )
+            raise typer.Exit(2)
+    if origins and not (auth or not loopback):
+        err.print(
+            "[red]error:[/] --cors-origin needs --auth (with auth off, only the "
+            "server's own origin may change anything)"
+        )
+        raise typer.Exit(2)
+    from everruns.settings import load_settings
+
+    try:
+        settings = load_settings()
+    except SpecError as exc:
+        err.print(f"[red]error:[/] invalid settings\n{escape(str(exc))}")
+        raise typer.Exit(2) from None
     config = ApiConfig(
         database_url=db,
         auth_required=auth or not loopback,
         embedded_worker=not no_worker,
         lease_ttl=lease_ttl,
         worker_concurrency=concurrency,
+        cors_origins=origins,
+        settings=settings,
     )
     logging.basicConfig(
         level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -634,6 +690,9 @@ def server(
         f"everruns server on http://{host}:{port}/ (auth {'required' if config.auth_required else 'off'}, "
         f"{'no embedded worker' if no_worker else 'embedded worker'})"
     )
+    from everruns.engine.hardening import harden
+
+    harden()  # the embedded worker's keys, and the master key, leave os.environ
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
 
 
@@ -679,6 +738,79 @@ def token_revoke(token_id: Annotated[str, typer.Argument()], db: DbOption = None
     _run_async(lambda: _with_store(db, go))
 
 
+secret_app = typer.Typer(
+    help="Stored secrets (encrypted), each bound to the URLs it may be sent to.",
+    no_args_is_help=True,
+)
+app.add_typer(secret_app, name="secret")
+
+
+@secret_app.command("set")
+def secret_set(
+    name: Annotated[str, typer.Argument(help="The credential name specs use.")],
+    value: Annotated[
+        str | None,
+        typer.Option("--value", help="The secret; default: read from standard input."),
+    ] = None,
+    allow_url: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--allow-url",
+            help="A URL pattern the secret may be sent to (repeatable), "
+            "e.g. 'https://api.openai.com/*'.",
+        ),
+    ] = None,
+    db: DbOption = None,
+) -> None:
+    """Store a secret for `model.credential: NAME`, bound to the --allow-url patterns.
+
+    A spec can use it only at a matching URL; it is encrypted with EVERRUNS_MASTER_KEY.
+    """
+    import re
+
+    from everruns.secretbox import SecretsUnavailable, encrypt
+    from everruns.settings import check_url_pattern
+
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", name):
+        raise _usage(f"{name!r} is not a secret name (letters, digits, _ . -)")
+    patterns = list(allow_url or [])
+    if not patterns:
+        raise _usage("give at least one --allow-url (a secret bound to no URL is usable nowhere)")
+    try:
+        patterns = [check_url_pattern(p) for p in patterns]
+    except ValueError as exc:
+        raise _usage(f"--allow-url: {exc}") from None
+    secret = value if value is not None else sys.stdin.read().strip()
+    if not secret:
+        raise _usage("the secret is empty (give --value or pipe it on standard input)")
+
+    async def go(store: Store) -> None:
+        try:
+            ciphertext = encrypt(secret)
+        except SecretsUnavailable as exc:
+            raise CliError(str(exc)) from None
+        await store.put_secret(name, ciphertext, patterns)
+        out.print(f"stored secret {name} (may be sent to: {', '.join(patterns)})")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+@secret_app.command("ls")
+def secret_ls(db: DbOption = None) -> None:
+    """List stored secrets and their allowed URLs (never their values)."""
+
+    async def go(store: Store) -> None:
+        for name, urls in sorted((await store.secret_bindings()).items()):
+            out.print(f"{name}  {' '.join(urls) or '(bound to no URL: unusable)'}")
+
+    _run_async(lambda: _with_store(db, go))
+
+
+def _usage(message: str) -> typer.Exit:
+    err.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(2)
+
+
 schedule_app = typer.Typer(
     help="Scheduled runs (cron or `every <duration>`, UTC).", no_args_is_help=True
 )
@@ -706,7 +838,7 @@ def schedule_add(
     """Store the agent version and schedule it (replaces the agent's schedule)."""
 
     async def go() -> None:
-        loaded = _load_checked(spec)
+        loaded = await _load_checked(spec, db)
         if not loaded.schedule:
             raise SpecError(
                 str(spec),

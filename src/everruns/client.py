@@ -24,11 +24,13 @@ from typing import Any
 import httpx
 from pydantic import BaseModel
 
+from everruns.errors import EverrunsError
+
 TERMINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled"}
 TERMINAL_STATUSES = {"completed", "failed", "cancelled"}
 
 
-class ApiError(Exception):
+class ApiError(EverrunsError):
     """An RFC 9457 problem returned by the server."""
 
     def __init__(self, status: int, problem: dict[str, Any]):

@@ -6,17 +6,18 @@ The master key comes from `EVERRUNS_MASTER_KEY` (a Fernet key:
 
 from __future__ import annotations
 
-import os
-
 from cryptography.fernet import Fernet, InvalidToken
 
+from everruns.engine.hardening import getenv
+from everruns.errors import EverrunsError
 
-class SecretsUnavailable(Exception):
-    pass
+
+class SecretsUnavailable(EverrunsError):
+    """No usable master key: secrets cannot be stored or read."""
 
 
 def _fernet() -> Fernet:
-    key = os.environ.get("EVERRUNS_MASTER_KEY")
+    key = getenv("EVERRUNS_MASTER_KEY")
     if not key:
         raise SecretsUnavailable("EVERRUNS_MASTER_KEY is not set: cannot store or read secrets")
     try:

@@ -7,32 +7,18 @@ continues with the configuration it started with.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from everruns.core.durations import parse_duration
+from everruns.core.schedule import parse_schedule
+from everruns.errors import SpecError
+
 Effect = Literal["pure", "idempotent", "at_most_once"]
 EFFECTS: tuple[str, ...] = ("pure", "idempotent", "at_most_once")
-
-_DURATION = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h|d|w)?\s*$")
-_UNIT_SECONDS = {"ms": 0.001, "s": 1, "m": 60, "h": 3600, "d": 86400, "w": 604800, None: 1}
-
-
-def parse_duration(value: str | float | int) -> float:
-    """Seconds from `90`, `90s`, `30m`, `6h`, `2d`, `1w` or `250ms`."""
-    if isinstance(value, bool):
-        raise ValueError("expected a duration such as 30s, 10m, 6h or 2d")
-    if isinstance(value, int | float):
-        if value < 0:
-            raise ValueError("a duration cannot be negative")
-        return float(value)
-    match = _DURATION.match(str(value))
-    if not match:
-        raise ValueError(f"{value!r} is not a duration (use e.g. 30s, 10m, 6h, 2d)")
-    return float(match.group(1)) * _UNIT_SECONDS[match.group(2)]
 
 
 class _Strict(BaseModel):
@@ -113,7 +99,14 @@ class ModelSpec(_Strict):
     provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
     base_url: str | None = None
-    api_key_env: str | None = None
+    credential: str | None = Field(
+        default=None,
+        description="the name of a credential the operator bound to URLs (settings or "
+        "`everruns secret set`)",
+    )
+    api_key_env: str | None = Field(
+        default=None, description="only in specs loaded from local files by the CLI"
+    )
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
@@ -152,6 +145,8 @@ class ModelSpec(_Strict):
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
         if self.provider == "openai-compatible" and not self.base_url:
             raise ValueError("provider 'openai-compatible' needs a `base_url`")
+        if self.credential is not None and self.api_key_env is not None:
+            raise ValueError("give either `credential` or `api_key_env`, not both")
         from everruns.providers.options import parameter_problems
 
         problems = parameter_problems(self.provider, self.parameters)
@@ -255,7 +250,7 @@ class AgentSpec(_Strict):
     approvals: Approvals = Field(default_factory=Approvals)
     context: ContextPolicy = Field(default_factory=ContextPolicy)
     max_parallel_tools: int = Field(default=4, ge=1)
-    # Scheduled runs (see everruns.schedule): cron (5 fields, or 6 with seconds
+    # Scheduled runs (see everruns.core.schedule): cron (5 fields, or 6 with seconds
     # first) or `every <duration>`, in UTC. Unset fields stay out of to_dict().
     schedule: str | None = Field(default=None, description="cron or `every <duration>` (UTC)")
     schedule_input: str | None = Field(default=None, description="input of each scheduled run")
@@ -270,8 +265,6 @@ class AgentSpec(_Strict):
     def _schedule(cls, value: str | None) -> str | None:
         if value is None:
             return None
-        from everruns.schedule import parse_schedule
-
         return parse_schedule(value).expression
 
     @property
@@ -280,18 +273,6 @@ class AgentSpec(_Strict):
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json", exclude_none=True)
-
-
-class SpecError(Exception):
-    """A spec that cannot run. The message names the source, the field and the problem."""
-
-    def __init__(self, source: str, problems: list[tuple[str, str]]):
-        self.source = source
-        self.problems = problems
-        lines = [
-            f"{source}: {field}: {msg}" if field else f"{source}: {msg}" for field, msg in problems
-        ]
-        super().__init__("\n".join(lines))
 
 
 def _field_path(loc: tuple[Any, ...]) -> str:

@@ -17,7 +17,6 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns import journal as j
 from everruns.api import problems
 from everruns.api.feed import EventFeed
 from everruns.api.models import (
@@ -33,10 +32,16 @@ from everruns.api.models import (
     RunPage,
     SecretPut,
 )
+from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
+from everruns.api.wire import run_to_api
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
 from everruns.engine.broker import Broker
 from everruns.engine.worker import Worker
+from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
+from everruns.settings import Settings, load_settings
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store, StoreError
 from everruns.tools.registry import ToolSpecError, build_tools
@@ -44,6 +49,7 @@ from everruns.ui import mount_ui
 
 log = logging.getLogger("everruns.api")
 INT32 = 2**31 - 1  # integer columns: larger numbers are refused as invalid, not crashed on
+SECRET_NAME = r"^[A-Za-z_][A-Za-z0-9_.-]{0,127}$"
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
 
 
@@ -56,6 +62,9 @@ class ApiConfig:
     lease_ttl: float = 15.0
     max_body_bytes: int = 2_000_000
     keepalive: float = 15.0
+    # Browser origins allowed to make state-changing requests (only with auth on).
+    cors_origins: tuple[str, ...] = ()
+    settings: Settings | None = None  # default: load_settings()
 
 
 class BodyLimit:
@@ -113,7 +122,7 @@ StoreDep = Annotated[Store, Depends(store_of)]
 
 
 def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(row.to_dict())
+    return RunOut.model_validate(run_to_api(row))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
@@ -127,6 +136,7 @@ def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
 
 def create_app(config: ApiConfig | None = None) -> FastAPI:
     config = config or ApiConfig()
+    settings = config.settings if config.settings is not None else load_settings()
     broker = Broker()
 
     @asynccontextmanager
@@ -145,6 +155,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 lease_ttl=config.lease_ttl,
                 broker=broker,
                 poll_interval=0.25,
+                settings=settings,
             )
             worker_task = asyncio.create_task(worker.run())
         app.state.worker = worker
@@ -166,6 +177,19 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    if config.cors_origins and config.auth_required:
+        from starlette.middleware.cors import CORSMiddleware
+
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=list(config.cors_origins),
+            allow_methods=["*"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+        )
+    # Added last, so it runs first: a refused request reaches nothing else.
+    app.add_middleware(
+        OriginGuard, auth_required=config.auth_required, cors_origins=config.cors_origins
+    )
 
     async def authorize(
         request: Request, authorization: Annotated[str | None, Header()] = None
@@ -225,7 +249,22 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     # ------------------------------------------------------------ agents
 
-    def _checked(spec_data: dict[str, Any] | None, text: str | None) -> AgentSpec:
+    async def _allowed(store: Store, spec: AgentSpec, origin: str = "api") -> None:
+        """The operator's policy for a spec from `origin` (422 naming the field)."""
+        try:
+            check_spec(spec, origin, settings, await store.secret_bindings())
+        except ToolSpecError as exc:
+            raise Problem(
+                422,
+                "invalid-spec",
+                "Invalid agent spec",
+                str(exc),
+                errors=[{"field": exc.field, "message": exc.message}],
+            ) from None
+
+    async def _checked(
+        store: Store, spec_data: dict[str, Any] | None, text: str | None
+    ) -> AgentSpec:
         if (spec_data is None) == (text is None):
             raise Problem(
                 422,
@@ -241,8 +280,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                     422, "invalid-spec", "Invalid agent spec", f"invalid YAML: {exc}"
                 ) from None
         spec = parse_spec(spec_data, "spec")
+        await _allowed(store, spec)  # before build_tools imports any module
         try:
-            build_tools(spec)
+            build_tools(spec, allow_private_networks=settings.allow_private_networks)
         except ToolSpecError as exc:
             raise Problem(
                 422,
@@ -255,8 +295,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.post("/v1/agents", tags=["agents"], status_code=201, dependencies=auth)
     async def create_agent(body: AgentCreate, store: StoreDep) -> AgentOut:
-        spec = _checked(body.spec, body.yaml)
-        version = await store.save_agent(spec)
+        spec = await _checked(store, body.spec, body.yaml)
+        version = await store.save_agent(spec, origin="api")
         return AgentOut(name=spec.name, version=version, spec=spec.to_dict())
 
     @app.get("/v1/agents", tags=["agents"], dependencies=auth)
@@ -300,15 +340,19 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "Invalid request",
                 "give exactly one of `agent` (a stored agent's name) or `spec`",
             )
+        origin = "api"
         if body.spec is not None:
-            spec = _checked(body.spec, None)
+            spec = await _checked(store, body.spec, None)
         else:
             assert body.agent is not None
             try:
                 spec = await store.get_agent(body.agent, body.version)
+                # A stored agent keeps the origin of whoever wrote its spec.
+                origin = await store.get_agent_origin(body.agent, body.version)
             except StoreError as exc:
                 raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
-        run_id = await store.create_run(spec, body.input)
+            await _allowed(store, spec, origin)
+        run_id = await store.create_run(spec, body.input, origin=origin)
         _wake(request_app=app)
         return _run_out(await store.get_run(run_id))
 
@@ -373,7 +417,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/messages", tags=["runs"], status_code=201, dependencies=auth)
     async def send_message(run_id: str, body: MessageCreate, store: StoreDep) -> EventOut:
-        event = await store.signal(run_id, j.MESSAGE_USER, {"content": body.content})
+        event = await store.signal(run_id, EventType.MESSAGE_USER, {"content": body.content})
         _wake(app)
         return EventOut(run_id=run_id, **event.to_dict())
 
@@ -382,7 +426,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         run_id: str, call_id: str, body: Decision, store: StoreDep
     ) -> EventOut:
         await store.get_run(run_id)
-        state = j.fold(await store.load_events(run_id))
+        state = fold(await store.load_events(run_id))
         pending = [c.id for c in state.calls if c.approval == "requested"]
         if call_id not in pending:
             raise Problem(
@@ -394,10 +438,10 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         if body.approve:
             granted = {"call_id": call_id, **({"reason": body.reason} if body.reason else {})}
-            event = await store.signal(run_id, j.APPROVAL_GRANTED, granted)
+            event = await store.signal(run_id, EventType.APPROVAL_GRANTED, granted)
         else:
             event = await store.signal(
-                run_id, j.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}
+                run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": body.reason}
             )
         _wake(app)
         return EventOut(run_id=run_id, **event.to_dict())
@@ -412,7 +456,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def pending_approvals(store: StoreDep) -> list[dict[str, Any]]:
         out = []
         for row in await store.list_runs(status="waiting", limit=500):
-            state = j.fold(await store.load_events(row.id))
+            state = fold(await store.load_events(row.id))
             for call in state.calls:
                 if call.approval == "requested":
                     out.append(
@@ -501,10 +545,10 @@ async def _follow(
             for event in await store.load_events(run_id, after=last):
                 yield _sse({"run_id": run_id, **event.to_dict()})
                 last = event.seq
-                if event.type in j.TERMINAL_EVENTS:
+                if event.type in TERMINAL_EVENTS:
                     return
             row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES and row.last_seq <= last:
+            if row.status in TERMINAL_STATUSES and row.last_seq <= last:
                 return
             # Sleep until a durable event is signalled, forwarding live deltas meanwhile.
             deadline = feed.wait_cap
@@ -536,9 +580,9 @@ async def _follow(
         feed.drop(run_id, wake)
 
 
-async def _encrypt_secret(store: Store, name: str, value: str) -> None:
+async def _encrypt_secret(store: Store, name: str, value: str, allow_urls: list[str]) -> None:
     try:
-        await store.put_secret(name, encrypt(value))
+        await store.put_secret(name, encrypt(value), allow_urls)
     except SecretsUnavailable as exc:
         raise Problem(503, "secrets-unavailable", "Secrets unavailable", str(exc)) from None
 
@@ -548,11 +592,13 @@ def add_secret_routes(app: FastAPI, auth: list[Any]) -> None:
 
     @app.put("/v1/secrets/{name}", tags=["secrets"], status_code=204, dependencies=auth)
     async def put_secret(
-        name: Annotated[str, Path(pattern=r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")],
+        name: Annotated[str, Path(pattern=SECRET_NAME)],
         body: SecretPut,
         request: Request,
     ) -> None:
-        await _encrypt_secret(request.app.state.store, name, body.value)
+        """Store a secret for `model.credential: NAME`, bound to the URL patterns in
+        `allow_urls` (it is never sent anywhere else)."""
+        await _encrypt_secret(request.app.state.store, name, body.value, body.allow_urls)
 
     @app.get("/v1/secrets", tags=["secrets"], dependencies=auth)
     async def list_secrets(request: Request) -> list[str]:

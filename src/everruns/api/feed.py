@@ -16,9 +16,9 @@ import psycopg
 from sqlalchemy.engine import make_url
 
 from everruns.store import Store
+from everruns.store.notify import CHANNEL
 
 log = logging.getLogger("everruns.api")
-CHANNEL = "everruns_events"
 
 
 class EventFeed:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 
 class _In(BaseModel):
@@ -88,6 +88,18 @@ class ForkCreate(_In):
 
 class SecretPut(_In):
     value: str = Field(min_length=1, max_length=10_000)
+    allow_urls: list[Annotated[str, Field(max_length=2000)]] = Field(
+        default_factory=list,
+        max_length=100,
+        description="URL patterns the secret may be sent to, e.g. https://api.openai.com/*",
+    )
+
+    @field_validator("allow_urls")
+    @classmethod
+    def _patterns(cls, value: list[str]) -> list[str]:
+        from everruns.settings import check_url_pattern
+
+        return [check_url_pattern(p) for p in value]
 
 
 class Outcome(BaseModel):

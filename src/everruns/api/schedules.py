@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Annotated, Any, Literal
 
 from fastapi import FastAPI, Path, Query, Request
@@ -78,7 +78,7 @@ def _not_found(agent: str) -> Problem:
 def add_schedule_routes(
     app: FastAPI,
     auth: list[Any],
-    checked: Callable[[dict[str, Any] | None, str | None], AgentSpec],
+    checked: Callable[[Store, dict[str, Any] | None, str | None], Awaitable[AgentSpec]],
 ) -> None:
     def store_of(request: Request) -> Store:
         return request.app.state.store
@@ -104,8 +104,8 @@ def add_schedule_routes(
         else:
             if body.version is not None:
                 raise _invalid("version", "only with `agent` (an inline spec is pinned)")
-            spec = checked(body.spec, body.yaml)
-            pinned = await store.save_agent(spec)
+            spec = await checked(store, body.spec, body.yaml)
+            pinned = await store.save_agent(spec, origin="api")
         expression = body.schedule or spec.schedule
         if not expression:
             raise _invalid("schedule", "missing: give `schedule` or a spec with a `schedule`")

@@ -39,14 +39,6 @@ async def choose_model(store: Store, spec: AgentSpec) -> Choice:
     return Choice(None, wake_at=min(open_until.values()), skipped=tuple(skipped))
 
 
-def estimate_tokens(system: str, messages: list[dict[str, object]]) -> int:
-    """A provider-neutral estimate (about 4 characters a token) for rate limiting."""
-    chars = len(system) + sum(
-        len(str(m.get("content") or "")) + len(str(m.get("tool_calls") or "")) for m in messages
-    )
-    return chars // 4 + 16
-
-
 async def acquire_rate_limits(
     store: Store, settings: Settings, model: ModelSpec, tokens: int, *, max_sleep: float
 ) -> float:

@@ -11,24 +11,29 @@ import contextlib
 import hashlib
 import json
 import logging
-import os
 import shlex
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
-from everruns import journal as j
+from everruns.core.backoff import backoff_delay
+from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
+from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
+from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
+from everruns.core.state import State, apply, fold
+from everruns.credentials import CredentialError, models_of, plan_key
 from everruns.engine import crashpoints
-from everruns.engine.backoff import backoff_delay
 from everruns.engine.broker import Broker
+from everruns.engine.hardening import getenv
 from everruns.engine.models import (
     acquire_rate_limits,
     breaker_key,
     candidates,
     choose_model,
-    estimate_tokens,
 )
+from everruns.policy import check_spec
 from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
@@ -48,6 +53,7 @@ from everruns.tools.base import (
     WaitRequest,
     render_output,
 )
+from everruns.tools.reaper import reap, registry_for
 from everruns.tools.registry import MCPPool, ToolSpecError, build_tools, mcp_config
 from everruns.tools.workspace import Workspace
 
@@ -73,15 +79,6 @@ class StopReason:
     LOST = "lost"  # the lease was taken over: write nothing
 
 
-def _projection(state: j.State) -> dict[str, Any]:
-    return {
-        "steps": state.steps,
-        "input_tokens": state.input_tokens,
-        "output_tokens": state.output_tokens,
-        "cost_usd": state.cost_usd,
-    }
-
-
 class RunRunner:
     def __init__(self, store: Store, claim: Claim, options: RunnerOptions, broker: Broker):
         self.store = store
@@ -90,56 +87,75 @@ class RunRunner:
         self.broker = broker
         self.run_id = claim.run_id
         self.epoch = claim.epoch
-        self.state = j.State()
+        self.state = State()
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False
         self._spawning: set[str] = set()
         self._ws_lock = asyncio.Lock()
         self._lock = asyncio.Lock()
+        self._carry: list[tuple[str, dict[str, Any]]] = []  # folded, committed with the next
         self.spec: AgentSpec | None = None
+        self.origin = "api"  # where the spec came from (the agent version says)
         self.tools: dict[str, Tool] = {}
         self.workspace: Workspace | None = None
+        self.on_started: Callable[[], None] | None = None  # start-up reads are done
 
     # ------------------------------------------------------------ journal
 
     async def append(
-        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, **projection: Any
-    ) -> j.Event:
+        self, kind: str, data: dict[str, Any], *, if_unchanged: bool = False, defer: bool = False
+    ) -> Event:
         """Append one event (fenced), fold it, and publish it to live subscribers.
 
         `if_unchanged`: only if nobody appended since our last look (raises Moved).
+        `defer`: fold the event now but commit it with the next append (one transaction per
+        durable step: a completion rides with the next atom's start, which `decide` picks at
+        once). Every path that waits or gives up the run commits what is carried first.
         """
         async with self._lock:
+            if defer:
+                event = Event(self.state.last_seq + 1, kind, time.time(), data)
+                apply(self.state, event)
+                self._carry.append((kind, data))
+                return event
+            return await self._commit([(kind, data)], if_unchanged=if_unchanged)
+
+    async def flush(self) -> None:
+        """Commit the carried events alone (before waiting, releasing or stopping)."""
+        async with self._lock:
+            if self._carry:
+                await self._commit([], if_unchanged=False)
+
+    async def _commit(self, new: list[tuple[str, dict[str, Any]]], *, if_unchanged: bool) -> Event:
+        carry, self._carry = self._carry, []
+        batch = [*carry, *new]
+        committed_seq = self.state.last_seq - len(carry)
+        for kind, _ in batch:
             crashpoints.hit(f"before:{kind}")
-            expected = self.state.last_seq + 1
-            (event,) = await self.store.append(
+        try:
+            events = await self.store.append(
                 self.run_id,
                 self.epoch,
-                [(kind, data)],
-                projection={**_projection(self._preview(kind, data)), **projection},
-                expect_seq=self.state.last_seq if if_unchanged else None,
+                batch,
+                expect_seq=committed_seq if if_unchanged else None,
             )
-            if event.seq == expected:
-                j.apply(self.state, event)
-            else:  # someone else appended (a user message): refold from the truth
-                self.state = j.fold(await self.store.load_events(self.run_id))
+        except Moved:
+            if carry:  # the carried events are ours to keep: commit them alone
+                kept = await self.store.append(self.run_id, self.epoch, carry)
+                for event in kept:
+                    self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
+            raise  # the caller refolds from the journal and decides again
+        if events[0].seq == committed_seq + 1:
+            for event in events[len(carry) :]:
+                apply(self.state, event)
+        else:  # someone else appended (a user message): refold from the truth
+            self.state = fold(await self.store.load_events(self.run_id))
+        for event in events:
             self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})
+        for kind, _ in batch:
             crashpoints.hit(f"after:{kind}")
-            return event
-
-    def _preview(self, kind: str, data: dict[str, Any]) -> j.State:
-        """Usage totals including this event, for the runs-table projection."""
-        if kind not in (j.LLM_COMPLETED, j.LLM_FAILED):
-            return self.state
-        preview = j.State(
-            steps=self.state.steps + (kind == j.LLM_COMPLETED),
-            input_tokens=self.state.input_tokens,
-            output_tokens=self.state.output_tokens,
-            cost_usd=self.state.cost_usd,
-        )
-        j._add_usage(preview, data.get("usage"))
-        return preview
+        return events[-1]
 
     def publish_ephemeral(self, kind: str, data: dict[str, Any]) -> None:
         self.broker.publish(
@@ -160,6 +176,8 @@ class RunRunner:
                 "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
             )
         except Exception as exc:
+            with contextlib.suppress(Exception):
+                await self.flush()  # keep what finished, whatever broke afterwards
             await self._on_unexpected(exc)
 
     async def _on_unexpected(self, exc: Exception) -> None:
@@ -191,27 +209,27 @@ class RunRunner:
             if reason == StopReason.CANCEL:
                 await asyncio.shield(self._finish_cancelled())
             elif reason == StopReason.SHUTDOWN:
-                await asyncio.shield(
-                    self.store.release(
-                        self.run_id, self.epoch, wake_at=time.time(), status="queued"
-                    )
-                )
+                await asyncio.shield(self._release_for_shutdown())
         except Fenced:
             pass
 
+    async def _release_for_shutdown(self) -> None:
+        await self.flush()
+        await self.store.release(self.run_id, self.epoch, wake_at=time.time(), status="queued")
+
     async def _finish_cancelled(self) -> None:
         await self.append(
-            j.RUN_CANCELLED,
+            EventType.RUN_CANCELLED,
             {"reason": "cancelled by user"},
-            status="cancelled",
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-            error={"reason": "cancelled", "message": "cancelled by user"},
         )
 
     async def _run(self) -> None:
-        self.state = j.fold(await self.store.load_events(self.run_id))
+        try:
+            self.state = fold(await self.store.load_events(self.run_id))
+            self.spec = await self.store.get_agent(self.claim.agent_name, self.claim.agent_version)
+        finally:
+            if self.on_started is not None:
+                self.on_started()
         if self.state.terminal:
             await self.store.release(
                 self.run_id, self.epoch, wake_at=None, status=self.state.status
@@ -220,7 +238,6 @@ class RunRunner:
         if self.claim.cancel_requested:
             await self._finish_cancelled()
             return
-        self.spec = await self.store.get_agent(self.claim.agent_name, self.claim.agent_version)
         if self.claim.crashes >= self.options.max_crashes:
             await self.fail(
                 "crash_loop",
@@ -229,6 +246,13 @@ class RunRunner:
             )
             return
         try:
+            self.origin = await self.store.get_agent_origin(
+                self.claim.agent_name, self.claim.agent_version
+            )
+            # The operator's policy again, before any tool module is imported.
+            check_spec(
+                self.spec, self.origin, self.options.settings, await self._bindings(self.spec)
+            )
             self.tools = build_tools(
                 self.spec, allow_private_networks=self.options.settings.allow_private_networks
             )
@@ -238,17 +262,19 @@ class RunRunner:
             await self.fail("invalid_spec", str(exc))
             return
         self.workspace = Workspace(self.store, self.run_id, self.state.files)
-        await self.append(
-            j.RUN_STARTED,
-            {
-                "worker": self.options.worker_id,
-                "epoch": self.epoch,
-                "takeover": self.claim.crashes > 0,
-                "resumed": self.state.starts > 0,
-                "crashes": self.claim.crashes,
-            },
-            status="running",
-        )
+        started: dict[str, Any] = {
+            "worker": self.options.worker_id,
+            "epoch": self.epoch,
+            "takeover": self.claim.crashes > 0,
+            "resumed": self.state.starts > 0,
+            "crashes": self.claim.crashes,
+        }
+        # Tool processes a previous holder of this run left behind die before we touch
+        # its workspace; what was found is journaled (absent when nothing was).
+        reaped = await asyncio.to_thread(reap, registry_for(self.workspace.path))
+        if reaped:
+            started["reaped"] = reaped
+        await self.append(EventType.RUN_STARTED, started)
         if await self._load_mcp_tools():
             await self._loop()
 
@@ -273,7 +299,7 @@ class RunRunner:
                 except ToolError as exc:
                     await self.fail("mcp_unavailable", f"MCP server {config.label}: {exc}")
                     return False
-                await self.append(j.TOOLS_LISTED, {"server": server, "tools": listing})
+                await self.append(EventType.TOOLS_LISTED, {"server": server, "tools": listing})
             from everruns.tools.mcp import tools_from_listing
 
             try:
@@ -293,54 +319,46 @@ class RunRunner:
         effects = {name: t.effect for name, t in self.tools.items()}
         while True:
             if self.draining:
+                await self.flush()
                 await self.store.release(
                     self.run_id, self.epoch, wake_at=time.time(), status="queued"
                 )
                 return
             if self.pause_requested:
                 await self.append(
-                    j.RUN_PAUSED,
+                    EventType.RUN_PAUSED,
                     {"by": "user"},
-                    status="paused",
-                    wake_at=None,
-                    lease_owner=None,
-                    lease_expires_at=None,
-                    pause_requested=False,
                 )
                 return
-            atom = j.decide(self.state, self.spec, time.time(), effects)
-            if isinstance(atom, j.Reason):
+            atom = decide(self.state, self.spec, time.time(), effects)
+            if isinstance(atom, Reason):
                 waiting = await self.reason(atom)
                 if waiting is not None:
                     atom = waiting
-            if isinstance(atom, j.Reason):
+            if isinstance(atom, Reason):
                 pass
-            elif isinstance(atom, j.Act):
+            elif isinstance(atom, Act):
                 await self.act(atom)
-            elif isinstance(atom, j.Compact):
+            elif isinstance(atom, Compact):
                 await self.compact(atom)
-            elif isinstance(atom, j.Complete):
+            elif isinstance(atom, Complete):
                 try:
                     await self.append(
-                        j.RUN_COMPLETED,
+                        EventType.RUN_COMPLETED,
                         {"result": atom.result},
                         if_unchanged=True,  # a user message that just arrived gets an answer
-                        status="completed",
-                        result=atom.result,
-                        wake_at=None,
-                        lease_owner=None,
-                        lease_expires_at=None,
                     )
                 except Moved:
-                    self.state = j.fold(await self.store.load_events(self.run_id))
+                    self.state = fold(await self.store.load_events(self.run_id))
                     continue
                 return
-            elif isinstance(atom, j.Fail):
+            elif isinstance(atom, Fail):
                 await self.fail(atom.reason, atom.message)
                 return
-            elif isinstance(atom, j.Wait):
+            elif isinstance(atom, Wait):
                 delay = atom.until - time.time()
                 if delay <= self.spec.retry.durable_wait_after:
+                    await self.flush()
                     await asyncio.sleep(max(0.0, delay))
                     continue
                 if not await self._journal_waiting({"reason": atom.reason, "wake_at": atom.until}):
@@ -359,6 +377,7 @@ class RunRunner:
                     {"reason": "approval", "calls": pending}
                 ):
                     continue
+                await self.flush()
                 await self.store.release(
                     self.run_id,
                     self.epoch,
@@ -375,39 +394,30 @@ class RunRunner:
         folded in and then slept through by `release(seen_seq=...)`. False: decide again.
         """
         try:
-            await self.append(j.RUN_WAITING, data, if_unchanged=True)
+            await self.append(EventType.RUN_WAITING, data, if_unchanged=True)
         except Moved:
-            self.state = j.fold(await self.store.load_events(self.run_id))
+            self.state = fold(await self.store.load_events(self.run_id))
             return False
         return True
 
     async def fail(self, reason: str, message: str) -> None:
-        error = {"reason": reason, "message": message}
-        await self.append(
-            j.RUN_FAILED,
-            {"error": message, "reason": reason},
-            status="failed",
-            error=error,
-            wake_at=None,
-            lease_owner=None,
-            lease_expires_at=None,
-        )
+        await self.append(EventType.RUN_FAILED, {"error": message, "reason": reason})
 
     # ------------------------------------------------------------ atoms
 
-    async def reason(self, atom: j.Reason) -> j.Wait | None:
+    async def reason(self, atom: Reason) -> Wait | None:
         """One LLM call. Returns a Wait when no model may be called yet."""
         assert self.spec is not None
         retry = self.spec.retry
         choice = await choose_model(self.store, self.spec)
         if choice.model is None:
             assert choice.wake_at is not None
-            return j.Wait(until=choice.wake_at, reason="circuit_breakers_open")
+            return Wait(until=choice.wake_at, reason="circuit_breakers_open")
         model = choice.model
         previous = self.state.model or self.spec.model.label
         if model.label != previous:
             await self.append(
-                j.LLM_FALLBACK,
+                EventType.LLM_FALLBACK,
                 {
                     "from": previous,
                     "to": model.label,
@@ -415,17 +425,19 @@ class RunRunner:
                     "skipped": list(choice.skipped),
                 },
             )
-        messages = j.model_view(self.state)
+        messages = model_view(self.state)
         if atom.continuation:
-            messages.append({"role": "user", "content": j.CONTINUE_PROMPT})
-        estimate = estimate_tokens(self.spec.system_prompt, messages)
+            messages.append({"role": "user", "content": CONTINUE_PROMPT})
+        estimate = context_tokens(self.spec.system_prompt, self.state)
+        if self.options.settings.rate_limits_for(model):
+            await self.flush()  # acquiring may sleep: what is done must be durable first
         wait = await acquire_rate_limits(
             self.store, self.options.settings, model, estimate, max_sleep=retry.durable_wait_after
         )
         if wait:
-            return j.Wait(until=time.time() + wait, reason="rate_limited")
+            return Wait(until=time.time() + wait, reason="rate_limited")
         await self.append(
-            j.LLM_STARTED,
+            EventType.LLM_STARTED,
             {"attempt": atom.attempt, "step": self.state.steps + 1, "model": model.label},
         )
         request = LLMRequest(
@@ -468,8 +480,9 @@ class RunRunner:
             )
             await self._correct_rate(model, estimate, usage)
         await self.append(
-            j.LLM_COMPLETED,
-            {
+            EventType.LLM_COMPLETED,
+            defer=True,  # committed with the next atom's start (decided at once)
+            data={
                 "attempt": atom.attempt,
                 "message": response.message,
                 "usage": usage,
@@ -481,17 +494,47 @@ class RunRunner:
         )
         return None
 
+    async def _bindings(self, spec: AgentSpec | None = None) -> dict[str, list[str]]:
+        """Stored secrets' URL bindings; skips the query when `spec` names no credential
+        that settings do not bind (most runs)."""
+        settings = self.options.settings
+        if spec is not None and not any(
+            m.credential is not None and m.credential not in settings.credentials
+            for _, m in models_of(spec)
+        ):
+            return {}
+        return await self.store.secret_bindings()
+
     async def _stored_key(self, model: ModelSpec) -> str | None:
-        """A key stored through the API (encrypted) when its variable is not set here."""
-        env = model.api_key_env or {
-            "openai": "OPENAI_API_KEY",
-            "anthropic": "ANTHROPIC_API_KEY",
-        }.get(model.provider)
-        if env is None or os.environ.get(env):
+        """The key this model's call carries, decided by the operator's bindings just
+        before the request (see everruns.credentials); `not-needed` when none may go."""
+        if model.provider == "scripted":
             return None
-        ciphertext = await self.store.get_secret(env)
+        settings = self.options.settings
+        stored = model.credential is not None and model.credential not in settings.credentials
+        bindings = await self._bindings() if stored else {}
+        try:
+            plan = plan_key(model, self.origin, self.options.settings, bindings)
+        except CredentialError as exc:
+            raise ProviderError(str(exc), error_class="auth", retryable=False) from None
+        if plan.source == "none":
+            return "not-needed"
+        assert plan.name is not None
+        if plan.source in ("env", "default"):
+            value = getenv(plan.name)  # the worker holds keys outside os.environ (hardening)
+            if value:
+                return value
+        if plan.source == "env":
+            raise _missing(f"environment variable {plan.name} (the key for {model.label})")
+        ciphertext = await self.store.get_secret(plan.name)
+        if plan.source == "default":
+            bindings = await self._bindings()
+        if plan.source == "default" and (
+            ciphertext is None or not _stored_default_allowed(plan, bindings)
+        ):
+            raise _missing(f"environment variable {plan.name} (the API key for {model.label})")
         if ciphertext is None:
-            return None
+            raise _missing(f"stored secret {plan.name!r}")
         try:
             return decrypt(ciphertext)
         except SecretsUnavailable as exc:
@@ -504,7 +547,7 @@ class RunRunner:
                 await self.store.charge_tokens(limit.key, actual - estimate)
 
     async def _record_failure(
-        self, atom: j.Reason, model: ModelSpec, exc: ProviderError, price: Any, estimate: int
+        self, atom: Reason, model: ModelSpec, exc: ProviderError, price: Any, estimate: int
     ) -> None:
         assert self.spec is not None
         retry = self.spec.retry
@@ -542,13 +585,13 @@ class RunRunner:
         }
         if opened_until is not None:
             data["breaker_open_until"] = opened_until
-        await self.append(j.LLM_FAILED, data)
+        await self.append(EventType.LLM_FAILED, data)
 
-    async def act(self, atom: j.Act) -> None:
+    async def act(self, atom: Act) -> None:
         assert self.spec is not None
         limit = asyncio.Semaphore(self.spec.max_parallel_tools)
 
-        async def one(plan: j.CallPlan) -> None:
+        async def one(plan: CallPlan) -> None:
             async with limit:
                 await self.call_tool(plan)
 
@@ -567,17 +610,28 @@ class RunRunner:
         if child_id not in known and len(known) >= max_children:
             raise ToolError(f"sub-agent fan-out limit reached (max_children={max_children})")
         self._spawning.add(child_id)
+        origin = self.origin  # a child never has more trust than its parent
         if request.spec is not None:
             spec = parse_spec(request.spec, "spawn_agent.spec")
         elif request.agent is not None:
             try:
                 spec = await self.store.get_agent(request.agent)
+                if await self.store.get_agent_origin(request.agent) == "api":
+                    origin = "api"
             except StoreError as exc:
                 raise ToolError(str(exc)) from None
         else:
             spec = self.spec
         try:
-            build_tools(spec)
+            # A spec the model wrote may only name credentials the operator bound.
+            check_spec(
+                spec,
+                origin,
+                self.options.settings,
+                await self._bindings(spec),
+                spawned=request.spec is not None,
+            )
+            build_tools(spec, allow_private_networks=self.options.settings.allow_private_networks)
         except ToolSpecError as exc:
             raise ToolError(f"the sub-agent's spec is invalid: {exc}") from None
         return await self.store.create_run(
@@ -586,12 +640,15 @@ class RunRunner:
             parent_id=self.run_id,
             run_id=child_id,
             created_data={"depth": self.state.depth + 1},
+            origin=origin,
         )
 
-    async def compact(self, atom: j.Compact) -> None:
+    async def compact(self, atom: Compact) -> None:
         """Replace messages[:until] by a model-written summary (the journal keeps all)."""
         assert self.spec is not None
-        await self.append(j.COMPACTION_STARTED, {"until": atom.until, "reason": atom.reason})
+        await self.append(
+            EventType.COMPACTION_STARTED, {"until": atom.until, "reason": atom.reason}
+        )
         model = self.spec.context.summary_model or self.spec.model
         older = self.state.messages[self.state.compacted_until : atom.until]
         text = "\n\n".join(_render_message(m) for m in older)
@@ -618,7 +675,7 @@ class RunRunner:
             return
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
         await self.append(
-            j.CONTEXT_COMPACTED,
+            EventType.CONTEXT_COMPACTED,
             {
                 "until": atom.until,
                 "summary": response.message.get("content") or "",
@@ -627,22 +684,23 @@ class RunRunner:
             },
         )
 
-    async def call_tool(self, plan: j.CallPlan) -> None:
+    async def call_tool(self, plan: CallPlan) -> None:
         call = plan.call
         base = {"call_id": call.id, "name": call.name}
         if plan.action == "interrupt":
             await self.append(
-                j.TOOL_FAILED, {**base, "error": j.INTERRUPTED_MESSAGE, "interrupted": True}
+                EventType.TOOL_FAILED, {**base, "error": INTERRUPTED_MESSAGE, "interrupted": True}
             )
             return
         if plan.action == "deny":
             reason = call.denial or "no reason given"
             await self.append(
-                j.TOOL_FAILED, {**base, "error": f"denied by a human: {reason}", "denied": True}
+                EventType.TOOL_FAILED,
+                {**base, "error": f"denied by a human: {reason}", "denied": True},
             )
             return
         if plan.action == "request_approval":
-            await self.append(j.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
+            await self.append(EventType.APPROVAL_REQUESTED, {**base, "arguments": call.arguments})
             return
         if plan.action == "wake":
             if call.wait_for is not None:
@@ -659,7 +717,7 @@ class RunRunner:
                 )
             else:
                 output = f"slept until {_iso(call.wake_at)}"
-            await self.append(j.TOOL_COMPLETED, {**base, "output": output})
+            await self._resolve_call(EventType.TOOL_COMPLETED, {**base, "output": output})
             return
         tool = self.tools.get(call.name)
         problem = None
@@ -670,11 +728,11 @@ class RunRunner:
         elif INVALID_ARGUMENTS in call.arguments:
             problem = f"the arguments are not valid JSON: {call.arguments[INVALID_ARGUMENTS]}"
         if tool is None or problem is not None:
-            await self.append(j.TOOL_FAILED, {**base, "error": problem})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.run_id}:{call.id}"
         await self.append(
-            j.TOOL_STARTED,
+            EventType.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
         # Calls that touch the workspace run one at a time, so the file changes journaled
@@ -708,7 +766,7 @@ class RunRunner:
                 await self._tool_result(tool, base, output, uses_ws)
                 return
             changes = await self._changes() if uses_ws else {}
-            await self.append(j.TOOL_FAILED, {**base, "error": error, **changes})
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
 
     async def _changes(self) -> dict[str, Any]:
         """Workspace changes since the last journaled result, to journal with this one."""
@@ -720,24 +778,26 @@ class RunRunner:
     ) -> None:
         if isinstance(output, SleepRequest):
             await self.append(
-                j.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
+                EventType.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
             )
             return
         if isinstance(output, WaitRequest):
             if not output.run_ids:
                 output = WaitRequest(run_ids=tuple(self.state.children), mode=output.mode)
             if not output.run_ids:
-                await self.append(j.TOOL_FAILED, {**base, "error": "this run has no sub-agents"})
+                await self.append(
+                    EventType.TOOL_FAILED, {**base, "error": "this run has no sub-agents"}
+                )
                 return
             unknown = [r for r in output.run_ids if r not in self.state.children]
             if unknown:
                 await self.append(
-                    j.TOOL_FAILED,
+                    EventType.TOOL_FAILED,
                     {**base, "error": f"not sub-agents of this run: {', '.join(unknown)}"},
                 )
                 return
             await self.append(
-                j.TOOL_WAITING,
+                EventType.TOOL_WAITING,
                 {
                     **base,
                     "wait_for": list(output.run_ids),
@@ -750,10 +810,10 @@ class RunRunner:
             try:
                 child = await self._spawn(base["call_id"], output)
             except ToolError as exc:
-                await self.append(j.TOOL_FAILED, {**base, "error": str(exc)})
+                await self.append(EventType.TOOL_FAILED, {**base, "error": str(exc)})
                 return
             await self.append(
-                j.TOOL_COMPLETED,
+                EventType.TOOL_COMPLETED,
                 {**base, "output": render_output({"run_id": child}), "child": child},
             )
             return
@@ -767,7 +827,13 @@ class RunRunner:
             data["max_output"] = tool.max_output
         if uses_ws:
             data.update(await self._changes())
-        await self.append(j.TOOL_COMPLETED, data)
+        await self._resolve_call(EventType.TOOL_COMPLETED, data)
+
+    async def _resolve_call(self, kind: str, data: dict[str, Any]) -> None:
+        """Journal a call's result. The last open call of an answer is deferred: the next
+        atom (an LLM call, decided at once) commits it with its own start."""
+        others = any(c.status != "done" and c.id != data["call_id"] for c in self.state.calls)
+        await self.append(kind, data, defer=not others)
 
 
 COMPACTION_PROMPT = (
@@ -827,3 +893,15 @@ def _iso(ts: float | None) -> str:
     if ts is None:
         return "now"
     return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
+
+
+def _stored_default_allowed(plan: Any, bindings: dict[str, list[str]]) -> bool:
+    """A stored secret named like the provider's default variable stands in for it only
+    at a URL its own binding allows."""
+    from everruns.credentials import url_allowed
+
+    return plan.url is not None and url_allowed(plan.url, bindings.get(plan.name, []))
+
+
+def _missing(what: str) -> ProviderError:
+    return ProviderError(f"{what} is not set", error_class="auth", retryable=False)

@@ -14,12 +14,18 @@ import logging
 import os
 import socket
 import time
+from collections import Counter
 from collections.abc import Callable
+
+from sqlalchemy.engine import make_url
 
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
+from everruns.engine.signals import Listener
 from everruns.settings import Settings, load_settings
 from everruns.store import Claim, Store, new_id
+from everruns.tools import sandbox
+from everruns.tools.workspace import DEFAULT_ROOT
 
 log = logging.getLogger("everruns.worker")
 
@@ -31,7 +37,7 @@ class Worker:
         *,
         concurrency: int = 16,
         lease_ttl: float = 15.0,
-        poll_interval: float = 0.5,
+        poll_interval: float | None = None,
         max_crashes: int = 5,
         shutdown_grace: float = 10.0,
         broker: Broker | None = None,
@@ -39,13 +45,20 @@ class Worker:
         on_claim: Callable[[Claim], None] | None = None,
         only: list[str] | None = None,
         settings: Settings | None = None,
+        control_interval: float = 0.2,
+        claim_batch: int = 64,
     ):
         if lease_ttl <= 0:
             raise ValueError("lease_ttl must be positive")
         self.store = store
         self.concurrency = concurrency
         self.lease_ttl = lease_ttl
-        self.poll_interval = poll_interval
+        # SQLite cannot notify across processes: poll for new work often (a cheap claim).
+        # PostgreSQL workers LISTEN (engine/signals.py) and poll only as a fallback.
+        self.poll_interval = poll_interval or (0.1 if store.is_sqlite else 0.5)
+        self.control_interval = control_interval
+        self.claim_batch = claim_batch  # runs claimed and starting up at once (pool-sized)
+        self.starting = 0
         self.shutdown_grace = shutdown_grace
         self.broker = broker or Broker()
         self.worker_id = worker_id or f"{socket.gethostname()}-{os.getpid()}-{new_id('w')[-8:]}"
@@ -54,11 +67,20 @@ class Worker:
             max_crashes=max_crashes,
             settings=settings if settings is not None else load_settings(),
         )
+        _configure_sandbox(self.options.settings, store.url)
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()
+        self.listener: Listener | None = None
+        self._background: set[asyncio.Future[None]] = set()
+        # How often each signal reached this worker (tests assert the mechanism).
+        self.signals: Counter[str] = Counter()
+        if not store.is_sqlite:
+            self.listener = Listener(
+                store.url, on_wake=self._on_notify_wake, on_control=self._on_control
+            )
 
     def stop(self) -> None:
         """Graceful stop: finish current atoms (up to the grace period), release leases."""
@@ -71,13 +93,21 @@ class Worker:
 
     async def run(self) -> None:
         await self.store.register_worker(self.worker_id)
-        renewer = asyncio.create_task(self._renew_loop())
+        background = [
+            asyncio.create_task(self._renew_loop()),
+            asyncio.create_task(self._control_loop()),
+        ]
+        if self.listener is not None:
+            self.listener.start()
         try:
             await self._claim_loop()
         finally:
-            renewer.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await renewer
+            for task in background:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            if self.listener is not None:
+                await self.listener.stop()
             await self._drain()
             with contextlib.suppress(Exception):
                 await self.options.mcp_pool.close()
@@ -90,14 +120,23 @@ class Worker:
             if self.only is None and time.monotonic() - schedules_at >= self.poll_interval:
                 schedules_at = time.monotonic()
                 await self._fire_schedules()
-            free = self.concurrency - len(self.active)
+            # Claims are bounded by concurrency and by how many runs may start up at once
+            # (each reads its journal): more runs than connections wait, never time out.
+            free = min(self.concurrency - len(self.active), self.claim_batch - self.starting)
             claims: list[Claim] = []
             if free > 0:
                 try:
                     if self.only is not None:  # `everruns run`: its run and its sub-agents
                         self.only = await self.store.family(self.only)
+                    # Never take over a run this worker is executing: its lease only lapsed
+                    # because a renewal was late (a loaded machine); renewing restores it.
+                    mine = list(self.active) if len(self.active) <= 500 else None
                     claims = await self.store.claim(
-                        self.worker_id, limit=free, lease_ttl=self.lease_ttl, only=self.only
+                        self.worker_id,
+                        limit=free,
+                        lease_ttl=self.lease_ttl,
+                        only=self.only,
+                        exclude=mine,
                     )
                 except Exception:
                     log.exception("claim failed; retrying")
@@ -119,11 +158,17 @@ class Worker:
 
     def _start(self, claim: Claim) -> None:
         runner = RunRunner(self.store, claim, self.options, self.broker)
+        self.starting += 1
+        runner.on_started = self._started
         task = asyncio.create_task(runner.run(), name=f"run-{claim.run_id}")
         self.active[claim.run_id] = (task, runner)
         task.add_done_callback(functools.partial(self._finished, claim.run_id))
         if self.on_claim is not None:
             self.on_claim(claim)
+
+    def _started(self) -> None:
+        self.starting -= 1
+        self._wakeup.set()
 
     def _finished(self, run_id: str, task: asyncio.Task[None]) -> None:
         current = self.active.get(run_id)
@@ -160,6 +205,45 @@ class Worker:
                 elif held[run_id]:
                     self._interrupt(task, runner, StopReason.CANCEL)
 
+    async def _control_loop(self) -> None:
+        """SQLite (or PostgreSQL without its LISTEN connection): look for cancel and pause
+        requests of this worker's runs every `control_interval`, so a cancel reaches the
+        in-flight LLM call or tool within that time instead of at the next lease renewal."""
+        while True:
+            await asyncio.sleep(self.control_interval)
+            if not self.active:
+                continue
+            if self.listener is not None and self.listener.listening.is_set():
+                continue
+            await self._check_control(None)
+
+    def _on_notify_wake(self) -> None:
+        self.signals["wake"] += 1
+        self.wake()
+
+    def _on_control(self, owner: str, run_id: str) -> None:
+        if owner == self.worker_id and run_id in self.active:
+            self.signals["control"] += 1
+            task = asyncio.ensure_future(self._check_control([run_id]))
+            self._background.add(task)
+            task.add_done_callback(self._background.discard)
+
+    async def _check_control(self, run_ids: list[str] | None) -> None:
+        try:
+            requests = await self.store.control_requests(self.worker_id, run_ids)
+        except Exception:
+            log.warning("reading control requests failed; retrying", exc_info=True)
+            return
+        for run_id, (cancel, pause) in requests.items():
+            entry = self.active.get(run_id)
+            if entry is None:
+                continue
+            task, runner = entry
+            if cancel:
+                self._interrupt(task, runner, StopReason.CANCEL)
+            elif pause:
+                runner.pause_requested = True
+
     @staticmethod
     def _interrupt(task: asyncio.Task[None], runner: RunRunner, reason: str) -> None:
         if runner.stop_reason is None and not task.done():
@@ -180,3 +264,14 @@ class Worker:
             del run_id
         if pending:
             await asyncio.wait(pending, timeout=5)
+
+
+def _configure_sandbox(settings: Settings, database_url: str) -> None:
+    """The tool sandbox of this process: the operator's mode and extra paths, and what
+    it must hide even inside shared paths (the workspaces, the SQLite file)."""
+    hidden = [os.path.abspath(os.environ.get("EVERRUNS_WORKSPACE_ROOT", DEFAULT_ROOT))]
+    url = make_url(database_url)
+    if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
+        db = os.path.abspath(url.database)
+        hidden += [db, f"{db}-wal", f"{db}-shm", f"{db}-journal"]
+    sandbox.configure(settings.sandbox, tuple(settings.sandbox_read_only), tuple(hidden))

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 
+from everruns.errors import EverrunsError
 from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
@@ -14,8 +15,8 @@ from everruns.providers.base import (
 from everruns.spec import ModelSpec
 
 
-class UnknownProvider(ValueError):
-    pass
+class UnknownProvider(EverrunsError, ValueError):
+    """A spec names a provider that does not exist."""
 
 
 _cache: dict[str, Provider] = {}

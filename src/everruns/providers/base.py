@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, TypeVar
 
+from everruns.errors import ProviderError as ProviderError  # defined in everruns.errors
 from everruns.spec import ModelSpec
 
 DeltaCallback = Callable[[str], None]
@@ -50,28 +51,6 @@ class LLMResponse:
     stop_reason: str | None = None
     model: str | None = None
     truncated: bool = False  # cut off at max_tokens (finish_reason length / max_tokens)
-
-
-class ProviderError(Exception):
-    """A failed LLM call, classified so the engine can decide to retry or fail."""
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        error_class: str = "server_error",
-        retryable: bool = True,
-        retry_after: float | None = None,
-        usage: dict[str, int] | None = None,
-        status: int | None = None,
-    ):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-        self.error_class = error_class
-        self.retryable = retryable
-        self.retry_after = retry_after
-        self.usage = usage or {}
 
 
 class Provider(Protocol):

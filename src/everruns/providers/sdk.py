@@ -5,28 +5,42 @@ translation of any SDK failure into a classified ProviderError."""
 from __future__ import annotations
 
 import json
-import os
 from abc import ABC, abstractmethod
 from types import ModuleType
 from typing import Any, Generic, TypeVar
 
 import httpx2
 
+from everruns.engine.hardening import getenv
 from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, ProviderError
 from everruns.providers.errors import classify_status
+from everruns.settings import RESERVED_ENV_PREFIX
 from everruns.spec import ModelSpec
 
 C = TypeVar("C")
 
 
 def api_key(model: ModelSpec, default_env: str | None, given: str | None = None) -> str:
-    """The key: given explicitly (a stored secret), else from the environment variable."""
+    """The key: given explicitly (the engine resolves it, see everruns.credentials), else
+    from `api_key_env`, else the default variable only when no base_url redirects it."""
     if given:
         return given
-    env = model.api_key_env or default_env
+    if model.credential is not None:
+        raise ProviderError(
+            f"credential {model.credential!r} was not resolved by the engine",
+            error_class="auth",
+            retryable=False,
+        )
+    env = model.api_key_env or (default_env if model.base_url is None else None)
     if env is None:
         return "not-needed"  # a local OpenAI-compatible server without auth
-    key = os.environ.get(env)
+    if env.upper().startswith(RESERVED_ENV_PREFIX):
+        raise ProviderError(
+            f"{env} is one of the deployment's own variables and can never be a credential",
+            error_class="auth",
+            retryable=False,
+        )
+    key = getenv(env)
     if not key:
         raise ProviderError(
             f"environment variable {env} (the API key for {model.label}) is not set",
@@ -123,4 +137,7 @@ class SDKProvider(ABC, Generic[C]):
 
 
 def client_kwargs(model: ModelSpec, key: str, timeout: httpx2.Timeout) -> dict[str, Any]:
-    return {"api_key": key, "base_url": model.base_url, "max_retries": 0, "timeout": timeout}
+    from everruns.credentials import target_url
+
+    # The URL the engine checked the key's binding against is the URL the SDK uses.
+    return {"api_key": key, "base_url": target_url(model), "max_retries": 0, "timeout": timeout}

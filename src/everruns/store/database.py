@@ -6,12 +6,15 @@ import asyncio
 import os
 import threading
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
 from sqlalchemy.engine import make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+if TYPE_CHECKING:
+    from everruns.store.writer import JournalWriter
 
 DEFAULT_SQLITE_PATH = Path(".everruns") / "everruns.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
@@ -68,10 +71,12 @@ def _sqlite_setup(engine: sa.Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def _begin(conn: sa.Connection) -> None:
-        conn.exec_driver_sql("BEGIN IMMEDIATE")
+        # Reads (see `readonly`) take no lock at all: WAL readers never block the writer.
+        readonly = conn.get_execution_options().get("everruns_readonly", False)
+        conn.exec_driver_sql("BEGIN" if readonly else "BEGIN IMMEDIATE")
 
 
-def create_engine(url: str) -> AsyncEngine:
+def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
     async_url, _ = _driver_urls(url)
     if is_sqlite(url):
         path = make_url(url).database
@@ -80,7 +85,34 @@ def create_engine(url: str) -> AsyncEngine:
         engine = create_async_engine(async_url, connect_args={"timeout": 60})
         _sqlite_setup(engine.sync_engine)
         return engine
-    return create_async_engine(async_url, pool_size=10, max_overflow=10, pool_pre_ping=True)
+    # More callers than connections wait for one (back-pressure), never fail on a timeout.
+    return create_async_engine(
+        async_url,
+        pool_size=pool_size,
+        max_overflow=pool_size,
+        pool_pre_ping=True,
+        pool_timeout=3600,
+    )
+
+
+def readonly(engine: AsyncEngine) -> AsyncEngine:
+    """The same engine (and pool) for transactions that only read: on SQLite they begin
+    deferred, so status polls, event feeds and claim checks never take the write lock."""
+    return engine.execution_options(everruns_readonly=True)
+
+
+def create_writer(url: str) -> JournalWriter | None:
+    """The hot-path journal writer for this database (None: in-memory SQLite)."""
+    from everruns.store.writer import PostgresJournalWriter, SQLiteJournalWriter
+
+    parsed = make_url(url)
+    if is_sqlite(url):
+        if not parsed.database or parsed.database == ":memory:":
+            return None
+        return SQLiteJournalWriter(parsed.database)
+    return PostgresJournalWriter(
+        parsed.set(drivername="postgresql").render_as_string(hide_password=False)
+    )
 
 
 _UPGRADE_LOCK = threading.Lock()  # Alembic's migration context is process-global

@@ -1,4 +1,4 @@
-"""Fleet-wide shared state: circuit breakers and rate-limit token buckets.
+"""Fleet-wide shared state: workers, circuit breakers and rate-limit token buckets.
 
 Every worker reads and writes these rows, so an open breaker or an empty
 bucket is seen by the whole fleet, not just the worker that noticed.
@@ -6,32 +6,25 @@ bucket is seen by the whole fleet, not just the worker that noticed.
 
 from __future__ import annotations
 
+import os
+import socket
 import time
 from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
 
-from everruns.store.schema import blobs, breakers, rate_buckets
+from everruns.store.backend import Backend
+from everruns.store.schema import breakers, rate_buckets, runs, workers
 
 
-class FleetState:
-    engine: AsyncEngine
-    is_sqlite: bool
-
-    async def _ensure_row(
-        self, conn: AsyncConnection, table: sa.Table, values: dict[str, Any]
-    ) -> None:
-        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(table)
-        await conn.execute(insert.values(**values).on_conflict_do_nothing())
-
-    # ------------------------------------------------------------ breakers
+class Fleet:
+    def __init__(self, db: Backend):
+        self.db = db
 
     async def breakers_open(self, keys: list[str], now: float | None = None) -> dict[str, float]:
         """{key: open_until} for the breakers among `keys` that are open now."""
         now = time.time() if now is None else now
-        async with self.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
                     sa.select(breakers.c.key, breakers.c.open_until).where(
@@ -46,7 +39,7 @@ class FleetState:
     ) -> float | None:
         """Count a success or a breaker-relevant failure; returns open_until if it opened."""
         now = time.time()
-        async with self.engine.begin() as conn:
+        async with self.db.engine.begin() as conn:
             if ok:
                 await conn.execute(
                     sa.update(breakers)
@@ -54,7 +47,7 @@ class FleetState:
                     .values(failures=0, open_until=None, updated_at=now)
                 )
                 return None
-            await self._ensure_row(conn, breakers, {"key": key, "failures": 0, "updated_at": now})
+            await self.db.ensure_row(conn, breakers, {"key": key, "failures": 0, "updated_at": now})
             row = (
                 await conn.execute(
                     sa.update(breakers)
@@ -71,8 +64,6 @@ class FleetState:
                 return open_until
         return None
 
-    # ------------------------------------------------------------ rate limits
-
     async def acquire_rate(
         self, key: str, *, rpm: float | None, tpm: float | None, tokens: float
     ) -> float:
@@ -81,8 +72,8 @@ class FleetState:
         now = time.time()
         rpm_cap = rpm or float("inf")
         tpm_cap = tpm or float("inf")
-        async with self.engine.begin() as conn:
-            await self._ensure_row(
+        async with self.db.engine.begin() as conn:
+            await self.db.ensure_row(
                 conn,
                 rate_buckets,
                 {
@@ -93,7 +84,7 @@ class FleetState:
                 },
             )
             query = sa.select(rate_buckets).where(rate_buckets.c.key == key)
-            if not self.is_sqlite:
+            if not self.db.is_sqlite:
                 query = query.with_for_update()
             row = (await conn.execute(query)).one()
             elapsed = max(0.0, now - row.updated_at)
@@ -121,37 +112,59 @@ class FleetState:
 
     async def charge_tokens(self, key: str, tokens: float) -> None:
         """Correct a bucket after a call: debit (or credit) the difference to the estimate."""
-        async with self.engine.begin() as conn:
+        async with self.db.engine.begin() as conn:
             await conn.execute(
                 sa.update(rate_buckets)
                 .where(rate_buckets.c.key == key)
                 .values(tokens=rate_buckets.c.tokens - tokens)
             )
 
-    # ------------------------------------------------------------ blobs
-
-    async def put_blobs(self, contents: dict[str, bytes]) -> None:
-        """Store contents by sha256 (already-stored ones are left alone)."""
+    async def register_worker(self, worker_id: str) -> None:
         now = time.time()
-        async with self.engine.begin() as conn:
-            for sha, data in contents.items():
-                await self._ensure_row(
-                    conn,
-                    blobs,
-                    {"sha256": sha, "size": len(data), "content": data, "created_at": now},
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                workers.insert().values(
+                    id=worker_id,
+                    hostname=socket.gethostname(),
+                    pid=os.getpid(),
+                    started_at=now,
+                    heartbeat_at=now,
                 )
+            )
 
-    async def get_blobs(self, shas: list[str]) -> dict[str, bytes]:
-        if not shas:
-            return {}
-        async with self.engine.connect() as conn:
+    async def stop_worker(self, worker_id: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(stopped_at=time.time())
+            )
+
+    async def list_workers(self, alive_within: float = 60.0) -> list[dict[str, Any]]:
+        now = time.time()
+        async with self.db.reads.connect() as conn:
             rows = (
                 await conn.execute(
-                    sa.select(blobs.c.sha256, blobs.c.content).where(blobs.c.sha256.in_(shas))
+                    sa.select(workers).where(
+                        workers.c.stopped_at.is_(None), workers.c.heartbeat_at > now - alive_within
+                    )
                 )
             ).all()
-        found = {r.sha256: bytes(r.content) for r in rows}
-        missing = set(shas) - set(found)
-        if missing:
-            raise LookupError(f"workspace blobs missing from the database: {sorted(missing)[:3]}")
-        return found
+            counts: dict[str, int] = dict(
+                (
+                    await conn.execute(
+                        sa.select(runs.c.lease_owner, sa.func.count())
+                        .where(runs.c.lease_owner.is_not(None), runs.c.lease_expires_at > now)
+                        .group_by(runs.c.lease_owner)
+                    )
+                ).all()
+            )
+        return [
+            {
+                "id": r.id,
+                "hostname": r.hostname,
+                "pid": r.pid,
+                "started_at": r.started_at,
+                "heartbeat_at": r.heartbeat_at,
+                "runs": int(counts.get(r.id, 0)),
+            }
+            for r in rows
+        ]

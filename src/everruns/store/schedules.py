@@ -1,4 +1,4 @@
-"""Schedules (runs started on a clock) and agent memory (notes kept across runs).
+"""Schedules: runs started on a clock.
 
 Every worker calls `fire_due_schedules` from its claim loop. Firing is one
 transaction per batch: the due schedule rows are locked (PostgreSQL: FOR
@@ -15,23 +15,22 @@ from __future__ import annotations
 import logging
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import sqlalchemy as sa
-from sqlalchemy.dialects import postgresql, sqlite
-from sqlalchemy.ext.asyncio import AsyncConnection, AsyncEngine
+from sqlalchemy.ext.asyncio import AsyncConnection
 
-from everruns.journal import TERMINAL_STATUSES
-from everruns.schedule import OVERLAP_POLICIES, parse_schedule
-from everruns.store import store as _store  # cyclic on purpose: used at call time only
-from everruns.store.schema import agent_notes, agents, runs, schedule_runs, schedules
-
-if TYPE_CHECKING:
-    from everruns.journal import Event
-    from everruns.spec import AgentSpec
+from everruns.core.events import TERMINAL_STATUSES
+from everruns.core.schedule import OVERLAP_POLICIES, parse_schedule
+from everruns.errors import StoreError
+from everruns.spec import AgentSpec
+from everruns.store.agents import Agents
+from everruns.store.backend import Backend
+from everruns.store.journal import Journal
+from everruns.store.runs import Runs
+from everruns.store.schema import agents, runs, schedule_runs, schedules
 
 log = logging.getLogger("everruns.schedules")
-MAX_NOTE_CHARS = 20_000
 
 
 @dataclass(frozen=True)
@@ -77,53 +76,12 @@ def _schedule_dict(row: Any) -> dict[str, Any]:
     }
 
 
-def _note_dict(row: Any) -> dict[str, Any]:
-    m = row._mapping
-    return {
-        "id": m["id"],
-        "agent": m["agent_name"],
-        "run_id": m["run_id"],
-        "text": m["text"],
-        "ts": m["ts"],
-    }
-
-
-class ScheduleState:
-    """Mixed into `Store`."""
-
-    engine: AsyncEngine
-    is_sqlite: bool
-
-    if TYPE_CHECKING:
-
-        async def save_agent(self, spec: AgentSpec) -> int: ...
-
-        async def append(
-            self,
-            run_id: str,
-            epoch: int | None,
-            new_events: list[tuple[str, dict[str, Any]]],
-            *,
-            projection: dict[str, Any] | None = None,
-            conn: AsyncConnection | None = None,
-            expect_seq: int | None = None,
-        ) -> list[Event]: ...
-
-        async def _insert_run(
-            self,
-            conn: AsyncConnection,
-            agent: str,
-            version: int,
-            input: str | None,
-            created_data: dict[str, Any],
-            *,
-            parent_id: str | None = None,
-            run_id: str | None = None,
-        ) -> str: ...
-
-        async def _cancel_in(self, conn: AsyncConnection, run_id: str, reason: str) -> str: ...
-
-    # ------------------------------------------------------------ schedules
+class Schedules:
+    def __init__(self, db: Backend, agents: Agents, runs: Runs, journal: Journal):
+        self.db = db
+        self.agents = agents
+        self.runs = runs
+        self.journal = journal
 
     async def save_schedule(
         self, spec: AgentSpec, *, pin: bool = True, now: float | None = None
@@ -131,8 +89,8 @@ class ScheduleState:
         """Store the agent version and schedule its `schedule` (pinned to that version,
         or with `pin=False` to whatever version is the latest at each fire)."""
         if not spec.schedule:
-            raise _store.StoreError(f"schedule: agent {spec.name!r} has no `schedule` in its spec")
-        version = await self.save_agent(spec)
+            raise StoreError(f"schedule: agent {spec.name!r} has no `schedule` in its spec")
+        version = await self.agents.save_agent(spec)
         return await self.put_schedule(
             spec.name,
             spec.schedule,
@@ -157,9 +115,9 @@ class ScheduleState:
         try:
             parsed = parse_schedule(expression)
         except ValueError as exc:
-            raise _store.StoreError(f"schedule: {exc}") from None
+            raise StoreError(f"schedule: {exc}") from None
         if overlap not in OVERLAP_POLICIES:
-            raise _store.StoreError(
+            raise StoreError(
                 f"schedule_overlap: must be one of {', '.join(OVERLAP_POLICIES)}, not {overlap!r}"
             )
         now = time.time() if now is None else now
@@ -174,10 +132,10 @@ class ScheduleState:
         }
         for attempt in range(5):
             try:
-                async with self.engine.begin() as conn:
+                async with self.db.engine.begin() as conn:
                     await self._require_agent(conn, agent, agent_version)
                     query = sa.select(schedules.c.agent_name).where(schedules.c.agent_name == agent)
-                    if not self.is_sqlite:
+                    if not self.db.is_sqlite:
                         query = query.with_for_update()
                     if (await conn.execute(query)).first() is None:
                         await conn.execute(
@@ -203,23 +161,23 @@ class ScheduleState:
             query = query.where(agents.c.version == version)
         if (await conn.execute(query.limit(1))).first() is None:
             what = f"agent {agent!r}" + (f" version {version}" if version is not None else "")
-            raise _store.StoreError(f"no {what} (store it first, e.g. `everruns schedule add`)")
+            raise StoreError(f"no {what} (store it first, e.g. `everruns schedule add`)")
 
     async def get_schedule(self, agent: str) -> dict[str, Any] | None:
-        async with self.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             row = (
                 await conn.execute(sa.select(schedules).where(schedules.c.agent_name == agent))
             ).first()
         return None if row is None else _schedule_dict(row)
 
     async def list_schedules(self) -> list[dict[str, Any]]:
-        async with self.engine.connect() as conn:
+        async with self.db.reads.connect() as conn:
             rows = (await conn.execute(sa.select(schedules).order_by(schedules.c.agent_name))).all()
         return [_schedule_dict(r) for r in rows]
 
     async def delete_schedule(self, agent: str) -> bool:
         """Remove a schedule (runs it created are left alone)."""
-        async with self.engine.begin() as conn:
+        async with self.db.engine.begin() as conn:
             result = await conn.execute(sa.delete(schedules).where(schedules.c.agent_name == agent))
             await conn.execute(sa.delete(schedule_runs).where(schedule_runs.c.agent_name == agent))
         return result.rowcount == 1
@@ -230,9 +188,9 @@ class ScheduleState:
         """Pause or resume a schedule. Resuming does not catch up the paused time:
         the next tick is the first after `now`."""
         now = time.time() if now is None else now
-        async with self.engine.begin() as conn:
+        async with self.db.engine.begin() as conn:
             query = sa.select(schedules).where(schedules.c.agent_name == agent)
-            if not self.is_sqlite:
+            if not self.db.is_sqlite:
                 query = query.with_for_update()
             row = (await conn.execute(query)).first()
             if row is None:
@@ -259,10 +217,10 @@ class ScheduleState:
             .order_by(schedules.c.next_fire_at, schedules.c.agent_name)
             .limit(limit)
         )
-        if not self.is_sqlite:
+        if not self.db.is_sqlite:
             query = query.with_for_update(skip_locked=True)
         results: list[FireResult] = []
-        async with self.engine.begin() as conn:
+        async with self.db.engine.begin() as conn:
             for row in (await conn.execute(query)).all():
                 results.append(await self._fire_one(conn, row, now))
         for r in results:
@@ -352,7 +310,7 @@ class ScheduleState:
         cancelled: dict[str, str] = {}
         if active and overlap == "cancel_previous":
             for run_id in active:
-                cancelled[run_id] = await self._cancel_in(
+                cancelled[run_id] = await self.journal.cancel_in(
                     conn, run_id, f"superseded by the scheduled run of tick {tick:.3f}"
                 )
         info = {
@@ -366,7 +324,9 @@ class ScheduleState:
         }
         if cancelled:
             info["cancelled"] = sorted(cancelled)
-        run_id = await self._insert_run(conn, agent, int(version), row.input, {"schedule": info})
+        run_id = await self.runs.insert_run(
+            conn, agent, int(version), row.input, {"schedule": info}
+        )
         await conn.execute(
             schedule_runs.insert().values(
                 agent_name=agent, tick=tick, run_id=run_id, created_at=now
@@ -374,62 +334,3 @@ class ScheduleState:
         )
         await conn.execute(update().values(last_run_id=run_id, **done))
         return FireResult(agent, "created", tick, due_at, next_at, run_id, cancelled)
-
-    # ------------------------------------------------------------ agent memory
-
-    async def remember(
-        self,
-        agent: str,
-        text: str,
-        *,
-        run_id: str | None = None,
-        idempotency_key: str | None = None,
-        now: float | None = None,
-    ) -> dict[str, Any]:
-        """Keep a note for all later runs of `agent`. With an idempotency key, a repeat
-        (a retried tool call) returns the note stored the first time."""
-        if not text.strip():
-            raise _store.StoreError("a note cannot be empty")
-        if len(text) > MAX_NOTE_CHARS:
-            raise _store.StoreError(f"a note is limited to {MAX_NOTE_CHARS} characters")
-        values = {
-            "id": _store.new_id("note"),
-            "agent_name": agent,
-            "run_id": run_id,
-            "text": text,
-            "ts": time.time() if now is None else now,
-            "idempotency_key": idempotency_key,
-        }
-        insert = (sqlite.insert if self.is_sqlite else postgresql.insert)(agent_notes)
-        async with self.engine.begin() as conn:
-            await conn.execute(insert.values(**values).on_conflict_do_nothing())
-            if idempotency_key is None:
-                row = (
-                    await conn.execute(
-                        sa.select(agent_notes).where(agent_notes.c.id == values["id"])
-                    )
-                ).first()
-            else:
-                row = (
-                    await conn.execute(
-                        sa.select(agent_notes).where(
-                            agent_notes.c.agent_name == agent,
-                            agent_notes.c.idempotency_key == idempotency_key,
-                        )
-                    )
-                ).first()
-        assert row is not None
-        return _note_dict(row)
-
-    async def recall(self, agent: str, *, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest `limit` notes of `agent`, oldest first."""
-        async with self.engine.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(agent_notes)
-                    .where(agent_notes.c.agent_name == agent)
-                    .order_by(agent_notes.c.ts.desc(), agent_notes.c.id.desc())
-                    .limit(max(0, limit))
-                )
-            ).all()
-        return [_note_dict(r) for r in reversed(rows)]

@@ -19,6 +19,9 @@ agents = sa.Table(
     sa.Column("digest", sa.String(64), nullable=False),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("archived", sa.Boolean, nullable=False, server_default=sa.false()),
+    # Where the spec came from: "local" (CLI, in-process) or "api" (HTTP). Rows written
+    # without it count as "api", the origin the operator's policy restricts most.
+    sa.Column("origin", sa.String(8), nullable=False, server_default="api"),
 )
 
 runs = sa.Table(
@@ -125,6 +128,8 @@ secrets = sa.Table(
     sa.Column("name", sa.String(128), primary_key=True),
     sa.Column("ciphertext", sa.Text, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+    # JSON list of URL patterns the secret may be sent to (none: usable nowhere).
+    sa.Column("allow_urls", sa.Text, nullable=False, server_default="[]"),
 )
 
 # Schedules: one per agent; every worker fires the due ones (see Store.fire_due_schedules).

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from everruns.errors import ToolError as ToolError  # defined in everruns.errors
 from everruns.providers.base import ToolSchema
 
 
@@ -15,8 +16,10 @@ from everruns.providers.base import ToolSchema
 class ToolContext:
     """What a tool knows about the call it serves.
 
-    `idempotency_key` is the same on every attempt of one tool call, so an
-    idempotent tool can pass it to the API it calls and never act twice.
+    `tool_call_id` is the model's id of the call being served; the journal's tool
+    events carry the same value as `call_id`. `idempotency_key` is the same on every
+    attempt of one tool call, so an idempotent tool can pass it to the API it calls
+    and never act twice.
     """
 
     run_id: str
@@ -60,10 +63,6 @@ class ToolOutput:
 
     output: Any
     note: str | None = None
-
-
-class ToolError(Exception):
-    """Raise from a tool to report a failure to the model (not a crash)."""
 
 
 Invoke = Callable[[dict[str, Any], ToolContext], Awaitable[Any]]

@@ -7,6 +7,7 @@ result, and turns a `SleepRequest` into a durable wait.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Callable
@@ -24,7 +25,7 @@ from everruns.tools.base import (
     WaitRequest,
 )
 from everruns.tools.python import from_function
-from everruns.tools.workspace import confine
+from everruns.tools.workspace import confine, replace_file
 
 BUILTINS = ("workspace", "shell", "web_fetch", "http", "sleep", "notes", "subagents", "memory")
 
@@ -38,6 +39,11 @@ def _root(ctx: ToolContext) -> Path:
 # ------------------------------------------------------------ workspace
 
 
+def _os_error(path: str, exc: OSError) -> ToolError:
+    """An OSError as a message naming the workspace-relative path, never the host's."""
+    return ToolError(f"{path!r}: {exc.strerror or type(exc).__name__}")
+
+
 def read_file(path: str, ctx: ToolContext, start_line: int = 1, end_line: int | None = None) -> str:
     """Read a text file from the workspace, optionally a range of lines (1-based, inclusive).
 
@@ -49,7 +55,10 @@ def read_file(path: str, ctx: ToolContext, start_line: int = 1, end_line: int | 
     target = confine(_root(ctx), path)
     if not target.is_file():
         raise ToolError(f"{path!r} does not exist in the workspace")
-    lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    try:
+        lines = target.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     chosen = lines[max(0, start_line - 1) : end_line]
     return "\n".join(chosen)
 
@@ -61,9 +70,7 @@ def write_file(path: str, content: str, ctx: ToolContext) -> str:
         path: file path relative to the workspace (folders are created)
         content: the whole new content
     """
-    target = confine(_root(ctx), path)
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(content, encoding="utf-8")
+    replace_file(path, confine(_root(ctx), path), content.encode())
     return f"wrote {len(content)} characters to {path}"
 
 
@@ -79,13 +86,17 @@ def edit_file(path: str, old: str, new: str, ctx: ToolContext, count: int = 1) -
     target = confine(_root(ctx), path)
     if not target.is_file():
         raise ToolError(f"{path!r} does not exist in the workspace")
-    text = target.read_text(encoding="utf-8")
+    try:
+        text = target.read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = "not UTF-8 text" if isinstance(exc, UnicodeDecodeError) else exc.strerror
+        raise ToolError(f"{path!r}: {reason}") from None
     found = text.count(old)
     if not old or found == 0:
         raise ToolError(f"the text to replace was not found in {path}")
     if count and found < count:
         raise ToolError(f"expected {count} occurrence(s) in {path}, found {found}")
-    target.write_text(text.replace(old, new, count or -1), encoding="utf-8")
+    replace_file(path, target, text.replace(old, new, count or -1).encode())
     return f"replaced {count or found} occurrence(s) in {path}"
 
 
@@ -209,22 +220,40 @@ def _shell_tool(options: dict[str, Any]) -> Callable[..., Any]:
             command: the command line
             timeout: seconds before the command is killed
         """
+        from everruns.tools.reaper import registry_for
         from everruns.tools.shell import run_shell
 
+        root = _root(ctx)
         return await run_shell(
             command,
-            cwd=_root(ctx),
+            cwd=root,
             timeout=min(timeout or default_timeout, default_timeout),
             max_output=max_output,
+            registry=registry_for(root),
+            info={"call_id": ctx.tool_call_id, "worker_pid": os.getpid()},
         )
 
     return shell
 
 
+def _private_allowed(requested: Any, operator_allows: bool) -> bool:
+    """A spec can narrow the operator's SSRF guard (`allow_private: false`), never widen it."""
+    if requested is None:
+        return operator_allows
+    if not isinstance(requested, bool):
+        raise ValueError("options.allow_private must be true or false")
+    if requested and not operator_allows:
+        raise ValueError(
+            "options.allow_private: the operator does not allow private networks "
+            "(settings `allow_private_networks: false`); a spec can only narrow the SSRF guard"
+        )
+    return requested
+
+
 def _web_tools(
     options: dict[str, Any], allow_private: bool
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
-    allow = bool(options.get("allow_private", allow_private))
+    allow = _private_allowed(options.get("allow_private"), allow_private)
     timeout = float(options.get("timeout", 30))
     max_bytes = int(options.get("max_bytes", 2_000_000))
 

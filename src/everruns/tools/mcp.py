@@ -8,7 +8,10 @@ Built on the official `mcp` SDK (2.x). Two transports:
   database URLs) never reach the server unless `env` passes them. One more
   variable, `EVERRUNS_MCP_CONNECTION`, marks the process so that `pid` can find
   it. The server's stderr goes to a private temporary file whose tail appears in
-  connection errors (it is emptied when it passes 1 MiB).
+  connection errors (it is emptied when it passes 1 MiB). The server runs in the
+  tool sandbox (everruns.tools.sandbox, see `_confine`): it sees the system, the
+  worker's Python and its own files read-only, its `cwd` read-write, a private
+  /tmp as HOME, and dies with its worker.
 - streamable HTTP (`url`), with optional `headers` sent on every request.
 
 Task ownership: anyio cancel scopes and task groups are bound to the task that
@@ -63,6 +66,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from everruns import __version__
 from everruns.spec import Effect, parse_duration
+from everruns.tools import sandbox
 from everruns.tools.base import Tool, ToolContext, ToolError
 
 log = logging.getLogger("everruns.mcp")
@@ -290,9 +294,11 @@ class _Session:
 
 
 def _find_marked_child(marker: str) -> int | None:
-    """The pid of our child process whose environment carries `marker` (Linux /proc)."""
-    me = os.getpid()
+    """The pid of the server process: the deepest of our descendants whose
+    environment carries `marker` (Linux /proc). In the sandbox the chain is
+    bwrap -> bwrap (the pid namespace's init) -> server, all marked."""
     needle = f"{MARKER_ENV}={marker}".encode()
+    children: dict[int, list[int]] = {}
     try:
         entries = os.listdir("/proc")
     except OSError:
@@ -304,14 +310,61 @@ def _find_marked_child(marker: str) -> int | None:
             with open(f"/proc/{entry}/stat", "rb") as f:
                 stat = f.read()
             ppid = int(stat.rsplit(b")", 1)[1].split()[1])
-            if ppid != me:
-                continue
-            with open(f"/proc/{entry}/environ", "rb") as f:
-                if needle in f.read().split(b"\0"):
-                    return int(entry)
         except (OSError, ValueError, IndexError):
             continue
-    return None
+        children.setdefault(ppid, []).append(int(entry))
+    found = None
+    parent = os.getpid()
+    while True:
+        marked = [pid for pid in children.get(parent, []) if _has_marker(pid, needle)]
+        if not marked:
+            return found
+        found = parent = marked[0]
+
+
+def _has_marker(pid: int, needle: bytes) -> bool:
+    try:
+        with open(f"/proc/{pid}/environ", "rb") as f:
+            return needle in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def _confine(
+    executable: str, args: list[str], cwd: str | None, env: dict[str, str]
+) -> tuple[str, list[str]]:
+    """The command line that starts the server in the tool sandbox (everruns.tools.sandbox).
+
+    The server sees the system, the worker's Python installation and its own files
+    (`sandbox.server_paths`) read-only, its `cwd` read-write, a private /tmp (also
+    its HOME unless `env` sets one), and nothing else. With `sandbox: none` it runs
+    unconfined, killed with its worker (PR_SET_PDEATHSIG through setpriv).
+    """
+    try:
+        config = sandbox.check()
+    except sandbox.SandboxUnavailable as exc:
+        raise MCPConnectionError(str(exc)) from None
+    if config.mode == "none":
+        setpriv = shutil.which("setpriv")
+        if setpriv is None:
+            return executable, args
+        return setpriv, ["--pdeathsig", "KILL", "--", executable, *args]
+    read_write = []
+    if cwd is not None:
+        if sandbox.exposes_hidden(cwd):
+            raise MCPConnectionError(
+                f"`cwd`: {cwd!r} cannot be shared with the sandboxed server (it holds the "
+                "worker's folder, the home directory, the workspaces or the database)"
+            )
+        read_write.append(os.path.realpath(cwd))
+    env.setdefault("HOME", "/tmp")
+    argv = sandbox.wrap(
+        [executable, *args],
+        chdir=read_write[0] if read_write else "/tmp",
+        read_write=read_write,
+        read_only=sandbox.python_paths() + sandbox.server_paths(executable, args),
+    )
+    return argv[0], argv[1:]
 
 
 def _resolve_executable(command: str, cwd: str | None, path: str | None) -> str:
@@ -612,10 +665,11 @@ class MCPConnection:
             env = {MARKER_ENV: s.marker, **(config.env or {})}
             path = (config.env or {}).get("PATH", os.environ.get("PATH"))
             executable = _resolve_executable(config.command[0], config.cwd, path)
-            s.stderr = _stderr_capture()
-            params = StdioServerParameters(
-                command=executable, args=config.command[1:], env=env, cwd=config.cwd
+            command, args = await asyncio.to_thread(
+                _confine, executable, config.command[1:], config.cwd, env
             )
+            s.stderr = _stderr_capture()
+            params = StdioServerParameters(command=command, args=args, env=env, cwd=config.cwd)
             async with stdio_client(params, errlog=s.stderr) as (read, write):
                 yield _WatchedReadStream(read, on_end), write
         else:

@@ -18,6 +18,7 @@ from typing import Any, TypeVar, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, ValidationError, create_model
 
+from everruns.errors import EverrunsError
 from everruns.spec import EFFECTS
 from everruns.tools.base import Tool, ToolContext, ToolError
 
@@ -25,8 +26,8 @@ F = TypeVar("F", bound=Callable[..., Any])
 _ATTR = "__everruns_tool__"
 
 
-class ToolLoadError(Exception):
-    pass
+class ToolLoadError(EverrunsError):
+    """A `python:` tool reference that cannot be imported."""
 
 
 def tool(
@@ -142,4 +143,10 @@ def load_function(path: str) -> Callable[..., Any]:
             raise ToolLoadError(f"module {module_name!r} has no attribute {attr!r}")
     if not callable(obj):
         raise ToolLoadError(f"{path!r} is not a function")
+    if not (inspect.isfunction(obj) and _ATTR in vars(obj)):
+        # Never an arbitrary callable (os:system, builtins:eval): only declared tools.
+        raise ToolLoadError(
+            f"{path!r} is not a function decorated with @everruns.tool "
+            "(only declared tools can be used)"
+        )
     return obj

@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
+from everruns.errors import EverrunsError
 from everruns.spec import AgentSpec, ToolSpec
 from everruns.tools.base import Tool
 from everruns.tools.builtins import build_builtin
@@ -17,7 +18,7 @@ if TYPE_CHECKING:  # the mcp SDK is heavy to import: only runs that use MCP load
     from everruns.tools.mcp import MCPConnection, MCPServerConfig
 
 
-class ToolSpecError(Exception):
+class ToolSpecError(EverrunsError):
     """A tool entry of the spec cannot be loaded; `field` is its path in the spec."""
 
     def __init__(self, field: str, message: str):

@@ -1,16 +1,24 @@
 """Core of the `shell` built-in tool: run one command with `/bin/sh -c`.
 
-The command runs in a new session (so in its own process group) with a minimal
-environment: PATH, HOME (= the working directory), LANG=C.UTF-8 and TMPDIR (a
-fresh directory under the system temp dir, removed afterwards), plus the
-variables the caller passes in `env`. Nothing is inherited from the worker, so
-its secrets (API keys, database URLs) never reach the command.
+The command runs in the tool sandbox (everruns.tools.sandbox: its own user,
+mount and pid namespaces through bubblewrap) where it sees its working
+directory read-write at its host path, the system read-only, a private /tmp
+and nothing else: no other run's workspace, no database, no home directory, no
+/proc of the worker. With the operator's `sandbox: none` it runs unconfined.
 
-The whole process group is killed with SIGKILL when the command times out,
-when the calling task is cancelled (a cancelled run stops its commands), and
-when the shell exits while processes it started in the background are still
-running (no daemons outlive the call). A process that leaves the group on
-purpose (`setsid`) escapes this: it is a cleanup measure, not a sandbox.
+Its environment is minimal: PATH, HOME (= the working directory), LANG=C.UTF-8
+and TMPDIR (the sandbox's private /tmp; unconfined: a fresh directory under the
+system temp dir, removed afterwards), plus the variables the caller passes in
+`env`. Nothing is inherited from the worker.
+
+The command leads its own process group, and is SIGKILLed when its worker dies
+(PR_SET_PDEATHSIG, and bwrap's `--die-with-parent`). The whole group is killed
+with SIGKILL when the command times out, when the calling task is cancelled (a
+cancelled run stops its commands), and when the shell exits while processes it
+started in the background are still running (no daemons outlive the call).
+Inside the sandbox even a process that leaves the group (`setsid -f`) dies with
+the call: the pid namespace ends with its first process. With `registry`, the
+group is recorded for the reaper (everruns.tools.reaper) while it runs.
 
 stdout and stderr are each kept up to `max_output` bytes (the head), the rest
 is read and dropped so the command never blocks on a full pipe, and a note
@@ -30,6 +38,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
+from everruns.tools import reaper, sandbox
 from everruns.tools.base import ToolError
 
 SHELL = "/bin/sh"
@@ -109,46 +118,63 @@ async def run_shell(
     timeout: float = 60,
     max_output: int = 100_000,
     env: dict[str, str] | None = None,
+    registry: Path | None = None,
+    info: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Run `command` with /bin/sh -c in `cwd`.
 
     Returns {"exit_code", "stdout", "stderr", "timed_out", "truncated"}.
     `exit_code` is None when the command was killed for timing out; otherwise the
-    shell's exit status (negative: killed by that signal).
+    shell's exit status (negative: killed by that signal). `registry` (a run's
+    process registry) records the running group with `info` for the reaper.
     """
     cwd = Path(cwd)
     if not cwd.is_dir():
-        raise ToolError(f"working directory {str(cwd)!r} does not exist")
+        raise ToolError("the working directory does not exist")
     if "\0" in command:
         raise ToolError("the command contains a NUL byte")
-    tmpdir = tempfile.mkdtemp(prefix="everruns-shell-")
+    config = await asyncio.to_thread(sandbox.check)  # the first check starts bwrap
+    where = str(cwd.resolve())
+    argv = [SHELL, "-c", command]
+    tmpdir = None
+    if config.mode == "none":
+        tmpdir = tempfile.mkdtemp(prefix="everruns-shell-")
+    else:
+        argv = sandbox.wrap(argv, chdir=where, read_write=[where])
     try:
-        environment = _environment(cwd.resolve(), tmpdir, env)
-        return await _run(command, cwd, timeout, max(0, max_output), environment)
+        environment = _environment(Path(where), tmpdir or "/tmp", env)
+        return await _run(argv, cwd, timeout, max(0, max_output), environment, registry, info or {})
     finally:
-        shutil.rmtree(tmpdir, ignore_errors=True)
+        if tmpdir is not None:
+            shutil.rmtree(tmpdir, ignore_errors=True)
 
 
 async def _run(
-    command: str, cwd: Path, timeout: float, max_output: int, env: dict[str, str]
+    argv: list[str],
+    cwd: Path,
+    timeout: float,
+    max_output: int,
+    env: dict[str, str],
+    registry: Path | None,
+    info: dict[str, Any],
 ) -> dict[str, Any]:
     loop = asyncio.get_running_loop()
     try:
         transport, protocol = await loop.subprocess_exec(
             lambda: _ShellProtocol(loop, max_output),
-            SHELL,
-            "-c",
-            command,
+            *argv,
             cwd=str(cwd),
             env=env,
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             start_new_session=True,
+            preexec_fn=sandbox.die_with_parent,
         )
     except OSError as exc:
-        raise ToolError(f"cannot start {SHELL}: {exc}") from None
+        raise ToolError(f"cannot start {SHELL}: {exc.strerror or exc}") from None
     pgid = transport.get_pid()  # start_new_session: the shell leads its own group
+    note = reaper.record(registry, pgid, **info) if registry is not None else None
     timed_out = False
     try:
         # asyncio.wait never cancels the futures it waits on.
@@ -159,7 +185,7 @@ async def _run(
         _kill_group(pgid)
         await asyncio.wait([protocol.exited], timeout=_DRAIN_GRACE)
         # The pipes close once every writer is gone; a process that left the
-        # group (setsid) may still hold one: stop waiting for it after a grace.
+        # group (setsid, unconfined only) may still hold one: stop waiting after a grace.
         await asyncio.wait([protocol.closed], timeout=_DRAIN_GRACE)
     except BaseException:
         # Cancelled (the run was cancelled or the worker is stopping): kill the group.
@@ -171,6 +197,7 @@ async def _run(
             # Let the killed shell be reaped (asyncio.wait does not cancel the future).
             await asyncio.wait([protocol.exited], timeout=_DRAIN_GRACE)
         transport.close()
+        reaper.forget(note)
     return {
         "exit_code": None if timed_out else transport.get_returncode(),
         "stdout": protocol.stdout.text(),

@@ -11,6 +11,7 @@ completed are gone with the old worker's disk.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import hashlib
 import os
 import shutil
@@ -39,11 +40,49 @@ def confine(root: Path, relative: str) -> Path:
         raise PathEscape(
             f"{relative!r}: absolute paths are not allowed; use a path relative to the workspace"
         )
-    resolved = (root / candidate).resolve()
+    try:
+        resolved = (root / candidate).resolve()
+    except (OSError, RuntimeError):  # a symlink loop
+        raise PathEscape(f"{relative!r} cannot be resolved (a symlink loop?)") from None
     base = root.resolve()
     if resolved != base and base not in resolved.parents:
         raise PathEscape(f"{relative!r} is outside the workspace")
     return resolved
+
+
+def replace_file(label: str, target: Path, data: bytes) -> None:
+    """Write `data` as the file `target` (named `label` in messages, never by its host path).
+
+    A new file is renamed over the old name, so a write never goes through a hard
+    link (or a symlink swapped in meanwhile) to a file elsewhere; a target that
+    already has other names (a hard link, maybe to a file outside) is refused.
+    """
+    if target.is_dir():
+        raise ToolError(f"{label or '.'!r} is a folder, not a file")
+    try:
+        st = target.lstat()
+        links, mode = st.st_nlink, st.st_mode & 0o7777
+    except FileNotFoundError:
+        links, mode = 1, None
+    except OSError as exc:
+        raise ToolError(f"{label!r}: {exc.strerror}") from None
+    if links > 1:
+        raise ToolError(
+            f"{label!r} is a hard link (the file has {links} names, maybe outside the "
+            "workspace); refusing to write through it"
+        )
+    temp = target.with_name(f".{target.name}.{os.getpid()}.tmp")
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        with open(temp, "xb") as f:
+            f.write(data)
+            if mode is not None:
+                os.fchmod(f.fileno(), mode)  # an edited script stays executable
+        os.replace(temp, target)
+    except OSError as exc:
+        with contextlib.suppress(OSError):
+            temp.unlink()
+        raise ToolError(f"{label!r}: {exc.strerror or type(exc).__name__}") from None
 
 
 def _sha(data: bytes) -> str:
@@ -134,7 +173,5 @@ async def export_files(store: Store, files: dict[str, str], target: Path) -> int
     """Write a run's workspace (as journaled) into `target`; returns the file count."""
     blobs = await store.get_blobs(sorted(set(files.values())))
     for rel, sha in files.items():
-        dest = confine(target, rel)
-        dest.parent.mkdir(parents=True, exist_ok=True)
-        dest.write_bytes(blobs[sha])
+        replace_file(rel, confine(target, rel), blobs[sha])
     return len(files)

@@ -1,0 +1,62 @@
+"""The run object of the HTTP API, to and from a store `RunRow`.
+
+The API serves it (`RunOut`), the client receives it, and the CLI prints it as
+`--json` and reads it back in `--server` mode; the store knows nothing of it.
+This module imports no web framework, so the CLI can use it without loading one.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from everruns.store import RunRow
+
+
+def run_to_api(row: RunRow) -> dict[str, Any]:
+    """A run as the API returns it."""
+    return {
+        "id": row.id,
+        "agent": row.agent_name,
+        "agent_version": row.agent_version,
+        "parent_id": row.parent_id,
+        "status": str(row.status),
+        "steps": row.steps,
+        "usage": row.usage,
+        "input": row.input,
+        "result": row.result,
+        "error": row.error,
+        "epoch": row.epoch,
+        "lease_owner": row.lease_owner,
+        "wake_at": row.wake_at,
+        "last_seq": row.last_seq,
+        "created_at": row.created_at,
+        "updated_at": row.updated_at,
+    }
+
+
+def run_from_api(run: dict[str, Any]) -> RunRow:
+    """A RunRow from the API's run object (for the CLI's --server mode)."""
+    usage = run.get("usage") or {}
+    return RunRow(
+        id=run["id"],
+        agent_name=run["agent"],
+        agent_version=run["agent_version"],
+        parent_id=run.get("parent_id"),
+        status=run["status"],
+        epoch=run.get("epoch", 0),
+        lease_owner=run.get("lease_owner"),
+        lease_expires_at=None,
+        wake_at=run.get("wake_at"),
+        last_seq=run.get("last_seq", 0),
+        crashes=0,
+        cancel_requested=False,
+        steps=run.get("steps", 0),
+        input_tokens=usage.get("input_tokens", 0),
+        output_tokens=usage.get("output_tokens", 0),
+        cost_usd=usage.get("cost_usd", 0.0),
+        input=run.get("input"),
+        result=run.get("result"),
+        error=run.get("error"),
+        created_at=run.get("created_at", 0.0),
+        updated_at=run.get("updated_at", 0.0),
+    )

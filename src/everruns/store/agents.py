@@ -1,0 +1,130 @@
+"""Agents: immutable, versioned specs (a new version only when the spec changes)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import time
+from typing import Any
+
+import sqlalchemy as sa
+
+from everruns.errors import StoreError
+from everruns.spec import AgentSpec, parse_spec
+from everruns.store.backend import Backend
+from everruns.store.records import dumps
+from everruns.store.schema import agents
+
+
+class Agents:
+    def __init__(self, db: Backend):
+        self.db = db
+        self._cache: dict[tuple[str, int], AgentSpec] = {}
+
+    async def save_agent(self, spec: AgentSpec, *, origin: str = "local") -> int:
+        """Store the spec as an immutable version; reuse the newest if identical (and
+        of the same origin: "local" for the CLI and in-process callers, "api" for HTTP)."""
+        if origin not in ("local", "api"):
+            raise ValueError(f"origin must be 'local' or 'api', not {origin!r}")
+        text = dumps(spec.to_dict())
+        digest = hashlib.sha256(text.encode()).hexdigest()
+        for _ in range(50):
+            try:
+                version = await self._save_agent_once(spec.name, text, digest, origin)
+                break
+            except sa.exc.IntegrityError:
+                # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
+                # version first: look at the newest version again.
+                continue
+        else:
+            version = await self._save_agent_once(spec.name, text, digest, origin)
+        self._remember(spec.name, version, spec)
+        return version
+
+    def _remember(self, name: str, version: int, spec: AgentSpec) -> None:
+        if len(self._cache) >= 256:
+            self._cache.pop(next(iter(self._cache)))
+        self._cache[(name, version)] = spec
+
+    async def _save_agent_once(self, name: str, text: str, digest: str, origin: str) -> int:
+        async with self.db.engine.begin() as conn:
+            latest = (
+                await conn.execute(
+                    sa.select(agents.c.version, agents.c.digest, agents.c.origin)
+                    .where(agents.c.name == name)
+                    .order_by(agents.c.version.desc())
+                    .limit(1)
+                )
+            ).first()
+            if latest is not None and latest.digest == digest and latest.origin == origin:
+                return int(latest.version)
+            version = 1 if latest is None else int(latest.version) + 1
+            await conn.execute(
+                agents.insert().values(
+                    name=name,
+                    version=version,
+                    spec=text,
+                    digest=digest,
+                    created_at=time.time(),
+                    origin=origin,
+                )
+            )
+            return version
+
+    async def get_agent_origin(self, name: str, version: int | None = None) -> str:
+        """Where an agent version's spec came from: "local" or "api"."""
+        query = sa.select(agents.c.origin).where(agents.c.name == name)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        query = query.order_by(agents.c.version.desc()).limit(1)
+        async with self.db.reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        return "local" if row.origin == "local" else "api"
+
+    async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
+        """A stored agent version; versions are immutable, so a known one is cached."""
+        if version is not None and (name, version) in self._cache:
+            return self._cache[(name, version)]
+        spec = await self._load(name, version)
+        if version is not None:
+            self._remember(name, version, spec)
+        return spec
+
+    async def _load(self, name: str, version: int | None) -> AgentSpec:
+        query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
+        if version is not None:
+            query = query.where(agents.c.version == version)
+        query = query.order_by(agents.c.version.desc()).limit(1)
+        async with self.db.reads.connect() as conn:
+            row = (await conn.execute(query)).first()
+        if row is None:
+            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        return parse_spec(json.loads(row.spec), f"agent {name} v{row.version}")
+
+    async def list_agents(self) -> list[dict[str, Any]]:
+        async with self.db.reads.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(
+                        agents.c.name, agents.c.version, agents.c.created_at, agents.c.archived
+                    ).order_by(agents.c.name, agents.c.version)
+                )
+            ).all()
+        latest: dict[str, dict[str, Any]] = {}
+        for r in rows:
+            latest[r.name] = {
+                "name": r.name,
+                "version": r.version,
+                "created_at": r.created_at,
+                "archived": bool(r.archived),
+            }
+        return list(latest.values())
+
+    async def archive_agent(self, name: str) -> bool:
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(
+                sa.update(agents).where(agents.c.name == name).values(archived=True)
+            )
+        return result.rowcount > 0

@@ -1,0 +1,102 @@
+"""What the store hands out (`RunRow`, `Claim`), its ids, and its JSON encoding."""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from dataclasses import dataclass
+from typing import Any
+
+
+def dumps(value: Any) -> str:
+    return json.dumps(value, separators=(",", ":"), ensure_ascii=False, default=str)
+
+
+_B32 = "0123456789abcdefghjkmnpqrstvwxyz"
+
+
+def new_id(prefix: str = "run") -> str:
+    """Time-sortable id: 48-bit milliseconds + 80 random bits, Crockford base32."""
+    value = (int(time.time() * 1000) << 80) | secrets.randbits(80)
+    chars = []
+    for _ in range(26):
+        chars.append(_B32[value & 31])
+        value >>= 5
+    return f"{prefix}_{''.join(reversed(chars))}"
+
+
+def usage_totals(input_tokens: int, output_tokens: int, cost_usd: float) -> dict[str, Any]:
+    """A run's usage as the API shows it and `child.finished` carries it."""
+    return {
+        "input_tokens": input_tokens,
+        "output_tokens": output_tokens,
+        "total_tokens": input_tokens + output_tokens,
+        "cost_usd": round(cost_usd, 6),
+    }
+
+
+@dataclass(frozen=True)
+class Claim:
+    run_id: str
+    epoch: int
+    crashes: int
+    agent_name: str
+    agent_version: int
+    cancel_requested: bool
+
+
+@dataclass(frozen=True)
+class RunRow:
+    id: str
+    agent_name: str
+    agent_version: int
+    parent_id: str | None
+    status: str
+    epoch: int
+    lease_owner: str | None
+    lease_expires_at: float | None
+    wake_at: float | None
+    last_seq: int
+    crashes: int
+    cancel_requested: bool
+    steps: int
+    input_tokens: int
+    output_tokens: int
+    cost_usd: float
+    input: str | None
+    result: str | None
+    error: dict[str, Any] | None
+    created_at: float
+    updated_at: float
+
+    @classmethod
+    def from_row(cls, row: Any) -> RunRow:
+        m = row._mapping
+        return cls(
+            id=m["id"],
+            agent_name=m["agent_name"],
+            agent_version=m["agent_version"],
+            parent_id=m["parent_id"],
+            status=m["status"],
+            epoch=m["epoch"],
+            lease_owner=m["lease_owner"],
+            lease_expires_at=m["lease_expires_at"],
+            wake_at=m["wake_at"],
+            last_seq=m["last_seq"],
+            crashes=m["crashes"],
+            cancel_requested=bool(m["cancel_requested"]),
+            steps=m["steps"],
+            input_tokens=m["input_tokens"],
+            output_tokens=m["output_tokens"],
+            cost_usd=m["cost_usd"],
+            input=m["input"],
+            result=m["result"],
+            error=json.loads(m["error"]) if m["error"] else None,
+            created_at=m["created_at"],
+            updated_at=m["updated_at"],
+        )
+
+    @property
+    def usage(self) -> dict[str, Any]:
+        return usage_totals(self.input_tokens, self.output_tokens, self.cost_usd)
