@@ -347,7 +347,7 @@ async def test_tool_choice_per_provider(
             "provider": provider,
             "name": "smol",
             "base_url": replay.url + "/v1",
-            "api_key_env": "EVERRUNS_TEST_NO_SUCH_KEY" if provider == "openai" else None,
+            "api_key_env": "REPLAY_TEST_KEY" if provider == "openai" else None,
             "tool_choice": choice,
         }
     )

@@ -145,7 +145,7 @@ class LlamaServer:
         base = self.url if provider == "anthropic" else self.url + "/v1"
         spec: dict[str, Any] = {"provider": provider, "name": "smollm2", "base_url": base}
         if provider != "openai-compatible":
-            spec["api_key_env"] = "EVERRUNS_LOCAL_KEY"
+            spec["api_key_env"] = "LOCAL_MODEL_KEY"
         # Greedy decoding: the small model's answers are the same on every run.
         spec["parameters"] = {"temperature": 0, **extra.pop("parameters", {})}
         return {**spec, **extra}
@@ -170,7 +170,7 @@ def llama(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaServer]:
 
 @pytest.fixture(autouse=True)
 def _key(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setenv("EVERRUNS_LOCAL_KEY", "no-key-needed")
+    monkeypatch.setenv("LOCAL_MODEL_KEY", "no-key-needed")
     monkeypatch.syspath_prepend(str(TOOLING))
 
 
