@@ -929,6 +929,11 @@ def db_upgrade(db: DbOption = None) -> None:
     _run_async(go)
 
 
+from everruns.testing.cli import register as _register_testing  # noqa: E402
+
+_register_testing(app)
+
+
 def main() -> None:
     app()
 

@@ -96,8 +96,11 @@ class ModelSpec(_Strict):
     keys its create() accepts pass through, the rest are sent in the request body.
     """
 
-    provider: Literal["scripted", "openai", "anthropic", "openai-compatible"]
+    provider: Literal["scripted", "python", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
+    function: str | None = Field(
+        default=None, description="provider python: `package.module:function` that answers"
+    )
     base_url: str | None = None
     credential: str | None = Field(
         default=None,
@@ -141,6 +144,12 @@ class ModelSpec(_Strict):
         if self.provider == "scripted":
             if not self.responses:
                 raise ValueError("the scripted provider needs a non-empty `responses` list")
+        elif self.provider == "python":
+            if not self.function or ":" not in self.function:
+                raise ValueError(
+                    "provider 'python' needs `function: package.module:function` "
+                    "(e.g. mypkg.fake:respond)"
+                )
         elif self.name is None:
             raise ValueError(f"provider {self.provider!r} needs a model `name`")
         if self.provider == "openai-compatible" and not self.base_url:
@@ -155,7 +164,14 @@ class ModelSpec(_Strict):
         return self
 
     @property
+    def offline(self) -> bool:
+        """Answered in-process (scripted or python): no breaker, no shared health."""
+        return self.provider in ("scripted", "python")
+
+    @property
     def label(self) -> str:
+        if self.provider == "python":
+            return f"python:{self.name or self.function}"
         return f"{self.provider}:{self.name or 'script'}"
 
 

@@ -141,6 +141,8 @@ def decide(
         return Idle()
     continuation = False
     if last["role"] == "assistant":
+        if state.script_exhausted and state.prior_result is not None:
+            return Complete(result=state.prior_result)
         policy = spec.model.on_truncated
         if not state.truncated or policy == "accept":
             return Complete(result=last.get("content") or "")

@@ -82,6 +82,10 @@ class State:
     starts: int = 0
     wake_at: float | None = None
     result: str | None = None
+    # The result before a follow-up message reopened the run; it stands when the
+    # follow-up's answer is only a `script_exhausted` notice (scripted provider).
+    prior_result: str | None = None
+    script_exhausted: bool = False
     error: dict[str, Any] | None = None
     last_seq: int = 0
     notes: list[str] = field(default_factory=list)
@@ -193,6 +197,8 @@ def apply(state: State, event: Event) -> State:
         state.inbox.append({"role": "user", "content": data["content"]})
         if state.status in (RunStatus.COMPLETED, RunStatus.FAILED):
             state.status = RunStatus.QUEUED
+            if state.result is not None:
+                state.prior_result = state.result
             state.result = None
             state.error = None
             state.fatal_error = None
@@ -213,6 +219,7 @@ def apply(state: State, event: Event) -> State:
         state.truncated = bool(data.get("truncated"))
         add_usage(state, data.get("usage"))
         state.steps += 1
+        state.script_exhausted = data.get("stop_reason") == "script_exhausted"
         state.overflow_retried = False
         state.attempt = 0
         state.failures = 0

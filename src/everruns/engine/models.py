@@ -28,7 +28,7 @@ class Choice:
 async def choose_model(store: Store, spec: AgentSpec) -> Choice:
     """The first candidate whose breaker is closed (the primary as soon as it heals)."""
     models = candidates(spec)
-    if len(models) == 1 and models[0].provider == "scripted":
+    if len(models) == 1 and models[0].offline:
         return Choice(models[0])
     open_until = await store.breakers_open([breaker_key(m) for m in models])
     skipped: list[str] = []

@@ -471,7 +471,7 @@ class RunRunner:
             await self._record_failure(atom, model, exc, price, estimate)
             return None
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
-        if model.provider != "scripted":
+        if not model.offline:
             await self.store.record_outcome(
                 breaker_key(model),
                 ok=True,
@@ -552,7 +552,7 @@ class RunRunner:
         assert self.spec is not None
         retry = self.spec.retry
         opened_until = None
-        if exc.error_class in BREAKER_CLASSES and model.provider != "scripted":
+        if exc.error_class in BREAKER_CLASSES and not model.offline:
             opened_until = await self.store.record_outcome(
                 breaker_key(model),
                 ok=False,

@@ -36,7 +36,9 @@ def get_provider(model: ModelSpec, api_key: str | None = None) -> Provider:
     if key in _cache:
         return _cache[key]
     provider: Provider
-    if model.provider in ("openai", "openai-compatible"):
+    if model.provider == "python":
+        provider = _python_provider(model)
+    elif model.provider in ("openai", "openai-compatible"):
         from everruns.providers.openai_chat import OpenAIChatProvider
 
         provider = OpenAIChatProvider(model, api_key)
@@ -47,10 +49,21 @@ def get_provider(model: ModelSpec, api_key: str | None = None) -> Provider:
     else:
         raise UnknownProvider(
             f"unknown provider {model.provider!r} "
-            "(available: scripted, openai, anthropic, openai-compatible)"
+            "(available: scripted, python, openai, anthropic, openai-compatible)"
         )
     _cache[key] = provider
     return provider
+
+
+def _python_provider(model: ModelSpec) -> Provider:
+    from everruns.providers.python import PythonProvider, load_model_function
+
+    assert model.function is not None
+    try:
+        function = load_model_function(model.function)
+    except ValueError as exc:
+        raise UnknownProvider(f"model.function {model.function!r}: {exc}") from None
+    return PythonProvider(function, model.function)
 
 
 __all__ = [

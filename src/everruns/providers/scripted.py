@@ -38,12 +38,34 @@ def _summary(request: LLMRequest) -> LLMResponse:
     )
 
 
+def _answered_before(request: LLMRequest) -> bool:
+    """Whether the run already finished once (a final answer before the last message)."""
+    return any(m["role"] == "assistant" and not m.get("tool_calls") for m in request.messages[:-1])
+
+
+def _exhausted(request: LLMRequest, scripted: int) -> LLMResponse:
+    """The answer to a follow-up message after the script ended: a clear notice, journaled
+    with stop reason `script_exhausted`, so the run's earlier result stands."""
+    text = (
+        f"script_exhausted: the scripted model has no response for step {request.step + 1} "
+        f"(only {scripted} responses are scripted); the earlier result stands"
+    )
+    return LLMResponse(
+        message={"role": "assistant", "content": text},
+        usage={"input_tokens": 0, "output_tokens": 0},
+        stop_reason="script_exhausted",
+        model="scripted",
+    )
+
+
 class ScriptedProvider:
     async def complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
         if request.purpose == "compaction":
             return _summary(request)
         responses = request.model.responses or []
         if request.step >= len(responses):
+            if _answered_before(request):
+                return _exhausted(request, len(responses))
             raise ProviderError(
                 f"scripted provider has no response for step {request.step + 1}: "
                 f"only {len(responses)} responses are scripted",

@@ -20,6 +20,7 @@ class Agents:
     def __init__(self, db: Backend):
         self.db = db
         self._cache: dict[tuple[str, int], AgentSpec] = {}
+        self._origins: dict[tuple[str, int], str] = {}
 
     async def save_agent(self, spec: AgentSpec, *, origin: str = "local") -> int:
         """Store the spec as an immutable version; reuse the newest if identical (and
@@ -72,7 +73,18 @@ class Agents:
             return version
 
     async def get_agent_origin(self, name: str, version: int | None = None) -> str:
-        """Where an agent version's spec came from: "local" or "api"."""
+        """Where an agent version's spec came from: "local" or "api" (immutable per version,
+        so a known one is cached)."""
+        if version is not None and (name, version) in self._origins:
+            return self._origins[(name, version)]
+        origin = await self._load_origin(name, version)
+        if version is not None:
+            if len(self._origins) >= 256:
+                self._origins.pop(next(iter(self._origins)))
+            self._origins[(name, version)] = origin
+        return origin
+
+    async def _load_origin(self, name: str, version: int | None) -> str:
         query = sa.select(agents.c.origin).where(agents.c.name == name)
         if version is not None:
             query = query.where(agents.c.version == version)

@@ -363,7 +363,9 @@ class PostgresJournalWriter:
                 await conn.close()
 
     def _statement(self, req: AppendRequest) -> str:
-        key = req.shape()
+        """One statement: the fenced UPDATE, the INSERT of its events (a VALUES list, one
+        row per event: cheaper to bind than arrays) and the NOTIFY, all or nothing."""
+        key = (req.shape(), len(req.types))
         sql = self._sql.get(key)
         if sql is None:
 
@@ -372,32 +374,48 @@ class PostgresJournalWriter:
 
             sets, _ = _set_clause(req, param)
             where, _ = _where_clause(req, param)
+            rows = ", ".join(
+                f"({i + 1}, %(type_{i})s, %(data_{i})s)" for i in range(len(req.types))
+            )
             sql = (
                 f"WITH u AS (UPDATE runs SET {sets} WHERE {where} RETURNING last_seq), "
                 "ins AS (INSERT INTO events (run_id, seq, type, ts, data) "
                 "SELECT %(id)s, u.last_seq - %(n)s + e.ord, e.type, %(ts)s, e.data "
-                "FROM u, unnest(%(types)s::text[], %(datas)s::text[]) "
-                "WITH ORDINALITY AS e(type, data, ord) RETURNING seq) "
+                f"FROM u, (VALUES {rows}) AS e(ord, type, data) RETURNING seq) "
                 "SELECT m.s, pg_notify('everruns_events', %(id)s || ':' || m.s) "
                 "FROM (SELECT max(seq) AS s FROM ins) m WHERE m.s IS NOT NULL"
             )
             self._sql[key] = sql
         return sql
 
+    def _params(self, req: AppendRequest) -> dict[str, Any]:
+        values = _values(req)
+        for i, (kind, data) in enumerate(zip(req.types, req.datas, strict=True)):
+            values[f"type_{i}"] = kind
+            values[f"data_{i}"] = data
+        return values
+
     async def _write(self, conn: Any, reqs: list[AppendRequest]) -> list[AppendOutcome]:
         if len(reqs) == 1:  # autocommit: the statement is its own transaction, one round trip
-            return [await self._write_one(conn, reqs[0])]
-        async with conn.transaction():
-            return [await self._write_one(conn, req) for req in reqs]
+            cur = await conn.execute(self._statement(reqs[0]), self._params(reqs[0]))
+            rows = [await cur.fetchone()]
+        else:  # one transaction, sent as a pipeline: one round trip for the whole batch
+            async with conn.pipeline() as pipeline:
+                async with conn.transaction():
+                    cursors = [
+                        await conn.execute(self._statement(req), self._params(req)) for req in reqs
+                    ]
+                await pipeline.sync()
+            rows = [await cur.fetchone() for cur in cursors]
+        outcomes = []
+        for req, row in zip(reqs, rows, strict=True):
+            outcomes.append(
+                AppendOutcome(int(row[0])) if row is not None else await self._why(conn, req)
+            )
+        return outcomes
 
-    async def _write_one(self, conn: Any, req: AppendRequest) -> AppendOutcome:
-        values = _values(req)
-        values["types"] = req.types
-        values["datas"] = req.datas
-        cur = await conn.execute(self._statement(req), values)
-        row = await cur.fetchone()
-        if row is not None:
-            return AppendOutcome(int(row[0]))
+    async def _why(self, conn: Any, req: AppendRequest) -> AppendOutcome:
+        """A rejected append: the row as it is, so the caller can say why."""
         cur = await conn.execute(
             "SELECT epoch, last_seq, parent_id FROM runs WHERE id = %s", (req.run_id,)
         )
