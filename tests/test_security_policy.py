@@ -539,6 +539,10 @@ def test_api_specs_get_only_the_tools_the_operator_allows(sqlite_url: str, tmp_p
             _problem(r, 422, field, message)
             r = httpx.post(f"{server.url}/v1/agents", json={"spec": _spec("t", scripted, tools)})
             _problem(r, 422, field)
+        # A python model is Python code on the worker too.
+        python_model = {"provider": "python", "function": "ledgertools:respond"}
+        r = httpx.post(f"{server.url}/v1/runs", json={"spec": _spec("t", python_model, [])})
+        _problem(r, 422, "model.function", "`provider: python` model is not allowed")
         assert _run_ids(server.url) == []
         narrowed = [{"builtin": "web_fetch", "options": {"allow_private": False}}]
         r = httpx.post(f"{server.url}/v1/runs", json={"spec": _spec("t", scripted, narrowed)})

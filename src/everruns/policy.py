@@ -7,7 +7,8 @@ version remembers it, so the worker checks again before anything runs:
 - tool kinds: `shell`, `python` and stdio `mcp` (a `command`) run code on the worker;
   API specs may use them only if `api_specs.allow_tools` lists them;
 - Python tools from API specs may come only from `api_specs.python_modules` (checked
-  before anything is imported);
+  before anything is imported); a `provider: python` model is Python code too, under the
+  same two rules;
 - credentials: see everruns.credentials;
 - SSRF: checked where the web tools are built (a spec can only narrow the guard).
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from everruns.credentials import CredentialError, check_credentials
+from everruns.credentials import CredentialError, check_credentials, models_of
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ToolSpec
 from everruns.tools.registry import ToolSpecError
@@ -39,6 +40,31 @@ def tool_kind(entry: ToolSpec) -> str | None:
 
 def _module_allowed(module: str, allowed: list[str]) -> bool:
     return any(module == m or module.startswith(m + ".") for m in allowed)
+
+
+def check_models(spec: AgentSpec, origin: str, settings: Settings) -> None:
+    """A `provider: python` model runs Python code on the worker: API specs need the
+    operator's leave, as for Python tools."""
+    if origin == "local":
+        return
+    policy = settings.api_specs
+    for field, model in models_of(spec):
+        if model.provider != "python":
+            continue
+        if "python" not in policy.allow_tools:
+            raise PolicyError(
+                f"{field}.function",
+                "a `provider: python` model is not allowed in specs submitted through the API "
+                "(the operator can allow it: settings `api_specs.allow_tools: [python]`)",
+            )
+        module = (model.function or "").partition(":")[0]
+        if not _module_allowed(module, policy.python_modules):
+            listed = ", ".join(policy.python_modules) or "none"
+            raise PolicyError(
+                f"{field}.function",
+                f"module {module!r} is not one the operator allows API specs to import "
+                f"code from (settings `api_specs.python_modules`: {listed})",
+            )
 
 
 def check_tools(spec: AgentSpec, origin: str, settings: Settings) -> None:
@@ -85,6 +111,7 @@ def check_spec(
     `stored`: stored secrets' names and the URL patterns each may be sent to.
     """
     check_tools(spec, origin, settings)
+    check_models(spec, origin, settings)
     try:
         check_credentials(spec, "api" if spawned else origin, settings, stored)
     except CredentialError as exc:
