@@ -19,7 +19,7 @@ from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import context_tokens, model_view
+from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
 from everruns.core.decide import Act, CallPlan, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import INTERRUPTED_MESSAGE, Event, EventType
 from everruns.core.state import State, apply, fold
@@ -38,6 +38,7 @@ from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
+from everruns.providers.sdk import classify_unexpected
 from everruns.secretbox import SecretsUnavailable, decrypt
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec, parse_spec
@@ -164,7 +165,8 @@ class RunRunner:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Execute until the run parks or ends. Raises nothing but unexpected errors."""
+        """Execute until the run parks or ends. Raises nothing: an unexpected exception
+        fails this run with a journaled reason (see `_on_unexpected`)."""
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -173,10 +175,33 @@ class RunRunner:
             log.warning(
                 "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
             )
-        except Exception:
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 await self.flush()  # keep what finished, whatever broke afterwards
-            raise
+            await self._on_unexpected(exc)
+
+    async def _on_unexpected(self, exc: Exception) -> None:
+        """An exception nothing classified, inside one of this run's atoms.
+
+        The run fails with reason `engine_error` and the exception journaled, so it
+        cannot crash-loop the fleet and the worker's other runs go on. When even that
+        append fails (the store is down), the lease is released for a retry shortly,
+        rather than left to expire.
+        """
+        log.error("run %s: unexpected error in the engine", self.run_id, exc_info=exc)
+        message = f"unexpected error in the engine: {type(exc).__name__}: {exc}"
+        try:
+            if not _transient(exc):
+                await self.fail("engine_error", message)
+                return
+        except Fenced:
+            return
+        except Exception:
+            log.exception("run %s: could not journal the failure; releasing", self.run_id)
+        with contextlib.suppress(Exception):
+            await self.store.release(
+                self.run_id, self.epoch, wake_at=time.time() + 2.0, status="queued"
+            )
 
     async def _on_stop(self) -> None:
         reason = self.stop_reason
@@ -401,6 +426,8 @@ class RunRunner:
                 },
             )
         messages = model_view(self.state)
+        if atom.continuation:
+            messages.append({"role": "user", "content": CONTINUE_PROMPT})
         estimate = context_tokens(self.spec.system_prompt, self.state)
         if self.options.settings.rate_limits_for(model):
             await self.flush()  # acquiring may sleep: what is done must be durable first
@@ -431,12 +458,16 @@ class RunRunner:
             response = await asyncio.wait_for(
                 provider.complete(request, on_delta), model.timeouts.total
             )
-        except (ProviderError, TimeoutError) as exc:
+        except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = ProviderError(
                     f"no complete answer within {model.timeouts.total:g}s (timeouts.total)",
                     error_class="timeout",
                 )
+            elif not isinstance(exc, ProviderError):
+                # Building or sending the request failed in a way nobody classified:
+                # journal it and fail the run, never a crash (and a crash loop).
+                exc = classify_unexpected(exc)
             await self._record_failure(atom, model, exc, price, estimate)
             return None
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
@@ -457,6 +488,8 @@ class RunRunner:
                 "usage": usage,
                 "model": response.model or model.label,
                 "stop_reason": response.stop_reason,
+                **({"truncated": True} if response.truncated else {}),
+                **({"continuation": True} if atom.continuation else {}),
             },
         )
         return None
@@ -819,6 +852,14 @@ def _render_message(message: dict[str, Any]) -> str:
         calls = "; ".join(f"{c['name']}({c.get('arguments')})" for c in message["tool_calls"])
         return f"[assistant] {message.get('content') or ''}\n[tool calls] {calls}"
     return f"[{role}] {message.get('content') or ''}"
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database or network outage: the run is retried, not failed."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    return isinstance(exc, DBAPIError | PoolTimeout | OSError | ConnectionError)
 
 
 def _listing_key(config: MCPServerConfig) -> str:
