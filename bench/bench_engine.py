@@ -275,13 +275,13 @@ async def bulk_create(store: Store, spec: AgentSpec, n: int) -> None:
                 await store.runs.insert_run(conn, spec.name, version, "go", {})
 
 
-async def throughput(url: str, n_workers: int, log_dir: Path) -> dict[str, Any]:
+async def throughput(url: str, n_workers: int, log_dir: Path, *args: str) -> dict[str, Any]:
     store = await Store.open(url)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         await bulk_create(store, agent("throughput", 10), 50)
         await set_wake(store, None)  # held back until every worker is up
-        procs = spawn_workers(url, n_workers, log_dir)
+        procs = spawn_workers(url, n_workers, log_dir, *args)
         await wait_workers(store, n_workers, procs)
         await set_wake(store, time.time())
         await wait_done(store, 300)
@@ -327,7 +327,9 @@ def rss_peak_mb(pid: int) -> float:
     return float("nan")
 
 
-async def scale(url: str, n: int, log_dir: Path) -> dict[str, Any]:
+async def scale(url: str, n: int, logs: Path) -> dict[str, Any]:
+    log_dir = logs / f"scale-{uuid.uuid4().hex[:6]}"  # its own logs: crashes counted here
+    log_dir.mkdir()
     store = await Store.open(url)
     procs: list[subprocess.Popen[bytes]] = []
     try:

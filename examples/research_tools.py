@@ -89,3 +89,12 @@ def write_report(title: str, body: str, ctx: ToolContext) -> str:
     os.replace(partial, path)  # atomic: readers see the old file or the new one, never half
     shown = path.relative_to(HERE) if path.is_relative_to(HERE) else path
     return f"wrote {len(content.encode())} bytes to {shown}"
+
+
+_WEATHER = {"paris": "sunny, 21 C", "rome": "clear, 25 C", "london": "light rain, 14 C"}
+
+
+@tool(effect="pure")
+def lookup_weather(city: str) -> str:
+    """Today's weather for a city (a fixed table, so the example runs offline)."""
+    return f"{city}: {_WEATHER.get(city.strip().lower(), 'cloudy, 18 C')}"

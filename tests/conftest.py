@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import uuid
 from collections.abc import AsyncIterator, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import psycopg
@@ -48,6 +49,13 @@ def _base(url: str) -> str:
 def pg_url() -> Iterator[str]:
     """A fresh, empty PostgreSQL database for one test; dropped afterwards."""
     _need_pg()
+    with new_pg_database() as url:
+        yield url
+
+
+@contextmanager
+def new_pg_database() -> Iterator[str]:
+    """Create an empty PostgreSQL database; drop it on exit."""
     name = f"everruns_t_{uuid.uuid4().hex[:12]}"
     with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
         conn.execute(f'CREATE DATABASE "{name}"')

@@ -6,6 +6,7 @@ import asyncio
 import json
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -13,6 +14,7 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
+import httpx
 import yaml
 
 TOOLING = Path(__file__).parent / "tooling"
@@ -97,3 +99,58 @@ async def wait_until(
             return
         await asyncio.sleep(interval)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+class Server:
+    """`everruns server` on a free loopback port; stdout and stderr go to `log`."""
+
+    def __init__(self, env: dict[str, str], *args: str, log: Path, port: int | None = None):
+        self.env = env
+        self.args = args
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log = log
+        self.proc = self._spawn()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        with open(self.log, "ab") as out:
+            proc = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "everruns.cli",
+                    "server",
+                    "--port",
+                    str(self.port),
+                    *self.args,
+                ],
+                env=self.env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+            )
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            if proc.poll() is not None:
+                break
+            try:
+                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
+                    return proc
+            except httpx.HTTPError:
+                time.sleep(0.1)
+        stop(proc)
+        raise AssertionError(f"server did not start: {self.log.read_text()[-3000:]}")
+
+    def restart(self) -> None:
+        """SIGKILL the process and start it again on the same port."""
+        self.proc.kill()
+        self.proc.wait(10)
+        self.proc = self._spawn()
+
+    def stop(self) -> None:
+        stop(self.proc)

@@ -13,10 +13,8 @@ import http.server
 import json
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -30,64 +28,9 @@ from cryptography.fernet import Fernet
 
 from everruns import Client
 from everruns.client import ApiError, Event
-from helpers import cli, env_for, read_ledger, start_worker, stop, write_agent
+from helpers import Server, cli, env_for, read_ledger, start_worker, stop, write_agent
 
 pytestmark = pytest.mark.timeout(120)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-class Server:
-    """`everruns server` on a free loopback port; stdout and stderr go to `log`."""
-
-    def __init__(self, env: dict[str, str], *args: str, log: Path, port: int | None = None):
-        self.env = env
-        self.args = args
-        self.port = port or _free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.log = log
-        self.proc = self._spawn()
-
-    def _spawn(self) -> subprocess.Popen[bytes]:
-        with open(self.log, "ab") as out:
-            proc = subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "everruns.cli",
-                    "server",
-                    "--port",
-                    str(self.port),
-                    *self.args,
-                ],
-                env=self.env,
-                stdout=out,
-                stderr=subprocess.STDOUT,
-            )
-        deadline = time.monotonic() + 60
-        while time.monotonic() < deadline:
-            if proc.poll() is not None:
-                break
-            try:
-                if httpx.get(self.url + "/v1/health", timeout=1).status_code == 200:
-                    return proc
-            except httpx.HTTPError:
-                time.sleep(0.1)
-        stop(proc)
-        raise AssertionError(f"server did not start: {self.log.read_text()[-3000:]}")
-
-    def restart(self) -> None:
-        """SIGKILL the process and start it again on the same port."""
-        self.proc.kill()
-        self.proc.wait(10)
-        self.proc = self._spawn()
-
-    def stop(self) -> None:
-        stop(self.proc)
 
 
 @pytest.fixture

@@ -46,7 +46,7 @@ from typing import Any
 
 import pytest
 
-from everruns.cli import _load_checked
+from everruns.cli import load_checked as _load_checked
 from everruns.core.events import INTERRUPTED_MESSAGE, TERMINAL_EVENTS, Event, EventType
 from everruns.core.state import fold, transcript
 from everruns.spec import SpecError, load_spec

@@ -356,7 +356,8 @@ def test_to_openai_messages() -> None:
         {"role": "tool", "tool_call_id": "call_b", "content": "b: not found"},
         {"role": "user", "content": "also check c"},
     ]
-    # No system message when there is no system prompt; a tool-only turn has no text.
+    # No system message when there is no system prompt; a tool-only turn has "" as its
+    # text, never null (bug: llama-cpp-python's server answers null with HTTP 500).
     only_calls = [
         {"role": "user", "content": "hi"},
         {"role": "assistant", "content": None, "tool_calls": [{"id": "c1", "name": "f"}]},
@@ -365,7 +366,7 @@ def test_to_openai_messages() -> None:
     out = to_openai_messages("", only_calls)
     assert out[0] == {"role": "user", "content": "hi"}
     assert (
-        out[1]["content"] is None
+        out[1]["content"] == ""
         and json.loads(out[1]["tool_calls"][0]["function"]["arguments"]) == {}
     )
     assert out[2] == {"role": "tool", "tool_call_id": "c1", "content": ""}

@@ -313,8 +313,11 @@ async def test_full_run_streams_calls_a_tool_and_accounts_usage(
                 "tool_use_id": call["id"],
                 "content": f"idem_record recorded {call['arguments']['key']}",
                 "is_error": False,
+                # model.cache: auto marks the conversation so far for the prompt cache
+                "cache_control": {"type": "ephemeral"},
             }
         ]
+        assert body["system"][0]["cache_control"] == {"type": "ephemeral"}
 
 
 # ================================================================ 2. error classes

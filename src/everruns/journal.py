@@ -9,6 +9,9 @@ once nothing imports it.
 from __future__ import annotations
 
 from everruns.core.context import (
+    CONTINUE_PROMPT as CONTINUE_PROMPT,
+)
+from everruns.core.context import (
     SUMMARY_HEADER as SUMMARY_HEADER,
 )
 from everruns.core.context import (
@@ -19,6 +22,9 @@ from everruns.core.context import (
 )
 from everruns.core.context import (
     model_view as model_view,
+)
+from everruns.core.decide import (
+    MAX_CONTINUATIONS as MAX_CONTINUATIONS,
 )
 from everruns.core.decide import (
     Act as Act,

@@ -41,7 +41,18 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
             parts.append(
                 "→ " + ", ".join(f"{c['name']}({_short(c.get('arguments'), 40)})" for c in calls)
             )
-        parts.append(f"[{usage.get('input_tokens', 0)}+{usage.get('output_tokens', 0)} tok]")
+        approx = "~" if usage.get("estimated") else ""
+        cached = usage.get("cached_input_tokens")
+        tokens = (
+            f"{approx}{usage.get('input_tokens', 0)}+{approx}{usage.get('output_tokens', 0)} tok"
+        )
+        if cached:
+            tokens += f", {cached} cached"
+        parts.append(f"[{tokens}]")
+        if data.get("continuation"):
+            parts.insert(0, "(continued)")
+        if data.get("truncated"):
+            parts.append("[truncated at max_tokens]")
         return " ".join(parts)
     if kind == "llm.failed":
         retry = " (will retry)" if data.get("retryable") else ""

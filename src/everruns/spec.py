@@ -79,10 +79,22 @@ class Pricing(_Strict):
 
     input: float = Field(ge=0)
     output: float = Field(ge=0)
+    cached_input: float | None = Field(default=None, ge=0, description="a prompt-cache read")
+
+
+class ToolChoiceName(_Strict):
+    name: str = Field(min_length=1)
+
+
+ToolChoice = Literal["auto", "required", "none"] | ToolChoiceName
 
 
 class ModelSpec(_Strict):
-    """Which model answers. Written as `provider:name` or as an object."""
+    """Which model answers. Written as `provider:name` or as an object.
+
+    `parameters` are checked against the installed SDK (everruns.providers.options):
+    keys its create() accepts pass through, the rest are sent in the request body.
+    """
 
     provider: Literal["scripted", "python", "openai", "anthropic", "openai-compatible"]
     name: str | None = None
@@ -101,6 +113,19 @@ class ModelSpec(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
+    tool_choice: ToolChoice | None = Field(
+        default=None, description="auto | required | none | {name: TOOL}"
+    )
+    on_truncated: Literal["accept", "continue", "fail"] = Field(
+        default="accept",
+        description="an answer cut off at max_tokens: keep it marked (accept), ask the model "
+        "to continue and join the parts (continue), or fail the run (fail)",
+    )
+    cache: Literal["auto", "off"] = Field(
+        default="auto",
+        description="prompt caching: auto places Anthropic cache breakpoints on the system "
+        "prompt, the tools and the conversation so far (OpenAI caches by itself)",
+    )
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)
 
@@ -131,6 +156,11 @@ class ModelSpec(_Strict):
             raise ValueError("provider 'openai-compatible' needs a `base_url`")
         if self.credential is not None and self.api_key_env is not None:
             raise ValueError("give either `credential` or `api_key_env`, not both")
+        from everruns.providers.options import parameter_problems
+
+        problems = parameter_problems(self.provider, self.parameters)
+        if problems:
+            raise ValueError("; ".join(problems))
         return self
 
     @property

@@ -6,6 +6,10 @@ from typing import Any
 
 from everruns.core.state import State
 
+CONTINUE_PROMPT = (
+    "Your previous answer was cut off at the output token limit. Continue exactly where it "
+    "stopped, without repeating anything."
+)
 SUMMARY_HEADER = "[Summary of the earlier conversation, compacted to fit the context window]"
 
 

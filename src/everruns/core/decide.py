@@ -13,6 +13,10 @@ from everruns.spec import AgentSpec
 @dataclass(frozen=True)
 class Reason:
     attempt: int
+    continuation: bool = False  # ask the model to continue its truncated answer
+
+
+MAX_CONTINUATIONS = 8
 
 
 @dataclass(frozen=True)
@@ -135,17 +139,31 @@ def decide(
     last = state.messages[-1] if state.messages else None
     if last is None:
         return Idle()
+    continuation = False
     if last["role"] == "assistant":
         if state.script_exhausted and state.prior_result is not None:
             return Complete(result=state.prior_result)
-        return Complete(result=last.get("content") or "")
-    # The model owes an answer (to a user message or tool results).
+        policy = spec.model.on_truncated
+        if not state.truncated or policy == "accept":
+            return Complete(result=last.get("content") or "")
+        if policy == "fail":
+            return Fail(
+                "truncated",
+                "the answer was cut off at the model's max_tokens (model.on_truncated: fail)",
+            )
+        if state.continuations >= MAX_CONTINUATIONS:
+            return Fail(
+                "truncated",
+                f"the answer was still cut off after {MAX_CONTINUATIONS} continuations",
+            )
+        continuation = True
+    # The model owes an answer (to a user message or tool results, or the rest of one).
     if state.fatal_error is not None:
-        # A prompt over the context window has its own documented reason (providers/errors.py).
+        # A prompt over the context window and a request the SDK would not build have
+        # their own documented reasons (providers/errors.py).
+        error_class = state.fatal_error.get("class")
         reason = (
-            "context_too_long"
-            if state.fatal_error.get("class") == "context_too_long"
-            else "llm_error"
+            error_class if error_class in ("context_too_long", "invalid_request") else "llm_error"
         )
         return Fail(reason, state.fatal_error.get("error", "the LLM call failed"))
     if state.failures >= spec.retry.max_attempts:
@@ -162,7 +180,7 @@ def decide(
         return compact
     if state.retry_at is not None and now < state.retry_at:
         return Wait(until=state.retry_at, reason="llm_backoff")
-    return Reason(attempt=state.attempt + 1)
+    return Reason(attempt=state.attempt + 1, continuation=continuation)
 
 
 def _need_compaction(state: State, spec: AgentSpec) -> Atom | None:

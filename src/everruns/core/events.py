@@ -136,9 +136,11 @@ class Event:
 class Usage(TypedDict, total=False):
     """Token usage and cost of one LLM call, as journaled."""
 
-    input_tokens: int
+    input_tokens: int  # including cached_input_tokens
     output_tokens: int
     cost_usd: float
+    cached_input_tokens: int  # read from the provider's prompt cache (cheaper)
+    estimated: bool  # the server reported no usage: estimated from the text
 
 
 class AgentRef(TypedDict):
@@ -223,6 +225,8 @@ class LLMCompleted(TypedDict):
     usage: Usage
     model: str
     stop_reason: str | None
+    truncated: NotRequired[bool]  # cut off at max_tokens
+    continuation: NotRequired[bool]  # continues the truncated answer before it
 
 
 # `class` and `from` are keywords, hence the functional syntax.

@@ -101,6 +101,9 @@ class State:
     children_tokens: int = 0
     children_cost: float = 0.0
     depth: int = 0
+    cached_input_tokens: int = 0  # of input_tokens, how many were read from a prompt cache
+    truncated: bool = False  # the latest answer was cut off at max_tokens
+    continuations: int = 0  # continuations asked for the latest truncated answer
     tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
     # Running prefix sums of the messages' sizes (core/context.py): the context estimate
     # costs O(1) per LLM call however long the run. Messages never change once folded.
@@ -138,6 +141,20 @@ def add_usage(state: State, usage: dict[str, Any] | None) -> None:
         state.input_tokens += int(usage.get("input_tokens", 0))
         state.output_tokens += int(usage.get("output_tokens", 0))
         state.cost_usd += float(usage.get("cost_usd", 0.0))
+        state.cached_input_tokens += int(usage.get("cached_input_tokens", 0))
+
+
+def _join_continuation(state: State, message: dict[str, Any]) -> bool:
+    """Append a continuation's text to the truncated answer it continues (a new dict:
+    folded messages are never mutated). False when there is nothing to join."""
+    last = state.messages[-1] if state.messages else None
+    if not state.truncated or last is None or last["role"] != "assistant":
+        return False
+    joined = {**last, "content": (last.get("content") or "") + (message.get("content") or "")}
+    if message.get("tool_calls"):
+        joined["tool_calls"] = [*(last.get("tool_calls") or []), *message["tool_calls"]]
+    state.messages[-1] = joined
+    return True
 
 
 def _call(state: State, call_id: str) -> CallState | None:
@@ -193,7 +210,13 @@ def apply(state: State, event: Event) -> State:
     elif kind == LLM_COMPLETED:
         state.llm_in_flight = False
         message = data["message"]
-        state.messages.append(message)
+        if data.get("continuation") and _join_continuation(state, message):
+            message = state.messages[-1]
+            state.continuations += 1
+        else:
+            state.messages.append(message)
+            state.continuations = 0
+        state.truncated = bool(data.get("truncated"))
         add_usage(state, data.get("usage"))
         state.steps += 1
         state.script_exhausted = data.get("stop_reason") == "script_exhausted"

@@ -12,7 +12,7 @@ import time
 from typing import Any
 
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import context_tokens, model_view
+from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
 from everruns.core.decide import Compact, Reason, Wait
 from everruns.core.events import EventType
 from everruns.engine.keys import stored_key
@@ -26,6 +26,7 @@ from everruns.engine.runlog import RunLog
 from everruns.providers import LLMRequest, ProviderError, get_provider
 from everruns.providers.errors import BREAKER_CLASSES
 from everruns.providers.pricing import cost_usd, price_for
+from everruns.providers.sdk import classify_unexpected
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
@@ -80,6 +81,8 @@ class LLMStep:
             )
         state = self.log.state
         messages = model_view(state)
+        if atom.continuation:
+            messages.append({"role": "user", "content": CONTINUE_PROMPT})
         estimate = context_tokens(self.spec.system_prompt, state)
         if self.settings.rate_limits_for(model):
             await self.log.flush()  # acquiring may sleep: what is done must be durable first
@@ -110,12 +113,16 @@ class LLMStep:
             response = await asyncio.wait_for(
                 provider.complete(request, on_delta), model.timeouts.total
             )
-        except (ProviderError, TimeoutError) as exc:
+        except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = ProviderError(
                     f"no complete answer within {model.timeouts.total:g}s (timeouts.total)",
                     error_class="timeout",
                 )
+            elif not isinstance(exc, ProviderError):
+                # Building or sending the request failed in a way nobody classified:
+                # journal it and fail the run, never a crash (and a crash loop).
+                exc = classify_unexpected(exc)
             await self._record_failure(atom, model, exc, price, estimate)
             return None
         usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
@@ -136,6 +143,8 @@ class LLMStep:
                 "usage": usage,
                 "model": response.model or model.label,
                 "stop_reason": response.stop_reason,
+                **({"truncated": True} if response.truncated else {}),
+                **({"continuation": True} if atom.continuation else {}),
             },
         )
         return None

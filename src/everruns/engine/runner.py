@@ -85,7 +85,8 @@ class RunRunner:
     # ------------------------------------------------------------ lifecycle
 
     async def run(self) -> None:
-        """Execute until the run parks or ends. Raises nothing but unexpected errors."""
+        """Execute until the run parks or ends. Raises nothing: an unexpected exception
+        fails this run with a journaled reason (see `_on_unexpected`)."""
         try:
             await self._run()
         except asyncio.CancelledError:
@@ -94,10 +95,31 @@ class RunRunner:
             log.warning(
                 "run %s: lease lost to another worker (epoch %s); dropped", self.run_id, self.epoch
             )
-        except Exception:
+        except Exception as exc:
             with contextlib.suppress(Exception):
                 await self.log.flush()  # keep what finished, whatever broke afterwards
-            raise
+            await self._on_unexpected(exc)
+
+    async def _on_unexpected(self, exc: Exception) -> None:
+        """An exception nothing classified, inside one of this run's atoms.
+
+        The run fails with reason `engine_error` and the exception journaled, so it
+        cannot crash-loop the fleet and the worker's other runs go on. When even that
+        append fails (the store is down), the lease is released for a retry shortly,
+        rather than left to expire.
+        """
+        log.error("run %s: unexpected error in the engine", self.run_id, exc_info=exc)
+        message = f"unexpected error in the engine: {type(exc).__name__}: {exc}"
+        try:
+            if not _transient(exc):
+                await self.fail("engine_error", message)
+                return
+        except Fenced:
+            return
+        except Exception:
+            log.exception("run %s: could not journal the failure; releasing", self.run_id)
+        with contextlib.suppress(Exception):
+            await self.log.release(wake_at=time.time() + 2.0, status="queued")
 
     async def _on_stop(self) -> None:
         reason = self.stop_reason
@@ -257,3 +279,11 @@ class RunRunner:
             await self.log.refold()
             return False
         return True
+
+
+def _transient(exc: BaseException) -> bool:
+    """A database or network outage: the run is retried, not failed."""
+    from sqlalchemy.exc import DBAPIError
+    from sqlalchemy.exc import TimeoutError as PoolTimeout
+
+    return isinstance(exc, DBAPIError | PoolTimeout | OSError | ConnectionError)

@@ -35,7 +35,7 @@ class Worker:
         self,
         store: Store,
         *,
-        concurrency: int = 16,
+        concurrency: int = 64,
         lease_ttl: float = 15.0,
         poll_interval: float | None = None,
         max_crashes: int = 5,

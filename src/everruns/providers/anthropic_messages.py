@@ -12,12 +12,43 @@ from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
     ProviderError,
+    estimate_usage,
     parse_arguments,
     stream_with_idle_timeout,
 )
+from everruns.providers.options import split_parameters
 from everruns.providers.sdk import SDKProvider, client_kwargs
+from everruns.spec import ModelSpec, ToolChoiceName
 
 DEFAULT_MAX_TOKENS = 4096
+
+
+def tool_choice(model: ModelSpec) -> dict[str, Any] | None:
+    """`model.tool_choice` in the Messages API's form (`required` is `any`)."""
+    choice = model.tool_choice
+    if choice is None:
+        return None
+    if isinstance(choice, ToolChoiceName):
+        return {"type": "tool", "name": choice.name}
+    return {"type": {"required": "any"}.get(choice, choice)}
+
+
+CACHE_POINT = {"type": "ephemeral"}
+
+
+def add_cache_breakpoints(params: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+    """Mark the stable prefix for Anthropic's prompt cache (3 of its 4 breakpoints): the
+    system prompt, the last tool, and the last block of the conversation so far, so the
+    next step of a long run re-reads everything up to here from the cache."""
+    if isinstance(params.get("system"), str):
+        params["system"] = [
+            {"type": "text", "text": params["system"], "cache_control": CACHE_POINT}
+        ]
+    if params.get("tools"):
+        params["tools"][-1] = {**params["tools"][-1], "cache_control": CACHE_POINT}
+    if messages and messages[-1]["content"]:
+        blocks = messages[-1]["content"]
+        blocks[-1] = {**blocks[-1], "cache_control": CACHE_POINT}
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -35,7 +66,9 @@ def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]
         if m["role"] == "user":
             push("user", [{"type": "text", "text": m["content"]}])
         elif m["role"] == "assistant":
-            blocks: list[dict[str, Any]] = []
+            # Extended thinking goes back first and unchanged (with its signature): the API
+            # requires it before the tool_use blocks of the turn it belongs to.
+            blocks: list[dict[str, Any]] = [dict(b) for b in m.get("thinking") or []]
             if m.get("content"):
                 blocks.append({"type": "text", "text": m["content"]})
             for tc in m.get("tool_calls") or []:
@@ -72,7 +105,7 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
 
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
         client = self.client()
-        params: dict[str, Any] = dict(request.model.parameters)
+        params = split_parameters("anthropic", request.model.parameters)
         params.setdefault("max_tokens", DEFAULT_MAX_TOKENS)
         if request.system:
             params["system"] = request.system
@@ -81,16 +114,23 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
                 {"name": t.name, "description": t.description, "input_schema": t.parameters}
                 for t in request.tools
             ]
+            choice = tool_choice(request.model)
+            if choice is not None:
+                params["tool_choice"] = choice
+        messages = to_anthropic_messages(request.messages)
+        if request.model.cache == "auto":
+            add_cache_breakpoints(params, messages)
         create: Any = client.messages.create
         stream = await create(
             model=request.model.name or "",
-            messages=to_anthropic_messages(request.messages),
+            messages=messages,
             stream=True,
             **params,
         )
         text: list[str] = []
         blocks: dict[int, dict[str, Any]] = {}
-        usage = {"input_tokens": 0, "output_tokens": 0}
+        thinking: dict[int, dict[str, Any]] = {}  # extended thinking, kept to send back
+        usage: dict[str, int] = {"input_tokens": 0, "output_tokens": 0}
         stop_reason: str | None = None
         finished = False
         model_name: str | None = None
@@ -100,16 +140,23 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
             if kind == "message_start":
                 model_name = event.message.model
                 u = event.message.usage
+                cached = getattr(u, "cache_read_input_tokens", 0) or 0
                 usage["input_tokens"] = (
                     (u.input_tokens or 0)
-                    + (getattr(u, "cache_read_input_tokens", 0) or 0)
+                    + cached
                     + (getattr(u, "cache_creation_input_tokens", 0) or 0)
                 )
                 usage["output_tokens"] = u.output_tokens or 0
+                if cached:
+                    usage["cached_input_tokens"] = cached
             elif kind == "content_block_start":
                 block = event.content_block
                 if block.type == "tool_use":
                     blocks[event.index] = {"id": block.id, "name": block.name, "json": ""}
+                elif block.type == "thinking":
+                    thinking[event.index] = {"type": "thinking", "thinking": "", "signature": ""}
+                elif block.type == "redacted_thinking":
+                    thinking[event.index] = {"type": "redacted_thinking", "data": block.data}
             elif kind == "content_block_delta":
                 delta = event.delta
                 if delta.type == "text_delta":
@@ -117,6 +164,10 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
                     on_delta(delta.text)
                 elif delta.type == "input_json_delta" and event.index in blocks:
                     blocks[event.index]["json"] += delta.partial_json
+                elif delta.type == "thinking_delta" and event.index in thinking:
+                    thinking[event.index]["thinking"] += delta.thinking
+                elif delta.type == "signature_delta" and event.index in thinking:
+                    thinking[event.index]["signature"] += delta.signature
             elif kind == "message_delta":
                 stop_reason = event.delta.stop_reason or stop_reason
                 if event.usage is not None and event.usage.output_tokens is not None:
@@ -139,10 +190,21 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
                 retryable=False,
                 usage=usage,
             )
+        if not usage["input_tokens"] and not usage["output_tokens"]:
+            streamed = "".join(text) + "".join(b["name"] + b["json"] for b in blocks.values())
+            usage = estimate_usage(request, streamed)  # the server sent none
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if thinking:
+            message["thinking"] = [b for _, b in sorted(thinking.items())]
         if blocks:
             message["tool_calls"] = [
                 {"id": b["id"], "name": b["name"], "arguments": parse_arguments(b["json"])}
                 for _, b in sorted(blocks.items())
             ]
-        return LLMResponse(message=message, usage=usage, stop_reason=stop_reason, model=model_name)
+        return LLMResponse(
+            message=message,
+            usage=usage,
+            stop_reason=stop_reason,
+            model=model_name,
+            truncated=stop_reason == "max_tokens",
+        )

@@ -45,9 +45,12 @@ class LLMRequest:
 @dataclass
 class LLMResponse:
     message: dict[str, Any]
+    # input_tokens, output_tokens; cached_input_tokens when the provider read a cached
+    # prefix; `estimated: True` when the server sent no usage and it was estimated here.
     usage: dict[str, int] = field(default_factory=dict)
     stop_reason: str | None = None
     model: str | None = None
+    truncated: bool = False  # cut off at max_tokens (finish_reason length / max_tokens)
 
 
 class Provider(Protocol):
@@ -74,6 +77,33 @@ async def stream_with_idle_timeout(
                 retryable=True,
             ) from None
         yield item
+
+
+def estimate_text_tokens(text: str) -> int:
+    """About 4 characters a token: the estimate used when a server reports no usage."""
+    return (len(text) + 3) // 4
+
+
+def estimate_usage(request: LLMRequest, output: str) -> dict[str, int]:
+    """Usage estimated from the request sent and the text streamed back, marked so."""
+    sent = request.system + json.dumps(request.messages, default=str)
+    if request.tools:
+        sent += json.dumps([t.parameters for t in request.tools]) + "".join(
+            t.name + t.description for t in request.tools
+        )
+    return {
+        "input_tokens": estimate_text_tokens(sent),
+        "output_tokens": estimate_text_tokens(output),
+        "estimated": True,
+    }
+
+
+def merge_name(current: str, fragment: str) -> str:
+    """Join streamed tool-name fragments. Some servers (llama-cpp-python) repeat the whole
+    name in every chunk; a fragment that repeats or extends what we have replaces it."""
+    if not current or fragment.startswith(current):
+        return fragment
+    return current + fragment
 
 
 def parse_arguments(raw: str) -> dict[str, Any]:

@@ -8,7 +8,10 @@
 | timeout          | yes       | back off; counts toward the circuit breaker                   |
 | connection       | yes       | back off; counts toward the circuit breaker                   |
 | stream_broken    | yes       | the stream died or ended without a finish; call again         |
-| bad_request      | no        | fail fast with the provider's message                         |
+| bad_request      | no        | fail fast with the provider's message (and parameter)        |
+| invalid_request  | no        | fail fast: the request could not be built or sent (the SDK    |
+|                  |           | rejected an option, naming the parameter)                     |
+| internal_error   | no        | fail fast: an unexpected exception inside the provider code   |
 | auth             | no        | fail fast (a missing or wrong key does not heal by waiting)   |
 | context_too_long | no        | fail fast (reason context_too_long)                           |
 | content_refused  | no        | fail fast (the provider refused the content)                  |
@@ -27,9 +30,17 @@ from everruns.providers.base import ProviderError
 RETRYABLE = {"rate_limited", "overloaded", "server_error", "timeout", "connection", "stream_broken"}
 BREAKER_CLASSES = {"overloaded", "server_error", "timeout", "connection", "stream_broken"}
 
+# Context overflow as servers word it: OpenAI (`context_length_exceeded`, "maximum context
+# length"), Anthropic ("prompt is too long", "exceed context limit"), llama.cpp
+# (`exceed_context_size_error`, "exceeds the available context size"), llama-cpp-python
+# ("exceed context window"), vLLM ("maximum context length", "maximum model length"),
+# Ollama ("exceeds the context length"), LiteLLM (`ContextWindowExceededError`) and
+# TGI ("`inputs` tokens + `max_new_tokens` must be <=").
 _CONTEXT_PATTERNS = re.compile(
     r"context.length|context window|context limit|maximum context|too many tokens|"
-    r"prompt is too long|context_length_exceeded|input is too long|input tokens exceed",
+    r"prompt is too long|context_length_exceeded|input is too long|input tokens exceed|"
+    r"exceed_context_size|context size|maximum model length|contextwindowexceeded|"
+    r"max_new_tokens. must be|maximum number of tokens",
     re.I,
 )
 _REFUSAL_PATTERNS = re.compile(r"content.?(policy|filter|management)|refus|safety", re.I)

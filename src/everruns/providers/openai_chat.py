@@ -17,10 +17,44 @@ from everruns.providers.base import (
     LLMRequest,
     LLMResponse,
     ProviderError,
+    ToolSchema,
+    estimate_usage,
+    merge_name,
     parse_arguments,
     stream_with_idle_timeout,
 )
+from everruns.providers.options import split_parameters
 from everruns.providers.sdk import SDKProvider, client_kwargs
+from everruns.spec import ModelSpec, ToolChoiceName
+
+
+def tool_options(model: ModelSpec, tools: list[ToolSchema]) -> dict[str, Any]:
+    """`tools` and `tool_choice` for the request.
+
+    A named choice is the object form on OpenAI itself; OpenAI-compatible servers
+    (llama-server reads only the string form) get `required` with just that tool offered.
+    """
+    choice = model.tool_choice
+    if not tools:
+        return {}
+    offered = tools
+    out: dict[str, Any] = {}
+    if isinstance(choice, ToolChoiceName):
+        if model.provider == "openai":
+            out["tool_choice"] = {"type": "function", "function": {"name": choice.name}}
+        else:
+            offered = [t for t in tools if t.name == choice.name] or tools
+            out["tool_choice"] = "required"
+    elif choice is not None:
+        out["tool_choice"] = choice
+    out["tools"] = [
+        {
+            "type": "function",
+            "function": {"name": t.name, "description": t.description, "parameters": t.parameters},
+        }
+        for t in offered
+    ]
+    return out
 
 
 def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -29,7 +63,9 @@ def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict
         if m["role"] == "user":
             out.append({"role": "user", "content": m["content"]})
         elif m["role"] == "assistant":
-            msg: dict[str, Any] = {"role": "assistant", "content": m.get("content")}
+            # Tool-call-only answers carry "" rather than null: llama-cpp-python's server
+            # answers null with HTTP 500, and every tested server accepts "".
+            msg: dict[str, Any] = {"role": "assistant", "content": m.get("content") or ""}
             if m.get("tool_calls"):
                 msg["tool_calls"] = [
                     {
@@ -61,19 +97,8 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
 
     async def _complete(self, request: LLMRequest, on_delta: DeltaCallback) -> LLMResponse:
         client = self.client()
-        params: dict[str, Any] = dict(request.model.parameters)
-        if request.tools:
-            params["tools"] = [
-                {
-                    "type": "function",
-                    "function": {
-                        "name": t.name,
-                        "description": t.description,
-                        "parameters": t.parameters,
-                    },
-                }
-                for t in request.tools
-            ]
+        params = split_parameters(request.model.provider, request.model.parameters)
+        params.update(tool_options(request.model, request.tools))
         create: Any = client.chat.completions.create
         stream = await create(
             model=request.model.name or "",
@@ -83,6 +108,7 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             **params,
         )
         text: list[str] = []
+        reasoning: list[str] = []
         calls: dict[int, dict[str, Any]] = {}
         finish: str | None = None
         usage: dict[str, int] = {}
@@ -92,21 +118,26 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             async for chunk in stream_with_idle_timeout(stream, request.model.timeouts.stream_idle):
                 model_name = chunk.model or model_name
                 if chunk.usage is not None:
-                    usage = {
-                        "input_tokens": chunk.usage.prompt_tokens or 0,
-                        "output_tokens": chunk.usage.completion_tokens or 0,
-                    }
+                    usage = _usage(chunk.usage)
                 for choice in chunk.choices or []:
                     delta = choice.delta
                     if delta is not None and delta.content:
                         text.append(delta.content)
                         on_delta(delta.content)
-                    for tc in (delta.tool_calls if delta is not None else None) or []:
-                        slot = calls.setdefault(tc.index, {"id": None, "name": "", "arguments": ""})
-                        if tc.id:
-                            slot["id"] = tc.id
+                    # Reasoning text of llama.cpp, vLLM and DeepSeek-style servers: kept in the
+                    # journal, not sent back (Chat Completions takes no reasoning input).
+                    reasoning_part = getattr(delta, "reasoning_content", None) if delta else None
+                    if isinstance(reasoning_part, str):
+                        reasoning.append(reasoning_part)
+                    for position, tc in enumerate(
+                        (delta.tool_calls if delta is not None else None) or []
+                    ):
+                        # Some servers omit `index`; ids may come only in the first chunk.
+                        index = tc.index if tc.index is not None else position
+                        slot = calls.setdefault(index, {"id": None, "name": "", "arguments": ""})
+                        slot["id"] = slot["id"] or tc.id
                         if tc.function is not None:
-                            slot["name"] += tc.function.name or ""
+                            slot["name"] = merge_name(slot["name"], tc.function.name or "")
                             slot["arguments"] += tc.function.arguments or ""
                     if choice.finish_reason:
                         finish = choice.finish_reason
@@ -135,7 +166,12 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
                 retryable=False,
                 usage=usage,
             )
+        if not usage:  # the server sent none: estimate, marked as such
+            streamed = "".join(text) + "".join(c["name"] + c["arguments"] for c in calls.values())
+            usage = estimate_usage(request, streamed)
         message: dict[str, Any] = {"role": "assistant", "content": "".join(text) or None}
+        if reasoning:
+            message["reasoning"] = "".join(reasoning)
         if calls:
             message["tool_calls"] = [
                 {
@@ -145,4 +181,22 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
                 }
                 for i, c in sorted(calls.items())
             ]
-        return LLMResponse(message=message, usage=usage, stop_reason=finish, model=model_name)
+        return LLMResponse(
+            message=message,
+            usage=usage,
+            stop_reason=finish,
+            model=model_name,
+            truncated=finish == "length",
+        )
+
+
+def _usage(raw: Any) -> dict[str, int]:
+    usage = {
+        "input_tokens": raw.prompt_tokens or 0,
+        "output_tokens": raw.completion_tokens or 0,
+    }
+    details = getattr(raw, "prompt_tokens_details", None)
+    cached = getattr(details, "cached_tokens", None) if details is not None else None
+    if cached:
+        usage["cached_input_tokens"] = int(cached)
+    return usage

@@ -5,21 +5,22 @@ from __future__ import annotations
 
 from everruns.spec import ModelSpec, Pricing
 
-PRICES: dict[str, tuple[float, float]] = {
-    "openai:gpt-4.1": (2.00, 8.00),
-    "openai:gpt-4.1-mini": (0.40, 1.60),
-    "openai:gpt-4.1-nano": (0.10, 0.40),
-    "openai:gpt-4o": (2.50, 10.00),
-    "openai:gpt-4o-mini": (0.15, 0.60),
-    "openai:o3": (2.00, 8.00),
-    "openai:o4-mini": (1.10, 4.40),
-    "openai:gpt-5": (1.25, 10.00),
-    "openai:gpt-5-mini": (0.25, 2.00),
-    "anthropic:claude-opus-4-1": (15.00, 75.00),
-    "anthropic:claude-sonnet-4-5": (3.00, 15.00),
-    "anthropic:claude-sonnet-4": (3.00, 15.00),
-    "anthropic:claude-haiku-4-5": (1.00, 5.00),
-    "anthropic:claude-3-5-haiku": (0.80, 4.00),
+# (input, output, cached input): cached input is what a prompt-cache read costs.
+PRICES: dict[str, tuple[float, float, float]] = {
+    "openai:gpt-4.1": (2.00, 8.00, 0.50),
+    "openai:gpt-4.1-mini": (0.40, 1.60, 0.10),
+    "openai:gpt-4.1-nano": (0.10, 0.40, 0.025),
+    "openai:gpt-4o": (2.50, 10.00, 1.25),
+    "openai:gpt-4o-mini": (0.15, 0.60, 0.075),
+    "openai:o3": (2.00, 8.00, 0.50),
+    "openai:o4-mini": (1.10, 4.40, 0.275),
+    "openai:gpt-5": (1.25, 10.00, 0.125),
+    "openai:gpt-5-mini": (0.25, 2.00, 0.025),
+    "anthropic:claude-opus-4-1": (15.00, 75.00, 1.50),
+    "anthropic:claude-sonnet-4-5": (3.00, 15.00, 0.30),
+    "anthropic:claude-sonnet-4": (3.00, 15.00, 0.30),
+    "anthropic:claude-haiku-4-5": (1.00, 5.00, 0.10),
+    "anthropic:claude-3-5-haiku": (0.80, 4.00, 0.08),
 }
 
 
@@ -30,17 +31,24 @@ def price_for(model: ModelSpec, overrides: dict[str, Pricing] | None = None) -> 
     if overrides and label in overrides:
         return overrides[label]
     if label in PRICES:
-        return Pricing(input=PRICES[label][0], output=PRICES[label][1])
+        inp, outp, cached = PRICES[label]
+        return Pricing(input=inp, output=outp, cached_input=cached)
     # Dated snapshots ("claude-sonnet-4-5-20250929") use their family's price.
-    for known, (inp, outp) in sorted(PRICES.items(), key=lambda kv: -len(kv[0])):
+    for known, (inp, outp, cached) in sorted(PRICES.items(), key=lambda kv: -len(kv[0])):
         if label.startswith(known + "-"):
-            return Pricing(input=inp, output=outp)
+            return Pricing(input=inp, output=outp, cached_input=cached)
     return None
 
 
 def cost_usd(usage: dict[str, int], price: Pricing | None) -> float:
+    """`input_tokens` include `cached_input_tokens`, which cost the cached rate (the
+    input rate when the price has none)."""
     if price is None:
         return 0.0
+    cached = min(int(usage.get("cached_input_tokens", 0)), int(usage.get("input_tokens", 0)))
+    cached_rate = price.input if price.cached_input is None else price.cached_input
     return (
-        usage.get("input_tokens", 0) * price.input + usage.get("output_tokens", 0) * price.output
+        (usage.get("input_tokens", 0) - cached) * price.input
+        + cached * cached_rate
+        + usage.get("output_tokens", 0) * price.output
     ) / 1e6

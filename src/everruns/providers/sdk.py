@@ -69,6 +69,9 @@ def translate_sdk_error(exc: Exception, sdk: ModuleType) -> ProviderError:
             else None
         )
         message = (err.get("message") if isinstance(err, dict) else None) or str(exc)
+        param = err.get("param") if isinstance(err, dict) else None
+        if param and str(param) not in message:
+            message = f"{message} (parameter {param})"
         return classify_status(exc.status_code, message, exc.response.headers, error_type)
     if isinstance(exc, httpx2.TransportError | json.JSONDecodeError | sdk.APIError):
         return ProviderError(
@@ -76,7 +79,26 @@ def translate_sdk_error(exc: Exception, sdk: ModuleType) -> ProviderError:
             error_class="stream_broken",
             retryable=True,
         )
-    raise exc
+    return classify_unexpected(exc)
+
+
+def classify_unexpected(exc: BaseException) -> ProviderError:
+    """Any other exception while building or sending a request: never retried.
+
+    The SDK rejects a bad option with TypeError (an unknown keyword) or ValueError (a bad
+    value) before anything is sent: `invalid_request`, with the SDK's words, which name
+    the parameter. Anything else is a bug in the provider code: `internal_error`.
+    """
+    text = f"{type(exc).__name__}: {exc}"
+    if isinstance(exc, TypeError | ValueError | KeyError):
+        return ProviderError(
+            f"the request could not be built: {text}",
+            error_class="invalid_request",
+            retryable=False,
+        )
+    return ProviderError(
+        f"unexpected error in the provider: {text}", error_class="internal_error", retryable=False
+    )
 
 
 class SDKProvider(ABC, Generic[C]):

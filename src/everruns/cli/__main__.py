@@ -1,0 +1,5 @@
+"""`python -m everruns.cli`."""
+
+from everruns.cli.app import main
+
+main()

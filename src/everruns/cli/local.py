@@ -1,0 +1,111 @@
+"""The back end for a database: the commands' calls on `everruns.store.Store`."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import Any
+
+from everruns.api.wire import run_to_api
+from everruns.cli.common import CliError
+from everruns.cli.views import RunView, event_record
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
+from everruns.core.state import fold
+from everruns.spec import AgentSpec
+from everruns.store import RunRow, Store
+
+#: How often `follow` looks for new events in the database.
+FOLLOW_POLL = 0.2
+
+
+def view(row: RunRow) -> RunView:
+    return RunView.model_validate({**run_to_api(row), "lease_expires_at": row.lease_expires_at})
+
+
+class LocalBackend:
+    def __init__(self, store: Store):
+        self.store = store
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, db: str | None) -> AsyncIterator[LocalBackend]:
+        store = await Store.open(db)
+        try:
+            yield cls(store)
+        finally:
+            await store.close()
+
+    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
+        return await self.store.create_run(spec, input)
+
+    async def get_run(self, run_id: str) -> RunView:
+        return view(await self.store.get_run(run_id))
+
+    async def list_runs(
+        self, *, status: str | None, agent: str | None, limit: int
+    ) -> list[RunView]:
+        rows = await self.store.list_runs(status=status, agent=agent, limit=limit)
+        return [view(r) for r in rows]
+
+    async def events(self, run_id: str, after: int) -> list[dict[str, Any]]:
+        return [
+            event_record(run_id, e.seq, e.type, e.ts, e.data)
+            for e in await self.store.load_events(run_id, after=after)
+        ]
+
+    async def follow(self, run_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        last = after
+        while True:
+            batch = await self.events(run_id, last)
+            for record in batch:
+                yield record
+                last = record["seq"]
+                if record["type"] in TERMINAL_EVENTS:
+                    return
+            if not batch:
+                row = await self.store.get_run(run_id)
+                if row.status in TERMINAL_STATUSES and row.last_seq <= last:
+                    return
+                await asyncio.sleep(FOLLOW_POLL)
+
+    async def cancel(self, run_id: str) -> str:
+        return await self.store.cancel(run_id)
+
+    async def _pending(self, run_id: str, call_id: str) -> None:
+        await self.store.get_run(run_id)
+        state = fold(await self.store.load_events(run_id))
+        pending = [c.id for c in state.calls if c.approval == "requested"]
+        if call_id not in pending:
+            known = ", ".join(pending) or "none"
+            raise CliError(
+                f"run {run_id} has no pending approval for call {call_id!r} (pending: {known})"
+            )
+
+    async def approve(self, run_id: str, call_id: str) -> None:
+        await self._pending(run_id, call_id)
+        await self.store.signal(run_id, EventType.APPROVAL_GRANTED, {"call_id": call_id})
+
+    async def deny(self, run_id: str, call_id: str, reason: str) -> None:
+        await self._pending(run_id, call_id)
+        await self.store.signal(
+            run_id, EventType.APPROVAL_DENIED, {"call_id": call_id, "reason": reason}
+        )
+
+    async def message(self, run_id: str, text: str) -> int:
+        return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
+
+    # Local only: the journaled workspace lives in the database's blobs.
+
+    async def workspace_files(self, run_id: str) -> dict[str, str]:
+        """path -> sha256 of each file in the run's workspace, as journaled."""
+        await self.store.get_run(run_id)
+        return dict(fold(await self.store.load_events(run_id)).files)
+
+    async def export_workspace(self, run_id: str, target: Path) -> int:
+        from everruns.tools.workspace import export_files
+
+        files = await self.workspace_files(run_id)
+        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
+        return await export_files(self.store, files, target)

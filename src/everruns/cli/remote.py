@@ -1,0 +1,65 @@
+"""The back end for an `everruns server`: the commands' calls on the async SDK client."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+from everruns.cli.common import CliError
+from everruns.cli.views import RunView, event_record
+from everruns.client import AsyncClient, Event, Run
+from everruns.spec import AgentSpec
+
+
+def view(run: Run) -> RunView:
+    return RunView.model_validate(run.model_dump())
+
+
+def record(event: Event) -> dict[str, Any]:
+    return event_record(event.run_id, event.seq, event.type, event.ts, event.data)
+
+
+class RemoteBackend:
+    def __init__(self, client: AsyncClient):
+        self.client = client
+
+    @classmethod
+    @asynccontextmanager
+    async def connect(cls, server: str, token: str | None) -> AsyncIterator[RemoteBackend]:
+        async with AsyncClient(server, token) as client:
+            yield cls(client)
+
+    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
+        return (await self.client.runs.start(spec=spec.to_dict(), input=input)).id
+
+    async def get_run(self, run_id: str) -> RunView:
+        return view(await self.client.runs.get(run_id))
+
+    async def list_runs(
+        self, *, status: str | None, agent: str | None, limit: int
+    ) -> list[RunView]:
+        items, _ = await self.client.runs.list(status=status, agent=agent, limit=limit)
+        return [view(r) for r in items]
+
+    async def events(self, run_id: str, after: int) -> list[dict[str, Any]]:
+        return [record(e) for e in await self.client.runs.events(run_id, after=after)]
+
+    async def follow(self, run_id: str, after: int) -> AsyncIterator[dict[str, Any]]:
+        async for event in self.client.runs.stream(run_id, after=after, include_ephemeral=False):
+            yield record(event)
+
+    async def cancel(self, run_id: str) -> str:
+        return await self.client.runs.cancel(run_id)
+
+    async def approve(self, run_id: str, call_id: str) -> None:
+        await self.client.runs.approve(run_id, call_id)
+
+    async def deny(self, run_id: str, call_id: str, reason: str) -> None:
+        await self.client.runs.deny(run_id, call_id, reason)
+
+    async def message(self, run_id: str, text: str) -> int:
+        seq = (await self.client.runs.message(run_id, text)).seq
+        if seq is None:
+            raise CliError(f"the server did not journal the message to {run_id}")
+        return seq

@@ -1,0 +1,126 @@
+"""`everruns schedule ...`: cron or `every <duration>` schedules of an agent (UTC)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+from rich.table import Table
+
+from everruns.cli.common import (
+    CliError,
+    DbOption,
+    JsonOption,
+    load_checked,
+    out,
+    print_json,
+    run_async,
+)
+from everruns.cli.local import LocalBackend
+from everruns.render import format_status_time
+from everruns.spec import SpecError
+
+schedule_app = typer.Typer(
+    help="Scheduled runs (cron or `every <duration>`, UTC).", no_args_is_help=True
+)
+AgentArgument = Annotated[str, typer.Argument(help="Agent name.")]
+
+
+def _schedule_line(s: dict[str, Any]) -> str:
+    version = s["agent_version"] if s["agent_version"] == "latest" else f"v{s['agent_version']}"
+    state = "enabled" if s["enabled"] else "paused"
+    return (
+        f"{s['agent']} ({version})  {s['expression']!r}  overlap {s['overlap']}  {state}  "
+        f"next {format_status_time(s['next_fire_at'])}"
+    )
+
+
+@schedule_app.command("add")
+def schedule_add(
+    spec: Annotated[Path, typer.Argument(help="Agent spec (YAML) with a `schedule`.")],
+    latest: Annotated[
+        bool, typer.Option("--latest", help="Run the agent's latest version at each fire.")
+    ] = False,
+    db: DbOption = None,
+    json_out: JsonOption = False,
+) -> None:
+    """Store the agent version and schedule it (replaces the agent's schedule)."""
+
+    async def go() -> None:
+        loaded = await load_checked(spec, db)
+        if not loaded.schedule:
+            raise SpecError(
+                str(spec),
+                [("schedule", 'missing: e.g. `schedule: "0 9 * * *"` or `every 1h`')],
+            )
+        async with LocalBackend.open(db) as local:
+            saved = await local.store.save_schedule(loaded, pin=not latest)
+        if json_out:
+            print_json(saved)
+        else:
+            out.print(f"scheduled {_schedule_line(saved)}")
+
+    run_async(go)
+
+
+@schedule_app.command("ls")
+def schedule_ls(db: DbOption = None, json_out: JsonOption = False) -> None:
+    """List schedules."""
+
+    async def go() -> None:
+        async with LocalBackend.open(db) as local:
+            items = await local.store.list_schedules()
+        if json_out:
+            print_json(items)
+            return
+        table = Table("agent", "version", "schedule", "overlap", "state", "next", "last run")
+        for s in items:
+            table.add_row(
+                s["agent"],
+                str(s["agent_version"]),
+                s["expression"],
+                s["overlap"],
+                "enabled" if s["enabled"] else "paused",
+                format_status_time(s["next_fire_at"]) if s["enabled"] else "-",
+                s["last_run_id"] or "-",
+            )
+        out.print(table)
+
+    run_async(go)
+
+
+@schedule_app.command("rm")
+def schedule_rm(agent: AgentArgument, db: DbOption = None) -> None:
+    """Remove an agent's schedule (its runs are left alone)."""
+
+    async def go() -> None:
+        async with LocalBackend.open(db) as local:
+            if not await local.store.delete_schedule(agent):
+                raise CliError(f"no schedule for agent {agent!r}")
+        out.print(f"removed the schedule of {agent}")
+
+    run_async(go)
+
+
+def _set_schedule(agent: str, enabled: bool, db: str | None) -> None:
+    async def go() -> None:
+        async with LocalBackend.open(db) as local:
+            found = await local.store.set_schedule_enabled(agent, enabled)
+        if found is None:
+            raise CliError(f"no schedule for agent {agent!r}")
+        out.print(f"{'resumed' if enabled else 'paused'} {_schedule_line(found)}")
+
+    run_async(go)
+
+
+@schedule_app.command("pause")
+def schedule_pause(agent: AgentArgument, db: DbOption = None) -> None:
+    """Stop firing an agent's schedule until resumed."""
+    _set_schedule(agent, False, db)
+
+
+@schedule_app.command("resume")
+def schedule_resume(agent: AgentArgument, db: DbOption = None) -> None:
+    """Fire an agent's schedule again, from its next tick (paused ticks are not caught up)."""
+    _set_schedule(agent, True, db)

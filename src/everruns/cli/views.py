@@ -1,0 +1,65 @@
+"""The CLI's own view of a run, the same whichever back end it came from (each back end
+converts its own record into it), and how the commands print it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import Field
+from rich.table import Table
+
+from everruns.client import Run
+from everruns.render import format_status_time
+
+
+class RunView(Run):
+    """A run as the CLI shows it: the API's run object (its `--json` shape is
+    `to_dict()`), plus what only the database knows."""
+
+    lease_expires_at: float | None = Field(default=None, exclude=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump()
+
+
+def event_record(
+    run_id: str, seq: int | None, type: str, ts: float | None, data: dict[str, Any]
+) -> dict[str, Any]:
+    """One journal event as `events` prints it (`--json`: one object a line)."""
+    return {"run_id": run_id, "seq": seq, "type": type, "ts": ts, "data": data}
+
+
+def status_table(run: RunView) -> Table:
+    table = Table(show_header=False, box=None)
+    table.add_row("id", run.id)
+    table.add_row("agent", f"{run.agent} v{run.agent_version}")
+    table.add_row("status", run.status)
+    if run.status == "waiting":
+        table.add_row("wakes", format_status_time(run.wake_at) if run.wake_at else "on a signal")
+    table.add_row("steps", str(run.steps))
+    table.add_row(
+        "usage",
+        f"{run.usage.input_tokens} in + {run.usage.output_tokens} out tokens, "
+        f"${run.usage.cost_usd:.4f}",
+    )
+    table.add_row("created", format_status_time(run.created_at))
+    if run.result is not None:
+        table.add_row("result", run.result)
+    if run.error:
+        table.add_row("error", f"{run.error.get('reason')}: {run.error.get('message')}")
+    return table
+
+
+def runs_table(runs: list[RunView]) -> Table:
+    table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
+    for r in runs:
+        table.add_row(
+            r.id,
+            r.agent,
+            r.status,
+            str(r.steps),
+            str(r.usage.total_tokens),
+            f"${r.usage.cost_usd:.4f}",
+            format_status_time(r.created_at),
+        )
+    return table

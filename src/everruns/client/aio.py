@@ -1,0 +1,173 @@
+"""The asyncio shell over `core`: `AsyncClient`. Mirrors `sync.Client` method for method
+(tests/client/test_parity.py holds them together)."""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from everruns.client import core
+from everruns.client.models import Agent, Event, Run
+
+T = TypeVar("T")
+
+
+class _Shell:
+    def __init__(self, http: httpx.AsyncClient):
+        self._http = http
+
+    async def _send(self, call: core.Call[T]) -> T:
+        response = await self._http.request(
+            call.method, call.path, params=call.params, json=call.body
+        )
+        return call.result(response)
+
+
+class Agents(_Shell):
+    async def create(self, spec: dict[str, Any]) -> Agent:
+        return await self._send(core.create_agent(spec))
+
+    async def create_from_file(self, path: str | Path) -> Agent:
+        return await self._send(core.create_agent_from_file(path))
+
+    async def list(self) -> builtins.list[Agent]:
+        return await self._send(core.list_agents())
+
+    async def get(self, name: str, version: int | None = None) -> Agent:
+        return await self._send(core.get_agent(name, version))
+
+
+class Runs(_Shell):
+    def __init__(self, http: httpx.AsyncClient, policy: core.RetryPolicy):
+        super().__init__(http)
+        self._policy = policy
+
+    async def start(
+        self,
+        agent: str | None = None,
+        *,
+        input: str | None = None,
+        spec: dict[str, Any] | None = None,
+        version: int | None = None,
+    ) -> Run:
+        return await self._send(core.start_run(agent, input, spec, version))
+
+    async def get(self, run_id: str) -> Run:
+        return await self._send(core.get_run(run_id))
+
+    async def list(
+        self,
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[Run], str | None]:
+        return await self._send(core.list_runs(status, agent, limit, cursor))
+
+    async def cancel(self, run_id: str) -> str:
+        return await self._send(core.control(run_id, "cancel"))
+
+    async def pause(self, run_id: str) -> str:
+        return await self._send(core.control(run_id, "pause"))
+
+    async def resume(self, run_id: str) -> str:
+        return await self._send(core.control(run_id, "resume"))
+
+    async def message(self, run_id: str, content: str) -> Event:
+        return await self._send(core.message(run_id, content))
+
+    async def approve(self, run_id: str, call_id: str) -> Event:
+        return await self._send(core.decide(run_id, call_id, approve=True))
+
+    async def deny(self, run_id: str, call_id: str, reason: str = "") -> Event:
+        return await self._send(core.decide(run_id, call_id, approve=False, reason=reason))
+
+    async def fork(self, run_id: str, seq: int, agent_version: int | None = None) -> Run:
+        return await self._send(core.fork(run_id, seq, agent_version))
+
+    async def events(self, run_id: str, after: int = 0) -> builtins.list[Event]:
+        return await self._send(core.events(run_id, after))
+
+    async def stream(
+        self,
+        run_id: str,
+        after: int = 0,
+        *,
+        include_ephemeral: bool = True,
+        max_reconnects: int | None = None,
+    ) -> AsyncIterator[Event]:
+        """Durable events in order, exactly once, until the run ends; reconnects with
+        Last-Event-ID after a dropped connection. Token deltas (`ephemeral`) are live only."""
+        stream = core.EventStream(run_id, after, include_ephemeral, max_reconnects, self._policy)
+        while True:
+            try:
+                async with self._http.stream(
+                    "GET",
+                    stream.path,
+                    headers=stream.request_headers(),
+                    timeout=core.STREAM_TIMEOUT,
+                ) as response:
+                    if not response.is_success:
+                        await response.aread()
+                        core.raise_for(response)
+                    async for line in response.aiter_lines():
+                        event = stream.feed(line)
+                        if event is not None:
+                            yield event
+                        if stream.ended:
+                            return
+                if stream.finished_without_terminal(
+                    await self.get(run_id), await self.events(run_id, after=stream.last)
+                ):
+                    return
+            except core.RECONNECTABLE:
+                delay = stream.connection_lost()
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+
+    async def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> Run:
+        """Until the run ends; TimeoutError after `timeout` seconds."""
+        deadline = core.Deadline(run_id, timeout)
+        while True:
+            run = await self.get(run_id)
+            if deadline.check(run):
+                return run
+            await asyncio.sleep(poll)
+
+
+class AsyncClient:
+    """The everruns HTTP API for asyncio. Use as an async context manager or call `aclose()`."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        reconnect_delay: float = 0.5,
+    ):
+        self._http = httpx.AsyncClient(
+            base_url=base_url, headers=core.auth_headers(token), timeout=timeout
+        )
+        self._meta = _Shell(self._http)
+        self.agents = Agents(self._http)
+        self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
+
+    async def health(self) -> dict[str, Any]:
+        return await self._meta._send(core.health())
+
+    async def aclose(self) -> None:
+        await self._http.aclose()
+
+    async def __aenter__(self) -> AsyncClient:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()

@@ -1,0 +1,276 @@
+"""The SDK's one request/response core, shared by the sync and async shells.
+
+Everything here is I/O-free: each API operation is a `Call` (method, path, query, body
+and how to parse the reply), errors become `ApiError`, the SSE stream is an `EventStream`
+state machine fed line by line, and `RetryPolicy` says how long to wait before the
+stream reconnects. `sync.py` and `aio.py` only send the calls (httpx.Client vs
+httpx.AsyncClient) and sleep (time.sleep vs asyncio.sleep), so the two clients cannot
+drift apart.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Generic, TypeVar
+
+import httpx
+
+from everruns.client.models import TERMINAL_EVENTS, Agent, ApiError, Event, Run
+
+T = TypeVar("T")
+
+#: Errors after which a stream reconnects (the server went away or cut the connection).
+RECONNECTABLE: tuple[type[Exception], ...] = (httpx.TransportError, httpx.RemoteProtocolError)
+#: A stream may stay silent between events (the server sends keep-alives within this).
+STREAM_TIMEOUT = httpx.Timeout(10, read=60)
+
+
+def auth_headers(token: str | None) -> dict[str, str]:
+    return {"Authorization": f"Bearer {token}"} if token else {}
+
+
+def raise_for(response: httpx.Response) -> None:
+    """An `ApiError` carrying the problem details of a non-2xx reply."""
+    if response.is_success:
+        return
+    try:
+        problem = response.json()
+    except ValueError:
+        problem = {"title": response.reason_phrase, "detail": response.text[:500]}
+    if not isinstance(problem, dict):
+        problem = {"title": response.reason_phrase, "detail": str(problem)[:500]}
+    raise ApiError(response.status_code, problem)
+
+
+@dataclass(frozen=True)
+class Call(Generic[T]):
+    """One API operation: what to send and how to read the answer."""
+
+    method: str
+    path: str
+    parse: Callable[[Any], T]
+    params: dict[str, Any] | None = None
+    body: Any = None
+
+    def result(self, response: httpx.Response) -> T:
+        raise_for(response)
+        return self.parse(response.json())
+
+
+def _outcome(reply: Any) -> str:
+    return str(reply["outcome"])
+
+
+def _no_none(values: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def _run_page(page: Any) -> tuple[list[Run], str | None]:
+    return [Run.model_validate(r) for r in page["items"]], page["next_cursor"]
+
+
+def _events(items: Any) -> list[Event]:
+    return [Event.model_validate(e) for e in items]
+
+
+def _agents(items: Any) -> list[Agent]:
+    return [Agent.model_validate(a) for a in items]
+
+
+def _as_dict(reply: Any) -> dict[str, Any]:
+    return dict(reply)
+
+
+# ------------------------------------------------------------------ operations
+
+
+def health() -> Call[dict[str, Any]]:
+    return Call("GET", "/v1/health", _as_dict)
+
+
+def create_agent(spec: dict[str, Any]) -> Call[Agent]:
+    return Call("POST", "/v1/agents", Agent.model_validate, body={"spec": spec})
+
+
+def create_agent_from_file(path: str | Path) -> Call[Agent]:
+    body = {"yaml": Path(path).read_text(encoding="utf-8")}
+    return Call("POST", "/v1/agents", Agent.model_validate, body=body)
+
+
+def list_agents() -> Call[list[Agent]]:
+    return Call("GET", "/v1/agents", _agents)
+
+
+def get_agent(name: str, version: int | None) -> Call[Agent]:
+    path = f"/v1/agents/{name}" + (f"/versions/{version}" if version else "")
+    return Call("GET", path, Agent.model_validate)
+
+
+def start_run(
+    agent: str | None, input: str | None, spec: dict[str, Any] | None, version: int | None
+) -> Call[Run]:
+    body = _no_none({"agent": agent, "spec": spec, "input": input, "version": version})
+    return Call("POST", "/v1/runs", Run.model_validate, body=body)
+
+
+def get_run(run_id: str) -> Call[Run]:
+    return Call("GET", f"/v1/runs/{run_id}", Run.model_validate)
+
+
+def list_runs(
+    status: str | None, agent: str | None, limit: int, cursor: str | None
+) -> Call[tuple[list[Run], str | None]]:
+    params = _no_none({"status": status, "agent": agent, "limit": limit, "cursor": cursor})
+    return Call("GET", "/v1/runs", _run_page, params=params)
+
+
+def control(run_id: str, action: str) -> Call[str]:
+    """cancel, pause or resume: the reply's `outcome` ("requested", "paused", ...)."""
+    return Call("POST", f"/v1/runs/{run_id}/{action}", _outcome)
+
+
+def message(run_id: str, content: str) -> Call[Event]:
+    body = {"content": content}
+    return Call("POST", f"/v1/runs/{run_id}/messages", Event.model_validate, body=body)
+
+
+def decide(run_id: str, call_id: str, approve: bool, reason: str = "") -> Call[Event]:
+    body: dict[str, Any] = {"approve": True} if approve else {"approve": False, "reason": reason}
+    path = f"/v1/runs/{run_id}/approvals/{call_id}"
+    return Call("POST", path, Event.model_validate, body=body)
+
+
+def fork(run_id: str, seq: int, agent_version: int | None) -> Call[Run]:
+    body = _no_none({"seq": seq, "agent_version": agent_version})
+    return Call("POST", f"/v1/runs/{run_id}/fork", Run.model_validate, body=body)
+
+
+def events(run_id: str, after: int) -> Call[list[Event]]:
+    return Call("GET", f"/v1/runs/{run_id}/events", _events, params={"after": after})
+
+
+# ------------------------------------------------------------------ waiting and retrying
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How long a stream waits before reconnecting: linear backoff (`delay` times failures in
+    a row) capped at `max_delay`. How many failures it tolerates is the caller's
+    `max_reconnects` (see `EventStream.connection_lost`)."""
+
+    delay: float = 0.5
+    max_delay: float = 5.0
+
+    def backoff(self, failures: int) -> float:
+        return min(self.delay * failures, self.max_delay)
+
+
+@dataclass
+class Deadline:
+    """`runs.wait`'s clock: TimeoutError once `timeout` seconds have passed."""
+
+    run_id: str
+    timeout: float | None
+    started: float = field(default_factory=time.monotonic)
+
+    def check(self, run: Run) -> bool:
+        """True when the run is done; raises TimeoutError when the time is up."""
+        if run.done:
+            return True
+        if self.timeout is not None and time.monotonic() - self.started >= self.timeout:
+            raise TimeoutError(f"run {self.run_id} still {run.status} after {self.timeout}s")
+        return False
+
+
+# ------------------------------------------------------------------ server-sent events
+
+
+class SseParser:
+    """Incremental SSE parser: feed lines, get (id, event, data) per complete message."""
+
+    def __init__(self) -> None:
+        self._reset()
+
+    def _reset(self) -> None:
+        self.event_id: str | None = None
+        self.event_type: str | None = None
+        self.data: list[str] = []
+
+    def feed(self, line: str) -> tuple[str | None, str | None, str] | None:
+        if line == "":
+            message = (self.event_id, self.event_type, "\n".join(self.data)) if self.data else None
+            self._reset()
+            return message
+        if line.startswith(":"):
+            return None
+        name, _, value = line.partition(":")
+        value = value[1:] if value.startswith(" ") else value
+        if name == "id":
+            self.event_id = value
+        elif name == "event":
+            self.event_type = value
+        elif name == "data":
+            self.data.append(value)
+        return None
+
+
+class EventStream:
+    """One `runs.stream`: durable events in order, exactly once, until the run ends.
+
+    The shells open a connection with `request_headers()`, `feed` it every line, stop when
+    `ended`, call `connection_lost()` after a transport error (it returns the delay before
+    reconnecting, or None to give up) and `finished_without_terminal()` when the server
+    closed the stream cleanly before a terminal event.
+    """
+
+    def __init__(
+        self,
+        run_id: str,
+        after: int,
+        include_ephemeral: bool,
+        max_reconnects: int | None,
+        policy: RetryPolicy,
+    ):
+        self.path = f"/v1/runs/{run_id}/events/stream"
+        self.run_id = run_id
+        self.last = after
+        self.include_ephemeral = include_ephemeral
+        self.max_reconnects = max_reconnects
+        self.policy = policy
+        self.failures = 0
+        self.ended = False
+        self._parser = SseParser()
+
+    def request_headers(self) -> dict[str, str]:
+        self._parser = SseParser()  # a new connection starts a new message
+        return {"Last-Event-ID": str(self.last)} if self.last else {}
+
+    def feed(self, line: str) -> Event | None:
+        message = self._parser.feed(line)
+        if message is None:
+            return None
+        event_id, _kind, data = message
+        event = Event.model_validate({**json.loads(data), "ephemeral": event_id is None})
+        if event.ephemeral:
+            return event if self.include_ephemeral else None
+        if event.seq is None or event.seq <= self.last:
+            return None  # replayed after a reconnect: already delivered
+        self.last = event.seq
+        self.failures = 0
+        self.ended = event.type in TERMINAL_EVENTS
+        return event
+
+    def connection_lost(self) -> float | None:
+        self.failures += 1
+        if self.max_reconnects is not None and self.failures > self.max_reconnects:
+            return None
+        return self.policy.backoff(self.failures)
+
+    @staticmethod
+    def finished_without_terminal(run: Run, newer: list[Event]) -> bool:
+        """After a clean close: the run ended and nothing is left to deliver."""
+        return run.done and not newer

@@ -1,0 +1,69 @@
+"""What the SDK returns: the API's resources as pydantic models, and its one error."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel
+
+from everruns.errors import EverrunsError
+
+TERMINAL_EVENTS = {"run.completed", "run.failed", "run.cancelled"}
+TERMINAL_STATUSES = {"completed", "failed", "cancelled"}
+
+
+class ApiError(EverrunsError):
+    """An RFC 9457 problem returned by the server."""
+
+    def __init__(self, status: int, problem: dict[str, Any]):
+        self.status = status
+        self.problem = problem
+        self.type = str(problem.get("type", ""))
+        self.detail = str(problem.get("detail", ""))
+        super().__init__(f"{status} {problem.get('title', '')}: {self.detail}")
+
+
+class Usage(BaseModel):
+    input_tokens: int = 0
+    output_tokens: int = 0
+    total_tokens: int = 0
+    cost_usd: float = 0.0
+
+
+class Run(BaseModel):
+    id: str
+    agent: str
+    agent_version: int
+    parent_id: str | None = None
+    status: str
+    steps: int = 0
+    usage: Usage = Usage()
+    input: str | None = None
+    result: str | None = None
+    error: dict[str, Any] | None = None
+    epoch: int = 0
+    lease_owner: str | None = None
+    wake_at: float | None = None
+    last_seq: int = 0
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+    @property
+    def done(self) -> bool:
+        return self.status in TERMINAL_STATUSES
+
+
+class Agent(BaseModel):
+    name: str
+    version: int
+    spec: dict[str, Any] | None = None
+    archived: bool = False
+
+
+class Event(BaseModel):
+    run_id: str
+    type: str
+    data: dict[str, Any] = {}
+    seq: int | None = None  # None for ephemeral events (token deltas)
+    ts: float | None = None
+    ephemeral: bool = False

@@ -1,0 +1,171 @@
+"""The blocking shell over `core`: `Client`. Mirrors `aio.AsyncClient` method for method
+(tests/client/test_parity.py holds them together)."""
+
+from __future__ import annotations
+
+import builtins
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, TypeVar
+
+import httpx
+
+from everruns.client import core
+from everruns.client.models import Agent, Event, Run
+
+T = TypeVar("T")
+
+
+class _Shell:
+    def __init__(self, http: httpx.Client):
+        self._http = http
+
+    def _send(self, call: core.Call[T]) -> T:
+        response = self._http.request(call.method, call.path, params=call.params, json=call.body)
+        return call.result(response)
+
+
+class Agents(_Shell):
+    def create(self, spec: dict[str, Any]) -> Agent:
+        return self._send(core.create_agent(spec))
+
+    def create_from_file(self, path: str | Path) -> Agent:
+        return self._send(core.create_agent_from_file(path))
+
+    def list(self) -> builtins.list[Agent]:
+        return self._send(core.list_agents())
+
+    def get(self, name: str, version: int | None = None) -> Agent:
+        return self._send(core.get_agent(name, version))
+
+
+class Runs(_Shell):
+    def __init__(self, http: httpx.Client, policy: core.RetryPolicy):
+        super().__init__(http)
+        self._policy = policy
+
+    def start(
+        self,
+        agent: str | None = None,
+        *,
+        input: str | None = None,
+        spec: dict[str, Any] | None = None,
+        version: int | None = None,
+    ) -> Run:
+        return self._send(core.start_run(agent, input, spec, version))
+
+    def get(self, run_id: str) -> Run:
+        return self._send(core.get_run(run_id))
+
+    def list(
+        self,
+        *,
+        status: str | None = None,
+        agent: str | None = None,
+        limit: int = 50,
+        cursor: str | None = None,
+    ) -> tuple[builtins.list[Run], str | None]:
+        return self._send(core.list_runs(status, agent, limit, cursor))
+
+    def cancel(self, run_id: str) -> str:
+        return self._send(core.control(run_id, "cancel"))
+
+    def pause(self, run_id: str) -> str:
+        return self._send(core.control(run_id, "pause"))
+
+    def resume(self, run_id: str) -> str:
+        return self._send(core.control(run_id, "resume"))
+
+    def message(self, run_id: str, content: str) -> Event:
+        return self._send(core.message(run_id, content))
+
+    def approve(self, run_id: str, call_id: str) -> Event:
+        return self._send(core.decide(run_id, call_id, approve=True))
+
+    def deny(self, run_id: str, call_id: str, reason: str = "") -> Event:
+        return self._send(core.decide(run_id, call_id, approve=False, reason=reason))
+
+    def fork(self, run_id: str, seq: int, agent_version: int | None = None) -> Run:
+        return self._send(core.fork(run_id, seq, agent_version))
+
+    def events(self, run_id: str, after: int = 0) -> builtins.list[Event]:
+        return self._send(core.events(run_id, after))
+
+    def stream(
+        self,
+        run_id: str,
+        after: int = 0,
+        *,
+        include_ephemeral: bool = True,
+        max_reconnects: int | None = None,
+    ) -> Iterator[Event]:
+        """Durable events in order, exactly once, until the run ends; reconnects with
+        Last-Event-ID after a dropped connection. Token deltas (`ephemeral`) are live only."""
+        stream = core.EventStream(run_id, after, include_ephemeral, max_reconnects, self._policy)
+        while True:
+            try:
+                with self._http.stream(
+                    "GET",
+                    stream.path,
+                    headers=stream.request_headers(),
+                    timeout=core.STREAM_TIMEOUT,
+                ) as response:
+                    if not response.is_success:
+                        response.read()
+                        core.raise_for(response)
+                    for line in response.iter_lines():
+                        event = stream.feed(line)
+                        if event is not None:
+                            yield event
+                        if stream.ended:
+                            return
+                if stream.finished_without_terminal(
+                    self.get(run_id), self.events(run_id, after=stream.last)
+                ):
+                    return
+            except core.RECONNECTABLE:
+                delay = stream.connection_lost()
+                if delay is None:
+                    raise
+                time.sleep(delay)
+
+    def wait(self, run_id: str, timeout: float | None = None, poll: float = 0.5) -> Run:
+        """Block until the run ends; TimeoutError after `timeout` seconds."""
+        deadline = core.Deadline(run_id, timeout)
+        while True:
+            run = self.get(run_id)
+            if deadline.check(run):
+                return run
+            time.sleep(poll)
+
+
+class Client:
+    """The everruns HTTP API, blocking. Use as a context manager or call `close()`."""
+
+    def __init__(
+        self,
+        base_url: str = "http://127.0.0.1:8000",
+        token: str | None = None,
+        *,
+        timeout: float = 30.0,
+        reconnect_delay: float = 0.5,
+    ):
+        self._http = httpx.Client(
+            base_url=base_url, headers=core.auth_headers(token), timeout=timeout
+        )
+        self._meta = _Shell(self._http)
+        self.agents = Agents(self._http)
+        self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
+
+    def health(self) -> dict[str, Any]:
+        return self._meta._send(core.health())
+
+    def close(self) -> None:
+        self._http.close()
+
+    def __enter__(self) -> Client:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
