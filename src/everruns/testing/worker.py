@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from everruns import journal as j
-from everruns.engine import runner
+from everruns.engine import llm_step, runner
 from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, Provider
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.testing import effects
@@ -56,8 +56,10 @@ class _MidCall:
 
 
 def install_hooks() -> None:
+    # Patched where the engine looks them up: the run's tools are built by the runner,
+    # the model is called by the LLM step.
     build_tools = runner.build_tools
-    get_provider = runner.get_provider
+    get_provider = llm_step.get_provider
 
     def counted_tools(spec: AgentSpec, **kwargs: Any) -> dict[str, Tool]:
         return {name: counted(t) for name, t in build_tools(spec, **kwargs).items()}
@@ -66,7 +68,7 @@ def install_hooks() -> None:
         return _MidCall(get_provider(model, api_key))
 
     runner.build_tools = counted_tools
-    runner.get_provider = mid_call_provider
+    llm_step.get_provider = mid_call_provider
 
 
 async def serve(url: str, run_id: str, lease_ttl: float, poll: float) -> None:

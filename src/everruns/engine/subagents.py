@@ -1,0 +1,84 @@
+"""Sub-agents: a `spawn_agent` call creates one child run, the same one on every attempt.
+
+The child's id derives from the call's idempotency key, so a spawn repeated after a
+crash finds the child it already created. Depth and fan-out limits come from the
+`subagents` tool's options; a child never has more trust than its parent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+from everruns.engine.keys import bindings
+from everruns.engine.runlog import RunLog
+from everruns.policy import check_spec
+from everruns.settings import Settings
+from everruns.spec import AgentSpec, parse_spec
+from everruns.store import Store, StoreError
+from everruns.tools.base import SpawnRequest, ToolError
+from everruns.tools.registry import ToolSpecError, build_tools
+
+
+class Subagents:
+    """Spawns the children of one run (`spec`, trusted as `origin`)."""
+
+    def __init__(self, log: RunLog, store: Store, settings: Settings, spec: AgentSpec, origin: str):
+        self.log = log
+        self.store = store
+        self.settings = settings
+        self.spec = spec
+        self.origin = origin
+        self._spawning: set[str] = set()
+
+    async def spawn(self, call_id: str, request: SpawnRequest) -> str:
+        """Create (or find) the child run of call `call_id`; its id. ToolError: refused."""
+        state = self.log.state
+        options = next((t.options for t in self.spec.tools if t.builtin == "subagents"), {})
+        max_depth = int(options.get("max_depth", 3))
+        max_children = int(options.get("max_children", 10))
+        if state.depth + 1 > max_depth:
+            raise ToolError(f"sub-agent depth limit reached (max_depth={max_depth})")
+        child = child_id(f"{self.log.run_id}:{call_id}")
+        # Parallel spawns of one answer are counted before their results are journaled.
+        known = set(state.children) | self._spawning
+        if child not in known and len(known) >= max_children:
+            raise ToolError(f"sub-agent fan-out limit reached (max_children={max_children})")
+        self._spawning.add(child)
+        origin = self.origin  # a child never has more trust than its parent
+        if request.spec is not None:
+            spec = parse_spec(request.spec, "spawn_agent.spec")
+        elif request.agent is not None:
+            try:
+                spec = await self.store.get_agent(request.agent)
+                if await self.store.get_agent_origin(request.agent) == "api":
+                    origin = "api"
+            except StoreError as exc:
+                raise ToolError(str(exc)) from None
+        else:
+            spec = self.spec
+        try:
+            # A spec the model wrote may only name credentials the operator bound.
+            check_spec(
+                spec,
+                origin,
+                self.settings,
+                await bindings(self.store, self.settings, spec),
+                spawned=request.spec is not None,
+            )
+            build_tools(spec, allow_private_networks=self.settings.allow_private_networks)
+        except ToolSpecError as exc:
+            raise ToolError(f"the sub-agent's spec is invalid: {exc}") from None
+        return await self.store.create_run(
+            spec,
+            request.input,
+            parent_id=self.log.run_id,
+            run_id=child,
+            created_data={"depth": self.log.state.depth + 1},
+            origin=origin,
+        )
+
+
+def child_id(idempotency_key: str) -> str:
+    """The same child run id on every attempt of one spawn call."""
+    digest = hashlib.sha256(idempotency_key.encode()).hexdigest()
+    return "run_" + digest[:26]

@@ -1,0 +1,227 @@
+"""The tool step: run the calls of one answer (`act`) and journal each result.
+
+Each call is planned by `decide` (run, interrupt, deny, request approval, wake); a
+call that runs journals `tool.started` first, so an `at_most_once` tool's start is
+durable before it runs. Workspace changes are journaled with the result of the call
+that made them. The last open call's result is deferred to the next atom's commit.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from datetime import UTC, datetime
+from typing import Any
+
+from everruns.core.decide import Act, CallPlan
+from everruns.core.events import INTERRUPTED_MESSAGE, EventType
+from everruns.core.state import CallState
+from everruns.engine.runlog import RunLog
+from everruns.engine.subagents import Subagents
+from everruns.providers.base import INVALID_ARGUMENTS
+from everruns.store import Store
+from everruns.tools.base import (
+    SleepRequest,
+    SpawnRequest,
+    Tool,
+    ToolContext,
+    ToolError,
+    ToolOutput,
+    WaitRequest,
+    render_output,
+)
+from everruns.tools.workspace import Workspace
+
+
+class ToolStep:
+    """Tool calls of one run. `tools` is read at each call (MCP tools join it at start)."""
+
+    def __init__(
+        self,
+        log: RunLog,
+        store: Store,
+        tools: dict[str, Tool],
+        workspace: Workspace | None,
+        subagents: Subagents,
+        *,
+        agent: str,
+        max_parallel: int,
+    ):
+        self.log = log
+        self.store = store
+        self.tools = tools
+        self.workspace = workspace
+        self.subagents = subagents
+        self.agent = agent
+        self.max_parallel = max_parallel
+        self._ws_lock = asyncio.Lock()
+
+    async def act(self, atom: Act) -> None:
+        limit = asyncio.Semaphore(self.max_parallel)
+
+        async def one(plan: CallPlan) -> None:
+            async with limit:
+                await self.call_tool(plan)
+
+        await asyncio.gather(*(one(plan) for plan in atom.plans))
+
+    async def call_tool(self, plan: CallPlan) -> None:
+        call = plan.call
+        base = {"call_id": call.id, "name": call.name}
+        if plan.action == "interrupt":
+            await self.log.append(
+                EventType.TOOL_FAILED, {**base, "error": INTERRUPTED_MESSAGE, "interrupted": True}
+            )
+            return
+        if plan.action == "deny":
+            reason = call.denial or "no reason given"
+            await self.log.append(
+                EventType.TOOL_FAILED,
+                {**base, "error": f"denied by a human: {reason}", "denied": True},
+            )
+            return
+        if plan.action == "request_approval":
+            await self.log.append(
+                EventType.APPROVAL_REQUESTED, {**base, "arguments": call.arguments}
+            )
+            return
+        if plan.action == "wake":
+            await self._resolve_call(
+                EventType.TOOL_COMPLETED, {**base, "output": self._woken(call)}
+            )
+            return
+        tool = self.tools.get(call.name)
+        problem = None
+        if tool is None:
+            problem = (
+                f"unknown tool {call.name!r}; available: {', '.join(sorted(self.tools)) or 'none'}"
+            )
+        elif INVALID_ARGUMENTS in call.arguments:
+            problem = f"the arguments are not valid JSON: {call.arguments[INVALID_ARGUMENTS]}"
+        if tool is None or problem is not None:
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
+            return
+        key = f"{self.log.run_id}:{call.id}"
+        await self.log.append(
+            EventType.TOOL_STARTED,
+            {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
+        )
+        # Calls that touch the workspace run one at a time, so the file changes journaled
+        # with a call's result are exactly that call's (not a parallel call's half-done writes).
+        uses_ws = tool.uses_workspace and self.workspace is not None
+        async with self._ws_lock if uses_ws else contextlib.nullcontext():
+            ctx = ToolContext(
+                run_id=self.log.run_id,
+                tool_call_id=call.id,
+                idempotency_key=key,
+                attempt=plan.attempt,
+                workspace=await self.workspace.materialize()
+                if uses_ws and self.workspace
+                else None,
+                notes=tuple(self.log.state.notes),
+                agent=self.agent,
+                store=self.store,
+            )
+            try:
+                if tool.timeout:
+                    output = await asyncio.wait_for(tool.invoke(call.arguments, ctx), tool.timeout)
+                else:
+                    output = await tool.invoke(call.arguments, ctx)
+            except TimeoutError:
+                error = f"timed out after {tool.timeout:g}s" if tool.timeout else "TimeoutError"
+            except ToolError as exc:
+                error = str(exc)
+            except Exception as exc:
+                error = f"{type(exc).__name__}: {exc}"
+            else:
+                await self._tool_result(tool, base, output, uses_ws)
+                return
+            changes = await self._changes() if uses_ws else {}
+            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
+
+    async def _changes(self) -> dict[str, Any]:
+        """Workspace changes since the last journaled result, to journal with this one."""
+        files = await self.workspace.commit() if self.workspace else {}
+        return {"files": files} if files else {}
+
+    async def _tool_result(
+        self, tool: Tool, base: dict[str, Any], output: Any, uses_ws: bool = False
+    ) -> None:
+        if isinstance(output, SleepRequest):
+            await self.log.append(
+                EventType.TOOL_WAITING, {**base, "wake_at": output.until, "reason": output.reason}
+            )
+            return
+        if isinstance(output, WaitRequest):
+            await self._wait_for_children(base, output)
+            return
+        if isinstance(output, SpawnRequest):
+            try:
+                child = await self.subagents.spawn(base["call_id"], output)
+            except ToolError as exc:
+                await self.log.append(EventType.TOOL_FAILED, {**base, "error": str(exc)})
+                return
+            await self.log.append(
+                EventType.TOOL_COMPLETED,
+                {**base, "output": render_output({"run_id": child}), "child": child},
+            )
+            return
+        data: dict[str, Any] = {**base}
+        if isinstance(output, ToolOutput):
+            if output.note:
+                data["note"] = output.note
+            output = output.output
+        data["output"] = render_output(output)
+        if tool.max_output is not None and len(data["output"]) > tool.max_output:
+            data["max_output"] = tool.max_output
+        if uses_ws:
+            data.update(await self._changes())
+        await self._resolve_call(EventType.TOOL_COMPLETED, data)
+
+    async def _wait_for_children(self, base: dict[str, Any], output: WaitRequest) -> None:
+        children = self.log.state.children
+        if not output.run_ids:
+            output = WaitRequest(run_ids=tuple(children), mode=output.mode)
+        if not output.run_ids:
+            await self.log.append(
+                EventType.TOOL_FAILED, {**base, "error": "this run has no sub-agents"}
+            )
+            return
+        unknown = [r for r in output.run_ids if r not in children]
+        if unknown:
+            await self.log.append(
+                EventType.TOOL_FAILED,
+                {**base, "error": f"not sub-agents of this run: {', '.join(unknown)}"},
+            )
+            return
+        await self.log.append(
+            EventType.TOOL_WAITING,
+            {
+                **base,
+                "wait_for": list(output.run_ids),
+                "mode": output.mode,
+                "reason": "sub-agents",
+            },
+        )
+
+    async def _resolve_call(self, kind: str, data: dict[str, Any]) -> None:
+        """Journal a call's result. The last open call of an answer is deferred: the next
+        atom (an LLM call, decided at once) commits it with its own start."""
+        others = any(c.status != "done" and c.id != data["call_id"] for c in self.log.state.calls)
+        await self.log.append(kind, data, defer=not others)
+
+    def _woken(self, call: CallState) -> str:
+        """The result of a sleep or a wait for sub-agents that is over."""
+        if call.wait_for is None:
+            return f"slept until {_iso(call.wake_at)}"
+        done = self.log.state.children_done
+        results = [done[r] for r in call.wait_for if r in done]
+        return render_output(
+            [{k: r.get(k) for k in ("run_id", "status", "result", "error")} for r in results]
+        )
+
+
+def _iso(ts: float | None) -> str:
+    if ts is None:
+        return "now"
+    return datetime.fromtimestamp(ts, tz=UTC).isoformat(timespec="seconds")
