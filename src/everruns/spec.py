@@ -7,6 +7,8 @@ continues with the configuration it started with.
 
 from __future__ import annotations
 
+import json
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
 
@@ -156,8 +158,6 @@ class ModelSpec(_Strict):
             raise ValueError("provider 'openai-compatible' needs a `base_url`")
         if self.credential is not None and self.api_key_env is not None:
             raise ValueError("give either `credential` or `api_key_env`, not both")
-        from everruns.providers.options import parameter_problems
-
         problems = parameter_problems(self.provider, self.parameters)
         if problems:
             raise ValueError("; ".join(problems))
@@ -336,3 +336,57 @@ def load_spec(path: str | Path) -> AgentSpec:
             source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
         ) from None
     return parse_spec(data, source)
+
+
+# ---------------------------------------------------------------- model.parameters
+# The rules a spec's `model.parameters` must follow whatever the SDK (pure; the SDK-aware
+# split into keywords and `extra_body` is providers/options.py).
+
+# Set by everruns on every call; a spec cannot override them.
+RESERVED = frozenset(
+    {
+        "self",
+        "model",
+        "messages",
+        "stream",
+        "stream_options",
+        "tools",
+        "system",
+        "timeout",
+        "extra_headers",
+        "extra_query",
+        "functions",
+        "function_call",
+    }
+)
+# Spelled elsewhere in the spec, where they are mapped per provider.
+MOVED = {"tool_choice": "model.tool_choice"}
+_INTS = {"max_tokens", "max_completion_tokens", "n", "seed", "top_logprobs", "top_k"}
+_NUMBERS = {"temperature", "top_p", "frequency_penalty", "presence_penalty"}
+
+
+def parameter_problems(provider: str, params: Mapping[str, Any]) -> list[str]:
+    """What is wrong with `model.parameters` for this provider, one sentence each."""
+    if provider == "scripted":
+        return []
+    problems: list[str] = []
+    for key, value in params.items():
+        name = f"parameters.{key}"
+        if key in RESERVED:
+            problems.append(f"{name}: is set by everruns and cannot be given")
+        elif key in MOVED:
+            problems.append(f"{name}: write it as {MOVED[key]}")
+        elif key == "extra_body" and not isinstance(value, dict):
+            problems.append(f"{name}: must be a mapping of request-body fields")
+        elif key in _INTS and (isinstance(value, bool) or not isinstance(value, int)):
+            problems.append(f"{name}: must be an integer, not {value!r}")
+        elif key in _INTS and value < 1 and key != "seed":
+            problems.append(f"{name}: must be at least 1, not {value!r}")
+        elif key in _NUMBERS and (isinstance(value, bool) or not isinstance(value, int | float)):
+            problems.append(f"{name}: must be a number, not {value!r}")
+        else:
+            try:
+                json.dumps(value)
+            except (TypeError, ValueError):
+                problems.append(f"{name}: is not JSON data ({type(value).__name__})")
+    return problems
