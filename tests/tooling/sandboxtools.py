@@ -1,4 +1,4 @@
-"""Test tool for tests/test_sandbox.py: what the worker process itself looks like."""
+"""Test tool for tests/tools/test_sandbox.py: what the worker process itself looks like."""
 
 from __future__ import annotations
 

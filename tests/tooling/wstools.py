@@ -1,4 +1,4 @@
-"""Test tools for tests/test_tools_engine.py: workspace, timeouts, big outputs.
+"""Test tools for tests/tools/test_tools_engine.py: workspace, timeouts, big outputs.
 
 `ws_slow` records what it finds in the run's workspace to the ledger
 (EVERRUNS_TEST_LEDGER), writes `partial.txt`, hits the `tool.mid` crash point,

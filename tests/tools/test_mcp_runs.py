@@ -1,6 +1,6 @@
 """Runs whose tools are real MCP servers, executed by real `everruns worker` processes.
 
-The servers are the reference ones of tests/test_mcp.py (loopback only):
+The servers are the reference ones of tests/tools/test_mcp.py (loopback only):
 `mcp-server-time` (.venv/bin/mcp-server-time, stdio) and
 `@modelcontextprotocol/server-everything` (stdio, and streamable HTTP on a free
 127.0.0.1 port at `/mcp`), installed by test_mcp's `everything_js` fixture.

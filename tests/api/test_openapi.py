@@ -26,7 +26,7 @@ from everruns.api.openapi import document
 from helpers import env_for, stop
 from test_api import Server
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "docs" / "openapi.json"
 ST = Path(sys.executable).parent / "st"
 

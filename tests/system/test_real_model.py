@@ -36,7 +36,7 @@ from helpers import TOOLING
 
 pytestmark = pytest.mark.timeout(180)
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 REQUIRE = os.environ.get("EVERRUNS_REQUIRE_REAL_MODEL") == "1" or os.environ.get("CI") == "true"
 CTX = 2048  # tokens: small, so a long conversation overflows it
 PROVIDERS = ["openai-compatible", "openai", "anthropic"]

@@ -41,7 +41,7 @@ pytestmark = pytest.mark.timeout(60)
 
 EVERYTHING_PACKAGE = "@modelcontextprotocol/server-everything"
 EVERYTHING_VERSION = "2026.8.31"
-NPM_CACHE = Path(__file__).parent / ".cache" / "npm"
+NPM_CACHE = Path(__file__).parents[1] / ".cache" / "npm"
 CTX = ToolContext(run_id="run_1", tool_call_id="c1", idempotency_key="run_1:c1", attempt=1)
 
 
