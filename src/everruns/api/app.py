@@ -254,13 +254,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         try:
             check_spec(spec, origin, settings, await store.secret_bindings())
         except ToolSpecError as exc:
-            raise Problem(
-                422,
-                "invalid-spec",
-                "Invalid agent spec",
-                str(exc),
-                errors=[{"field": exc.field, "message": exc.message}],
-            ) from None
+            raise _spec_problem(exc) from None
 
     async def _checked(
         store: Store, spec_data: dict[str, Any] | None, text: str | None
@@ -284,13 +278,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)
         except ToolSpecError as exc:
-            raise Problem(
-                422,
-                "invalid-spec",
-                "Invalid agent spec",
-                str(exc),
-                errors=[{"field": exc.field, "message": exc.message}],
-            ) from None
+            raise _spec_problem(exc) from None
         return spec
 
     @app.post("/v1/agents", tags=["agents"], status_code=201, dependencies=auth)
@@ -603,3 +591,14 @@ def add_secret_routes(app: FastAPI, auth: list[Any]) -> None:
     @app.get("/v1/secrets", tags=["secrets"], dependencies=auth)
     async def list_secrets(request: Request) -> list[str]:
         return await request.app.state.store.list_secrets()
+
+
+def _spec_problem(exc: ToolSpecError) -> Problem:
+    """A spec the policy or the tool registry refused: 422 naming the field."""
+    return Problem(
+        422,
+        "invalid-spec",
+        "Invalid agent spec",
+        str(exc),
+        errors=[{"field": exc.field, "message": exc.message}],
+    )

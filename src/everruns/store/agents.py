@@ -5,7 +5,8 @@ from __future__ import annotations
 import hashlib
 import json
 import time
-from typing import Any
+from collections.abc import Awaitable, Callable
+from typing import Any, TypeVar
 
 import sqlalchemy as sa
 
@@ -43,9 +44,7 @@ class Agents:
         return version
 
     def _remember(self, name: str, version: int, spec: AgentSpec) -> None:
-        if len(self._cache) >= 256:
-            self._cache.pop(next(iter(self._cache)))
-        self._cache[(name, version)] = spec
+        _keep(self._cache, (name, version), spec)
 
     async def _save_agent_once(self, name: str, text: str, digest: str, origin: str) -> int:
         async with self.db.engine.begin() as conn:
@@ -73,16 +72,8 @@ class Agents:
             return version
 
     async def get_agent_origin(self, name: str, version: int | None = None) -> str:
-        """Where an agent version's spec came from: "local" or "api" (immutable per version,
-        so a known one is cached)."""
-        if version is not None and (name, version) in self._origins:
-            return self._origins[(name, version)]
-        origin = await self._load_origin(name, version)
-        if version is not None:
-            if len(self._origins) >= 256:
-                self._origins.pop(next(iter(self._origins)))
-            self._origins[(name, version)] = origin
-        return origin
+        """Where an agent version's spec came from: "local" or "api"."""
+        return await _cached(self._origins, name, version, self._load_origin)
 
     async def _load_origin(self, name: str, version: int | None) -> str:
         query = sa.select(agents.c.origin).where(agents.c.name == name)
@@ -96,13 +87,8 @@ class Agents:
         return "local" if row.origin == "local" else "api"
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
-        """A stored agent version; versions are immutable, so a known one is cached."""
-        if version is not None and (name, version) in self._cache:
-            return self._cache[(name, version)]
-        spec = await self._load(name, version)
-        if version is not None:
-            self._remember(name, version, spec)
-        return spec
+        """A stored agent version."""
+        return await _cached(self._cache, name, version, self._load)
 
     async def _load(self, name: str, version: int | None) -> AgentSpec:
         query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
@@ -140,3 +126,28 @@ class Agents:
                 sa.update(agents).where(agents.c.name == name).values(archived=True)
             )
         return result.rowcount > 0
+
+
+T = TypeVar("T")
+
+
+def _keep(cache: dict[tuple[str, int], T], key: tuple[str, int], value: T) -> None:
+    if len(cache) >= 256:
+        cache.pop(next(iter(cache)))
+    cache[key] = value
+
+
+async def _cached(
+    cache: dict[tuple[str, int], T],
+    name: str,
+    version: int | None,
+    load: Callable[[str, int | None], Awaitable[T]],
+) -> T:
+    """Agent versions are immutable: what is known of a (name, version) is kept (the newest
+    version, asked for without a number, is always read)."""
+    if version is not None and (name, version) in cache:
+        return cache[(name, version)]
+    value = await load(name, version)
+    if version is not None:
+        _keep(cache, (name, version), value)
+    return value
