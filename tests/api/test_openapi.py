@@ -21,10 +21,10 @@ from pathlib import Path
 import httpx
 import pytest
 from cryptography.fernet import Fernet
+from test_api import Server
 
 from everruns.api.openapi import document
 from helpers import env_for, stop
-from test_api import Server
 
 ROOT = Path(__file__).resolve().parents[2]
 SPEC = ROOT / "docs" / "openapi.json"

@@ -21,6 +21,7 @@ import pytest
 import sqlalchemy as sa
 import yaml
 from cryptography.fernet import Fernet
+from test_api import Server
 
 from everruns.credentials import KeyPlan, canonical_url, plan_key, url_allowed
 from everruns.settings import Settings
@@ -28,7 +29,6 @@ from everruns.spec import ModelSpec
 from everruns.store import Store
 from everruns.store.schema import agents
 from helpers import cli, env_for, start_worker, stop
-from test_api import Server
 
 pytestmark = pytest.mark.timeout(180)
 

@@ -45,6 +45,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_mcp import EverythingHTTP, everything_http, everything_js  # noqa: F401  (fixtures)
 
 from everruns.cli import load_checked as _load_checked
 from everruns.core.events import INTERRUPTED_MESSAGE, TERMINAL_EVENTS, Event, EventType
@@ -52,7 +53,6 @@ from everruns.core.state import fold, transcript
 from everruns.spec import SpecError, load_spec
 from everruns.store import Store
 from helpers import cli, env_for, start_worker, stop, write_agent
-from test_mcp import EverythingHTTP, everything_http, everything_js  # noqa: F401  (fixtures)
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -29,6 +29,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from test_tools_engine import KILLED, call, harness, result_of
 
 from everruns import journal as j
 from everruns.tools import reaper
@@ -36,7 +37,6 @@ from everruns.tools.base import ToolContext, ToolError
 from everruns.tools.builtins import edit_file, read_file, write_file
 from everruns.tools.shell import run_shell
 from helpers import write_agent
-from test_tools_engine import KILLED, call, harness, result_of
 
 pytestmark = pytest.mark.timeout(120)
 
