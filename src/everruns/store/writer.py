@@ -17,7 +17,11 @@ the others in the batch commit. If a statement raises (bad data), the batch is r
 its appends are retried one per transaction, so only the bad one fails.
 
 Appends with cross-run effects (a terminal event that signals a parent or cancels children) and
-appends inside a caller's transaction stay on the SQLAlchemy path in `store.py`.
+appends inside a caller's transaction stay on the SQLAlchemy path in `store/journal.py`.
+
+This file is over 400 lines on purpose: the two writers share one contract (the request, the
+outcome, the fencing rules and the SQL they build from a projection), and reading them side by
+side is how one checks that SQLite and PostgreSQL behave the same.
 """
 
 from __future__ import annotations
