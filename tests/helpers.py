@@ -154,3 +154,21 @@ class Server:
 
     def stop(self) -> None:
         stop(self.proc)
+
+
+def openai_stream(text: str, prompt_tokens: int, completion_tokens: int) -> bytes:
+    """A complete OpenAI chat-completions SSE body answering `text`, usage in the last chunk
+    (for loopback fake servers that record what they were sent)."""
+    chunk = {"id": "c1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4.1"}
+    usage = {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+    parts = [
+        {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {"content": text}}]},
+        {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
+        {**chunk, "choices": [], "usage": usage},
+    ]
+    return ("".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n").encode()

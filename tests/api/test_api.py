@@ -28,7 +28,16 @@ from cryptography.fernet import Fernet
 
 from everruns import Client
 from everruns.client import ApiError, Event
-from helpers import Server, cli, env_for, read_ledger, start_worker, stop, write_agent
+from helpers import (
+    Server,
+    cli,
+    env_for,
+    openai_stream,
+    read_ledger,
+    start_worker,
+    stop,
+    write_agent,
+)
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -652,24 +661,7 @@ class FakeOpenAI:
                     self.end_headers()
                     self.wfile.write(body)
                     return
-                chunk = {
-                    "id": "c1",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": "gpt-4.1",
-                }
-                parts = [
-                    {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
-                    {**chunk, "choices": [{"index": 0, "delta": {"content": "keyed answer"}}]},
-                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-                    {
-                        **chunk,
-                        "choices": [],
-                        "usage": {"prompt_tokens": 5, "completion_tokens": 2, "total_tokens": 7},
-                    },
-                ]
-                payload = "".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n"
-                data = payload.encode()
+                data = openai_stream("keyed answer", 5, 2)
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("content-length", str(len(data)))

@@ -28,7 +28,7 @@ from everruns.settings import Settings
 from everruns.spec import ModelSpec
 from everruns.store import Store
 from everruns.store.schema import agents
-from helpers import cli, env_for, start_worker, stop
+from helpers import cli, env_for, openai_stream, start_worker, stop
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -49,24 +49,7 @@ class Listener:
                 length = int(self.headers.get("content-length") or 0)
                 self.rfile.read(length)
                 listener.headers.append({k.lower(): v for k, v in self.headers.items()})
-                chunk = {
-                    "id": "c1",
-                    "object": "chat.completion.chunk",
-                    "created": 0,
-                    "model": "gpt-4.1",
-                }
-                parts = [
-                    {**chunk, "choices": [{"index": 0, "delta": {"role": "assistant"}}]},
-                    {**chunk, "choices": [{"index": 0, "delta": {"content": "heard"}}]},
-                    {**chunk, "choices": [{"index": 0, "delta": {}, "finish_reason": "stop"}]},
-                    {
-                        **chunk,
-                        "choices": [],
-                        "usage": {"prompt_tokens": 1, "completion_tokens": 1, "total_tokens": 2},
-                    },
-                ]
-                data = "".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n"
-                body = data.encode()
+                body = openai_stream("heard", 1, 1)
                 self.send_response(200)
                 self.send_header("content-type", "text/event-stream")
                 self.send_header("content-length", str(len(body)))

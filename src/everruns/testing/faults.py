@@ -19,9 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from everruns import journal as j
-from everruns.providers import get_provider
-from everruns.providers.base import LLMRequest, ProviderError, ToolSchema
-from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
+from everruns.providers.base import ProviderError
+from everruns.providers.python import ModelRequest, ModelResponse, ask_model
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.testing._procs import SpecLike, as_spec
 
@@ -134,28 +133,7 @@ async def serve(request: ModelRequest) -> ModelResponse:
     if kind is not None:
         await inject(kind, plan, request)
     inner = ModelSpec.model_validate(plan["model"])
-    response = await get_provider(inner).complete(
-        LLMRequest(
-            model=inner,
-            system=request.system,
-            messages=request.messages,
-            tools=[ToolSchema(t["name"], t["description"], t["parameters"]) for t in request.tools],
-            step=request.step - 1,
-            attempt=request.attempt,
-            purpose=request.purpose,
-        ),
-        lambda _text: None,
-    )
-    message = response.message
-    return ModelResponse(
-        text=message.get("content"),
-        tool_calls=[
-            ToolCall(c["name"], c.get("arguments") or {}, c["id"])
-            for c in message.get("tool_calls") or []
-        ],
-        input_tokens=response.usage.get("input_tokens"),
-        output_tokens=response.usage.get("output_tokens"),
-    )
+    return await ask_model(inner, request)
 
 
 @dataclass(frozen=True)

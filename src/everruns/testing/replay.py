@@ -23,9 +23,8 @@ from typing import Any
 
 from everruns import journal as j
 from everruns.engine import runner
-from everruns.providers import get_provider
-from everruns.providers.base import LLMRequest, ProviderError, ToolSchema
-from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
+from everruns.providers.base import ProviderError
+from everruns.providers.python import ModelRequest, ModelResponse, ToolCall, ask_model
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
 from everruns.testing import journalfile
@@ -209,31 +208,7 @@ class _Session:
                 retryable=False,
             )
         self.live_calls += 1
-        provider = get_provider(self.live)
-        response = await provider.complete(
-            LLMRequest(
-                model=self.live,
-                system=request.system,
-                messages=request.messages,
-                tools=[
-                    ToolSchema(t["name"], t["description"], t["parameters"]) for t in request.tools
-                ],
-                step=request.step - 1,
-                attempt=request.attempt,
-                purpose=request.purpose,
-            ),
-            lambda _text: None,
-        )
-        message = response.message
-        return ModelResponse(
-            text=message.get("content"),
-            tool_calls=[
-                ToolCall(c["name"], c.get("arguments") or {}, c["id"])
-                for c in message.get("tool_calls") or []
-            ],
-            input_tokens=response.usage.get("input_tokens"),
-            output_tokens=response.usage.get("output_tokens"),
-        )
+        return await ask_model(self.live, request)
 
     def tool(self, tool: Tool) -> Tool:
         mode = self.tool_modes.get(tool.name, self.tool_modes.get("*", "replay"))
