@@ -19,19 +19,10 @@ import os
 import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
-from everruns.providers.base import (
-    DeltaCallback,
-    LLMRequest,
-    LLMResponse,
-    ProviderError,
-    ToolSchema,
-)
+from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, ProviderError
 from everruns.providers.errors import RETRYABLE
-
-if TYPE_CHECKING:
-    from everruns.spec import ModelSpec
 
 
 @dataclass(frozen=True)
@@ -214,32 +205,3 @@ def classified(error: ProviderError) -> ProviderError:
     if error.error_class not in RETRYABLE and error.retryable:
         error.retryable = False
     return error
-
-
-async def ask_model(model: ModelSpec, request: ModelRequest) -> ModelResponse:
-    """The other direction: a `ModelRequest` answered by any configured model (the testing
-    plugin's fault injector and replay's live fallback wrap real models this way)."""
-    from everruns.providers import get_provider
-
-    response = await get_provider(model).complete(
-        LLMRequest(
-            model=model,
-            system=request.system,
-            messages=request.messages,
-            tools=[ToolSchema(t["name"], t["description"], t["parameters"]) for t in request.tools],
-            step=request.step - 1,
-            attempt=request.attempt,
-            purpose=request.purpose,
-        ),
-        lambda _text: None,
-    )
-    message = response.message
-    return ModelResponse(
-        text=message.get("content"),
-        tool_calls=[
-            ToolCall(c["name"], c.get("arguments") or {}, c["id"])
-            for c in message.get("tool_calls") or []
-        ],
-        input_tokens=response.usage.get("input_tokens"),
-        output_tokens=response.usage.get("output_tokens"),
-    )

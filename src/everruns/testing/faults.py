@@ -20,9 +20,10 @@ from typing import Any
 
 from everruns import journal as j
 from everruns.providers.base import ProviderError
-from everruns.providers.python import ModelRequest, ModelResponse, ask_model
+from everruns.providers.python import ModelRequest, ModelResponse
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.testing._procs import SpecLike, as_spec
+from everruns.testing.ask import ask_model
 
 SERVE = "everruns.testing.faults:serve"
 PLAN_KEY = "everruns_faults"

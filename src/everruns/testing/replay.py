@@ -24,11 +24,12 @@ from typing import Any
 from everruns import journal as j
 from everruns.engine import runner
 from everruns.providers.base import ProviderError
-from everruns.providers.python import ModelRequest, ModelResponse, ToolCall, ask_model
+from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
 from everruns.testing import journalfile
 from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
+from everruns.testing.ask import ask_model
 from everruns.testing.diff import diff_runs
 from everruns.testing.runs import run_to_end
 from everruns.tools.base import Tool, ToolContext, ToolError
