@@ -30,10 +30,10 @@ def _namespaces() -> Iterator[tuple[str, type, type]]:
     sync, aio = Client("http://127.0.0.1:9"), AsyncClient("http://127.0.0.1:9")
     try:
         yield "client", type(sync), type(aio)
-        for attr in ("agents", "runs"):
+        for attr in ("agents", "runs", "webhooks"):
             yield attr, type(getattr(sync, attr)), type(getattr(aio, attr))
-        assert {k for k in vars(sync) if not k.startswith("_")} == {"agents", "runs"}
-        assert {k for k in vars(aio) if not k.startswith("_")} == {"agents", "runs"}
+        assert {k for k in vars(sync) if not k.startswith("_")} == {"agents", "runs", "webhooks"}
+        assert {k for k in vars(aio) if not k.startswith("_")} == {"agents", "runs", "webhooks"}
     finally:
         sync.close()
 

@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
 from everruns.api.feed import EventFeed
+from everruns.api.idempotency import IdempotencyKeys
 from everruns.api.models import (
     AgentCreate,
     AgentOut,
@@ -27,6 +28,7 @@ from everruns.api.models import (
     ForkCreate,
     MessageCreate,
     Outcome,
+    Receipt,
     RunCreate,
     RunOut,
     RunPage,
@@ -34,6 +36,8 @@ from everruns.api.models import (
 )
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
+from everruns.api.verbs import add_verb_routes, wait_for_event
+from everruns.api.webhooks import add_webhook_routes, url_checker
 from everruns.api.wire import run_to_api
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
@@ -43,7 +47,7 @@ from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
 from everruns.spec import AgentSpec, parse_spec
-from everruns.store import Store, StoreError
+from everruns.store import Store, StoreError, new_id
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
 
@@ -176,6 +180,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body first
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.cors_origins and config.auth_required:
         from starlette.middleware.cors import CORSMiddleware
@@ -184,7 +189,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
         )
     # Added last, so it runs first: a refused request reaches nothing else.
     app.add_middleware(
@@ -216,6 +221,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
 
     auth = [Depends(authorize)]
+    _webhook_url = url_checker(settings)
 
     # ------------------------------------------------------------ health
 
@@ -340,7 +346,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             except StoreError as exc:
                 raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
             await _allowed(store, spec, origin)
-        run_id = await store.create_run(spec, body.input, origin=origin)
+        for hook in body.webhooks:
+            await _webhook_url(hook.url)
+        run_id = new_id()  # the run's webhooks exist before the run can send anything
+        for hook in body.webhooks:
+            await store.webhooks.create(hook.url, hook.events, hook.secret_ref, run_id=run_id)
+        await store.create_run(spec, body.input, origin=origin, run_id=run_id)
         _wake(request_app=app)
         return _run_out(await store.get_run(run_id))
 
@@ -390,8 +401,14 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         return _run_out(await store.get_run(run_id))
 
     @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], dependencies=auth)
-    async def cancel_run(run_id: str, store: StoreDep) -> Outcome:
-        return Outcome(id=run_id, outcome=await store.cancel(run_id))
+    async def cancel_run(run_id: str, store: StoreDep) -> Receipt:
+        before = (await store.get_run(run_id)).last_seq
+        outcome = await store.cancel(run_id)
+        seq = None
+        if outcome in ("cancelled", "requested"):
+            seq = await wait_for_event(store, run_id, before, frozenset(TERMINAL_EVENTS))
+            outcome = "cancelled" if seq is not None else outcome
+        return Receipt(id=run_id, outcome=outcome, seq=seq)
 
     @app.post("/v1/runs/{run_id}/pause", tags=["runs"], dependencies=auth)
     async def pause_run(run_id: str, store: StoreDep) -> Outcome:
@@ -506,6 +523,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     add_secret_routes(app, auth)
+    add_verb_routes(app, auth, StoreDep, lambda: _wake(app))
+    add_webhook_routes(app, auth, StoreDep, _webhook_url)
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)

@@ -16,10 +16,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from everruns.core.decide import Act, Compact, Complete, Fail, Reason, Wait, decide
+from everruns.core.decide import Act, Compact, Complete, Fail, Grade, Reason, Wait, decide
 from everruns.core.events import EventType
+from everruns.core.interrupt import cut
 from everruns.core.state import State
 from everruns.engine.broker import Broker
+from everruns.engine.grader import grade
 from everruns.engine.keys import bindings
 from everruns.engine.llm_step import LLMStep
 from everruns.engine.mcp_tools import load_mcp_tools
@@ -54,6 +56,7 @@ class StopReason:
     CANCEL = "cancel"  # a user cancelled the run
     SHUTDOWN = "shutdown"  # the worker is stopping: release the lease
     LOST = "lost"  # the lease was taken over: write nothing
+    INTERRUPT = "interrupt"  # a user interrupted the atom: journal the cut, park the run
 
 
 class RunRunner:
@@ -68,6 +71,7 @@ class RunRunner:
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False
+        self.steer_requested = False  # a steer was journaled: fold it in before deciding
         self.spec: AgentSpec | None = None
         self.origin = "api"  # where the spec came from (the agent version says)
         self.tools: dict[str, Tool] = {}
@@ -128,6 +132,8 @@ class RunRunner:
                 await asyncio.shield(self._finish_cancelled())
             elif reason == StopReason.SHUTDOWN:
                 await asyncio.shield(self._release_for_shutdown())
+            elif reason == StopReason.INTERRUPT:
+                await asyncio.shield(self._finish_interrupted())
         except Fenced:
             pass
 
@@ -140,6 +146,26 @@ class RunRunner:
             EventType.RUN_CANCELLED,
             {"reason": "cancelled by user"},
         )
+
+    async def _finish_interrupted(self) -> None:
+        """Journal what the interrupt cut (core/interrupt.py) and park the run: the
+        `run.interrupted` append releases the lease; the next user message wakes it."""
+        await self.log.flush()
+        await self.log.refold()  # signals journaled meanwhile
+        if self.state.terminal:
+            return
+        effects = {name: t.effect for name, t in self.tools.items()}
+        results, summary = cut(self.state, effects)
+        for kind, data in results:
+            await self.log.append(kind, data, defer=True)
+        await self.log.append(EventType.RUN_INTERRUPTED, summary)
+
+    async def _take_steer(self) -> None:
+        """A steer was journaled: fold it in now, so `decide` skips the calls not started."""
+        self.steer_requested = False
+        await self.log.flush()
+        await self.store.clear_steer(self.run_id, self.epoch)
+        await self.log.refold()
 
     async def _run(self) -> None:
         try:
@@ -220,7 +246,12 @@ class RunRunner:
                     {"by": "user"},
                 )
                 return
+            if self.steer_requested:
+                await self._take_steer()
             atom = decide(self.state, spec, time.time(), effects)
+            if isinstance(atom, Grade):
+                await grade(self.log, self.store, settings, spec, atom, self.origin)
+                continue
             if isinstance(atom, Reason):
                 waiting = await llm.reason(atom)
                 if waiting is not None:
