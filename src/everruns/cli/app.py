@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, maintenance, runs, schedules, serve
+from everruns.cli import access, maintenance, runs, schedules, serve, verbs
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -43,6 +43,7 @@ def _root(
 
 
 app.add_typer(maintenance.db_app, name="db")
+maintenance.db_app.command("retention")(verbs.retention)
 app.command()(maintenance.validate)
 app.command()(runs.start)
 app.command()(runs.run)
@@ -54,6 +55,8 @@ app.command()(runs.cancel)
 app.command()(runs.approve)
 app.command()(runs.deny)
 app.command()(runs.message)
+app.command()(verbs.steer)
+app.command()(verbs.interrupt)
 app.command()(runs.workspace)
 app.command()(serve.server)
 app.add_typer(access.token_app, name="token")

@@ -16,8 +16,11 @@ from everruns.spec import AgentSpec
 
 
 class Backend(Protocol):
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        """Queue a run of `spec`; its id."""
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+    ) -> str:
+        """Queue a run of `spec`; its id. A repeat with the same `idempotency_key` (and the
+        same spec and input) returns the first run's id instead of starting another."""
         ...
 
     async def get_run(self, run_id: str) -> RunView: ...
@@ -44,6 +47,14 @@ class Backend(Protocol):
 
     async def message(self, run_id: str, text: str) -> int:
         """Journal a user message; its seq."""
+        ...
+
+    async def steer(self, run_id: str, text: str) -> int:
+        """Journal a steering message (injected within the current turn); its seq."""
+        ...
+
+    async def interrupt(self, run_id: str) -> tuple[str, int | None]:
+        """Cut the in-flight atom and park the run: (outcome, seq of run.interrupted)."""
         ...
 
 

@@ -30,8 +30,13 @@ class RemoteBackend:
         async with AsyncClient(server, token) as client:
             yield cls(client)
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        return (await self.client.runs.start(spec=spec.to_dict(), input=input)).id
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+    ) -> str:
+        run = await self.client.runs.start(
+            spec=spec.to_dict(), input=input, idempotency_key=idempotency_key
+        )
+        return run.id
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.client.runs.get(run_id))
@@ -63,3 +68,13 @@ class RemoteBackend:
         if seq is None:
             raise CliError(f"the server did not journal the message to {run_id}")
         return seq
+
+    async def steer(self, run_id: str, text: str) -> int:
+        seq = (await self.client.runs.steer(run_id, text)).seq
+        if seq is None:
+            raise CliError(f"the server did not journal the steer of {run_id}")
+        return seq
+
+    async def interrupt(self, run_id: str) -> tuple[str, int | None]:
+        receipt = await self.client.runs.interrupt(run_id)
+        return receipt.outcome, receipt.seq

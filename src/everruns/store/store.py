@@ -24,6 +24,7 @@ from everruns.store.fleet import Fleet
 from everruns.store.idempotency import Idempotency
 from everruns.store.journal import Journal
 from everruns.store.memory import Memory
+from everruns.store.retention import Retention
 from everruns.store.runs import Runs
 from everruns.store.schedules import Schedules
 from everruns.store.webhooks import Webhooks
@@ -49,6 +50,7 @@ class Store:
         self.blobs = blobs = Blobs(self.db)
         self.idempotency = Idempotency(self.db)
         self.webhooks = Webhooks(self.db, agents)
+        self.retention = Retention(self.db)
 
         # journal
         self.append = journal.append
