@@ -18,6 +18,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
+from everruns.api.deps import StoreDep, store_of
 from everruns.api.feed import EventFeed
 from everruns.api.idempotency import IdempotencyKeys
 from everruns.api.models import (
@@ -116,13 +117,6 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
         413, "too-large", "Request too large", f"the body exceeds {limit} bytes", scope.get("path")
     )
     await response(scope, receive, send)
-
-
-def store_of(request: Request) -> Store:
-    return request.app.state.store
-
-
-StoreDep = Annotated[Store, Depends(store_of)]
 
 
 def _run_out(row: Any) -> RunOut:
@@ -523,8 +517,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     add_secret_routes(app, auth)
-    add_verb_routes(app, auth, StoreDep, lambda: _wake(app))
-    add_webhook_routes(app, auth, StoreDep, _webhook_url)
+    add_verb_routes(app, auth, lambda: _wake(app))
+    add_webhook_routes(app, auth, _webhook_url)
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)

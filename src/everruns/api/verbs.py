@@ -16,6 +16,7 @@ from typing import Any
 
 from fastapi import FastAPI
 
+from everruns.api.deps import StoreDep
 from everruns.api.models import MessageCreate, Receipt
 from everruns.core.events import RUN_INTERRUPTED, TERMINAL_EVENTS
 from everruns.store import Store
@@ -38,11 +39,9 @@ async def wait_for_event(
         await asyncio.sleep(0.1)
 
 
-def add_verb_routes(
-    app: FastAPI, auth: list[Any], store_dep: Any, wake: Callable[[], None]
-) -> None:
+def add_verb_routes(app: FastAPI, auth: list[Any], wake: Callable[[], None]) -> None:
     @app.post("/v1/runs/{run_id}/steer", tags=["runs"], status_code=201, dependencies=auth)
-    async def steer_run(run_id: str, body: MessageCreate, store: store_dep) -> Receipt:
+    async def steer_run(run_id: str, body: MessageCreate, store: StoreDep) -> Receipt:
         """Redirect the run within its current turn: the message is journaled at once and
         injected at the next step boundary (after the in-flight LLM call or tool batch);
         tool calls the model planned but has not started are skipped."""
@@ -51,7 +50,7 @@ def add_verb_routes(
         return Receipt(id=run_id, outcome="steered", seq=event.seq)
 
     @app.post("/v1/runs/{run_id}/interrupt", tags=["runs"], dependencies=auth)
-    async def interrupt_run(run_id: str, store: store_dep) -> Receipt:
+    async def interrupt_run(run_id: str, store: StoreDep) -> Receipt:
         """Stop the in-flight LLM call and tools now (pure/idempotent calls are cancelled,
         at_most_once ones are marked outcome-unknown), journal what was cut
         (`run.interrupted`) and park the run until the next user message."""

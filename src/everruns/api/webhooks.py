@@ -7,6 +7,7 @@ from typing import Annotated, Any
 
 from fastapi import FastAPI, Query
 
+from everruns.api.deps import StoreDep
 from everruns.api.models import DeliveryOut, WebhookCreate, WebhookOut
 from everruns.api.problems import Problem
 from everruns.settings import Settings
@@ -33,9 +34,9 @@ def url_checker(settings: Settings) -> UrlCheck:
     return check
 
 
-def add_webhook_routes(app: FastAPI, auth: list[Any], store_dep: Any, check: UrlCheck) -> None:
+def add_webhook_routes(app: FastAPI, auth: list[Any], check: UrlCheck) -> None:
     @app.post("/v1/webhooks", tags=["webhooks"], status_code=201, dependencies=auth)
-    async def create_webhook(body: WebhookCreate, store: store_dep) -> WebhookOut:
+    async def create_webhook(body: WebhookCreate, store: StoreDep) -> WebhookOut:
         """A global webhook (every run's events), or one run's with `run_id`. Deliveries
         are POSTs signed with the stored secret `secret_ref` (HMAC-SHA256)."""
         await check(body.url)
@@ -48,13 +49,13 @@ def add_webhook_routes(app: FastAPI, auth: list[Any], store_dep: Any, check: Url
 
     @app.get("/v1/webhooks", tags=["webhooks"], dependencies=auth)
     async def list_webhooks(
-        store: store_dep, run_id: Annotated[str | None, Query(max_length=40)] = None
+        store: StoreDep, run_id: Annotated[str | None, Query(max_length=40)] = None
     ) -> list[WebhookOut]:
         return [WebhookOut(**h) for h in await store.webhooks.subscriptions(run_id)]
 
     @app.get("/v1/webhooks/deliveries", tags=["webhooks"], dependencies=auth)
     async def list_deliveries(
-        store: store_dep,
+        store: StoreDep,
         run_id: Annotated[str | None, Query(max_length=40)] = None,
         status: Annotated[str | None, Query(pattern="^(pending|delivered|failed)$")] = None,
         limit: Annotated[int, Query(ge=1, le=1000)] = 200,
@@ -64,7 +65,7 @@ def add_webhook_routes(app: FastAPI, auth: list[Any], store_dep: Any, check: Url
         return [DeliveryOut(**d) for d in rows]
 
     @app.delete("/v1/webhooks/{webhook_id}", tags=["webhooks"], status_code=204, dependencies=auth)
-    async def delete_webhook(webhook_id: str, store: store_dep) -> None:
+    async def delete_webhook(webhook_id: str, store: StoreDep) -> None:
         if not await store.webhooks.delete(webhook_id):
             raise Problem(
                 404, "webhook-not-found", "Webhook not found", f"no webhook {webhook_id!r}"

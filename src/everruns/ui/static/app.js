@@ -1,5 +1,6 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
+import { mountVerbs } from "./verbs.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -529,7 +530,7 @@ function runPage(runId) {
             { onsubmit: (e) => { e.preventDefault(); sendMessage(); } },
             h("label", { for: "message", class: "visually-hidden" }, "Message to the agent"),
             message,
-            h("div", { class: "row" }, sendBtn),
+            h("div", { class: "row", id: "composer-row" }, sendBtn),
           ),
         ),
       ),
@@ -555,6 +556,15 @@ function runPage(runId) {
       ),
     ),
   );
+
+  // Steer, interrupt, the grader's verdict and webhook deliveries (verbs.js).
+  const verbs = mountVerbs(runId, { h, api, act, toast }, {
+    message,
+    composerRow: main.querySelector("#composer-row"),
+    actions: main.querySelector(".run-side .actions"),
+    side: main.querySelector(".run-side"),
+    onChange: () => refreshRow().then(() => connect()).catch(() => {}),
+  });
 
   // ---- header, stats and buttons
   const renderHead = () => {
@@ -1049,6 +1059,7 @@ function runPage(runId) {
   const refreshRow = async () => {
     st.row = await api(`/v1/runs/${encodeURIComponent(runId)}`);
     renderHead();
+    verbs.update(st.row);
     // New events while no stream is open (a message after the end, a resume): follow again.
     if (!st.es && !st.retryTimer && st.row.last_seq > st.lastSeq) {
       if (TERMINAL.has(st.row.status)) await fill();
