@@ -17,7 +17,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns.api import problems
+from everruns.api import idempotency, problems
 from everruns.api.deps import StoreDep, store_of
 from everruns.api.feed import EventFeed
 from everruns.api.idempotency import IdempotencyKeys
@@ -523,6 +523,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     add_schedule_routes(app, auth, _checked)
     mount_ui(app)
+    idempotency.document(app)  # the Idempotency-Key header on every state change
     return app
 
 

@@ -16,7 +16,9 @@ import asyncio
 import hashlib
 import json
 import time
+from typing import Any
 
+from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
@@ -166,3 +168,33 @@ async def _replay(replay: Replay, send: Send) -> None:
     ]
     await send({"type": "http.response.start", "status": replay.status, "headers": headers})
     await send({"type": "http.response.body", "body": body})
+
+
+PARAMETER = {
+    "name": "Idempotency-Key",
+    "in": "header",
+    "required": False,
+    "schema": {"type": "string", "minLength": 1, "maxLength": MAX_KEY, "pattern": "^[!-~]+$"},
+    "description": "Retry-safe: a repeat with the same key and body returns the first "
+    "response (kept at least 24 h); the same key with another body is a 422.",
+}
+
+
+def document(app: FastAPI) -> None:
+    """Add the header to every state-changing operation of the OpenAPI document, so routes
+    added anywhere get it (the middleware applies to them all)."""
+    build = app.openapi
+
+    def openapi() -> dict[str, Any]:
+        if app.openapi_schema is not None:
+            return app.openapi_schema
+        schema = build()
+        for operations in schema.get("paths", {}).values():
+            for method, operation in operations.items():
+                if method.upper() in METHODS:
+                    params = operation.setdefault("parameters", [])
+                    if not any(p.get("name") == PARAMETER["name"] for p in params):
+                        params.append(dict(PARAMETER))
+        return schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
