@@ -21,7 +21,7 @@ from everruns.api.models import MessageCreate, Receipt
 from everruns.core.events import RUN_INTERRUPTED, TERMINAL_EVENTS
 from everruns.store import Store
 
-RECEIPT_WAIT = 10.0
+RECEIPT_WAIT = 5.0
 
 
 async def wait_for_event(

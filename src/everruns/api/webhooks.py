@@ -10,8 +10,9 @@ from fastapi import FastAPI, Query
 from everruns.api.deps import StoreDep
 from everruns.api.models import DeliveryOut, WebhookCreate, WebhookOut
 from everruns.api.problems import Problem
+from everruns.errors import ToolError
 from everruns.settings import Settings
-from everruns.tools.web import SSRFError, check_url
+from everruns.tools.web import check_url
 
 UrlCheck = Callable[[str], Awaitable[None]]
 
@@ -22,7 +23,7 @@ def url_checker(settings: Settings) -> UrlCheck:
     async def check(url: str) -> None:
         try:
             await check_url(url, settings.allow_private_networks)
-        except SSRFError as exc:
+        except ToolError as exc:  # refused by the guard (SSRFError), or no such host
             raise Problem(
                 422,
                 "invalid-webhook",
