@@ -1,6 +1,6 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
-import { mountVerbs } from "./verbs.js";
+import { VERB_EVENTS, mountVerbs, renderVerbEvent, verbStatus } from "./verbs.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -880,7 +880,7 @@ function runPage(runId) {
           title: ["Child run ", h("a", { href: `#/runs/${encodeURIComponent(d.run_id)}`, class: "mono" }, d.run_id), ` ${d.status}`],
         };
       default:
-        return {
+        return renderVerbEvent(ev, h) || {
           compact: true,
           title: h("strong", {}, ev.type),
           body: h("details", {}, h("summary", {}, "Data"), h("pre", {}, json(d))),
@@ -951,12 +951,12 @@ function runPage(runId) {
       case "llm.started": st.usage.calls += 1; break;
       case "llm.completed": st.steps += 1; endStream(false); break;
       case "llm.failed": endStream(true); break;
-      default: break;
+      default: st.status = verbStatus(ev.type) || st.status; break;
     }
     // A run-level event while a call streams (takeover, failure, pause): that attempt is over.
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
     const u = d.usage;
-    if (u && ["llm.completed", "llm.failed", "context.compacted"].includes(ev.type)) {
+    if (u && ["llm.completed", "llm.failed", "context.compacted", "outcome.graded"].includes(ev.type)) {
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
@@ -1033,7 +1033,7 @@ function runPage(runId) {
       setConn("live", "live");
     };
     es.onmessage = onEvent;
-    for (const type of [...EVENT_TYPES, "llm.delta"]) es.addEventListener(type, onEvent);
+    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta"]) es.addEventListener(type, onEvent);
     es.onerror = () => {
       if (st.es !== es) return;
       if (TERMINAL.has(st.status) && (!st.row || st.row.last_seq <= st.lastSeq)) {

@@ -1,6 +1,39 @@
 // Run verbs in the web UI: steer and interrupt buttons, the grader's verdict, and the run's
 // webhook deliveries with their attempts. Mounted by app.js's run page (small hooks only).
 
+// Journal events of the run verbs (SSE listeners, the timeline, the status).
+export const VERB_EVENTS = ["run.interrupted", "outcome.grading", "outcome.graded"];
+
+export function verbStatus(type) {
+  return type === "run.interrupted" ? "waiting" : null;
+}
+
+// A timeline item for a verb event, or null for the generic one.
+export function renderVerbEvent(ev, h) {
+  const d = ev.data || {};
+  if (ev.type === "run.interrupted") {
+    const cut = (d.tools || []).map((t) => `${t.name} (${t.outcome})`);
+    if (d.llm) cut.unshift(`LLM call, attempt ${d.llm.attempt}`);
+    return {
+      compact: true,
+      cls: "error",
+      title: [h("strong", {}, "Interrupted"), ` · cut: ${cut.join(", ") || "nothing in flight"} · waits for a message`],
+    };
+  }
+  if (ev.type === "outcome.grading") {
+    return { compact: true, title: [h("strong", {}, "Grading"), ` the answer (iteration ${d.iteration}, ${d.model})`] };
+  }
+  if (ev.type === "outcome.graded") {
+    return {
+      compact: true,
+      cls: d.passed ? "ok" : "error",
+      title: [h("strong", {}, `Grader: ${String(d.verdict || "").replace("_", " ")}`), ` · iteration ${d.iteration}`],
+      body: d.feedback ? h("div", { class: "callout" }, d.feedback) : null,
+    };
+  }
+  return null;
+}
+
 function fmtWhen(ts) {
   return ts ? new Date(ts * 1000).toLocaleTimeString() : "";
 }
