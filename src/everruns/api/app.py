@@ -396,12 +396,14 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], dependencies=auth)
     async def cancel_run(run_id: str, store: StoreDep) -> Receipt:
+        """Cancel: `outcome` as always ("cancelled", "requested" when its worker stops it, or
+        the status it already had); `seq` is the `run.cancelled` event's (waited for briefly
+        when requested)."""
         before = (await store.get_run(run_id)).last_seq
         outcome = await store.cancel(run_id)
         seq = None
         if outcome in ("cancelled", "requested"):
             seq = await wait_for_event(store, run_id, before, frozenset(TERMINAL_EVENTS))
-            outcome = "cancelled" if seq is not None else outcome
         return Receipt(id=run_id, outcome=outcome, seq=seq)
 
     @app.post("/v1/runs/{run_id}/pause", tags=["runs"], dependencies=auth)
