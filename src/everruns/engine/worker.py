@@ -19,6 +19,8 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
+from everruns import metrics
+from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
 from everruns.engine.signals import Listener
@@ -71,6 +73,7 @@ class Worker:
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
+        self._inflight = metrics.INFLIGHT.labels(self.worker_id)
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.listener: Listener | None = None
@@ -113,6 +116,9 @@ class Worker:
                 await self.options.mcp_pool.close()
             with contextlib.suppress(Exception):
                 await self.store.stop_worker(self.worker_id)
+            metrics.INFLIGHT.remove(self.worker_id)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(tracing.flush)
 
     async def _claim_loop(self) -> None:
         schedules_at = -1e9  # monotonic time due schedules were last fired
@@ -162,6 +168,7 @@ class Worker:
         runner.on_started = self._started
         task = asyncio.create_task(runner.run(), name=f"run-{claim.run_id}")
         self.active[claim.run_id] = (task, runner)
+        self._inflight.set(len(self.active))
         task.add_done_callback(functools.partial(self._finished, claim.run_id))
         if self.on_claim is not None:
             self.on_claim(claim)
@@ -174,6 +181,7 @@ class Worker:
         current = self.active.get(run_id)
         if current is not None and current[0] is task:
             del self.active[run_id]
+            self._inflight.set(len(self.active))
         if not task.cancelled() and task.exception() is not None:
             log.error("run %s crashed in the engine", run_id, exc_info=task.exception())
         self._wakeup.set()
