@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import logging
 import os
 import socket
@@ -95,7 +96,9 @@ class Worker:
         self._wakeup.set()
 
     async def run(self) -> None:
-        await self.store.register_worker(self.worker_id)
+        await self.store.register_worker(
+            self.worker_id, version=_version(), clock_skew=await self._clock_skew()
+        )
         background = [
             asyncio.create_task(self._renew_loop()),
             asyncio.create_task(self._control_loop()),
@@ -186,10 +189,24 @@ class Worker:
             log.error("run %s crashed in the engine", run_id, exc_info=task.exception())
         self._wakeup.set()
 
+    async def _clock_skew(self) -> float | None:
+        try:
+            return await self.store.health.clock_skew()
+        except Exception:
+            log.warning("could not read the database's clock", exc_info=True)
+            return None
+
     async def _renew_loop(self) -> None:
         interval = self.lease_ttl / 3
+        clock_at = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            if time.monotonic() - clock_at >= 60:  # the clock offset, for `everruns doctor`
+                clock_at = time.monotonic()
+                skew = await self._clock_skew()
+                if skew is not None:
+                    with contextlib.suppress(Exception):
+                        await self.store.report_clock(self.worker_id, skew)
             # Judge only the runs this renewal asked about: a run claimed while it
             # was in flight is not in its answer, but is not lost either.
             asked = dict(self.active)
@@ -272,6 +289,13 @@ class Worker:
             del run_id
         if pending:
             await asyncio.wait(pending, timeout=5)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("everruns")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _configure_sandbox(settings: Settings, database_url: str) -> None:
