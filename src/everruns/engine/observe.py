@@ -74,24 +74,24 @@ class RunObserver:
         data = event.data
         if data.get("takeover"):
             kind = "takeover"
-            m.TAKEOVERS.labels(self.agent).inc()
+            m.child(m.TAKEOVERS, self.agent).inc()
             if self._last_ts is not None:
                 m.TAKEOVER_SECONDS.observe(max(0.0, event.ts - self._last_ts))
         else:
             kind = "resumed" if data.get("resumed") else "fresh"
-        m.RUN_STARTS.labels(self.agent, kind).inc()
+        m.child(m.RUN_STARTS, self.agent, kind).inc()
 
     def _run_completed(self, event: Event) -> None:
-        m.RUN_COMPLETIONS.labels(self.agent).inc()
+        m.child(m.RUN_COMPLETIONS, self.agent).inc()
 
     def _run_failed(self, event: Event) -> None:
-        m.RUN_FAILURES.labels(self.agent, str(event.data.get("reason") or "unknown")).inc()
+        m.child(m.RUN_FAILURES, self.agent, str(event.data.get("reason") or "unknown")).inc()
 
     def _run_cancelled(self, event: Event) -> None:
-        m.RUN_CANCELLATIONS.labels(self.agent).inc()
+        m.child(m.RUN_CANCELLATIONS, self.agent).inc()
 
     def _run_waiting(self, event: Event) -> None:
-        m.DURABLE_WAITS.labels(str(event.data.get("reason") or "signal")).inc()
+        m.child(m.DURABLE_WAITS, str(event.data.get("reason") or "signal")).inc()
 
     def _llm_started(self, event: Event) -> None:
         provider, model = m.split_label(str(event.data.get("model", "")))
@@ -99,9 +99,10 @@ class RunObserver:
 
     def _llm_completed(self, event: Event) -> None:
         self._llm_ended(event, "ok")
-        provider, model = m.split_label(str(event.data.get("model", "")))
         if self._llm is not None:
             provider, model = self._llm[1], self._llm[2]
+        else:
+            provider, model = m.split_label(str(event.data.get("model", "")))
         self._llm = None
         _charge(provider, model, event.data.get("usage") or {})
 
@@ -109,15 +110,15 @@ class RunObserver:
         self._llm_ended(event, "error")
         provider, model = m.split_label(str(event.data.get("model", "")))
         self._llm = None
-        m.PROVIDER_ERRORS.labels(provider, model, str(event.data.get("class") or "unknown")).inc()
+        m.child(m.PROVIDER_ERRORS, provider, model, str(event.data.get("class") or "unknown")).inc()
         if event.data.get("breaker_open_until") is not None:
-            m.BREAKER_OPENINGS.labels(f"{provider}:{model}").inc()
+            m.child(m.BREAKER_OPENINGS, f"{provider}:{model}").inc()
         _charge(provider, model, event.data.get("usage") or {})
 
     def _llm_ended(self, event: Event, outcome: str) -> None:
         if self._llm is not None:
             started, provider, model = self._llm
-            m.LLM_SECONDS.labels(provider, model, outcome).observe(max(0.0, event.ts - started))
+            m.child(m.LLM_SECONDS, provider, model, outcome).observe(max(0.0, event.ts - started))
 
     def _compacted(self, event: Event) -> None:
         provider, model = m.split_label(str(event.data.get("model", "")))
@@ -129,17 +130,17 @@ class RunObserver:
     def _tool_ended(self, event: Event) -> None:
         started = self._tools.pop(str(event.data.get("call_id")), None)
         if event.type == EventType.TOOL_WAITING:
-            m.DURABLE_WAITS.labels(str(event.data.get("reason") or "sleep")).inc()
+            m.child(m.DURABLE_WAITS, str(event.data.get("reason") or "sleep")).inc()
         if started is None:
             return  # no start under this claim (interrupted, denied, woken)
         outcome = _TOOL_OUTCOMES[event.type]
-        m.TOOL_SECONDS.labels(started[1], outcome).observe(max(0.0, event.ts - started[0]))
+        m.child(m.TOOL_SECONDS, started[1], outcome).observe(max(0.0, event.ts - started[0]))
 
 
 def _charge(provider: str, model: str, usage: dict[str, Any]) -> None:
     for kind in ("input_tokens", "output_tokens", "cached_input_tokens"):
         value = usage.get(kind)
         if value:
-            m.LLM_TOKENS.labels(provider, model, kind.removesuffix("_tokens")).inc(value)
+            m.child(m.LLM_TOKENS, provider, model, kind.removesuffix("_tokens")).inc(value)
     if usage.get("cost_usd"):
-        m.LLM_COST.labels(provider, model).inc(float(usage["cost_usd"]))
+        m.child(m.LLM_COST, provider, model).inc(float(usage["cost_usd"]))
