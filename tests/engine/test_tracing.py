@@ -15,6 +15,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+import httpx
 import pytest
 
 from everruns.core.events import Event, EventType
@@ -26,6 +27,7 @@ from everruns.store import Store
 from helpers import (
     OtlpReceiver,
     env_for,
+    free_port,
     start_worker,
     stop,
     wait_until,
@@ -82,7 +84,10 @@ async def test_a_run_with_a_tool_and_a_sub_agent_is_one_trace_linked_to_the_chil
     )
     store = await Store.open(sqlite_url)
     run_id = await store.create_run(load_spec(spec), "go")
-    worker = start_worker(env, "--poll-interval", "0.05", log=tmp_path / "worker.log")
+    port = free_port()
+    worker = start_worker(
+        env, "--poll-interval", "0.05", "--metrics-port", str(port), log=tmp_path / "worker.log"
+    )
     try:
 
         async def both_done() -> bool:
@@ -92,6 +97,11 @@ async def test_a_run_with_a_tool_and_a_sub_agent_is_one_trace_linked_to_the_chil
         await wait_until(both_done, timeout=60, what="parent and child completed")
         events = await store.load_events(run_id)
         (child_id,) = [e.data["child"] for e in events if e.data.get("child")]
+        # The worker's own metrics endpoint counted the same runs.
+        scraped = await asyncio.to_thread(_text, f"http://127.0.0.1:{port}/metrics")
+        assert 'everruns_run_completions_total{agent="parent"} 1.0' in scraped
+        assert 'everruns_run_completions_total{agent="child"} 1.0' in scraped
+        assert 'everruns_tool_seconds_count{outcome="ok",tool="show_trace"} 1.0' in scraped
     finally:
         assert stop(worker) == 0, (tmp_path / "worker.log").read_text()[-3000:]
         await store.close()
@@ -298,6 +308,10 @@ def test_tracing_is_off_without_otel_variables() -> None:
     assert tracing.parse_traceparent("garbage") is None
 
 
+def _text(url: str) -> str:
+    return httpx.get(url, timeout=10).text
+
+
 def _async(predicate: Any) -> Any:
     async def check() -> bool:
         return bool(predicate())
@@ -314,9 +328,6 @@ def _waterfall(spans: list[dict[str, Any]], path: Path) -> None:
     extra = os.environ.get("EVERRUNS_WATERFALL_OUT")
     if extra:
         Path(extra).write_text(svg)
-
-
-_ = asyncio  # the module's tests are async (asyncio_mode=auto)
 
 
 def test_without_otel_variables_the_sdk_is_never_imported() -> None:
