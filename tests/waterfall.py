@@ -15,7 +15,7 @@ def render_svg(spans: list[dict[str, Any]]) -> str:
     rows = _ordered(spans)
     start = min(s["start"] for s in spans)
     end = max(s["end"] for s in spans)
-    scale = (WIDTH - LABEL - 20) / max(end - start, 1e-6)
+    scale = (WIDTH - LABEL - 70) / max(end - start, 1e-6)
     height = ROW * (len(rows) + 2)
     out = [
         f'<svg xmlns="http://www.w3.org/2000/svg" width="{WIDTH}" height="{height}" '
@@ -35,10 +35,7 @@ def render_svg(spans: list[dict[str, Any]]) -> str:
             f'<rect x="{x:.1f}" y="{y + 2}" width="{w:.1f}" height="{ROW - 8}" rx="2" '
             f'fill="{color}"/>'
         )
-        out.append(
-            f'<text x="{min(x + w + 4, WIDTH - 60):.1f}" y="{y + 13}" '
-            f'fill="#555">{ms:.0f} ms</text>'
-        )
+        out.append(f'<text x="{x + w + 4:.1f}" y="{y + 13}" fill="#555">{ms:.0f} ms</text>')
     out.append("</svg>")
     return "\n".join(out)
 

@@ -121,3 +121,29 @@ async def test_metrics_follow_the_journal(tmp_path: Path, db_url: str) -> None:
     assert value(after, "everruns_queue_depth") == 0
     assert value(after, "everruns_queue_oldest_runnable_seconds") == 0
     assert value(after, "everruns_inflight_runs") == 0
+
+
+async def test_the_grafana_dashboard_only_uses_metrics_that_exist(sqlite_url: str) -> None:
+    import json
+    import re
+
+    from everruns.api.metrics import exposition
+
+    store = await Store.open(sqlite_url)
+    try:
+        text = (await exposition(store)).decode()
+    finally:
+        await store.close()
+    exported = {s.name for f in text_string_to_metric_families(text) for s in f.samples}
+    exported |= {f.name for f in text_string_to_metric_families(text)}
+    # Families with no samples yet (no label values seen) still announce themselves.
+    exported |= set(re.findall(r"^# TYPE (\S+)", text, re.M))
+    dashboard = (Path(__file__).parents[2] / "docs" / "grafana-dashboard.json").read_text()
+    used = set(re.findall(r"everruns_[a-z_]+", json.dumps(json.loads(dashboard))))
+    suffixes = ("_bucket", "_count", "_sum", "_total")
+    missing = {
+        name
+        for name in used
+        if name not in exported and not any(name.removesuffix(s) in exported for s in suffixes)
+    }
+    assert not missing, missing

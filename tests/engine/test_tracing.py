@@ -58,7 +58,13 @@ async def test_a_run_with_a_tool_and_a_sub_agent_is_one_trace_linked_to_the_chil
         "name": "child",
         "model": {
             "provider": "scripted",
-            "responses": [{"text": "child done", "usage": {"input_tokens": 7, "output_tokens": 3}}],
+            "responses": [
+                {
+                    "text": "child done",
+                    "delay": 0.3,
+                    "usage": {"input_tokens": 7, "output_tokens": 3},
+                }
+            ],
         },
     }
     spec = write_agent(
@@ -67,14 +73,16 @@ async def test_a_run_with_a_tool_and_a_sub_agent_is_one_trace_linked_to_the_chil
             {
                 "tool_calls": [{"name": "show_trace", "arguments": {}}],
                 "usage": {"input_tokens": 11, "output_tokens": 5},
+                "delay": 0.3,
             },
             {
                 "tool_calls": [
                     {"name": "spawn_agent", "arguments": {"input": "help", "spec": child}}
                 ],
                 "usage": {"input_tokens": 13, "output_tokens": 6},
+                "delay": 0.3,
             },
-            {"text": "all done", "usage": {"input_tokens": 17, "output_tokens": 4}},
+            {"text": "all done", "usage": {"input_tokens": 17, "output_tokens": 4}, "delay": 0.3},
         ],
         [{"python": "tracetools:show_trace"}, {"builtin": "subagents"}],
         name="parent",
@@ -83,12 +91,17 @@ async def test_a_run_with_a_tool_and_a_sub_agent_is_one_trace_linked_to_the_chil
         sqlite_url, **receiver.env(OTEL_INSTRUMENTATION_GENAI_CAPTURE_MESSAGE_CONTENT="true")
     )
     store = await Store.open(sqlite_url)
-    run_id = await store.create_run(load_spec(spec), "go")
     port = free_port()
     worker = start_worker(
         env, "--poll-interval", "0.05", "--metrics-port", str(port), log=tmp_path / "worker.log"
     )
     try:
+
+        async def worker_up() -> bool:
+            return bool(await store.list_workers())
+
+        await wait_until(worker_up, timeout=60, what="the worker")  # the trace starts at creation
+        run_id = await store.create_run(load_spec(spec), "go")
 
         async def both_done() -> bool:
             runs = await store.list_runs()
@@ -342,3 +355,27 @@ def test_without_otel_variables_the_sdk_is_never_imported() -> None:
     )
     result = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
     assert result.returncode == 0, result.stderr
+
+
+def test_api_requests_on_a_run_are_server_spans_linked_to_it(sqlite_url: str) -> None:
+    from fastapi.testclient import TestClient
+
+    from everruns.api.app import ApiConfig, create_app
+
+    sink = ListSink()
+    tracing.set_sink(sink)
+    try:
+        app = create_app(ApiConfig(database_url=sqlite_url, embedded_worker=False))
+        with TestClient(app, base_url="http://127.0.0.1") as client:
+            parent = "00-" + "ab" * 16 + "-" + "cd" * 8 + "-01"
+            r = client.get("/v1/runs/run_nope/events", headers={"traceparent": parent})
+            assert r.status_code == 404
+            assert client.get("/v1/health").status_code == 200  # not a run: no span
+    finally:
+        tracing.set_sink(None)
+    (span,) = sink.spans
+    assert span.name == "GET /v1/runs/{run_id}/events" and span.kind == "server"
+    assert (span.trace_id, span.parent_id) == (int("ab" * 16, 16), int("cd" * 8, 16))
+    assert span.links == [(tracing.trace_id("run_nope"), tracing.root_span_id("run_nope"))]
+    assert span.attributes["http.response.status_code"] == 404
+    assert span.attributes["everruns.run.id"] == "run_nope"

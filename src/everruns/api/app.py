@@ -35,9 +35,11 @@ from everruns.api.models import (
 )
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
+from everruns.api.tracing import TraceRequests
 from everruns.api.wire import run_to_api
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
+from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.worker import Worker
 from everruns.policy import check_spec
@@ -178,6 +180,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    sink = tracing.sink()
+    if sink is not None:  # request spans linked to the runs they touch (OTEL_* set)
+        app.add_middleware(TraceRequests, sink=sink)
     if config.cors_origins and config.auth_required:
         from starlette.middleware.cors import CORSMiddleware
 
