@@ -8,8 +8,9 @@ and an event fenced off (a stale holder's) is never counted.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
-from typing import Any
+from typing import Any, NamedTuple
 
 from everruns import metrics as m
 from everruns.core.events import Event, EventType
@@ -33,8 +34,8 @@ class RunObserver:
             tracing.RunTracer(sink, run_id, agent, epoch, worker_id) if sink is not None else None
         )
         self._last_ts: float | None = None  # the journal's last event at the claim
-        self._llm: tuple[float, str, str] | None = None  # (started ts, provider, model)
-        self._tools: dict[str, tuple[float, str]] = {}  # call id -> (started ts, tool)
+        self._llm: tuple[float, _ModelMetrics] | None = None  # started ts, its metrics
+        self._tools: dict[Any, tuple[float, dict[str, Any]]] = {}  # call id -> (ts, metrics)
         self._handlers: dict[str, Callable[[Event], None]] = {
             EventType.RUN_STARTED: self._run_started,
             EventType.RUN_COMPLETED: self._run_completed,
@@ -74,73 +75,107 @@ class RunObserver:
         data = event.data
         if data.get("takeover"):
             kind = "takeover"
-            m.child(m.TAKEOVERS, self.agent).inc()
+            m.TAKEOVERS.labels(self.agent).inc()
             if self._last_ts is not None:
                 m.TAKEOVER_SECONDS.observe(max(0.0, event.ts - self._last_ts))
         else:
             kind = "resumed" if data.get("resumed") else "fresh"
-        m.child(m.RUN_STARTS, self.agent, kind).inc()
+        m.RUN_STARTS.labels(self.agent, kind).inc()
 
     def _run_completed(self, event: Event) -> None:
-        m.child(m.RUN_COMPLETIONS, self.agent).inc()
+        m.RUN_COMPLETIONS.labels(self.agent).inc()
 
     def _run_failed(self, event: Event) -> None:
-        m.child(m.RUN_FAILURES, self.agent, str(event.data.get("reason") or "unknown")).inc()
+        m.RUN_FAILURES.labels(self.agent, str(event.data.get("reason") or "unknown")).inc()
 
     def _run_cancelled(self, event: Event) -> None:
-        m.child(m.RUN_CANCELLATIONS, self.agent).inc()
+        m.RUN_CANCELLATIONS.labels(self.agent).inc()
 
     def _run_waiting(self, event: Event) -> None:
-        m.child(m.DURABLE_WAITS, str(event.data.get("reason") or "signal")).inc()
+        m.DURABLE_WAITS.labels(str(event.data.get("reason") or "signal")).inc()
 
     def _llm_started(self, event: Event) -> None:
-        provider, model = m.split_label(str(event.data.get("model", "")))
-        self._llm = (event.ts, provider, model)
+        self._llm = (event.ts, _model(str(event.data.get("model", ""))))
 
     def _llm_completed(self, event: Event) -> None:
-        self._llm_ended(event, "ok")
-        if self._llm is not None:
-            provider, model = self._llm[1], self._llm[2]
-        else:
-            provider, model = m.split_label(str(event.data.get("model", "")))
-        self._llm = None
-        _charge(provider, model, event.data.get("usage") or {})
+        kids = self._llm_ended(event, ok=True)
+        _charge(kids, event.data.get("usage"))
 
     def _llm_failed(self, event: Event) -> None:
-        self._llm_ended(event, "error")
-        provider, model = m.split_label(str(event.data.get("model", "")))
-        self._llm = None
-        m.child(m.PROVIDER_ERRORS, provider, model, str(event.data.get("class") or "unknown")).inc()
+        self._llm_ended(event, ok=False)
+        kids = _model(str(event.data.get("model", "")))  # the failed model (not a fallback)
+        error_class = str(event.data.get("class") or "unknown")
+        m.PROVIDER_ERRORS.labels(kids.provider, kids.model, error_class).inc()
         if event.data.get("breaker_open_until") is not None:
-            m.child(m.BREAKER_OPENINGS, f"{provider}:{model}").inc()
-        _charge(provider, model, event.data.get("usage") or {})
+            m.BREAKER_OPENINGS.labels(f"{kids.provider}:{kids.model}").inc()
+        _charge(kids, event.data.get("usage"))
 
-    def _llm_ended(self, event: Event, outcome: str) -> None:
-        if self._llm is not None:
-            started, provider, model = self._llm
-            m.child(m.LLM_SECONDS, provider, model, outcome).observe(max(0.0, event.ts - started))
+    def _llm_ended(self, event: Event, *, ok: bool) -> _ModelMetrics:
+        started, self._llm = self._llm, None
+        if started is None:  # started under an earlier claim
+            return _model(str(event.data.get("model", "")))
+        ts, kids = started
+        (kids.ok if ok else kids.error).observe(max(0.0, event.ts - ts))
+        return kids
 
     def _compacted(self, event: Event) -> None:
-        provider, model = m.split_label(str(event.data.get("model", "")))
-        _charge(provider, model, event.data.get("usage") or {})
+        _charge(_model(str(event.data.get("model", ""))), event.data.get("usage"))
 
     def _tool_started(self, event: Event) -> None:
-        self._tools[str(event.data.get("call_id"))] = (event.ts, str(event.data.get("name")))
+        self._tools[event.data.get("call_id")] = (event.ts, _tool(str(event.data.get("name"))))
 
     def _tool_ended(self, event: Event) -> None:
-        started = self._tools.pop(str(event.data.get("call_id")), None)
+        started = self._tools.pop(event.data.get("call_id"), None)
         if event.type == EventType.TOOL_WAITING:
-            m.child(m.DURABLE_WAITS, str(event.data.get("reason") or "sleep")).inc()
+            m.DURABLE_WAITS.labels(str(event.data.get("reason") or "sleep")).inc()
         if started is None:
             return  # no start under this claim (interrupted, denied, woken)
-        outcome = _TOOL_OUTCOMES[event.type]
-        m.child(m.TOOL_SECONDS, started[1], outcome).observe(max(0.0, event.ts - started[0]))
+        ts, by_outcome = started
+        by_outcome[event.type].observe(max(0.0, event.ts - ts))
 
 
-def _charge(provider: str, model: str, usage: dict[str, Any]) -> None:
-    for kind in ("input_tokens", "output_tokens", "cached_input_tokens"):
-        value = usage.get(kind)
-        if value:
-            m.child(m.LLM_TOKENS, provider, model, kind.removesuffix("_tokens")).inc(value)
+class _ModelMetrics(NamedTuple):
+    """The metric children of one model label, looked up once."""
+
+    provider: str
+    model: str
+    ok: Any
+    error: Any
+    input: Any
+    output: Any
+    cached: Any
+    cost: Any
+
+
+@functools.lru_cache(maxsize=1024)
+def _model(label: str) -> _ModelMetrics:
+    provider, model = m.split_label(label)
+    return _ModelMetrics(
+        provider,
+        model,
+        m.LLM_SECONDS.labels(provider, model, "ok"),
+        m.LLM_SECONDS.labels(provider, model, "error"),
+        m.LLM_TOKENS.labels(provider, model, "input"),
+        m.LLM_TOKENS.labels(provider, model, "output"),
+        m.LLM_TOKENS.labels(provider, model, "cached_input"),
+        m.LLM_COST.labels(provider, model),
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _tool(name: str) -> dict[str, Any]:
+    """The latency children of one tool by the event type that ends a call."""
+    return {kind: m.TOOL_SECONDS.labels(name, outcome) for kind, outcome in _TOOL_OUTCOMES.items()}
+
+
+def _charge(kids: _ModelMetrics, usage: dict[str, Any] | None) -> None:
+    if not usage:
+        return
+    if usage.get("input_tokens"):
+        kids.input.inc(usage["input_tokens"])
+    if usage.get("output_tokens"):
+        kids.output.inc(usage["output_tokens"])
+    if usage.get("cached_input_tokens"):
+        kids.cached.inc(usage["cached_input_tokens"])
     if usage.get("cost_usd"):
-        m.child(m.LLM_COST, provider, model).inc(float(usage["cost_usd"]))
+        kids.cost.inc(float(usage["cost_usd"]))
