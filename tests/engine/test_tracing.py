@@ -379,3 +379,14 @@ def test_api_requests_on_a_run_are_server_spans_linked_to_it(sqlite_url: str) ->
     assert span.links == [(tracing.trace_id("run_nope"), tracing.root_span_id("run_nope"))]
     assert span.attributes["http.response.status_code"] == 404
     assert span.attributes["everruns.run.id"] == "run_nope"
+
+
+def test_an_unsupported_protocol_is_named_and_tracing_stays_off(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_ENDPOINT", "http://127.0.0.1:9")
+    monkeypatch.setenv("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")
+    monkeypatch.setattr(tracing, "_CONFIGURED", False)
+    monkeypatch.setattr(tracing, "_SINK", None)
+    assert tracing.sink() is None
+    assert "'http/json' is not supported" in caplog.text

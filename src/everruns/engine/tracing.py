@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 import time
 from collections.abc import Mapping
@@ -33,6 +34,7 @@ from everruns.engine.spans import CAPTURE_CONTENT, Sink, SpanRecord
 
 __all__ = ["CAPTURE_CONTENT", "RunTracer", "Sink", "SpanRecord"]
 
+log = logging.getLogger("everruns.tracing")
 _SINK: Sink | None = None
 _CONFIGURED = False
 
@@ -55,9 +57,18 @@ def sink() -> Sink | None:
     if not _CONFIGURED:
         _CONFIGURED = True
         if enabled(os.environ):
-            from everruns.engine.otel import OtelSink  # only now: no SDK import when off
+            try:
+                from everruns.engine.otel import OtelSink  # only now: no SDK import when off
 
-            _SINK = OtelSink.from_env(os.environ)
+                _SINK = OtelSink.from_env(os.environ)
+            except ImportError as exc:
+                log.error(
+                    "OTEL_* variables ask for traces but the OpenTelemetry SDK is missing "
+                    "(%s): pip install 'everruns[otel]'; tracing is off",
+                    exc,
+                )
+            except ValueError as exc:  # an unsupported exporter or protocol
+                log.error("tracing is off: %s", exc)
     return _SINK
 
 

@@ -71,6 +71,7 @@ class Worker:
             settings=settings if settings is not None else load_settings(),
         )
         _configure_sandbox(self.options.settings, store.url)
+        tracing.sink()  # configured now, so a bad OTEL_* setting is logged at start
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
