@@ -197,7 +197,11 @@ async def test_a_run_killed_mid_llm_call_is_one_trace_with_the_cut_attempt_an_er
     run_id = await store.create_run(load_spec(spec), "go")
     args = ("--lease-ttl", "1", "--poll-interval", "0.05")
     # Two workers: whichever claims the run is killed mid-call, the other takes it over.
-    workers = [start_worker(env, *args, log=tmp_path / f"w{i}.log") for i in (1, 2)]
+    ports = [free_port(), free_port()]
+    workers = [
+        start_worker(env, *args, "--metrics-port", str(port), log=tmp_path / f"w{i}.log")
+        for i, port in enumerate(ports)
+    ]
     try:
 
         async def llm_started() -> bool:
@@ -215,6 +219,11 @@ async def test_a_run_killed_mid_llm_call_is_one_trace_with_the_cut_attempt_an_er
 
         await wait_until(completed, timeout=60, what="the takeover to complete the run")
         events = await store.load_events(run_id)
+        port = ports[workers.index(survivor)]
+        scraped = await asyncio.to_thread(_text, f"http://127.0.0.1:{port}/metrics")
+        assert 'everruns_takeovers_total{agent="slow"} 1.0' in scraped
+        assert 'everruns_run_starts_total{agent="slow",kind="takeover"} 1.0' in scraped
+        assert "everruns_takeover_seconds_count 1.0" in scraped
     finally:
         for w in workers:
             stop(w)
