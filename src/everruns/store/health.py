@@ -152,7 +152,7 @@ class Health:
                     "breaker_open",
                     b["key"],
                     f"circuit breaker {b['key']} is open for {b['open_until'] - now:.0f}s more "
-                    f"after {b['failures']} failures in a row",
+                    f"after {b['failures']} failure{'s' if b['failures'] != 1 else ''} in a row",
                 )
         for run_id, agent, wake_at in await self._stuck(now - limits.stuck_after, now):
             add(
