@@ -37,13 +37,16 @@ async def test_metrics_follow_the_journal(tmp_path: Path, db_url: str) -> None:
             tmp_path / "agent.yaml",
             [
                 {
-                    "tool_calls": [{"name": "note", "arguments": {"text": "x"}}],
+                    "tool_calls": [
+                        {"name": "note", "arguments": {"text": "x"}},
+                        {"name": "sleep", "arguments": {"seconds": 0.2, "reason": "nap"}},
+                    ],
                     "delay": 1.5,
                     "usage": {"input_tokens": 10, "output_tokens": 4},
                 },
                 {"text": "done", "usage": {"input_tokens": 20, "output_tokens": 6}},
             ],
-            [{"builtin": "notes"}],
+            [{"builtin": "notes"}, {"builtin": "sleep"}],
             name="metered",
         )
     )
@@ -114,9 +117,11 @@ async def test_metrics_follow_the_journal(tmp_path: Path, db_url: str) -> None:
     # The first answer took its 1.5 s delay: both runs' first calls land above 1 s.
     assert value(after, "everruns_llm_call_seconds_bucket", outcome="ok", le="1.0") <= 2
     assert value(after, "everruns_llm_ttft_seconds_count") >= 2
-    assert value(after, "everruns_tool_seconds_count", tool="note", outcome="ok") == count(
-        EventType.TOOL_STARTED
-    )
+    notes = [e for e in events if e.type == EventType.TOOL_STARTED and e.data["name"] == "note"]
+    assert value(after, "everruns_tool_seconds_count", tool="note", outcome="ok") == len(notes)
+    assert count(EventType.TOOL_WAITING) == 2
+    assert value(after, "everruns_durable_waits_total", kind="nap") == 2
+    assert value(after, "everruns_tool_seconds_count", tool="sleep", outcome="waiting") == 2
     assert value(after, "everruns_journal_append_seconds_count") >= len(run_ids) * 3
     assert value(after, "everruns_queue_depth") == 0
     assert value(after, "everruns_queue_oldest_runnable_seconds") == 0
