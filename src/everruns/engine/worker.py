@@ -120,7 +120,8 @@ class Worker:
                 await self.options.mcp_pool.close()
             with contextlib.suppress(Exception):
                 await self.store.stop_worker(self.worker_id)
-            metrics.INFLIGHT.remove(self.worker_id)
+            with contextlib.suppress(KeyError):
+                metrics.INFLIGHT.remove(self.worker_id)
             with contextlib.suppress(Exception):
                 await asyncio.to_thread(tracing.flush)
 
