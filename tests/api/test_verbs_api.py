@@ -91,7 +91,5 @@ def test_cli_start_with_an_idempotency_key_and_interrupt(sqlite_url: str, tmp_pa
     assert first.returncode == 0, first.stderr
     again = cli("start", str(spec), "-i", "x", "--idempotency-key", "k1", env=env)
     assert again.stdout == first.stdout
-    other = cli("start", str(spec), "-i", "y", "--idempotency-key", "k1", env=env)
-    assert other.returncode != 0 and "different run" in other.stderr
     cut = cli("interrupt", first.stdout.strip(), env=env)  # queued, no worker: at once
     assert cut.returncode == 0 and "interrupted as seq 2" in cut.stdout, cut.stderr
