@@ -25,6 +25,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from helpers import env_for, read_ledger, stop
@@ -111,6 +112,69 @@ GATED = _agent(
     tools=["ledgertools:amo_record"],
     approvals={"require_for": ["amo_record"]},
 )
+
+
+def _child(doc: str, delay: float) -> dict[str, Any]:
+    return _agent("doc-reader", [{"text": f"summary of {doc}", "delay": delay}])
+
+
+# A parent that fans out to three sub-agents (each a run of its own) and waits for them.
+TREE = _agent(
+    "reviewer",
+    [
+        {
+            "text": "Three documents, one sub-agent each.",
+            "tool_calls": [
+                {
+                    "name": "spawn_agent",
+                    "arguments": {"input": f"Summarize {doc}", "spec": _child(doc, delay)},
+                }
+                for doc, delay in (("journaling", 1.5), ("leases", 2.5), ("idempotency", 3.5))
+            ],
+        },
+        {"tool_calls": [{"name": "wait_agents", "arguments": {"mode": "all"}}]},
+        {"text": "All three summaries merged."},
+    ],
+    tools=[{"builtin": "subagents"}],
+)
+SHELL_FAIL = _agent(
+    "shell-fail",
+    [
+        {"tool_calls": [{"name": "shell", "arguments": {"command": "echo missing >&2; exit 3"}}]},
+        {"text": "The command failed; nothing was changed."},
+    ],
+    tools=[{"builtin": "shell"}],
+)
+FOLLOWED = _agent(
+    "many-steps",
+    [
+        {"tool_calls": [{"name": "idem_record", "arguments": {"key": f"f{i}", "sleep": 0.35}}]}
+        for i in range(12)
+    ]
+    + [{"text": "twelve steps done"}],
+    tools=["ledgertools:idem_record"],
+)
+# The operator policy of the UI test server: API specs may also use the shell tool,
+# unconfined (the test machine need not have bubblewrap).
+UI_SETTINGS = """\
+api_specs:
+  allow_tools: [python, shell]
+  python_modules: [ledgertools, wstools]
+sandbox: none
+"""
+# A spec typed in the browser, with a typo in a field name.
+TYPO_YAML = """\
+name: notetaker
+system_prompt: Remember what you learn.
+model:
+  provider: scripted
+  responses:
+    - tool_calls: [{name: remember, arguments: {text: "the ledger closes on Fridays"}}]
+    - tool_calls: [{name: remember, arguments: {text: "invoice 42 is paid"}}]
+    - text: noted
+tools: [{builtin: memory}]
+limits: {max_stpes: 5}
+"""
 
 
 # ------------------------------------------------------------------ processes
@@ -246,11 +310,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`everruns server` with its embedded worker: token deltas stream to the browser."""
     cwd = tmp_path_factory.mktemp("solo")
-    env = env_for(f"sqlite:///{cwd / 'everruns.db'}", EVERRUNS_TEST_LEDGER=str(cwd / "ledger"))
+    (cwd / "settings.yaml").write_text(UI_SETTINGS)
+    env = env_for(
+        f"sqlite:///{cwd / 'everruns.db'}",
+        EVERRUNS_TEST_LEDGER=str(cwd / "ledger"),
+        EVERRUNS_SETTINGS=str(cwd / "settings.yaml"),
+    )
     server = Server(env, cwd, ())
     try:
         server.start()
-        server.api("POST", "/v1/agents", {"spec": WRITER})
+        for spec in (WRITER, TREE, SHELL_FAIL, FOLLOWED, GATED):
+            server.api("POST", "/v1/agents", {"spec": spec})
         yield server
     finally:
         if server.proc is not None:
@@ -294,10 +364,16 @@ def page(browser: BrowserContext) -> Iterator[Page]:
     assert not errors, f"JavaScript errors in the page: {errors}"
 
 
-def _shot(page: Page, name: str, full_page: bool = True) -> Path:
+def _shot(page: Page, name: str, full_page: bool = True, readme: str | None = None) -> Path:
+    """A screenshot in test-artifacts/; with EVERRUNS_UPDATE_SCREENSHOT=1 also the README's
+    picture docs/`readme`."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
+    page.evaluate("document.getElementById('toasts')?.replaceChildren()")
     page.screenshot(path=str(path), full_page=full_page)
+    if readme and os.environ.get("EVERRUNS_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(path, ROOT / "docs" / readme)
     return path
 
 
@@ -314,7 +390,7 @@ def _events_of(page: Page) -> list[tuple[int, str]]:
 def test_live_run_streams_asks_approval_and_renders_markdown(solo: Server, page: Page) -> None:
     # Start the run from the Agents page form, as a user would.
     page.goto(f"{solo.url}/#/agents/ledger-writer")
-    expect(page.locator("#agent-spec")).to_contain_text('"require_for"')
+    expect(page.locator("#agent-spec")).to_contain_text("require_for:\n    - amo_record")
     page.get_by_label("Input").fill("Record invoice 42 and report.")
     page.get_by_role("button", name="Start run").click()
     page.wait_for_url("**/#/runs/run*")
@@ -342,12 +418,16 @@ def test_live_run_streams_asks_approval_and_renders_markdown(solo: Server, page:
     expect(answer).to_contain_text('"key": "invoice-42"')
     expect(page.locator("#stream")).to_have_count(0)
     expect(page.locator("#run-status")).to_have_text("waiting")
-    box = page.locator('[data-type="approval.requested"]')
-    expect(box).to_contain_text("Approval needed: amo_record")
+    expect(page.locator('[data-type="approval.requested"]')).to_contain_text(
+        "Approval needed: amo_record"
+    )
+    box = page.locator("#pending-approvals")
+    expect(box).to_contain_text("Approve amo_record?")
     box.get_by_label("Reason").fill("matches the invoice")
     box.get_by_role("button", name="Approve").click()
 
     expect(page.locator('[data-type="approval.granted"]')).to_contain_text("matches the invoice")
+    expect(page.locator("#pending-approvals")).to_be_hidden()
     expect(page.locator('[data-type="tool.completed"]')).to_contain_text(
         "amo_record recorded invoice-42"
     )
@@ -715,3 +795,167 @@ def test_superseded_deltas_are_discarded_and_events_deduplicated(fleet: Fleet, p
     expect(page.locator('[data-type="message.user"]')).to_have_count(2)
     assert [seq for seq, _ in _events_of(page)] == [1, 2, 3, 4, 5, 6, 7]
     assert "STALE" not in page.locator("main").inner_text()
+
+
+# ------------------------------------------------------------------ issue 15: the first hour
+
+
+def _in_viewport(page: Page, selector: str) -> bool:
+    return bool(
+        page.evaluate(
+            """(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+                return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""",
+            selector,
+        )
+    )
+
+
+def test_run_tree_groups_children_and_lists_them_live(solo: Server, page: Page) -> None:
+    parent = solo.start_run("reviewer", "Review the three documents")
+    page.goto(f"{solo.url}/#/runs/{parent}")
+    children = page.locator("#children tbody tr")
+    expect(children).to_have_count(3, timeout=20_000)
+    # Live: the children are listed while they run, then each ends, with a link and a cost.
+    expect(page.locator('#children tr[data-status="running"]').first).to_be_visible()
+    expect(page.locator('#children tr[data-status="completed"]')).to_have_count(3, timeout=30_000)
+    kids = solo.api("GET", f"/v1/runs?parent_id={parent}")["items"]
+    assert {k["parent_id"] for k in kids} == {parent} and len(kids) == 3
+    first = min(kids, key=lambda k: k["created_at"])
+    row = page.locator(f'#children tr[data-child-id="{first["id"]}"]')
+    expect(row.locator('[data-label="Cost"]')).to_contain_text("$")
+    expect(row.get_by_role("link", name=first["id"])).to_have_attribute(
+        "href", f"#/runs/{first['id']}"
+    )
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("#tree-totals")).to_contain_text("3 sub-agents, 3 finished")
+    # Identical inline specs: one doc-reader version per distinct spec, whatever reruns.
+    versions = {k["agent_version"] for k in kids}
+    assert len(versions) == 3
+    _shot(page, "ui-run-tree.png", readme="screenshot-tree.png")
+
+    # The runs list: the three children right under their parent, collapsible.
+    page.goto(f"{solo.url}/#/runs")
+    rows = page.locator(f'tr[data-run-id="{parent}"], tr[data-parent-id="{parent}"]')
+    expect(rows).to_have_count(4)
+    order = page.locator("tbody tr").evaluate_all("els => els.map(e => e.dataset.runId)")
+    at = order.index(parent)
+    assert set(order[at + 1 : at + 4]) == {k["id"] for k in kids}, order
+    expect(page.locator(f'tr[data-parent-id="{parent}"][data-depth="1"]')).to_have_count(3)
+    _shot(page, "ui-runs-tree.png", readme="screenshot-runs-tree.png")
+    toggle = page.get_by_role("button", name=f"Hide the 3 sub-agent runs of {parent}")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(page.locator(f'tr[data-parent-id="{parent}"]').first).to_be_hidden()
+    page.get_by_role("button", name=f"Show the 3 sub-agent runs of {parent}").click()
+    expect(page.locator(f'tr[data-parent-id="{parent}"]')).to_have_count(3)
+    expect(page.locator(f'tr[data-parent-id="{parent}"]').first).to_be_visible()
+
+
+def test_failed_shell_call_is_a_failure_and_fork_sits_on_turns(solo: Server, page: Page) -> None:
+    run_id = solo.start_run("shell-fail", "run the check")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    result = page.locator('[data-type="tool.completed"]')
+    expect(result).to_have_class("ev tool error")
+    expect(result).to_contain_text("Tool shell failed: exit code 3")
+    expect(result.locator(".ev-title")).to_have_css("color", "rgb(180, 35, 27)")  # --bad
+    expect(result).not_to_contain_text("returned")
+    # Fork only where a turn ends: after an answer, after the step's last tool result.
+    forks = page.locator("#timeline .fork")
+    bounded = page.locator("#timeline > li:has(.fork)").evaluate_all(
+        "els => els.map(e => e.dataset.type)"
+    )
+    assert bounded == ["llm.completed", "tool.completed", "llm.completed", "run.completed"]
+    expect(forks).to_have_count(4)
+    _shot(page, "ui-shell-failure.png")
+
+
+def test_follows_the_live_end_with_a_jump_pill(solo: Server, page: Page) -> None:
+    page.set_viewport_size({"width": 1000, "height": 600})
+    run_id = solo.start_run("many-steps", "twelve steps")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    expect(page.locator('[data-type="tool.completed"]').nth(2)).to_be_attached(timeout=20_000)
+    # Following: the newest event is on screen without any scrolling by the user.
+    page.wait_for_function(
+        """() => { const l = document.querySelector('#timeline > li:last-child');
+            const r = l.getBoundingClientRect(); return r.bottom <= window.innerHeight + 2; }"""
+    )
+    assert page.evaluate("window.scrollY") > 0
+    # The user scrolls up: the page stays there, a pill offers the way back.
+    page.mouse.wheel(0, -20_000)
+    page.wait_for_function("() => window.scrollY === 0")
+    pill = page.get_by_role("button", name="Jump to live")
+    expect(pill).to_be_visible(timeout=10_000)  # at the next event
+    assert page.evaluate("window.scrollY") == 0
+    pill.click()
+    expect(pill).to_be_hidden()
+    n = page.locator("#timeline > li").count()
+    expect(page.locator(f"#timeline > li:nth-child({n + 1})")).to_be_attached(timeout=10_000)
+    page.wait_for_function(
+        """() => { const l = document.querySelector('#timeline > li:last-child');
+            const r = l.getBoundingClientRect(); return r.bottom <= window.innerHeight + 2; }"""
+    )
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=30_000)
+    expect(pill).to_be_hidden()
+
+
+def test_agent_from_yaml_names_the_field_and_memory_panel(solo: Server, page: Page) -> None:
+    page.goto(f"{solo.url}/#/agents")
+    page.get_by_role("button", name="New agent").click()
+    editor = page.get_by_label("Spec (YAML)")
+    editor.fill(TYPO_YAML)
+    page.get_by_role("button", name="Save agent").click()
+    error = page.locator("#yaml-error")
+    expect(error).to_contain_text("Invalid agent spec")
+    expect(error.locator(".field-name")).to_have_text("limits.max_stpes")
+    expect(error).to_contain_text("Extra inputs are not permitted")
+    _shot(page, "ui-agent-yaml-error.png", readme="screenshot-agent-yaml.png")
+    editor.fill(TYPO_YAML.replace("max_stpes", "max_steps"))
+    page.get_by_role("button", name="Save agent").click()
+    page.wait_for_url("**/#/agents/notetaker")
+    spec = page.locator("#agent-spec")
+    expect(spec).to_contain_text("max_steps: 5")
+    # The YAML shown reads back as the stored spec (and can be edited as a new version).
+    shown = yaml.safe_load(spec.inner_text())
+    assert shown == solo.api("GET", "/v1/agents/notetaker")["spec"]
+
+    # A run remembers two notes; the Memory panel lists them, deletes one, clears all.
+    page.get_by_label("Input").fill("learn")
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url("**/#/runs/run*")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    page.goto(f"{solo.url}/#/agents/notetaker")
+    items = page.locator("#memory-list li[data-key]")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("the ledger closes on Fridays")
+    memory = solo.api("GET", "/v1/agents/notetaker/memory")["items"]
+    assert [m["value"] for m in memory] == ["the ledger closes on Fridays", "invoice 42 is paid"]
+    _shot(page, "ui-agent-memory.png", readme="screenshot-agent.png")
+    page.get_by_role("button", name=f"Delete memory {memory[0]['key']}").click()
+    expect(items).to_have_count(1)
+    expect(items.first).to_contain_text("invoice 42 is paid")
+    page.get_by_role("button", name="Clear all").click()  # the confirm() is accepted
+    expect(page.locator("#memory-list")).to_contain_text("Nothing remembered yet.")
+    assert solo.api("GET", "/v1/agents/notetaker/memory") == {"items": []}
+
+
+def test_phone_approval_is_visible_without_scrolling(solo: Server, page: Page) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    run_id = solo.start_run("gated", "please record gate-1")
+    solo.wait_status(run_id, "waiting")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    approve = page.locator("#pending-approvals").get_by_role("button", name="Approve")
+    expect(approve).to_be_visible()
+    expect(page.locator('[data-type="run.waiting"]')).to_be_attached()
+    # On screen wherever the page is: at the top, and at the bottom (sticky).
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_function("() => window.scrollY === 0")
+    assert _in_viewport(page, "#pending-approvals button.ok")
+    _shot(page, "ui-phone-approval.png", full_page=False, readme="screenshot-phone-approval.png")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("() => window.scrollY > 0")
+    assert _in_viewport(page, "#pending-approvals button.ok")
+    approve.click()
+    expect(page.locator('[data-type="approval.granted"]')).to_be_attached()
+    expect(page.locator("#pending-approvals")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390

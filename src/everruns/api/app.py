@@ -121,8 +121,8 @@ def store_of(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(store_of)]
 
 
-def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(run_to_api(row))
+def _run_out(row: Any, *, brief: bool = False) -> RunOut:
+    return RunOut.model_validate(run_to_api(row, brief=brief))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
@@ -383,7 +383,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
         page = rows[:limit]
         next_cursor = f"{page[-1].created_at!r}~{page[-1].id}" if len(rows) > limit else None
-        return RunPage(items=[_run_out(r) for r in page], next_cursor=next_cursor)
+        return RunPage(items=[_run_out(r, brief=True) for r in page], next_cursor=next_cursor)
 
     @app.get("/v1/runs/{run_id}", tags=["runs"], dependencies=auth)
     async def get_run(run_id: str, store: StoreDep) -> RunOut:
@@ -509,6 +509,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)
+    from everruns.api.memory import add_memory_routes
+
+    add_memory_routes(app, auth)
     mount_ui(app)
     return app
 
