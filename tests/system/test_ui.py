@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,6 +23,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
@@ -370,6 +372,7 @@ def _shot(page: Page, name: str, full_page: bool = True, readme: str | None = No
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
     page.evaluate("document.getElementById('toasts')?.replaceChildren()")
+    page.evaluate("window.scrollTo(0, 0)")  # else sticky bars are drawn mid-page
     page.screenshot(path=str(path), full_page=full_page)
     if readme and os.environ.get("EVERRUNS_UPDATE_SCREENSHOT") == "1":
         (ROOT / "docs").mkdir(exist_ok=True)
@@ -812,6 +815,7 @@ def _in_viewport(page: Page, selector: str) -> bool:
 
 def test_run_tree_groups_children_and_lists_them_live(solo: Server, page: Page) -> None:
     parent = solo.start_run("reviewer", "Review the three documents")
+    again = solo.start_run("reviewer", "Review them again")  # the same three inline specs
     page.goto(f"{solo.url}/#/runs/{parent}")
     children = page.locator("#children tbody tr")
     expect(children).to_have_count(3, timeout=20_000)
@@ -828,13 +832,23 @@ def test_run_tree_groups_children_and_lists_them_live(solo: Server, page: Page) 
     )
     expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
     expect(page.locator("#tree-totals")).to_contain_text("3 sub-agents, 3 finished")
-    # Identical inline specs: one doc-reader version per distinct spec, whatever reruns.
-    versions = {k["agent_version"] for k in kids}
-    assert len(versions) == 3
-    _shot(page, "ui-run-tree.png", readme="screenshot-tree.png")
+    # Tree totals: the parent and its children (without a ledger, summed by the page).
+    kids = solo.api("GET", f"/v1/runs?parent_id={parent}")["items"]
+    tree = [solo.api("GET", f"/v1/runs/{parent}"), *kids]
+    total = sum(r["usage"]["cost_usd"] for r in tree)
+    expect(page.locator("#tree-cost")).to_have_text(f"${total:.4f}")
+    # Identical inline specs: one doc-reader version per distinct spec, however many reviews.
+    solo.wait_status(again, "completed")
+    rerun = solo.api("GET", f"/v1/runs?parent_id={again}")["items"]
+    versions = {k["input"]: k["agent_version"] for k in kids}
+    assert {k["input"]: k["agent_version"] for k in rerun} == versions
+    assert sorted(versions.values()) == [1, 2, 3]
+    assert solo.api("GET", "/v1/agents/doc-reader")["version"] == 3
+    _shot(page, "ui-run-tree.png", full_page=False, readme="screenshot-tree.png")
 
     # The runs list: the three children right under their parent, collapsible.
     page.goto(f"{solo.url}/#/runs")
+    page.get_by_role("button", name=f"Hide the 3 sub-agent runs of {again}").click()
     rows = page.locator(f'tr[data-run-id="{parent}"], tr[data-parent-id="{parent}"]')
     expect(rows).to_have_count(4)
     order = page.locator("tbody tr").evaluate_all("els => els.map(e => e.dataset.runId)")
@@ -959,3 +973,120 @@ def test_phone_approval_is_visible_without_scrolling(solo: Server, page: Page) -
     expect(page.locator('[data-type="approval.granted"]')).to_be_attached()
     expect(page.locator("#pending-approvals")).to_be_hidden()
     assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def _fake_run(rid: str, now: float, **fields: Any) -> dict[str, Any]:
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cost_usd": 0.5}
+    return {
+        "id": rid,
+        "agent": "fake",
+        "agent_version": 1,
+        "parent_id": None,
+        "status": "waiting",
+        "steps": 1,
+        "usage": usage,
+        "input": "hi",
+        "result": None,
+        "error": None,
+        "epoch": 1,
+        "lease_owner": None,
+        "wake_at": None,
+        "last_seq": 3,
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+
+
+def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page) -> None:
+    """Client logic on served fixtures: "Show more" follows the API's cursor, wake times
+    count down, `cost_known: false` reads "unknown", a `tree_usage` is the tree's total,
+    and the YAML the UI writes reads back as the same values in PyYAML."""
+    base = solo.url
+    now = time.time()
+    first = [_fake_run(f"run_p1_{i}", now - i) for i in range(2)]
+    second = [_fake_run("run_p2_0", now - 10)]
+    asked: list[str | None] = []
+
+    def runs(route: Any) -> None:
+        cursor = parse_qs(urlparse(route.request.url).query).get("cursor", [None])[0]
+        asked.append(cursor)
+        if cursor == "c1":
+            route.fulfill(json={"items": second, "next_cursor": None})
+        else:
+            route.fulfill(json={"items": first, "next_cursor": "c1"})
+
+    page.route(f"{base}/v1/runs?*", runs)
+    page.route(f"{base}/v1/agents", lambda r: r.fulfill(json=[]))
+    page.goto(f"{base}/#/runs")
+    expect(page.locator("tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Show more").click()
+    expect(page.locator('tr[data-run-id="run_p2_0"]')).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(3)
+    expect(page.get_by_role("button", name="Show more")).to_be_hidden()
+    assert "c1" in asked
+
+    rid = "run_waits"
+    wake = now + 45
+    row = _fake_run(
+        rid,
+        now,
+        usage={
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "total_tokens": 15,
+            "cost_usd": 0.0,
+            "cost_known": False,
+        },
+        tree_usage={"input_tokens": 30, "output_tokens": 9, "cost_usd": 1.25, "cost_known": True},
+    )
+    journal = [
+        {"run_id": rid, "seq": 1, "type": "run.created", "ts": now, "data": {"input": "hi"}},
+        {"run_id": rid, "seq": 2, "type": "run.started", "ts": now, "data": {"worker": "w"}},
+        {
+            "run_id": rid,
+            "seq": 3,
+            "type": "run.waiting",
+            "ts": now,
+            "data": {"reason": "sleep", "wake_at": wake},
+        },
+    ]
+    page.route(
+        f"{base}/v1/runs/{rid}/events/stream*",
+        lambda r: r.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream"},
+            body="".join(map(_sse, journal)),
+        ),
+    )
+    page.route(f"{base}/v1/runs/{rid}/events?*", lambda r: r.fulfill(json=journal))
+    page.route(f"{base}/v1/runs/{rid}", lambda r: r.fulfill(json=row))
+    page.goto(f"{base}/#/runs/{rid}")
+    countdown = page.locator('[data-type="run.waiting"] .countdown')
+    expect(countdown).to_have_text(re.compile(r"^in \d+ s$"))
+    before = int(countdown.inner_text().split()[1])
+    page.wait_for_function(  # it ticks
+        "(n) => Number(document.querySelector('.countdown').textContent.split(' ')[1]) < n",
+        arg=before,
+        timeout=10_000,
+    )
+    expect(page.locator("#stat-cost")).to_have_text("unknown")
+    expect(page.locator("#tree-cost")).to_have_text("$1.25")
+
+    values = [
+        {"name": "a", "prompt": "line one\nline two\n", "strip": "no newline\nat end"},
+        {"odd": ["yes", "no", "on", "null", "~", "1.5", "0x1F", "", " lead", "trail ", "a: b"]},
+        {"more": ["# not a comment", "x #y", "- item", "[x]", "{y}", "*ref", "&a", "!tag", "@at"]},
+        {"nested": [{"a": [1, 2.5, True, None]}, [], {}, [[1, {"b": "c"}]]], "é": "ü ☃"},
+        {"keys": {"yes": 1, "1": 2, "with space": 3, "colon:": 4}},
+        {"blocks": ["  indented\nfirst", "tabs\tand\nlines", "ends\n\n", "\n"]},
+    ]
+    written = page.evaluate(
+        """async (values) => {
+            const m = await import('/ui/yaml.js');
+            return values.map((v) => m.toYaml(v));
+        }""",
+        values,
+    )
+    for value, text in zip(values, written, strict=True):
+        assert yaml.safe_load(text) == value, text

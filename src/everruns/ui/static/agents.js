@@ -49,8 +49,9 @@ function editor(initial, heading, onSaved) {
   h("div", { class: "field" }, h("label", { for: "agent-yaml" }, "Spec (YAML)"), text),
   status,
   h("div", { class: "row" }, save));
-  return h("section", { class: "card", id: "agent-editor", "aria-labelledby": "editor-title" },
+  return h("section", { id: "agent-editor", "aria-labelledby": "editor-title" },
     h("h2", { id: "editor-title" }, heading), form);
+  // (inside the detail card, so not a card of its own)
 }
 
 // The agent's memory: what its runs remembered for later runs.

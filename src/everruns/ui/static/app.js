@@ -489,7 +489,8 @@ function runPage(runId) {
   const message = h("textarea", { id: "message", name: "content", rows: 2, required: true, placeholder: "Ask a follow-up or give new instructions" });
   const sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
   const pending = approvalsBar();
-  const children = childrenPanel(runId, () => st.row);
+  // The run's own share of its tree's totals: what the page shows, which is fresher than the row.
+  const children = childrenPanel(runId, () => st.row && { ...st.row, usage: st.shown || st.row.usage });
   const follow = follower(timeline, () => !TERMINAL.has(st.status));
 
   main.append(
@@ -568,6 +569,12 @@ function runPage(runId) {
       ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd }
       : st.usage;
     stats.cost.textContent = row?.usage?.cost_known === false ? costText(row.usage) : fmtCost(usage.cost);
+    st.shown = {
+      input_tokens: usage.input,
+      output_tokens: usage.output,
+      cost_usd: usage.cost,
+      cost_known: row?.usage?.cost_known,
+    };
     stats.tokens.textContent = fmtInt(usage.input + usage.output);
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
@@ -951,6 +958,7 @@ function runPage(runId) {
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
     }
+    if (ev.type === "child.finished" || TERMINAL_EVENTS.has(ev.type)) children.poke();
     const boundary = st.boundary(ev);
     const li = item(ev, { ...render(ev), boundary });
     timeline.append(li);

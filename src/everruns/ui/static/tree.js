@@ -166,6 +166,7 @@ export function childrenPanel(runId, getRow) {
     settled = ["completed", "failed", "cancelled"].includes(row?.status) && done === kids.length;
   };
   const tick = async () => {
+    clearTimeout(timer);
     try {
       await refresh();
     } catch {
@@ -176,6 +177,13 @@ export function childrenPanel(runId, getRow) {
   tick();
   return {
     card,
+    // A child ended or the run did: show it now, not at the next poll.
+    poke: () => {
+      if (!stopped) {
+        settled = false;
+        tick();
+      }
+    },
     stop: () => {
       stopped = true;
       clearTimeout(timer);
