@@ -816,7 +816,7 @@ async def test_async_client_streams_and_waits(sqlite_url: str, tmp_path: Path) -
 
 
 def test_lists_are_brief_children_filter_and_memory_routes(
-    server: Server, tmp_path: Path, db_url: str
+    server: Server, server_env: dict[str, str], tmp_path: Path, db_url: str
 ) -> None:
     """GET /v1/runs cuts input and result to 200 characters (`truncated: true`), the run
     and the SDK's `get` keep them whole; `parent_id` lists a run's children; an agent's
@@ -834,6 +834,10 @@ def test_lists_are_brief_children_filter_and_memory_routes(
         whole = client.runs.get(run.id)
         assert (whole.input, whole.result, whole.truncated) == (long, "y" * 300, False)
     assert httpx.get(f"{server.url}/v1/runs?parent_id={run.id}").json()["items"] == []
+    # The CLI's `ls --json` prints them whole through the API too, as on a local database.
+    listed = cli("ls", "--agent", "brief", "--json", "--server", server.url, env=server_env)
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["input"], r["result"]) for r in json.loads(listed.stdout)] == [(long, "y" * 300)]
 
     async def notes() -> list[str]:
         store = await Store.open(db_url)
