@@ -932,6 +932,14 @@ def test_agent_from_yaml_names_the_field_and_memory_panel(solo: Server, page: Pa
     # The YAML shown reads back as the stored spec (and can be edited as a new version).
     shown = yaml.safe_load(spec.inner_text())
     assert shown == solo.api("GET", "/v1/agents/notetaker")["spec"]
+    page.get_by_role("button", name="Edit as a new version").click()
+    text = page.get_by_label("Spec (YAML)").input_value()
+    assert yaml.safe_load(text) == shown
+    page.get_by_label("Spec (YAML)").fill(text.replace("max_steps: 5", "max_steps: 6"))
+    page.get_by_role("button", name="Save agent").click()
+    expect(page.locator("#agent-spec")).to_contain_text("max_steps: 6")
+    expect(page.get_by_label("Version")).to_have_value("2")
+    assert solo.api("GET", "/v1/agents/notetaker/versions/1")["spec"] == shown
 
     # A run remembers two notes; the Memory panel lists them, deletes one, clears all.
     page.get_by_label("Input").fill("learn")
@@ -1039,6 +1047,7 @@ def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page
             "cost_known": False,
         },
         tree_usage={"input_tokens": 30, "output_tokens": 9, "cost_usd": 1.25, "cost_known": True},
+        last_seq=4,
     )
     journal = [
         {"run_id": rid, "seq": 1, "type": "run.created", "ts": now, "data": {"input": "hi"}},
@@ -1046,6 +1055,13 @@ def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page
         {
             "run_id": rid,
             "seq": 3,
+            "type": "tool.completed",
+            "ts": now,
+            "data": {"call_id": "c", "name": "spawn_agent", "output": "{}", "child": "run_p1_0"},
+        },
+        {
+            "run_id": rid,
+            "seq": 4,
             "type": "run.waiting",
             "ts": now,
             "data": {"reason": "sleep", "wake_at": wake},
@@ -1071,7 +1087,8 @@ def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page
         timeout=10_000,
     )
     expect(page.locator("#stat-cost")).to_have_text("unknown")
-    expect(page.locator("#tree-cost")).to_have_text("$1.25")
+    expect(page.locator("#tree-cost")).to_have_text("$1.25")  # the children (served) are 3
+    expect(page.locator("#children tbody tr")).to_have_count(3)
 
     values = [
         {"name": "a", "prompt": "line one\nline two\n", "strip": "no newline\nat end"},

@@ -107,7 +107,9 @@ export function agentsPage(selected, params) {
   focusHeading();
   let stopped = false;
   const opened = (agent) => {
-    location.hash = `#/agents/${encodeURIComponent(agent.name)}`;
+    const target = `#/agents/${encodeURIComponent(agent.name)}`;
+    if (location.hash === target) window.dispatchEvent(new HashChangeEvent("hashchange")); // a new version
+    else location.hash = target;
   };
 
   const showAgent = async (name, version) => {

@@ -958,7 +958,8 @@ function runPage(runId) {
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
     }
-    if (ev.type === "child.finished" || TERMINAL_EVENTS.has(ev.type)) children.poke();
+    if (d.child || ev.type === "child.finished") children.poke();
+    else if (TERMINAL_EVENTS.has(ev.type)) children.poke(false);
     const boundary = st.boundary(ev);
     const li = item(ev, { ...render(ev), boundary });
     timeline.append(li);

@@ -139,11 +139,12 @@ export function childrenPanel(runId, getRow) {
   let stopped = false;
   let timer = null;
   let settled = false;
+  let active = false; // polls only once the journal showed a spawn (or the API a tree)
   const refresh = async () => {
     const { items } = await fetchPages({ parent_id: runId, limit: "500" }, 4);
     if (stopped) return;
     const row = getRow();
-    card.hidden = !items.length && !row?.tree_usage;
+    card.hidden = !items.length;
     const kids = items.slice().sort((a, b) => a.created_at - b.created_at);
     put(tbody, ...kids.map((run) =>
       h("tr", { dataset: { childId: run.id, status: run.status } },
@@ -174,15 +175,15 @@ export function childrenPanel(runId, getRow) {
     }
     if (!stopped && !settled) timer = setTimeout(tick, CHILD_POLL_MS);
   };
-  tick();
   return {
     card,
-    // A child ended or the run did: show it now, not at the next poll.
-    poke: () => {
-      if (!stopped) {
-        settled = false;
-        tick();
-      }
+    // A child was spawned or ended (`start`), or the run ended: show it now.
+    poke: (start = true) => {
+      if (stopped || !(active || start)) return;
+      active = true;
+      settled = false;
+      clearTimeout(timer); // several events in a row: one request
+      timer = setTimeout(tick, 100);
     },
     stop: () => {
       stopped = true;
