@@ -917,6 +917,10 @@ def test_agent_from_yaml_names_the_field_and_memory_panel(solo: Server, page: Pa
     page.goto(f"{solo.url}/#/agents")
     page.get_by_role("button", name="New agent").click()
     editor = page.get_by_label("Spec (YAML)")
+    editor.fill("name: broken\nmodel: {provider: scripted\ntools: []\n")  # unclosed mapping
+    page.get_by_role("button", name="Save agent").click()
+    expect(page.locator("#yaml-error .field-name")).to_have_text(re.compile(r"^line \d+$"))
+    expect(page.locator("#yaml-error")).to_contain_text("invalid YAML")
     editor.fill(TYPO_YAML)
     page.get_by_role("button", name="Save agent").click()
     error = page.locator("#yaml-error")
