@@ -881,7 +881,7 @@ def test_failed_shell_call_is_a_failure_and_fork_sits_on_turns(solo: Server, pag
     )
     assert bounded == ["llm.completed", "tool.completed", "llm.completed", "run.completed"]
     expect(forks).to_have_count(4)
-    _shot(page, "ui-shell-failure.png")
+    _shot(page, "ui-shell-failure.png", full_page=False, readme="screenshot-failure.png")
 
 
 def test_follows_the_live_end_with_a_jump_pill(solo: Server, page: Page) -> None:
