@@ -150,7 +150,7 @@ SHELL_FAIL = _agent(
 FOLLOWED = _agent(
     "many-steps",
     [
-        {"tool_calls": [{"name": "idem_record", "arguments": {"key": f"f{i}", "sleep": 0.35}}]}
+        {"tool_calls": [{"name": "idem_record", "arguments": {"key": f"f{i}", "sleep": 0.6}}]}
         for i in range(12)
     ]
     + [{"text": "twelve steps done"}],
