@@ -3,6 +3,7 @@ import { renderMarkdown } from "./markdown.js";
 import { agentsPage } from "./agents.js";
 import { childrenPanel, costText, fetchPages, renderRunRows } from "./tree.js";
 import { approvalsBar, boundaryTracker, countdown, failedOutput, follower, startCountdowns } from "./live.js";
+import { attentionPanel } from "./health.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -1199,6 +1200,7 @@ async function updateApprovalsBadge() {
 function workersPage() {
   document.title = "Workers · everruns";
   const tbody = h("tbody");
+  const attention = attentionPanel({ h, put, api });
   main.append(
     h("div", { class: "page-head" },
       h("div", {}, h("h1", {}, "Workers"), h("p", { class: "muted" }, "Live workers (heartbeat in the last minute) and the runs each holds."))),
@@ -1214,9 +1216,11 @@ function workersPage() {
             h("th", { scope: "col" }, "Heartbeat"),
             h("th", { scope: "col", class: "num" }, "Runs held"))),
           tbody))),
+    attention.element,
   );
   focusHeading();
   return poll(async () => {
+    await attention.refresh();
     const workers = await api("/v1/workers");
     if (!workers.length) {
       put(tbody, h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No live workers. Start one with everruns worker (or everruns server without --no-worker).")));
