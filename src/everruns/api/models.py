@@ -67,6 +67,11 @@ class RunOut(BaseModel):
         description="The grader's verdict (agents with `outcome:`): satisfied, "
         "not_satisfied, or revising while the agent works on feedback.",
     )
+    truncated: bool = Field(
+        default=False,
+        description="True in a list when `input` or `result` was cut to its first 200 "
+        "characters; GET /v1/runs/{id} returns them whole.",
+    )
 
 
 class RunPage(BaseModel):
