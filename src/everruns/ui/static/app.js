@@ -1,5 +1,6 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
+import { agentCost, budgetCard, costText } from "./budgets.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -428,7 +429,7 @@ function runsPage(params) {
           h("td", { "data-label": "Age" }, timeEl(run.created_at, fmtAge(run.created_at))),
           h("td", { class: "num", "data-label": "Steps" }, fmtInt(run.steps)),
           h("td", { class: "num", "data-label": "Tokens" }, fmtInt(run.usage.total_tokens)),
-          h("td", { class: "num", "data-label": "Cost" }, fmtCost(run.usage.cost_usd)),
+          h("td", { class: "num", "data-label": "Cost" }, costText(run.usage, fmtCost)),
         ),
       ),
     );
@@ -506,6 +507,7 @@ function runPage(runId) {
   const timeline = h("ol", { class: "timeline", id: "timeline", "aria-label": "Journal events" });
   const message = h("textarea", { id: "message", name: "content", rows: 2, required: true, placeholder: "Ask a follow-up or give new instructions" });
   const sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
+  const budget = budgetCard({ h, api, toast, fmtCost, fmtInt }, runId);
 
   main.append(
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/runs" }, "Runs"), " / ", h("span", { class: "mono" }, runId)),
@@ -552,6 +554,7 @@ function runPage(runId) {
           h("h2", { id: "actions-title" }, "Actions"),
           h("div", { class: "actions" }, btnPause, btnResume, btnCancel),
         ),
+        budget.card,
       ),
     ),
   );
@@ -578,9 +581,10 @@ function runPage(runId) {
     btnPause.disabled = !["queued", "running", "waiting"].includes(status);
     btnResume.disabled = status !== "paused";
     const usage = row && row.last_seq > st.lastSeq
-      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd }
+      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd, unknown: row.usage.cost_known === false }
       : st.usage;
-    stats.cost.textContent = fmtCost(usage.cost);
+    stats.cost.textContent = usage.unknown ? "unknown" : fmtCost(usage.cost);
+    if (row) budget.update(row);
     stats.tokens.textContent = fmtInt(usage.input + usage.output);
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
@@ -946,7 +950,8 @@ function runPage(runId) {
     // A run-level event while a call streams (takeover, failure, pause): that attempt is over.
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
     const u = d.usage;
-    if (u && ["llm.completed", "llm.failed", "context.compacted"].includes(ev.type)) {
+    if (u && ["llm.completed", "llm.failed", "llm.charged", "context.compacted"].includes(ev.type)) {
+      if (u.cost_known === false) st.usage.unknown = true;
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
@@ -1228,6 +1233,8 @@ function agentsPage(selected, params) {
       form,
       h("h3", {}, `Spec (v${agent.version})`),
       h("pre", { class: "spec", id: "agent-spec", "aria-label": `Spec of ${name} v${agent.version}` }, json(agent.spec)),
+      h("h3", {}, "Cost of its runs"),
+      await agentCost({ h, api, fmtCost, fmtInt }, name).catch((e) => h("p", { class: "muted" }, e.message)),
     );
   };
 
