@@ -362,12 +362,12 @@ class ApprovalDenied(TypedDict):
 
 class LLMCharged(TypedDict):
     """What an attempt that ended without `llm.completed`/`llm.failed` is charged: one
-    cancelled or stopped by a shutdown (journaled by its worker), or lost with a worker
-    that died or lost its lease (journaled by the worker that takes the run over)."""
+    cancelled by a user's cancel or a shutdown (journaled by its worker), or lost with a
+    worker that died or lost its lease (journaled by the worker that takes the run over)."""
 
     attempt: int
     model: str
-    reason: Literal["cancelled", "shutdown", "lost"]
+    reason: Literal["cancelled", "lost"]
     usage: Usage  # estimated: true (input from the request, output from what was streamed)
 
 
