@@ -98,14 +98,15 @@ class Runs(_Shell):
     ) -> Event:
         """Raise (or lower) a run's limits, journaled as `limits.changed`; a run that
         failed on a limit continues with `resume` once it is raised. `deadline`: from now."""
-        limits = {
-            "max_cost_usd": max_cost_usd,
-            "max_tokens": max_tokens,
-            "max_steps": max_steps,
-            "max_llm_calls": max_llm_calls,
-            "deadline": deadline,
-        }
-        return self._send(core.set_limits(run_id, limits))
+        call = core.set_limits(
+            run_id,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            max_steps=max_steps,
+            max_llm_calls=max_llm_calls,
+            deadline=deadline,
+        )
+        return self._send(call)
 
     def fork(self, run_id: str, seq: int, agent_version: int | None = None) -> Run:
         return self._send(core.fork(run_id, seq, agent_version))

@@ -63,27 +63,14 @@ async def tree_ledgers(conn: AsyncConnection, run_ids: list[str]) -> dict[str, L
 
 async def ancestry(conn: AsyncConnection, run_id: str) -> list[Ancestor]:
     """The run and its ancestors, the run first and the root last."""
+    columns = (runs.c.id, runs.c.parent_id, runs.c.agent_name, runs.c.agent_version, runs.c.limits)
     base = (
-        sa.select(
-            runs.c.id,
-            runs.c.parent_id,
-            runs.c.agent_name,
-            runs.c.agent_version,
-            runs.c.limits,
-            sa.literal(0).label("depth"),
-        )
+        sa.select(*columns, sa.literal(0).label("depth"))
         .where(runs.c.id == run_id)
         .cte("ancestry", recursive=True)
     )
     up = base.union_all(
-        sa.select(
-            runs.c.id,
-            runs.c.parent_id,
-            runs.c.agent_name,
-            runs.c.agent_version,
-            runs.c.limits,
-            base.c.depth + 1,
-        ).join(base, runs.c.id == base.c.parent_id)
+        sa.select(*columns, base.c.depth + 1).join(base, runs.c.id == base.c.parent_id)
     )
     rows = (await conn.execute(sa.select(up).order_by(up.c.depth))).all()
     return [
