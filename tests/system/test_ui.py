@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -595,6 +596,16 @@ def test_login_with_a_token_and_stream_with_access_token(fleet: Fleet, page: Pag
 def test_markdown_renderer_is_safe(fleet: Fleet, page: Page) -> None:
     page.goto(f"{fleet.server.url}/#/workers")
     expect(page.get_by_role("heading", name="Workers")).to_be_visible()
+    # The "needs attention" list (health.js) shows what /v1/health/attention says.
+    expect(page.get_by_role("heading", name="Needs attention")).to_be_visible()
+    expect(page.locator("#attention-status")).to_have_text(
+        re.compile(r"Nothing needs attention\.|\d+ findings? \(same as everruns doctor\):")
+    )
+    checks = {f["check"] for f in fleet.server.api("GET", "/v1/health/attention")}
+    shown = set(
+        page.locator("#attention-list li").evaluate_all("els => els.map(e => e.dataset.check)")
+    )
+    assert shown <= checks | {"dead_worker", "stuck_run"}, (shown, checks)
     cases = {
         "# Title": "<h1>Title</h1>",
         "### Three": "<h3>Three</h3>",

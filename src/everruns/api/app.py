@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
 from everruns.api.feed import EventFeed
+from everruns.api.metrics import exposition as metrics_text
 from everruns.api.models import (
     AgentCreate,
     AgentOut,
@@ -35,10 +36,12 @@ from everruns.api.models import (
 )
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
+from everruns.api.tracing import TraceRequests
 from everruns.api.wire import run_to_api
 from everruns.core.budget import check_change
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
+from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.worker import Worker
 from everruns.policy import check_spec
@@ -179,6 +182,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    sink = tracing.sink()
+    if sink is not None:  # request spans linked to the runs they touch (OTEL_* set)
+        app.add_middleware(TraceRequests, sink=sink)
     if config.cors_origins and config.auth_required:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -229,25 +235,29 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def ready(store: StoreDep) -> dict[str, str]:
         try:
             await store.ping()
+            current, revision, head = await store.health.migrations_current()
         except Exception as exc:
             raise Problem(503, "not-ready", "Not ready", f"database unreachable: {exc}") from None
-        return {"status": "ready"}
+        if not current:
+            raise Problem(
+                503,
+                "not-ready",
+                "Not ready",
+                f"database schema at revision {revision or 'none'}, this version needs {head} "
+                "(run `everruns db upgrade`)",
+            )
+        return {"status": "ready", "schema": head}
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=auth)
-    async def metrics(store: StoreDep) -> str:
-        counts = await store.count_runs_by_status()
-        workers = await store.list_workers()
-        lines = ["# HELP everruns_runs Runs by status.", "# TYPE everruns_runs gauge"]
-        lines += [f'everruns_runs{{status="{s}"}} {counts.get(s, 0)}' for s in STATUSES]
-        lines += [
-            "# HELP everruns_workers Live workers.",
-            "# TYPE everruns_workers gauge",
-            f"everruns_workers {len(workers)}",
-            "# HELP everruns_worker_runs Runs held by live workers.",
-            "# TYPE everruns_worker_runs gauge",
-            f"everruns_worker_runs {sum(w['runs'] for w in workers)}",
-        ]
-        return "\n".join(lines) + "\n"
+    async def metrics(store: StoreDep) -> PlainTextResponse:
+        return PlainTextResponse(
+            await metrics_text(store), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/v1/health/attention", tags=["health"], dependencies=auth)
+    async def attention(store: StoreDep) -> list[dict[str, Any]]:
+        """What needs a human (the checks of `everruns doctor`); empty when all is well."""
+        return await store.health.attention()
 
     # ------------------------------------------------------------ agents
 

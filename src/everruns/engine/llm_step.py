@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from everruns import metrics
 from everruns.core.backoff import backoff_delay
 from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
 from everruns.core.decide import Compact, Fail, Reason, Wait
@@ -117,9 +118,11 @@ class LLMStep:
         )
 
         streamed: list[str] = []  # what the attempt is charged for if it ends unanswered
+        ttft = metrics.first_token(model.label)
 
         def on_delta(text: str) -> None:
             streamed.append(text)
+            ttft()
             self.log.publish_ephemeral("llm.delta", {"attempt": atom.attempt, "text": text})
 
         price = price_for(model, self.settings.prices)

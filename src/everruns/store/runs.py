@@ -332,10 +332,17 @@ def _claimable(now: float, only: list[str] | None, exclude: list[str] | None = N
     """Runs a worker may claim at `now`: active, due, and with no live lease (`exclude`: runs
     the claimer executes already, whose lease a slow renewal let lapse)."""
     return sa.select(runs.c.id).where(
+        *runnable(now),
+        runs.c.id.in_(only) if only is not None else sa.true(),
+        runs.c.id.not_in(exclude) if exclude else sa.true(),
+    )
+
+
+def runnable(now: float) -> list[Any]:
+    """Runnable at `now`: active, due, and with no live lease (the queue)."""
+    return [
         runs.c.status.in_(ACTIVE_STATUSES),
         runs.c.wake_at.is_not(None),
         runs.c.wake_at <= now,
         sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
-        runs.c.id.in_(only) if only is not None else sa.true(),
-        runs.c.id.not_in(exclude) if exclude else sa.true(),
-    )
+    ]

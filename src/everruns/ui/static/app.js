@@ -1,6 +1,7 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
 import { agentCost, budgetCard, costText } from "./budgets.js";
+import { attentionPanel } from "./health.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -1270,6 +1271,7 @@ function agentsPage(selected, params) {
 function workersPage() {
   document.title = "Workers · everruns";
   const tbody = h("tbody");
+  const attention = attentionPanel({ h, put, api });
   main.append(
     h("div", { class: "page-head" },
       h("div", {}, h("h1", {}, "Workers"), h("p", { class: "muted" }, "Live workers (heartbeat in the last minute) and the runs each holds."))),
@@ -1285,9 +1287,11 @@ function workersPage() {
             h("th", { scope: "col" }, "Heartbeat"),
             h("th", { scope: "col", class: "num" }, "Runs held"))),
           tbody))),
+    attention.element,
   );
   focusHeading();
   return poll(async () => {
+    await attention.refresh();
     const workers = await api("/v1/workers");
     if (!workers.length) {
       put(tbody, h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No live workers. Start one with everruns worker (or everruns server without --no-worker).")));

@@ -2,14 +2,14 @@
 `everruns budget` set over its spec's; an index on `parent_id` serves the tree sums.
 
 Revision ID: 0009
-Revises: 0008
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0009"
-down_revision = "0008"
+down_revision = "0012"
 
 
 def upgrade() -> None:
