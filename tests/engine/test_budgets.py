@@ -310,3 +310,34 @@ async def test_broken_and_unreported_answers_are_charged_by_estimate(store: Stor
     # No price for this model: the cost is unknown, never $0.
     assert row.usage["cost_known"] is False and row.usage["cost_usd"] is None
     assert row.tree_usage["cost_usd"] is None
+
+
+async def test_unpriced_sub_agent_is_refused_under_a_cost_limit(store: Store) -> None:
+    child = {
+        "name": "local-child",
+        "model": {
+            "provider": "openai-compatible",
+            "name": "llama",
+            "base_url": "http://127.0.0.1:9/v1",
+        },
+    }
+    spawn = {"name": "spawn_agent", "arguments": {"input": "x", "spec": child}}
+    model = {
+        "provider": "scripted",
+        "pricing": PRICE,
+        "responses": [{"tool_calls": [spawn], "usage": CALL}, {"text": "gave up", "usage": CALL}],
+    }
+    spec = parse_spec(
+        {
+            "name": "capped",
+            "model": model,
+            "tools": [{"builtin": "subagents"}],
+            "limits": {"max_cost_usd": 5},
+        }
+    )
+    run_id = await store.create_run(spec, "go")
+    assert await _run_until_terminal(store, run_id) == "completed"
+    events = await store.load_events(run_id)
+    (refused,) = [e for e in events if e.type == EventType.TOOL_FAILED]
+    assert "has no price" in refused.data["error"] and run_id in refused.data["error"]
+    assert await store.family([run_id]) == [run_id]  # no child was created
