@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import yaml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -47,7 +46,7 @@ from everruns.engine.worker import Worker
 from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
-from everruns.spec import AgentSpec, parse_spec
+from everruns.spec import AgentSpec, parse_spec, spec_from_yaml
 from everruns.store import Store, StoreError
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
@@ -126,8 +125,8 @@ def store_of(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(store_of)]
 
 
-def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(run_to_api(row))
+def _run_out(row: Any, *, brief: bool = False) -> RunOut:
+    return RunOut.model_validate(run_to_api(row, brief=brief))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
@@ -278,14 +277,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "Invalid request",
                 "give exactly one of `spec` (JSON) or `yaml` (text)",
             )
-        if text is not None:
-            try:
-                spec_data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise Problem(
-                    422, "invalid-spec", "Invalid agent spec", f"invalid YAML: {exc}"
-                ) from None
-        spec = parse_spec(spec_data, "spec")
+        spec = spec_from_yaml(text, "spec") if text is not None else parse_spec(spec_data, "spec")
         await _allowed(store, spec)  # before build_tools imports any module
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)
@@ -395,7 +387,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
         page = rows[:limit]
         next_cursor = f"{page[-1].created_at!r}~{page[-1].id}" if len(rows) > limit else None
-        return RunPage(items=[_run_out(r) for r in page], next_cursor=next_cursor)
+        return RunPage(items=[_run_out(r, brief=True) for r in page], next_cursor=next_cursor)
 
     @app.get("/v1/runs/{run_id}", tags=["runs"], dependencies=auth)
     async def get_run(run_id: str, store: StoreDep) -> RunOut:
@@ -532,6 +524,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)
+    from everruns.api.memory import add_memory_routes
+
+    add_memory_routes(app, auth)
     mount_ui(app)
     return app
 

@@ -83,6 +83,8 @@ class Subagents:
             run_id=child,
             created_data={"depth": self.log.state.depth + 1, **({"trace": trace} if trace else {})},
             origin=origin,
+            # An inline spec the model writes again reuses its version (content hash).
+            any_version=request.spec is not None,
         )
 
     async def _check_prices(self, spec: AgentSpec) -> None:

@@ -38,11 +38,13 @@ class Runs:
         run_id: str | None = None,
         created_data: dict[str, Any] | None = None,
         origin: str = "local",
+        any_version: bool = False,
     ) -> str:
         """Queue a new run. `run_id` makes creation idempotent (a second call with the
         same id returns it unchanged); `created_data` adds keys to run.created; `origin`
-        is where the spec came from (see everruns.policy)."""
-        version = await self.agents.save_agent(spec, origin=origin)
+        is where the spec came from (see everruns.policy); `any_version` reuses any
+        stored version with the same content (see store/agents.py)."""
+        version = await self.agents.save_agent(spec, origin=origin, any_version=any_version)
         if run_id is not None:
             async with self.db.reads.connect() as conn:
                 found = (

@@ -97,6 +97,7 @@ class Store:
         # memory
         self.remember = memory.remember
         self.recall = memory.recall
+        self.forget = memory.forget
         # fleet
         self.register_worker = fleet.register_worker
         self.report_clock = fleet.report_clock

@@ -1,19 +1,15 @@
 // Budgets in the web UI (issue 11): a run's own and tree usage, a form that raises its
 // limits (and resumes it when it failed on one), and the cost of an agent's runs per day.
-// app.js passes its helpers in (`ui`: h, api, toast, fmtCost, fmtInt), so this module
-// imports nothing of it.
+// app.js passes its helpers in (`ui`: h, api, toast, fmtCost, fmtInt); the cost text
+// ("unknown" when a call had no price, never $0) is tree.js's.
+
+import { costText } from "./tree.js";
 
 const RESUMABLE = new Set(["budget_exceeded", "max_steps_exceeded", "deadline_exceeded"]);
 
-/** A usage object's cost: "unknown" when a call had no price, never $0. */
-export function costText(usage, fmtCost) {
-  if (!usage || usage.cost_known === false || usage.cost_usd === null) return "unknown";
-  return fmtCost(usage.cost_usd);
-}
-
 function usageText(usage, ui) {
   if (!usage) return "…";
-  return `${costText(usage, ui.fmtCost)} · ${ui.fmtInt(usage.total_tokens)} tokens`;
+  return `${costText(usage)} · ${ui.fmtInt(usage.total_tokens)} tokens`;
 }
 
 /** The run page's budget card: own and tree usage, the limits set, a raise form. */
