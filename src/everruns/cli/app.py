@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, doctor, maintenance, runs, schedules, serve, verbs
+from everruns.cli import access, budgets, doctor, maintenance, runs, schedules, serve, verbs
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -57,6 +57,8 @@ app.command()(runs.deny)
 app.command()(runs.message)
 app.command()(verbs.steer)
 app.command()(verbs.interrupt)
+app.command()(budgets.budget)
+app.command()(budgets.resume)
 app.command()(runs.workspace)
 app.command()(serve.server)
 app.command()(doctor.doctor)

@@ -55,6 +55,13 @@ class Backend(Protocol):
 
     async def interrupt(self, run_id: str) -> tuple[str, int | None]:
         """Cut the in-flight atom and park the run: (outcome, seq of run.interrupted)."""
+
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        """Journal `limits.changed` (limits validated by `core.budget.check_change`); its data."""
+        ...
+
+    async def resume(self, run_id: str) -> str:
+        """Resume a paused run, or one that failed on a limit since raised; its status."""
         ...
 
 

@@ -137,6 +137,12 @@ class LocalBackend:
         seq = await wait_for_event(self.store, run_id, before, kinds)
         return ("interrupted" if seq else "requested"), seq
 
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return (await self.store.change_limits(run_id, limits, by="cli")).data
+
+    async def resume(self, run_id: str) -> str:
+        return await self.store.resume(run_id, by="cli")
+
     # Local only: the journaled workspace lives in the database's blobs.
 
     async def workspace_files(self, run_id: str) -> dict[str, str]:

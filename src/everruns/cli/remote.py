@@ -80,3 +80,9 @@ class RemoteBackend:
     async def interrupt(self, run_id: str) -> tuple[str, int | None]:
         receipt = await self.client.runs.interrupt(run_id)
         return receipt.outcome, receipt.seq
+
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return (await self.client.runs.set_limits(run_id, **limits)).data
+
+    async def resume(self, run_id: str) -> str:
+        return await self.client.runs.resume(run_id)

@@ -46,6 +46,9 @@ class EventType(StrEnum):
     RUN_INTERRUPTED = "run.interrupted"  # the in-flight atom was cut; waits for a message
     OUTCOME_GRADING = "outcome.grading"  # the grader call started (an atom, like llm.started)
     OUTCOME_GRADED = "outcome.graded"  # its verdict, feedback and usage
+    # budgets (issue 11)
+    LLM_CHARGED = "llm.charged"  # the charge of an attempt that ended with no answer of its own
+    LIMITS_CHANGED = "limits.changed"  # a run's limits raised (or lowered) from outside
 
 
 class RunStatus(StrEnum):
@@ -97,6 +100,9 @@ APPROVAL_DENIED = EventType.APPROVAL_DENIED
 RUN_INTERRUPTED = EventType.RUN_INTERRUPTED
 OUTCOME_GRADING = EventType.OUTCOME_GRADING
 OUTCOME_GRADED = EventType.OUTCOME_GRADED
+# budgets (issue 11)
+LLM_CHARGED = EventType.LLM_CHARGED
+LIMITS_CHANGED = EventType.LIMITS_CHANGED
 
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
@@ -114,10 +120,13 @@ NOT_PROGRESS = frozenset(
         LLM_FALLBACK,
         APPROVAL_REQUESTED,
         OUTCOME_GRADING,
+        LLM_CHARGED,
     }
 )
 # Events journaled from outside the lease holder (`Store.signal`): they wake a parked run.
-SIGNALS = frozenset({MESSAGE_USER, APPROVAL_GRANTED, APPROVAL_DENIED, CHILD_FINISHED})
+SIGNALS = frozenset(
+    {MESSAGE_USER, APPROVAL_GRANTED, APPROVAL_DENIED, CHILD_FINISHED, LIMITS_CHANGED}
+)
 
 USER_INTERRUPTED_MESSAGE = (
     "interrupted by the user: this tool call was stopped before it reported a result; "
@@ -156,6 +165,7 @@ class Usage(TypedDict, total=False):
     cost_usd: float
     cached_input_tokens: int  # read from the provider's prompt cache (cheaper)
     estimated: bool  # the server reported no usage: estimated from the text
+    cost_known: bool  # False: the model has no price, so cost_usd (0) is not its cost
 
 
 class AgentRef(TypedDict):
@@ -200,6 +210,9 @@ class RunFailed(TypedDict):
 
     error: str
     reason: str
+    limit_run: NotRequired[
+        str
+    ]  # budget_exceeded: the run (self or an ancestor) whose limit applied
 
 
 class RunCancelled(TypedDict):
@@ -389,6 +402,31 @@ class OutcomeGraded(TypedDict):
     model: str
 
 
+# budgets (issue 11)
+
+
+class LLMCharged(TypedDict):
+    """What an attempt that ended without `llm.completed`/`llm.failed` is charged: one
+    cancelled by a user's cancel or a shutdown (journaled by its worker), or lost with a
+    worker that died or lost its lease (journaled by the worker that takes the run over)."""
+
+    attempt: int
+    model: str
+    reason: Literal["cancelled", "lost"]
+    usage: Usage  # estimated: true (input from the request, output from what was streamed)
+
+
+class LimitsChanged(TypedDict):
+    """A run's limits changed from outside (`everruns budget`). `limits` is every
+    override in force afterwards (over the spec's `limits`); `deadline` is in seconds
+    from the run's creation, like the spec's."""
+
+    by: str
+    old: dict[str, Any]
+    new: dict[str, Any]
+    limits: dict[str, Any]
+
+
 PAYLOADS: dict[EventType, type] = {
     RUN_CREATED: RunCreated,
     RUN_STARTED: RunStarted,
@@ -418,5 +456,7 @@ PAYLOADS: dict[EventType, type] = {
     RUN_INTERRUPTED: RunInterrupted,
     OUTCOME_GRADING: OutcomeGrading,
     OUTCOME_GRADED: OutcomeGraded,
+    LLM_CHARGED: LLMCharged,
+    LIMITS_CHANGED: LimitsChanged,
 }
 """The payload type of every event type (a test checks every type has one)."""

@@ -25,6 +25,7 @@ from everruns.store.fleet import Fleet
 from everruns.store.health import Health
 from everruns.store.idempotency import Idempotency
 from everruns.store.journal import Journal
+from everruns.store.ledger import Ledgers
 from everruns.store.memory import Memory
 from everruns.store.retention import Retention
 from everruns.store.runs import Runs
@@ -53,6 +54,7 @@ class Store:
         self.idempotency = Idempotency(self.db)
         self.webhooks = Webhooks(self.db, agents)
         self.retention = Retention(self.db)
+        self.ledgers = ledgers = Ledgers(self.db)
         self.health = Health(self.db, journal)
 
         # journal
@@ -114,6 +116,10 @@ class Store:
         self.record_outcome = fleet.record_outcome
         self.acquire_rate = fleet.acquire_rate
         self.charge_tokens = fleet.charge_tokens
+        # budgets: tree sums, ancestries
+        self.tree_ledgers = ledgers.tree_ledgers
+        self.ancestry = ledgers.ancestry
+        self.change_limits = control.change_limits
         # blobs
         self.put_blobs = blobs.put_blobs
         self.get_blobs = blobs.get_blobs

@@ -58,9 +58,11 @@ SETTABLE = frozenset(
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "unpriced_calls",
+        "limits",
     }
 )
-ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd"})
+ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls"})
 SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
 # Events a webhook may subscribe to get a `webhook_outbox` row in the same commit
