@@ -1,0 +1,50 @@
+"""Agents written in other frameworks, run durably on everruns.
+
+`everruns.integrations.pydantic_ai` (EverrunsAgent) and
+`everruns.integrations.openai_agents` (EverrunsRunner). Each adapter routes the
+framework's model requests and tool calls through `everruns.engine.framework`, which
+journals and replays them; see docs/integrations/.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+from everruns.spec import EFFECTS
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+EFFECT_ATTR = "__everruns_effect__"
+
+
+def everruns_tool(*, effect: str) -> Callable[[F], F]:
+    """Declare a framework tool's effect class: `pure`, `idempotent` (run again after a
+    crash, with the same idempotency key) or `at_most_once` (the default: never run
+    again; an interrupted call becomes "outcome unknown"). Put it above or below the
+    framework's own tool decorator."""
+    if effect not in EFFECTS:
+        raise ValueError(f"effect must be one of {', '.join(EFFECTS)}, not {effect!r}")
+
+    def mark(fn: F) -> F:
+        setattr(fn, EFFECT_ATTR, effect)
+        return fn
+
+    return mark
+
+
+def declared_effect(fn: Any) -> str | None:
+    return getattr(fn, EFFECT_ATTR, None)
+
+
+def default_db() -> str:
+    """The database of in-process framework runs: EVERRUNS_DATABASE_URL, else the CLI's
+    default (sqlite:///.everruns/everruns.db)."""
+    import os
+    from pathlib import Path
+
+    url = os.environ.get("EVERRUNS_DATABASE_URL")
+    if url:
+        return url
+    Path(".everruns").mkdir(exist_ok=True)
+    return "sqlite:///.everruns/everruns.db"
