@@ -114,9 +114,7 @@ class _Journal(AbstractCapability[Any]):
     ) -> Any:
         metadata = tool_def.metadata or {}
         effect = (
-            self.effects.get(call.tool_name)
-            or metadata.get("everruns_effect")
-            or "at_most_once"
+            self.effects.get(call.tool_name) or metadata.get("everruns_effect") or "at_most_once"
         )
 
         async def run(_ctx: ToolContext) -> ToolResult:
@@ -225,7 +223,9 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
             {
                 "name": self.agent_name,
                 "agent": FrameworkAgent(
-                    python=self.ref, framework="pydantic_ai", effects=self.effects  # type: ignore[arg-type]
+                    python=self.ref,
+                    framework="pydantic_ai",
+                    effects=self.effects,  # type: ignore[arg-type]
                 ),
                 "limits": self.limits,
                 "approvals": {"require_for": self.approvals},
@@ -292,4 +292,3 @@ async def _rebuild(agent: EverrunsAgent, store: Any, run_id: str) -> Any:
     session = FrameworkSession(None, run_id, agent.spec(), Settings(), events)
     await execute(agent, session)
     return session.output
-
