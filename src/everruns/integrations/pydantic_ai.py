@@ -268,7 +268,7 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
 
 class EverrunsRunError(Exception):
     def __init__(self, run_id: str, status: str, error: dict[str, Any] | None):
-        detail = (error or {}).get("error", "")
+        detail = (error or {}).get("message", "")
         super().__init__(f"run {run_id} ended {status}: {detail}")
         self.run_id = run_id
         self.status = status
