@@ -187,7 +187,7 @@ class FakeOpenAI:
         self.requests: list[dict[str, Any]] = []
 
         class Handler(http.server.BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802
+            def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
                 out = answer(body)

@@ -14,23 +14,20 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic_ai import Agent
+from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models.function import AgentInfo, FunctionModel
 
-pytest.importorskip("pydantic_ai")  # the dev extra installs it; CI always has it
-
-from pydantic_ai import Agent  # noqa: E402
-from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart  # noqa: E402
-from pydantic_ai.models.function import AgentInfo, FunctionModel  # noqa: E402
-
-from everruns.client import Client  # noqa: E402
-from everruns.core.events import EventType  # noqa: E402
-from everruns.integrations.pydantic_ai import EverrunsAgent, EverrunsRunError  # noqa: E402
-from everruns.policy import PolicyError, check_spec  # noqa: E402
-from everruns.settings import Settings  # noqa: E402
-from everruns.spec import AgentSpec  # noqa: E402
-from everruns.store import Store  # noqa: E402
-from everruns.testing.matrix import acrash_matrix, assert_exactly_once  # noqa: E402
-from everruns.testing.runs import run_to_end  # noqa: E402
-from helpers import TOOLING, FakeOpenAI, Server, cli, env_for  # noqa: E402
+from everruns.client import Client
+from everruns.core.events import EventType
+from everruns.integrations.pydantic_ai import EverrunsAgent, EverrunsRunError
+from everruns.policy import PolicyError, check_spec
+from everruns.settings import Settings
+from everruns.spec import AgentSpec
+from everruns.store import Store
+from everruns.testing.matrix import acrash_matrix, assert_exactly_once
+from everruns.testing.runs import run_to_end
+from helpers import TOOLING, FakeOpenAI, Server, cli, env_for
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -101,7 +98,7 @@ async def test_crash_matrix_same_output_and_no_completed_call_repeated(
             assert "outcome unknown" in final.data["result"]
         else:
             assert final.data["result"] == result, case.point
-    weather = [x for x in report.cases if x.point == "before:tool.completed#1"][0]
+    weather = next(x for x in report.cases if x.point == "before:tool.completed#1")
     runs = [x for x in weather.ledger if x["kind"] == "exec" and x["tool"] == "weather"]
     assert [r["attempt"] for r in runs] == [1, 2]  # idempotent: run again, same key
     assert len({r["idempotency_key"] for r in runs}) == 1
@@ -194,7 +191,7 @@ async def test_approval_parks_the_run_durably(db_url: str) -> None:
 def test_api_specs_need_the_operators_leave_for_the_agent_module() -> None:
     spec = AgentSpec.model_validate(SPEC)
     assert spec.model.label == "python:pydantic_ai"
-    with pytest.raises(PolicyError, match="agent.python.*not allowed"):
+    with pytest.raises(PolicyError, match=r"agent\.python.*not allowed"):
         check_spec(spec, "api", Settings(), {})
     allowed = Settings.model_validate(
         {"api_specs": {"allow_tools": ["python"], "python_modules": ["other"]}}
