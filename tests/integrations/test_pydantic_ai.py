@@ -233,3 +233,50 @@ def test_started_through_the_api_and_seen_through_events(
     assert shown.returncode == 0, shown.stderr
     assert "book_hotel" in shown.stdout and "(at_most_once)" in shown.stdout
     assert "weather" in shown.stdout and "(idempotent)" in shown.stdout
+
+
+async def test_structured_output_retries_and_what_is_refused(db_url: str) -> None:
+    """A tool's ModelRetry is journaled and replayed; structured output is the run's JSON
+    result; streaming and per-call arguments are refused, never silently non-durable."""
+    from pydantic import BaseModel
+    from pydantic_ai import ModelRetry
+
+    class Plan(BaseModel):
+        city: str
+        nights: int
+
+    def model(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        kinds = ("tool-return", "retry-prompt")  # a retry answers the call (outcome 'retried')
+        retries = sum(1 for m in messages for p in m.parts if p.part_kind in kinds)
+        if retries == 0:
+            return ModelResponse(parts=[ToolCallPart("nights", {"n": 0}, tool_call_id="n1")])
+        final = {"city": "Rome", "nights": 3}
+        return ModelResponse(parts=[ToolCallPart(info.output_tools[0].name, final, "o1")])
+
+    agent: Agent[None, Plan] = Agent(FunctionModel(model), output_type=Plan)
+    tried: list[int] = []
+
+    @agent.tool_plain
+    def nights(n: int) -> int:
+        tried.append(n)
+        if n < 1:
+            raise ModelRetry("at least one night")
+        return n
+
+    durable = EverrunsAgent(agent, name="rome", db=db_url)
+    result = await durable.run("Plan Rome", run_id="rome-1")
+    assert result.output == Plan(city="Rome", nights=3) and tried == [0]
+    replayed = await durable.run("Plan Rome", run_id="rome-1")
+    assert replayed.output == result.output and tried == [0]
+    async with await Store.open(db_url) as store:
+        row = await store.get_run("rome-1")
+        events = await store.load_events("rome-1")
+    assert json.loads(row.result or "") == {"city": "Rome", "nights": 3}
+    failed = [e.data for e in events if e.type == EventType.TOOL_FAILED]
+    assert failed == [
+        {"call_id": "n1", "name": "nights", "error": "at least one night", "retry": True}
+    ]
+    with pytest.raises(NotImplementedError, match="not durable yet"):
+        durable.run_stream("Plan Rome")
+    with pytest.raises(TypeError, match="does not support deps"):
+        await durable.run("Plan Rome", deps=object())

@@ -20,7 +20,7 @@ from typing import Any
 
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ModelRetry
+from pydantic_ai.exceptions import ModelRetry, ToolRetryError
 from pydantic_ai.messages import (
     ModelMessagesTypeAdapter,
     ModelResponse,
@@ -117,11 +117,16 @@ class _Journal(AbstractCapability[Any]):
             self.effects.get(call.tool_name) or metadata.get("everruns_effect") or "at_most_once"
         )
 
+        live_retry: list[ToolRetryError] = []
+
         async def run(_ctx: ToolContext) -> ToolResult:
             try:
                 value = await handler(args)
-            except ModelRetry as exc:
-                return ToolResult(kind="retry", error=exc.message)
+            except ToolRetryError as exc:  # the tool raised ModelRetry (already counted)
+                live_retry.append(exc)
+                content = exc.tool_retry.content
+                text = content if isinstance(content, str) else to_json(content).decode()
+                return ToolResult(kind="retry", error=text)
             return ToolResult(value=to_jsonable_python(value, fallback=str))
 
         result = await self.session.tool_call(
@@ -130,7 +135,9 @@ class _Journal(AbstractCapability[Any]):
         if result.kind == "ok":
             return result.value
         if result.kind == "retry":
-            raise ModelRetry(result.error or "try again")
+            if live_retry:
+                raise live_retry[0]
+            raise ModelRetry(result.error or "try again")  # replayed: counted as live was
         if result.kind == "error":
             raise RuntimeError(result.error)
         return result.error  # interrupted / denied: the model is told
@@ -264,6 +271,27 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
     ) -> Any:
         return asyncio.run(self.run(user_prompt, run_id=run_id, **kwargs))
+
+    # Streaming and step-by-step iteration would run the wrapped agent outside the journal:
+    # refused rather than silently non-durable.
+    def iter(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("iter")
+
+    def run_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream")
+
+    def run_stream_sync(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream_sync")
+
+    def run_stream_events(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream_events")
+
+
+def _not_durable(method: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"EverrunsAgent.{method} is not durable yet: use `await durable.run(...)` (the run's "
+        "events stream through `everruns watch` and the API); see docs/integrations/pydantic-ai.md"
+    )
 
 
 class EverrunsRunError(Exception):
