@@ -8,6 +8,7 @@ it records a charge), then answer with both results.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import Iterator
 from pathlib import Path
@@ -20,6 +21,7 @@ from pydantic_ai.models.function import AgentInfo, FunctionModel
 
 from everruns.client import Client
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
+from everruns.engine.worker import Worker
 from everruns.integrations.pydantic_ai import EverrunsAgent, EverrunsRunError
 from everruns.policy import PolicyError, check_spec
 from everruns.settings import Settings
@@ -27,7 +29,7 @@ from everruns.spec import AgentSpec
 from everruns.store import Store
 from everruns.testing.matrix import acrash_matrix, assert_exactly_once
 from everruns.testing.runs import run_to_end
-from helpers import TOOLING, FakeOpenAI, Server, cli, env_for
+from helpers import TOOLING, FakeOpenAI, Server, cli, env_for, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -280,3 +282,32 @@ async def test_structured_output_retries_and_what_is_refused(db_url: str) -> Non
         durable.run_stream("Plan Rome")
     with pytest.raises(TypeError, match="does not support deps"):
         await durable.run("Plan Rome", deps=object())
+
+
+async def test_cancel_interrupts_the_in_flight_model_request(db_url: str) -> None:
+    started = asyncio.Event()
+
+    async def slow(messages: list[Any], info: AgentInfo) -> ModelResponse:
+        started.set()
+        await asyncio.sleep(60)
+        return ModelResponse(parts=[TextPart("too late")])
+
+    agent: Agent[None, str] = Agent(FunctionModel(function=slow))
+    durable = EverrunsAgent(agent, name="slow", db=db_url)
+    async with await Store.open(db_url) as store:
+        run_id = await store.create_run(durable.spec(), "Think long")
+        worker = Worker(store, concurrency=1, lease_ttl=2, poll_interval=0.05, only=[run_id])
+        task = asyncio.create_task(worker.run())
+        try:
+            await asyncio.wait_for(started.wait(), 30)
+            await store.cancel(run_id)
+
+            async def cancelled() -> bool:
+                return (await store.get_run(run_id)).status == "cancelled"
+
+            await wait_until(cancelled, timeout=30, what="the run cancelled")
+        finally:
+            worker.stop()
+            await task
+        types = [e.type for e in await store.load_events(run_id)]
+    assert types[-2:] == [EventType.LLM_STARTED, EventType.RUN_CANCELLED]
