@@ -10,6 +10,9 @@ $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
+	# openai-agents declares websockets<17 (used only by its realtime/voice features) and we
+	# pin websockets 17: installed without its dependencies, which the lock already holds.
+	$(VENV)/bin/pip install -q --no-deps -c requirements.lock openai-agents
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -37,6 +37,17 @@ def declared_effect(fn: Any) -> str | None:
     return getattr(fn, EFFECT_ATTR, None)
 
 
+class EverrunsRunError(Exception):
+    """An in-process framework run did not complete (failed, cancelled, or parked)."""
+
+    def __init__(self, run_id: str, status: str, error: dict[str, Any] | None):
+        detail = (error or {}).get("message", "")
+        super().__init__(f"run {run_id} ended {status}: {detail}")
+        self.run_id = run_id
+        self.status = status
+        self.error = error
+
+
 def default_db() -> str:
     """The database of in-process framework runs: EVERRUNS_DATABASE_URL, else the CLI's
     default (sqlite:///.everruns/everruns.db)."""

@@ -32,11 +32,11 @@ from pydantic_core import to_json, to_jsonable_python
 
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
-from everruns.integrations import declared_effect, default_db, everruns_tool
+from everruns.integrations import EverrunsRunError, declared_effect, default_db, everruns_tool
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
 from everruns.tools.base import ToolContext
 
-__all__ = ["EverrunsAgent", "everruns_tool", "execute"]
+__all__ = ["EverrunsAgent", "EverrunsRunError", "everruns_tool", "execute"]
 
 # Keys of Pydantic AI's serialized messages that change between executions of the
 # same request (clocks, generated ids): left out of the request's digest.
@@ -292,15 +292,6 @@ def _not_durable(method: str) -> NotImplementedError:
         f"EverrunsAgent.{method} is not durable yet: use `await durable.run(...)` (the run's "
         "events stream through `everruns watch` and the API); see docs/integrations/pydantic-ai.md"
     )
-
-
-class EverrunsRunError(Exception):
-    def __init__(self, run_id: str, status: str, error: dict[str, Any] | None):
-        detail = (error or {}).get("message", "")
-        super().__init__(f"run {run_id} ended {status}: {detail}")
-        self.run_id = run_id
-        self.status = status
-        self.error = error
 
 
 # Arguments of Pydantic AI's run() a durable run cannot honour yet (all must be unset).
