@@ -12,6 +12,7 @@ from typing import Any
 import pytest
 
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
+from everruns.integrations import EverrunsRunError
 from everruns.integrations.openai_agents import EverrunsRunner
 from everruns.store import Store
 from everruns.testing.matrix import acrash_matrix, assert_exactly_once
@@ -97,3 +98,25 @@ async def test_crash_matrix_with_a_handoff(
             assert final == "Weather: Rome: sunny, 24C Booking: " + INTERRUPTED_MESSAGE
         else:
             assert final == result
+
+
+async def test_approval_parks_the_run_and_a_grant_resumes_it(
+    db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """The SDK wraps what a tool raises in its own error: the park still reaches everruns."""
+    import oa_agents
+
+    oa_agents = importlib.reload(oa_agents)
+    with pytest.raises(EverrunsRunError) as parked:
+        await EverrunsRunner.run(
+            oa_agents.triage, "Plan Rome", run_id="r-2", db=db_url, approvals=["book_hotel"]
+        )
+    assert parked.value.status == "waiting"
+    async with await Store.open(db_url) as store:
+        types = [e.type for e in await store.load_events("r-2")]
+        assert types[-2:] == [EventType.APPROVAL_REQUESTED, EventType.RUN_WAITING]
+        await store.signal("r-2", EventType.APPROVAL_GRANTED, {"call_id": "call_b"})
+    result = await EverrunsRunner.run(
+        oa_agents.triage, "Plan Rome", run_id="r-2", db=db_url, approvals=["book_hotel"]
+    )
+    assert result.final_output == "Weather: Rome: sunny, 24C Booking: booked 2 nights in Rome"

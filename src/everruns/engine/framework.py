@@ -15,6 +15,9 @@ step N, or a tool call the journal answered differently, fails the run with
 "non-deterministic replay at step N: ...". A tool call started and never finished is
 run again if `idempotent`/`pure`, and answered "interrupted, outcome unknown" if
 `at_most_once` (the default), exactly as in native runs.
+
+One file over 400 lines: the session, its replay checks and the few helpers the runner
+and the adapters share (resolve, adapter, find) are one concept.
 """
 
 from __future__ import annotations
@@ -68,6 +71,14 @@ class RunStop(Exception):
 
 class Parked(Exception):
     """A tool call waits for a human's approval: the run parks durably."""
+
+
+class Interrupted(Exception):
+    """The worker asked the run to stop between two steps: `pause` or `drain` (shutdown)."""
+
+    def __init__(self, why: str):
+        super().__init__(why)
+        self.why = why
 
 
 @dataclass
@@ -178,6 +189,8 @@ class FrameworkSession:
                 self.results[e.data["call_id"]] = e
         self.step = 0  # model requests of this execution so far
         self.replayed = 0
+        # Asked before each live model request: "pause" / "drain" stops the run there.
+        self.interrupt: Callable[[], str | None] = lambda: None
         self.output: Any = None  # the framework's result object, set by the adapter
 
     # ------------------------------------------------------------ model requests
@@ -203,6 +216,9 @@ class FrameworkSession:
             self.replayed += 1
             return completed["framework"]
         log = self._live(n, "a model request")
+        why = self.interrupt()
+        if why is not None:
+            raise Interrupted(why)
         breach = limit_breach(log.state, self.spec, time.time())
         if breach is not None:
             raise RunStop(breach.reason, breach.message)
@@ -382,21 +398,34 @@ def adapter(framework: str) -> Execute:
 
 
 def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
-    """`exc` or the first exception of type `kind` inside exception groups."""
-    if isinstance(exc, kind):
-        return exc
-    if isinstance(exc, BaseExceptionGroup):
-        for inner in exc.exceptions:
-            found = find(inner, kind)
-            if found is not None:
-                return found
+    """`exc` or the first exception of type `kind` inside it: in exception groups, or
+    as the cause of a framework's own error (the OpenAI Agents SDK wraps what a tool
+    raises in a UserError)."""
+    seen: set[int] = set()
+    todo: list[BaseException] = [exc]
+    while todo:
+        current = todo.pop(0)
+        if id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, kind):
+            return current
+        if isinstance(current, BaseExceptionGroup):
+            todo.extend(current.exceptions)
+        todo.extend(e for e in (current.__cause__, current.__context__) if e is not None)
     return None
 
 
 outputs: dict[str, Any] = {}  # run id -> the framework's result object (in-process callers)
 
 
-async def execute_run(log: RunLog, events: list[Event], spec: AgentSpec, settings: Settings) -> str:
+async def execute_run(
+    log: RunLog,
+    events: list[Event],
+    spec: AgentSpec,
+    settings: Settings,
+    interrupt: Callable[[], str | None] = lambda: None,
+) -> str:
     """Execute a framework run's loop to its end (replaying what is journaled) and
     return the result text. Raises RunStop, NonDeterministicReplay or Parked (maybe
     inside an exception group: see `find`), or what the framework raised."""
@@ -404,6 +433,7 @@ async def execute_run(log: RunLog, events: list[Event], spec: AgentSpec, setting
     execute = adapter(spec.agent.framework)
     target = resolve(spec.agent.python)
     session = FrameworkSession(log, log.run_id, spec, settings, events)
+    session.interrupt = interrupt
     text = await execute(target, session)
     outputs[log.run_id] = session.output
     return text

@@ -296,7 +296,9 @@ class RunRunner:
         while True:
             events = await self.store.load_events(self.run_id)
             try:
-                result = await framework.execute_run(self.log, events, spec, settings)
+                result = await framework.execute_run(
+                    self.log, events, spec, settings, self._framework_interrupt
+                )
             except Exception as exc:
                 if not await self._framework_stopped(exc):
                     continue
@@ -310,6 +312,11 @@ class RunRunner:
                 continue
             return
 
+    def _framework_interrupt(self) -> str | None:
+        if self.draining:
+            return "drain"
+        return "pause" if self.pause_requested else None
+
     async def _framework_stopped(self, exc: Exception) -> bool:
         """Journal why a framework run's loop stopped. False: execute it again."""
         lost = framework.find(exc, Fenced)
@@ -321,9 +328,16 @@ class RunRunner:
                 return False
             await self.log.release(wake_at=None, status="waiting", seen_seq=self.state.last_seq)
             return True
+        interrupted = framework.find(exc, framework.Interrupted)
         stop = framework.find(exc, framework.RunStop)
         replay = framework.find(exc, framework.NonDeterministicReplay)
-        if isinstance(stop, framework.RunStop):
+        if isinstance(interrupted, framework.Interrupted):
+            if interrupted.why == "pause":
+                await self.log.append(EventType.RUN_PAUSED, {"by": "user"})
+            else:
+                await self.log.flush()
+                await self.log.release(wake_at=time.time(), status="queued")
+        elif isinstance(stop, framework.RunStop):
             await self.fail(stop.reason, stop.message)
         elif replay is not None:
             await self.fail("non_deterministic_replay", str(replay))
