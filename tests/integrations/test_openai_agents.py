@@ -80,10 +80,13 @@ async def test_drop_in_runner_with_a_handoff_is_journaled(
 
 
 async def test_crash_matrix_with_a_handoff(
-    db_url: str, tmp_path: Path, fake_openai: FakeOpenAI
+    sqlite_url: str, tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     """SIGKILL where each tool ran and its result was not journaled: the idempotent one runs
-    again, the at_most_once booking never (outcome unknown); nothing completed repeats."""
+    again, the at_most_once booking never (outcome unknown); nothing completed repeats.
+    SQLite only, to save worker processes: the framework's replay is the same code on both
+    databases, and the Pydantic AI matrix runs on both."""
+    db_url = sqlite_url
     only = ["before:tool.completed#1", "before:tool.completed#2"]
     report = await acrash_matrix(SPEC, "Plan Rome", db=db_url, only=only, tmp=tmp_path)
     assert_exactly_once(report)
