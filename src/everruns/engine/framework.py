@@ -416,7 +416,20 @@ def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
     return None
 
 
-outputs: dict[str, Any] = {}  # run id -> the framework's result object (in-process callers)
+# The framework's result object of each run an in-process caller waits for (`expect`):
+# only those, so a long-lived worker keeps nothing.
+outputs: dict[str, Any] = {}
+_expected: set[str] = set()
+
+
+def expect(run_id: str) -> None:
+    _expected.add(run_id)
+
+
+def take(run_id: str) -> Any:
+    """The result object of a run `expect`ed in this process (None if it ran elsewhere)."""
+    _expected.discard(run_id)
+    return outputs.pop(run_id, None)
 
 
 async def execute_run(
@@ -435,5 +448,6 @@ async def execute_run(
     session = FrameworkSession(log, log.run_id, spec, settings, events)
     session.interrupt = interrupt
     text = await execute(target, session)
-    outputs[log.run_id] = session.output
+    if log.run_id in _expected:
+        outputs[log.run_id] = session.output
     return text

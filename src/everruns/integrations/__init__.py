@@ -8,10 +8,12 @@ journals and replays them; see docs/integrations/.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
-from everruns.spec import EFFECTS
+from everruns.engine import framework
+from everruns.engine.framework import FrameworkSession
+from everruns.spec import EFFECTS, AgentSpec
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -59,3 +61,41 @@ def default_db() -> str:
         return url
     Path(".everruns").mkdir(exist_ok=True)
     return "sqlite:///.everruns/everruns.db"
+
+
+async def run_in_process(
+    spec: AgentSpec,
+    input: str | None,
+    *,
+    run_id: str | None,
+    db: str | None,
+    timeout: float | None,
+    execute: Callable[[Any, FrameworkSession], Awaitable[str]],
+) -> Any:
+    """Create (or find, by `run_id`) the run, execute it in this process until it ends,
+    and return the framework's result object; a run that finished elsewhere is rebuilt
+    by replaying its journal (no model or tool is called)."""
+    from everruns.settings import Settings
+    from everruns.store import Store
+    from everruns.testing.runs import run_to_end
+
+    store = await Store.open(db or default_db())
+    try:
+        rid = await store.create_run(spec, input, run_id=run_id)
+        framework.expect(rid)
+        try:
+            await run_to_end(store, rid, timeout=timeout or 3600)
+        finally:
+            output = framework.take(rid)
+        row = await store.get_run(rid)
+        if row.status != "completed":
+            raise EverrunsRunError(rid, row.status, row.error)
+        if output is None:
+            assert spec.agent is not None
+            events = await store.load_events(rid)
+            session = FrameworkSession(None, rid, spec, Settings(), events)
+            await execute(framework.resolve(spec.agent.python), session)
+            output = session.output
+        return output
+    finally:
+        await store.close()

@@ -27,7 +27,7 @@ from pydantic_core import to_json, to_jsonable_python
 
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
-from everruns.integrations import EverrunsRunError, declared_effect, default_db, everruns_tool
+from everruns.integrations import declared_effect, everruns_tool, run_in_process
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
 from everruns.tools.base import ToolContext
 
@@ -231,9 +231,6 @@ class EverrunsRunner:
     ) -> Any:
         """`ref`: `module:attribute` where workers can import the agent (so any worker can
         resume the run); without it the agent is registered in this process only."""
-        from everruns.store import Store
-        from everruns.testing.runs import run_to_end
-
         name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in starting_agent.name)
         local = f"everruns.local:openai_agents.{name}"
         if ref is None:
@@ -250,21 +247,6 @@ class EverrunsRunner:
                 "approvals": {"require_for": list(approvals or [])},
             }
         )
-        store = await Store.open(db or default_db())
-        try:
-            rid = await store.create_run(spec, input, run_id=run_id)
-            await run_to_end(store, rid, timeout=timeout or 3600)
-            row = await store.get_run(rid)
-            if row.status != "completed":
-                raise EverrunsRunError(rid, row.status, row.error)
-            output = framework.outputs.pop(rid, None)
-            if output is None:  # finished elsewhere: rebuild it from the journal
-                from everruns.settings import Settings
-
-                events = await store.load_events(rid)
-                session = FrameworkSession(None, rid, spec, Settings(), events)
-                await execute(framework.resolve(spec.agent.python), session)  # type: ignore[union-attr]
-                output = session.output
-            return output
-        finally:
-            await store.close()
+        return await run_in_process(
+            spec, input, run_id=run_id, db=db, timeout=timeout, execute=execute
+        )

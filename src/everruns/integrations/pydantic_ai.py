@@ -32,7 +32,7 @@ from pydantic_core import to_json, to_jsonable_python
 
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
-from everruns.integrations import EverrunsRunError, declared_effect, default_db, everruns_tool
+from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
 from everruns.tools.base import ToolContext
 
@@ -250,22 +250,9 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         """Execute the agent as an everruns run in this process; returns Pydantic AI's
         result. `run_id` makes it idempotent: an existing run is resumed (replayed)."""
         _refuse(unsupported)
-        from everruns.store import Store
-        from everruns.testing.runs import run_to_end
-
-        store = await Store.open(self.db or default_db())
-        try:
-            rid = await store.create_run(self.spec(), user_prompt, run_id=run_id)
-            await run_to_end(store, rid, timeout=timeout or 3600)
-            row = await store.get_run(rid)
-            if row.status != "completed":
-                raise EverrunsRunError(rid, row.status, row.error)
-            output = framework.outputs.pop(rid, None)
-            if output is None:  # finished elsewhere: rebuild it from the journal
-                output = await _rebuild(self, store, rid)
-            return output
-        finally:
-            await store.close()
+        return await run_in_process(
+            self.spec(), user_prompt, run_id=run_id, db=self.db, timeout=timeout, execute=execute
+        )
 
     def run_sync(  # type: ignore[override]
         self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
@@ -302,12 +289,3 @@ def _refuse(kwargs: dict[str, Any]) -> None:
             f"EverrunsAgent.run does not support {', '.join(given)} yet "
             "(docs/integrations/pydantic-ai.md lists what is covered)"
         )
-
-
-async def _rebuild(agent: EverrunsAgent, store: Any, run_id: str) -> Any:
-    from everruns.settings import Settings
-
-    events = await store.load_events(run_id)
-    session = FrameworkSession(None, run_id, agent.spec(), Settings(), events)
-    await execute(agent, session)
-    return session.output
