@@ -152,11 +152,21 @@ async def test_in_process_run_then_changed_agent_is_reported_non_deterministic(
     again = await durable.run("Plan Oslo", run_id="oslo-1")  # rebuilt from the journal
     assert again.output == result.output and booked == ["Oslo"]
 
+    # A second message: the first turn is replayed, the second runs live.
+    async with await Store.open(db_url) as store:
+        await store.signal("oslo-1", EventType.MESSAGE_USER, {"content": "And Bergen?"})
+        await run_to_end(store, "oslo-1")
+        row = await store.get_run("oslo-1")
+        types = [e.type for e in await store.load_events("oslo-1")]
+    assert row.status == "completed" and row.result == "planned after 2 tools"
+    assert types.count(EventType.LLM_COMPLETED) == 4 and types.count("tool.started") == 2
+    assert booked == ["Oslo"]
+
     # The agent's code changes under the run, then a new message resumes it.
     changed, booked2 = _agent("Plan trips, cheaply.")
     EverrunsAgent(changed, name="oslo", db=db_url)  # the same reference, now the new code
     async with await Store.open(db_url) as store:
-        await store.signal("oslo-1", EventType.MESSAGE_USER, {"content": "And Bergen?"})
+        await store.signal("oslo-1", EventType.MESSAGE_USER, {"content": "And Trondheim?"})
         await run_to_end(store, "oslo-1")
         row = await store.get_run("oslo-1")
     assert row.status == "failed" and row.error is not None
