@@ -321,3 +321,53 @@ async def test_cancel_interrupts_the_in_flight_model_request(db_url: str) -> Non
             await task
         types = [e.type for e in await store.load_events(run_id)]
     assert types[-2:] == [EventType.LLM_STARTED, EventType.RUN_CANCELLED]
+
+
+async def test_pause_takes_effect_before_the_next_model_request(db_url: str) -> None:
+    """Paused during a tool call: the next model request is not made; resumed, the run
+    replays what was journaled and finishes without repeating a call."""
+    release = asyncio.Event()
+    seen: list[str] = []
+    agent: Agent[None, str] = Agent(FunctionModel(_scripted, model_name="scripted"))
+
+    @agent.tool_plain
+    async def weather(city: str) -> str:
+        seen.append(city)
+        await release.wait()
+        return f"{city}: rain"
+
+    @agent.tool_plain
+    def book_hotel(city: str) -> str:
+        return f"booked {city}"
+
+    durable = EverrunsAgent(agent, name="pausing", db=db_url)
+    async with await Store.open(db_url) as store:
+        run_id = await store.create_run(durable.spec(), "Plan Oslo")
+        worker = Worker(store, concurrency=1, lease_ttl=2, poll_interval=0.05, only=[run_id])
+        task = asyncio.create_task(worker.run())
+
+        async def in_tool() -> bool:
+            return bool(seen)
+
+        async def told() -> bool:
+            held = worker.active.get(run_id)
+            return held is not None and held[1].pause_requested
+
+        async def status(want: str) -> bool:
+            return (await store.get_run(run_id)).status == want
+
+        try:
+            await wait_until(in_tool, timeout=30, what="the tool running")
+            await store.pause(run_id)
+            await wait_until(told, timeout=30, what="the worker told of the pause")
+            release.set()
+            await wait_until(lambda: status("paused"), timeout=30, what="the run paused")
+            await store.resume(run_id)
+            await wait_until(lambda: status("completed"), timeout=30, what="the run completed")
+        finally:
+            worker.stop()
+            await task
+        types = [e.type for e in await store.load_events(run_id)]
+    paused_at = types.index(EventType.RUN_PAUSED)
+    assert types[paused_at - 1] == EventType.TOOL_COMPLETED  # no model request in between
+    assert types.count(EventType.LLM_COMPLETED) == 3 and seen == ["Oslo"]
