@@ -88,6 +88,12 @@ def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
     return Fail("budget_exceeded", reached) if reached else None
 
 
+def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
+    """The limit (steps, LLM calls, tokens, cost, deadline) the run has reached, if any;
+    also checked by framework runs (engine/framework.py) before each model request."""
+    return _limit_breach(state, spec, now)
+
+
 def _plan_calls(
     state: State, effects: dict[str, str], needs_approval: set[str], now: float
 ) -> Atom:
