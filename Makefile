@@ -6,14 +6,10 @@ STAMP := $(VENV)/.installed
 
 .PHONY: install demo test lint format bench bench-peers soak openapi clean browser sandbox real-model local-model
 
-# openai-agents (the everruns[openai-agents] extra) declares websockets<17, used only by its
-# realtime/voice features, and the lock pins websockets 17: it is installed without its
-# dependencies, which the lock already holds (docs/integrations/openai-agents.md).
 $(STAMP): pyproject.toml requirements.lock
 	$(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/pip install -q --upgrade pip
 	$(VENV)/bin/pip install -q -c requirements.lock -e '.[dev]'
-	$(VENV)/bin/pip install -q --no-deps -c requirements.lock openai-agents
 	touch $(STAMP)
 
 install: $(STAMP)
