@@ -309,12 +309,30 @@ def parse_spec(data: Any, source: str = "<spec>") -> AgentSpec:
         raise SpecError(source, [("", "the spec must be a mapping of fields (name, model, ...)")])
     try:
         return AgentSpec.model_validate(data)
+    except RecursionError:
+        raise SpecError(source, [("", "the spec is nested too deeply")]) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             problems.append((_field_path(tuple(err["loc"])), msg))
         raise SpecError(source, problems) from None
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The data of a YAML document, or SpecError naming the line (or the nesting)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(
+            source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
+    except RecursionError:
+        raise SpecError(
+            source, [("", "the YAML is nested too deeply to be a spec (a few levels suffice)")]
+        ) from None
 
 
 def load_spec(path: str | Path) -> AgentSpec:
@@ -325,17 +343,22 @@ def load_spec(path: str | Path) -> AgentSpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(source, [("", "file not found")]) from None
+    except IsADirectoryError:
+        raise SpecError(source, [("", "is a directory; give the spec's YAML file")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            source,
+            [
+                (
+                    "",
+                    f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                    "save the spec as UTF-8",
+                )
+            ],
+        ) from None
     except OSError as exc:
         raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(
-            source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
-        ) from None
-    return parse_spec(data, source)
+    return parse_spec(load_yaml(text, source), source)
 
 
 # ---------------------------------------------------------------- model.parameters

@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import yaml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -42,7 +41,7 @@ from everruns.engine.worker import Worker
 from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
-from everruns.spec import AgentSpec, parse_spec
+from everruns.spec import AgentSpec, load_yaml, parse_spec
 from everruns.store import Store, StoreError
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
@@ -267,12 +266,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "give exactly one of `spec` (JSON) or `yaml` (text)",
             )
         if text is not None:
-            try:
-                spec_data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise Problem(
-                    422, "invalid-spec", "Invalid agent spec", f"invalid YAML: {exc}"
-                ) from None
+            spec_data = load_yaml(text, "spec")  # SpecError: 422 naming the line
         spec = parse_spec(spec_data, "spec")
         await _allowed(store, spec)  # before build_tools imports any module
         try:

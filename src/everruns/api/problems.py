@@ -7,11 +7,12 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from everruns.spec import SpecError
 from everruns.store import RunNotFound, StoreError
+from everruns.store.database import DatabaseUnavailable
 
 BASE = "https://everruns.dev/problems/"
 
@@ -68,6 +69,16 @@ def install(app: FastAPI) -> None:
     async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:
         return problem_response(404, "run-not-found", "Run not found", str(exc), request.url.path)
 
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away under a request: the server is not broken, only waiting.
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        return problem_response(
+            503, "database-unavailable", "Database unavailable", reason, request.url.path
+        )
+
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         return problem_response(409, "conflict", "Conflict", str(exc), request.url.path)
@@ -94,6 +105,8 @@ def install(app: FastAPI) -> None:
             405: "method-not-allowed",
             413: "too-large",
         }.get(exc.status_code, "http-error")
-        return problem_response(
+        response = problem_response(
             exc.status_code, kind, str(exc.detail), str(exc.detail), request.url.path
         )
+        response.headers.update(exc.headers or {})  # 405: `Allow`
+        return response

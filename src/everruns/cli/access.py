@@ -23,7 +23,7 @@ def token_create(
     """Create an API token; it is shown once (only its hash is stored)."""
 
     async def go() -> None:
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=True) as local:
             token_id, plaintext = await local.store.create_token(name)
         err.print(f"token {token_id} ({name}); store it now, it is not shown again:")
         out.print(plaintext)
@@ -106,7 +106,7 @@ def secret_set(
             ciphertext = encrypt(secret)
         except SecretsUnavailable as exc:
             raise CliError(str(exc)) from None
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=True) as local:
             await local.store.put_secret(name, ciphertext, patterns)
         out.print(f"stored secret {name} (may be sent to: {', '.join(patterns)})")
 

@@ -12,6 +12,7 @@ import typer
 
 from everruns import __version__
 from everruns.cli import access, maintenance, runs, schedules, serve
+from everruns.cli.common import Debug
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -38,8 +39,15 @@ def _root(
             "--version", help="Show the version and exit.", is_eager=True, callback=_print_version
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="EVERRUNS_DEBUG", help="Print the traceback behind an error."
+        ),
+    ] = False,
 ) -> None:
     """Durable execution for long-lived AI agents."""
+    Debug.enabled = debug
 
 
 app.add_typer(maintenance.db_app, name="db")

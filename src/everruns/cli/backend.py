@@ -49,9 +49,10 @@ class Backend(Protocol):
 
 @asynccontextmanager
 async def open_backend(
-    db: str | None, server: str | None, token: str | None
+    db: str | None, server: str | None, token: str | None, *, create: bool = False
 ) -> AsyncIterator[Backend]:
-    """The server's back end with --server, else the database's."""
+    """The server's back end with --server, else the database's. Only commands that
+    write pass `create=True`: the others never leave an empty database behind a typo."""
     if server:
         from everruns.cli.remote import RemoteBackend
 
@@ -60,5 +61,5 @@ async def open_backend(
     else:
         from everruns.cli.local import LocalBackend
 
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=create) as local:
             yield local

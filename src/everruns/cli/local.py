@@ -30,8 +30,8 @@ class LocalBackend:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, db: str | None) -> AsyncIterator[LocalBackend]:
-        store = await Store.open(db)
+    async def open(cls, db: str | None, *, create: bool = False) -> AsyncIterator[LocalBackend]:
+        store = await Store.open(db, create=create)
         try:
             yield cls(store)
         finally:

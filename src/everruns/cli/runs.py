@@ -29,6 +29,7 @@ from everruns.cli.common import (
     out,
     print_json,
     run_async,
+    usage_error,
 )
 from everruns.cli.local import LocalBackend
 from everruns.cli.views import runs_table, status_table
@@ -54,7 +55,7 @@ def start(
 
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
-        async with open_backend(db, server, token) as backend:
+        async with open_backend(db, server, token, create=True) as backend:
             run_id = await backend.start_run(loaded, input)
         if json_out:
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
@@ -79,7 +80,7 @@ def run(
 
     async def go() -> int:
         loaded = await load_checked(spec, db)
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=True) as local:
             run_id = await local.start_run(loaded, input)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)
 
@@ -302,6 +303,9 @@ def workspace(
     db: DbOption = None,
 ) -> None:
     """List a run's workspace files (as journaled), or export them into a directory."""
+
+    if export is not None and export.exists() and not export.is_dir():
+        raise usage_error(f"--export {export}: a file is there; give a directory (new or existing)")
 
     async def go() -> None:
         async with LocalBackend.open(db) as local:

@@ -54,7 +54,7 @@ def schedule_add(
                 str(spec),
                 [("schedule", 'missing: e.g. `schedule: "0 9 * * *"` or `every 1h`')],
             )
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=True) as local:
             saved = await local.store.save_schedule(loaded, pin=not latest)
         if json_out:
             print_json(saved)

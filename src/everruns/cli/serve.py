@@ -134,6 +134,7 @@ def server(
     except SpecError as exc:
         err.print(f"[red]error:[/] invalid settings\n{escape(str(exc))}")
         raise typer.Exit(2) from None
+    run_async(lambda: _check_database(db))  # a bad --db: a message now, not a traceback later
     config = ApiConfig(
         database_url=db,
         auth_required=auth or not loopback,
@@ -154,3 +155,8 @@ def server(
 
     harden()  # the embedded worker's keys, and the master key, leave os.environ
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+
+
+async def _check_database(db: str | None) -> None:
+    store = await Store.open(db)
+    await store.close()
