@@ -503,6 +503,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)
+    from everruns.api.memory import add_memory_routes
+
+    add_memory_routes(app, auth)
     mount_ui(app)
     return app
 

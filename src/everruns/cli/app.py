@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, maintenance, runs, schedules, serve
+from everruns.cli import access, maintenance, memory, runs, schedules, serve
 from everruns.cli.common import Debug
 from everruns.testing.cli import register as register_testing
 
@@ -67,6 +67,7 @@ app.command()(serve.server)
 app.add_typer(access.token_app, name="token")
 app.add_typer(access.secret_app, name="secret")
 app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(memory.memory_app, name="memory", no_args_is_help=True)
 register_testing(app)  # test, export, import, replay, diff
 
 

@@ -12,6 +12,7 @@ from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
 from everruns.cli.views import RunView
+from everruns.client import MemoryItem
 from everruns.spec import AgentSpec
 
 
@@ -44,6 +45,18 @@ class Backend(Protocol):
 
     async def message(self, run_id: str, text: str) -> int:
         """Journal a user message; its seq."""
+        ...
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        """The notes `agent` keeps across runs, oldest first."""
+        ...
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        """Forget one note; an error naming it when there is none."""
+        ...
+
+    async def clear_memory(self, agent: str) -> int:
+        """Forget every note of `agent`; how many there were."""
         ...
 
 

@@ -11,6 +11,7 @@ from typing import Any
 from everruns.api.wire import run_to_api
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
+from everruns.client import MemoryItem
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
 from everruns.spec import AgentSpec
@@ -95,6 +96,22 @@ class LocalBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        await self.store.get_agent(agent)  # "no agent 'x'"
+        return [
+            MemoryItem(key=n["id"], value=n["text"], updated_at=n["ts"], run_id=n["run_id"])
+            for n in await self.store.recall(agent, limit=None)
+        ]
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        await self.store.get_agent(agent)
+        if not await self.store.forget(agent, key):
+            raise CliError(f"agent {agent!r} has no note {key!r}")
+
+    async def clear_memory(self, agent: str) -> int:
+        await self.store.get_agent(agent)
+        return await self.store.forget(agent)
 
     # Local only: the journaled workspace lives in the database's blobs.
 

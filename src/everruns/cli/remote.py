@@ -8,7 +8,7 @@ from typing import Any
 
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
-from everruns.client import AsyncClient, Event, Run
+from everruns.client import AsyncClient, Event, MemoryItem, Run
 from everruns.spec import AgentSpec
 
 
@@ -63,3 +63,12 @@ class RemoteBackend:
         if seq is None:
             raise CliError(f"the server did not journal the message to {run_id}")
         return seq
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        return await self.client.agents.list_memory(agent)
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        await self.client.agents.delete_memory(agent, key)
+
+    async def clear_memory(self, agent: str) -> int:
+        return await self.client.agents.clear_memory(agent)

@@ -23,6 +23,7 @@ from everruns.client.models import (
     Agent,
     ApiError,
     Event,
+    MemoryItem,
     Run,
     Usage,
 )
@@ -36,6 +37,7 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Event",
+    "MemoryItem",
     "Run",
     "Usage",
 ]

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, Run
+from everruns.client.models import Agent, Event, MemoryItem, Run
 
 T = TypeVar("T")
 
@@ -40,6 +40,18 @@ class Agents(_Shell):
 
     async def get(self, name: str, version: int | None = None) -> Agent:
         return await self._send(core.get_agent(name, version))
+
+    async def list_memory(self, agent: str) -> builtins.list[MemoryItem]:
+        """The notes `agent` keeps across runs, oldest first."""
+        return await self._send(core.list_memory(agent))
+
+    async def delete_memory(self, agent: str, key: str) -> int:
+        """Forget one note (ApiError 404 if there is none); 1."""
+        return await self._send(core.delete_memory(agent, key))
+
+    async def clear_memory(self, agent: str) -> int:
+        """Forget every note of `agent`; how many there were."""
+        return await self._send(core.clear_memory(agent))
 
 
 class Runs(_Shell):

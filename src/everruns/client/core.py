@@ -19,7 +19,7 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from everruns.client.models import TERMINAL_EVENTS, Agent, ApiError, Event, Run
+from everruns.client.models import TERMINAL_EVENTS, Agent, ApiError, Event, MemoryItem, Run
 
 T = TypeVar("T")
 
@@ -108,6 +108,26 @@ def list_agents() -> Call[list[Agent]]:
 def get_agent(name: str, version: int | None) -> Call[Agent]:
     path = f"/v1/agents/{name}" + (f"/versions/{version}" if version else "")
     return Call("GET", path, Agent.model_validate)
+
+
+def _memory(page: Any) -> list[MemoryItem]:
+    return [MemoryItem.model_validate(m) for m in page["items"]]
+
+
+def _deleted(reply: Any) -> int:
+    return int(reply["deleted"])
+
+
+def list_memory(agent: str) -> Call[list[MemoryItem]]:
+    return Call("GET", f"/v1/agents/{agent}/memory", _memory)
+
+
+def delete_memory(agent: str, key: str) -> Call[int]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory/{key}", _deleted)
+
+
+def clear_memory(agent: str) -> Call[int]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory", _deleted)
 
 
 def start_run(

@@ -67,3 +67,12 @@ class Event(BaseModel):
     seq: int | None = None  # None for ephemeral events (token deltas)
     ts: float | None = None
     ephemeral: bool = False
+
+
+class MemoryItem(BaseModel):
+    """One note an agent keeps across runs (its `memory` tool): `key` is the note's id."""
+
+    key: str
+    value: str
+    updated_at: float
+    run_id: str | None = None

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, Run
+from everruns.client.models import Agent, Event, MemoryItem, Run
 
 T = TypeVar("T")
 
@@ -38,6 +38,18 @@ class Agents(_Shell):
 
     def get(self, name: str, version: int | None = None) -> Agent:
         return self._send(core.get_agent(name, version))
+
+    def list_memory(self, agent: str) -> builtins.list[MemoryItem]:
+        """The notes `agent` keeps across runs, oldest first."""
+        return self._send(core.list_memory(agent))
+
+    def delete_memory(self, agent: str, key: str) -> int:
+        """Forget one note (ApiError 404 if there is none); 1."""
+        return self._send(core.delete_memory(agent, key))
+
+    def clear_memory(self, agent: str) -> int:
+        """Forget every note of `agent`; how many there were."""
+        return self._send(core.clear_memory(agent))
 
 
 class Runs(_Shell):

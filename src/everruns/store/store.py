@@ -92,6 +92,7 @@ class Store:
         # memory
         self.remember = memory.remember
         self.recall = memory.recall
+        self.forget = memory.forget
         # fleet
         self.register_worker = fleet.register_worker
         self.stop_worker = fleet.stop_worker
