@@ -11,12 +11,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from everruns.cli.common import EXIT_USAGE, CliError
 from everruns.cli.views import RunView
 from everruns.client import MemoryItem
 from everruns.spec import AgentSpec
+from everruns.store import RunNotFound
+
+#: How many candidates an ambiguous prefix lists.
+SHOWN_CANDIDATES = 10
 
 
 class Backend(Protocol):
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        """Ids of runs that start with `prefix` (a few; the exact id among them if it exists)."""
+        ...
+
     async def start_run(self, spec: AgentSpec, input: str | None) -> str:
         """Queue a run of `spec`; its id."""
         ...
@@ -76,3 +85,25 @@ async def open_backend(
 
         async with LocalBackend.open(db, create=create) as local:
             yield local
+
+
+async def resolve_run(backend: Backend, run_id: str) -> str:
+    """The full id of the run `run_id` names: itself, or the one run whose id starts with
+    it (`run_` may be left out). None: `RunNotFound`; several: an error listing them."""
+    prefix = run_id.strip()
+    if not prefix:
+        raise CliError("give a run id (or the start of one)", EXIT_USAGE)
+    ids = await backend.run_ids_starting(prefix)
+    if not ids and not prefix.startswith("run_"):
+        ids = await backend.run_ids_starting("run_" + prefix)
+    if prefix in ids:
+        return prefix
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise RunNotFound(run_id)
+    shown = ", ".join(ids[:SHOWN_CANDIDATES]) + (", ..." if len(ids) > SHOWN_CANDIDATES else "")
+    raise CliError(
+        f"{run_id!r} is the start of several run ids ({shown}); give more characters",
+        EXIT_USAGE,
+    )

@@ -55,7 +55,9 @@ TokenOption = Annotated[
 ]
 InputOption = Annotated[str | None, typer.Option("--input", "-i", help="The user message.")]
 LeaseOption = Annotated[float, typer.Option("--lease-ttl", help="Lease time-to-live, seconds.")]
-RunIdArgument = Annotated[str, typer.Argument(help="Run id.")]
+RunIdArgument = Annotated[
+    str, typer.Argument(help="Run id, or any unique start of one (`run_` may be left out).")
+]
 SpecArgument = Annotated[Path, typer.Argument(help="Agent spec (YAML).")]
 
 

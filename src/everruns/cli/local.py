@@ -19,6 +19,8 @@ from everruns.store import RunRow, Store
 
 #: How often `follow` looks for new events in the database.
 FOLLOW_POLL = 0.2
+#: How many runs an id prefix is looked for among (the search also matches input and result).
+PREFIX_SCAN = 500
 
 
 def view(row: RunRow) -> RunView:
@@ -37,6 +39,10 @@ class LocalBackend:
             yield cls(store)
         finally:
             await store.close()
+
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        rows = await self.store.list_runs(search=prefix, limit=PREFIX_SCAN)
+        return [r.id for r in rows if r.id.startswith(prefix)]
 
     async def start_run(self, spec: AgentSpec, input: str | None) -> str:
         return await self.store.create_run(spec, input)

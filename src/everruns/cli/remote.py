@@ -30,6 +30,10 @@ class RemoteBackend:
         async with AsyncClient(server, token) as client:
             yield cls(client)
 
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        items, _ = await self.client.runs.list(q=prefix, limit=500)
+        return [r.id for r in items if r.id.startswith(prefix)]
+
     async def start_run(self, spec: AgentSpec, input: str | None) -> str:
         return (await self.client.runs.start(spec=spec.to_dict(), input=input)).id
 

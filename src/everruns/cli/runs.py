@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from everruns.cli.backend import open_backend
+from everruns.cli.backend import open_backend, resolve_run
 from everruns.cli.common import (
     DbOption,
     InputOption,
@@ -31,9 +31,15 @@ from everruns.cli.common import (
     run_async,
     usage_error,
 )
-from everruns.cli.local import LocalBackend
-from everruns.cli.views import runs_table, status_table
-from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
+from everruns.cli.local import LocalBackend, view
+from everruns.cli.views import (
+    approval_hint,
+    pending_approvals,
+    run_summary,
+    runs_table,
+    status_table,
+)
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.engine.worker import Worker
 from everruns.render import format_event
 from everruns.store import Store
@@ -96,6 +102,12 @@ def _show(record: dict[str, Any], json_out: bool) -> None:
 
 
 async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: float) -> int:
+    """Execute the run here, printing its events; its id first and a summary last (on
+    standard error with --json, so standard output stays one JSON event a line)."""
+    started = time.monotonic()
+    note = err if json_out else out
+    row = await store.get_run(run_id)
+    note.print(f"run {run_id} (agent {row.agent_name} v{row.agent_version})", highlight=False)
     worker = Worker(store, concurrency=8, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
     queue = worker.broker.subscribe(run_id)
     install_stop_handlers(worker.stop)
@@ -121,6 +133,8 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                 out.print()
                 streaming = False
             _show(event, json_out)
+            if event["type"] == EventType.APPROVAL_REQUESTED:
+                note.print(f"waiting for {approval_hint(run_id, event['data'])}", highlight=False)
             if event["type"] in TERMINAL_EVENTS:
                 status = event["type"].split(".")[1]
                 break
@@ -131,6 +145,9 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
         if not json_out:
             err.print(f"stopped; the run continues on any worker: everruns status {run_id}")
         return 130
+    summary = run_summary(view(await store.get_run(run_id)), time.monotonic() - started)
+    for line in summary:
+        note.print(line, highlight=False)
     return 0 if status == "completed" else 1
 
 
@@ -145,11 +162,14 @@ def status(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            found = await backend.get_run(run_id)
+            found = await backend.get_run(await resolve_run(backend, run_id))
+            waits_for = []
+            if found.status == "waiting" and not json_out:
+                waits_for = pending_approvals(await backend.events(found.id, 0))
         if json_out:
             print_json(found.to_dict())
         else:
-            out.print(status_table(found))
+            out.print(status_table(found, waits_for))
 
     run_async(go)
 
@@ -169,17 +189,17 @@ def events(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.get_run(run_id)  # a clear error for an unknown id
+            full = await resolve_run(backend, run_id)  # a clear error for an unknown id
             if follow:
                 last = after
                 while True:  # a message after the end started a new turn: follow on
-                    async for record in backend.follow(run_id, last):
+                    async for record in backend.follow(full, last):
                         _show(record, json_out)
                         last = record["seq"]
-                    if (await backend.get_run(run_id)).last_seq <= last:
+                    if (await backend.get_run(full)).last_seq <= last:
                         break
             else:
-                for record in await backend.events(run_id, after):
+                for record in await backend.events(full, after):
                     _show(record, json_out)
 
     run_async(go)
@@ -205,7 +225,7 @@ def list_runs(
         if json_out:
             print_json([r.to_dict() for r in found])
         else:
-            out.print(runs_table(found))
+            out.print(runs_table(found, out.width))
 
     run_async(go)
 
@@ -221,24 +241,25 @@ def cancel(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            outcome = await backend.cancel(run_id)
+            full = await resolve_run(backend, run_id)
+            outcome = await backend.cancel(full)
             if outcome in ("completed", "failed"):
-                out.print(f"run {run_id} already {outcome}")
+                out.print(f"run {full} already {outcome}")
                 return
             deadline = time.monotonic() + wait
             while outcome == "requested" and time.monotonic() < deadline:
                 await asyncio.sleep(CANCEL_POLL)
-                current = await backend.get_run(run_id)
+                current = await backend.get_run(full)
                 if current.status in TERMINAL_STATUSES:
                     outcome = current.status
                 elif current.lease_owner is None or (
                     current.lease_expires_at is not None and current.lease_expires_at < time.time()
                 ):
-                    outcome = await backend.cancel(run_id)  # its worker is gone: cancel now
+                    outcome = await backend.cancel(full)  # its worker is gone: cancel now
         if outcome == "requested":
-            out.print(f"cancel requested for {run_id}; its worker will stop it")
+            out.print(f"cancel requested for {full}; its worker will stop it")
         else:
-            out.print(f"run {run_id} {outcome}")
+            out.print(f"run {full} {outcome}")
 
     run_async(go)
 
@@ -254,8 +275,9 @@ def approve(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.approve(run_id, call_id)
-        out.print(f"approved {call_id} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            await backend.approve(full, call_id)
+        out.print(f"approved {call_id} of {full}")
 
     run_async(go)
 
@@ -272,8 +294,9 @@ def deny(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.deny(run_id, call_id, reason)
-        out.print(f"denied {call_id} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            await backend.deny(full, call_id, reason)
+        out.print(f"denied {call_id} of {full}")
 
     run_async(go)
 
@@ -289,8 +312,9 @@ def message(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            seq = await backend.message(run_id, text)
-        out.print(f"message journaled as seq {seq} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            seq = await backend.message(full, text)
+        out.print(f"message journaled as seq {seq} of {full}")
 
     run_async(go)
 
@@ -309,11 +333,12 @@ def workspace(
 
     async def go() -> None:
         async with LocalBackend.open(db) as local:
+            full = await resolve_run(local, run_id)
             if export is None:
-                for path, sha in sorted((await local.workspace_files(run_id)).items()):
+                for path, sha in sorted((await local.workspace_files(full)).items()):
                     out.print(f"{sha[:12]}  {path}")
                 return
-            count = await local.export_workspace(run_id, export)
+            count = await local.export_workspace(full, export)
         out.print(f"exported {count} files to {export}")
 
     run_async(go)

@@ -6,7 +6,6 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
-from rich.table import Table
 
 from everruns.cli.common import (
     CliError,
@@ -18,6 +17,7 @@ from everruns.cli.common import (
     run_async,
 )
 from everruns.cli.local import LocalBackend
+from everruns.cli.views import fitted_table
 from everruns.render import format_status_time
 from everruns.spec import SpecError
 
@@ -25,6 +25,8 @@ schedule_app = typer.Typer(
     help="Scheduled runs (cron or `every <duration>`, UTC).", no_args_is_help=True
 )
 AgentArgument = Annotated[str, typer.Argument(help="Agent name.")]
+SCHEDULE_COLUMNS = ("agent", "version", "schedule", "overlap", "state", "next", "last run")
+SCHEDULE_PRIORITY = ("agent", "last run", "schedule", "state", "next", "version", "overlap")
 
 
 def _schedule_line(s: dict[str, Any]) -> str:
@@ -74,18 +76,19 @@ def schedule_ls(db: DbOption = None, json_out: JsonOption = False) -> None:
         if json_out:
             print_json(items)
             return
-        table = Table("agent", "version", "schedule", "overlap", "state", "next", "last run")
-        for s in items:
-            table.add_row(
-                s["agent"],
-                str(s["agent_version"]),
-                s["expression"],
-                s["overlap"],
-                "enabled" if s["enabled"] else "paused",
-                format_status_time(s["next_fire_at"]) if s["enabled"] else "-",
-                s["last_run_id"] or "-",
-            )
-        out.print(table)
+        rows = [
+            {
+                "agent": sc["agent"],
+                "version": str(sc["agent_version"]),
+                "schedule": sc["expression"],
+                "overlap": sc["overlap"],
+                "state": "enabled" if sc["enabled"] else "paused",
+                "next": format_status_time(sc["next_fire_at"]) if sc["enabled"] else "-",
+                "last run": sc["last_run_id"] or "-",
+            }
+            for sc in items
+        ]
+        out.print(fitted_table(rows, SCHEDULE_COLUMNS, SCHEDULE_PRIORITY, out.width))
 
     run_async(go)
 

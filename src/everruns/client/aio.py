@@ -79,8 +79,10 @@ class Runs(_Shell):
         agent: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        q: str | None = None,
     ) -> tuple[builtins.list[Run], str | None]:
-        return await self._send(core.list_runs(status, agent, limit, cursor))
+        """Runs newest first, a page at a time; `q` searches ids, inputs and results."""
+        return await self._send(core.list_runs(status, agent, limit, cursor, q))
 
     async def cancel(self, run_id: str) -> str:
         return await self._send(core.control(run_id, "cancel"))

@@ -142,9 +142,9 @@ def get_run(run_id: str) -> Call[Run]:
 
 
 def list_runs(
-    status: str | None, agent: str | None, limit: int, cursor: str | None
+    status: str | None, agent: str | None, limit: int, cursor: str | None, q: str | None = None
 ) -> Call[tuple[list[Run], str | None]]:
-    params = _no_none({"status": status, "agent": agent, "limit": limit, "cursor": cursor})
+    params = _no_none({"status": status, "agent": agent, "limit": limit, "cursor": cursor, "q": q})
     return Call("GET", "/v1/runs", _run_page, params=params)
 
 
