@@ -266,6 +266,11 @@ class AgentSpec(_Strict):
     approvals: Approvals = Field(default_factory=Approvals)
     context: ContextPolicy = Field(default_factory=ContextPolicy)
     max_parallel_tools: int = Field(default=4, ge=1)
+    python_path: list[str] | None = Field(
+        default=None,
+        description="directories Python tools are imported from, relative to the spec file "
+        "(default: the spec file's own directory); only in specs loaded from local files",
+    )
     # Scheduled runs (see everruns.core.schedule): cron (5 fields, or 6 with seconds
     # first) or `every <duration>`, in UTC. Unset fields stay out of to_dict().
     schedule: str | None = Field(default=None, description="cron or `every <duration>` (UTC)")
@@ -358,7 +363,17 @@ def load_spec(path: str | Path) -> AgentSpec:
         ) from None
     except OSError as exc:
         raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
-    return parse_spec(load_yaml(text, source), source)
+    return with_python_path(parse_spec(load_yaml(text, source), source), path.parent)
+
+
+def with_python_path(spec: AgentSpec, directory: Path) -> AgentSpec:
+    """A spec loaded from `directory` imports its Python tools from there (or from its
+    `python_path`, relative to there): absolute paths, so any worker on this machine, in
+    any working directory, finds the same modules."""
+    if not any(t.python is not None for t in spec.tools):
+        return spec
+    dirs = [str((directory / d).resolve()) for d in (spec.python_path or ["."])]
+    return spec.model_copy(update={"python_path": dirs})
 
 
 # ---------------------------------------------------------------- model.parameters

@@ -267,7 +267,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
         if text is not None:
             spec_data = load_yaml(text, "spec")  # SpecError: 422 naming the line
-        spec = parse_spec(spec_data, "spec")
+        # `python_path` names directories on the machine of a local spec file: an API spec
+        # imports only from the server's path (and `api_specs.python_modules`), so it is dropped.
+        spec = parse_spec(spec_data, "spec").model_copy(update={"python_path": None})
         await _allowed(store, spec)  # before build_tools imports any module
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)

@@ -35,7 +35,9 @@ class RemoteBackend:
         return [r.id for r in items if r.id.startswith(prefix)]
 
     async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        return (await self.client.runs.start(spec=spec.to_dict(), input=input)).id
+        # The server imports tools from its own path: a local file's directories stay here.
+        body = spec.model_copy(update={"python_path": None}).to_dict()
+        return (await self.client.runs.start(spec=body, input=input)).id
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.client.runs.get(run_id))
