@@ -47,6 +47,9 @@ from everruns.store import Store
 CallIdArgument = Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")]
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
 CANCEL_POLL = 0.2
+_NO_INPUT = (
+    "note: no --input, so run {run_id} waits for its first message: everruns message {run_id} TEXT"
+)
 
 
 def start(
@@ -57,7 +60,10 @@ def start(
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Queue a new run and print its id; a worker executes it."""
+    """Queue a new run and print its id; a worker executes it.
+
+    Without --input the run waits for its first message (`everruns message RUN TEXT`).
+    """
 
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
@@ -67,6 +73,8 @@ def start(
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:
             out.print(run_id, highlight=False)
+        if input is None:
+            err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
 
     run_async(go)
 
@@ -108,6 +116,8 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
     note = err if json_out else out
     row = await store.get_run(run_id)
     note.print(f"run {run_id} (agent {row.agent_name} v{row.agent_version})", highlight=False)
+    if row.input is None:
+        err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
     worker = Worker(store, concurrency=8, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
     queue = worker.broker.subscribe(run_id)
     install_stop_handlers(worker.stop)
