@@ -24,7 +24,9 @@ EFFECTS: tuple[str, ...] = ("pure", "idempotent", "at_most_once")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity anywhere in a spec: `deadline: .nan` would be silently ignored
+    # and `max_cost_usd: .inf` is no limit; both are refused, naming the field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScriptedToolCall(_Strict):

@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns.api import problems
+from everruns.api import documented, problems
 from everruns.api.feed import EventFeed
 from everruns.api.models import (
     AgentCreate,
@@ -175,6 +175,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    documented.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     if config.cors_origins and config.auth_required:
         from starlette.middleware.cors import CORSMiddleware
