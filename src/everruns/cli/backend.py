@@ -56,6 +56,18 @@ class Backend(Protocol):
         """Journal a user message; its seq."""
         ...
 
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        """Store the agent and schedule its `schedule` (pinned, or its latest version)."""
+        ...
+
+    async def list_schedules(self) -> list[dict[str, Any]]: ...
+
+    async def delete_schedule(self, agent: str) -> None:
+        """An error naming the agent when it has no schedule."""
+        ...
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]: ...
+
     async def list_memory(self, agent: str) -> list[MemoryItem]:
         """The notes `agent` keeps across runs, oldest first."""
         ...
@@ -107,3 +119,7 @@ async def resolve_run(backend: Backend, run_id: str) -> str:
         f"{run_id!r} is the start of several run ids ({shown}); give more characters",
         EXIT_USAGE,
     )
+
+
+def no_schedule(agent: str) -> CliError:
+    return CliError(f"no schedule for agent {agent!r}")

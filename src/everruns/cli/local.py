@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from everruns.api.wire import run_to_api
+from everruns.cli.backend import no_schedule
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
 from everruns.client import MemoryItem
@@ -102,6 +103,22 @@ class LocalBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
+
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        return await self.store.save_schedule(spec, pin=not latest)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return await self.store.list_schedules()
+
+    async def delete_schedule(self, agent: str) -> None:
+        if not await self.store.delete_schedule(agent):
+            raise no_schedule(agent)
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]:
+        found = await self.store.set_schedule_enabled(agent, enabled)
+        if found is None:
+            raise no_schedule(agent)
+        return found
 
     async def list_memory(self, agent: str) -> list[MemoryItem]:
         await self.store.get_agent(agent)  # "no agent 'x'"

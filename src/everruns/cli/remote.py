@@ -2,14 +2,26 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
+from everruns.cli.backend import no_schedule
 from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
-from everruns.client import AsyncClient, Event, MemoryItem, Run
+from everruns.client import ApiError, AsyncClient, Event, MemoryItem, Run
 from everruns.spec import AgentSpec
+
+
+@contextmanager
+def _missing_schedule(agent: str) -> Iterator[None]:
+    """The server's 404 for a schedule, as the database back end words it."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 404:
+            raise no_schedule(agent) from None
+        raise
 
 
 def view(run: Run) -> RunView:
@@ -69,6 +81,28 @@ class RemoteBackend:
         if seq is None:
             raise CliError(f"the server did not journal the message to {run_id}")
         return seq
+
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        body = spec.model_copy(update={"python_path": None}).to_dict()
+        if latest:  # store the agent, schedule its name: each fire runs its newest version
+            agent = await self.client.agents.create(body)
+            saved = await self.client.schedules.create(agent.name)
+        else:
+            saved = await self.client.schedules.create(spec=body)
+        return saved.model_dump()
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return [s.model_dump() for s in await self.client.schedules.list()]
+
+    async def delete_schedule(self, agent: str) -> None:
+        with _missing_schedule(agent):
+            await self.client.schedules.delete(agent)
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]:
+        with _missing_schedule(agent):
+            if enabled:
+                return (await self.client.schedules.resume(agent)).model_dump()
+            return (await self.client.schedules.pause(agent)).model_dump()
 
     async def list_memory(self, agent: str) -> list[MemoryItem]:
         return await self.client.agents.list_memory(agent)

@@ -13,7 +13,7 @@ from typing import Annotated, Any
 
 import typer
 
-from everruns.cli.backend import open_backend, resolve_run
+from everruns.cli.backend import Backend, open_backend, resolve_run
 from everruns.cli.common import (
     DbOption,
     InputOption,
@@ -34,6 +34,7 @@ from everruns.cli.common import (
 from everruns.cli.local import LocalBackend, view
 from everruns.cli.views import (
     approval_hint,
+    event_record,
     pending_approvals,
     run_summary,
     runs_table,
@@ -47,6 +48,7 @@ from everruns.store import Store
 CallIdArgument = Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")]
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
 CANCEL_POLL = 0.2
+JOURNAL_POLL = 0.5  # `run`: how often the journal is read besides the live events
 _NO_INPUT = (
     "note: no --input, so run {run_id} waits for its first message: everruns message {run_id} TEXT"
 )
@@ -85,15 +87,24 @@ def run(
     db: DbOption = None,
     json_out: JsonOption = False,
     lease_ttl: LeaseOption = 15.0,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Run an agent in this process and show its progress live.
+    """Run an agent and show its progress live: its id first, a summary last.
 
-    The run is durable like any other: if this process dies, `everruns worker`
-    continues it. Exit code 0 when it completes, 1 when it fails or is cancelled.
+    Locally it executes in this process, and is durable like any other run: if this
+    process dies, `everruns worker` continues it. With --server the server's workers
+    execute it and this command follows it. Exit code 0 when it completes, 1 when it
+    fails or is cancelled.
     """
 
     async def go() -> int:
-        loaded = await load_checked(spec, db)
+        loaded = await load_checked(spec, None if server else db)
+        if server:
+            async with open_backend(db, server, token) as backend:
+                return await _follow_to_end(
+                    backend, await backend.start_run(loaded, input), json_out
+                )
         async with LocalBackend.open(db, create=True) as local:
             run_id = await local.start_run(loaded, input)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)
@@ -122,32 +133,41 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
     queue = worker.broker.subscribe(run_id)
     install_stop_handlers(worker.stop)
     worker_task = asyncio.create_task(worker.run())
-    for created in await store.load_events(run_id):
-        _show({"run_id": run_id, **created.to_dict()}, json_out)
     streaming = False
     status = "queued"
+    last = 0
+
+    def show(record: dict[str, Any]) -> None:
+        nonlocal streaming, status, last
+        if record["seq"] is None or record["seq"] <= last:
+            return  # seen already (from the broker, or from the journal)
+        if streaming and not json_out:
+            out.print()
+            streaming = False
+        _show(record, json_out)
+        last = record["seq"]
+        if record["type"] == EventType.APPROVAL_REQUESTED:
+            note.print(f"waiting for {approval_hint(run_id, record['data'])}", highlight=False)
+        if record["type"] in TERMINAL_EVENTS:
+            status = record["type"].split(".")[1]
+
     try:
-        while True:
-            get = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({get, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                break
-            event = get.result()
+        # Events come live from this process's worker; the journal is read too, so a run
+        # that another worker (`everruns worker` on the same database) took is followed.
+        while status == "queued" and not worker_task.done():
+            try:
+                event = await asyncio.wait_for(queue.get(), JOURNAL_POLL)
+            except TimeoutError:
+                for e in await store.load_events(run_id, after=last):
+                    show(event_record(run_id, e.seq, e.type, e.ts, e.data))
+                continue
             if event.get("ephemeral"):
                 if not json_out and event["type"] == "llm.delta":
                     out.print(event["data"]["text"], end="", style="cyan", highlight=False)
                     streaming = True
                 continue
-            if streaming and not json_out:
-                out.print()
-                streaming = False
-            _show(event, json_out)
-            if event["type"] == EventType.APPROVAL_REQUESTED:
-                note.print(f"waiting for {approval_hint(run_id, event['data'])}", highlight=False)
-            if event["type"] in TERMINAL_EVENTS:
-                status = event["type"].split(".")[1]
-                break
+            for e in await store.load_events(run_id, after=last):  # in order, none skipped
+                show(event_record(run_id, e.seq, e.type, e.ts, e.data))
     finally:
         worker.stop()
         await worker_task
@@ -159,6 +179,24 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
     for line in summary:
         note.print(line, highlight=False)
     return 0 if status == "completed" else 1
+
+
+async def _follow_to_end(backend: Backend, run_id: str, json_out: bool) -> int:
+    """Print a run's events until it ends, between its id and its summary."""
+    started = time.monotonic()
+    note = err if json_out else out
+    found = await backend.get_run(run_id)
+    note.print(f"run {run_id} (agent {found.agent} v{found.agent_version})", highlight=False)
+    if found.input is None:
+        err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
+    async for record in backend.follow(run_id, 0):
+        _show(record, json_out)
+        if record["type"] == EventType.APPROVAL_REQUESTED:
+            note.print(f"waiting for {approval_hint(run_id, record['data'])}", highlight=False)
+    final = await backend.get_run(run_id)
+    for line in run_summary(final, time.monotonic() - started):
+        note.print(line, highlight=False)
+    return 0 if final.status == "completed" else 1
 
 
 def status(

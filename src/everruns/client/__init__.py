@@ -25,6 +25,7 @@ from everruns.client.models import (
     Event,
     MemoryItem,
     Run,
+    Schedule,
     Usage,
 )
 from everruns.client.sync import Client
@@ -39,5 +40,6 @@ __all__ = [
     "Event",
     "MemoryItem",
     "Run",
+    "Schedule",
     "Usage",
 ]

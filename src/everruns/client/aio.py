@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, MemoryItem, Run
+from everruns.client.models import Agent, Event, MemoryItem, Run, Schedule
 
 T = TypeVar("T")
 
@@ -52,6 +52,32 @@ class Agents(_Shell):
     async def clear_memory(self, agent: str) -> int:
         """Forget every note of `agent`; how many there were."""
         return await self._send(core.clear_memory(agent))
+
+
+class Schedules(_Shell):
+    async def create(
+        self,
+        agent: str | None = None,
+        *,
+        spec: dict[str, Any] | None = None,
+        schedule: str | None = None,
+        version: int | None = None,
+    ) -> Schedule:
+        """Schedule a stored agent (its latest version at each fire, or `version`) or an
+        inline spec (stored and pinned); replaces the agent's schedule."""
+        return await self._send(core.create_schedule(agent, spec, schedule, version))
+
+    async def list(self) -> builtins.list[Schedule]:
+        return await self._send(core.list_schedules())
+
+    async def delete(self, agent: str) -> None:
+        await self._send(core.delete_schedule(agent))
+
+    async def pause(self, agent: str) -> Schedule:
+        return await self._send(core.set_schedule(agent, "pause"))
+
+    async def resume(self, agent: str) -> Schedule:
+        return await self._send(core.set_schedule(agent, "resume"))
 
 
 class Runs(_Shell):
@@ -172,6 +198,7 @@ class AsyncClient:
         )
         self._meta = _Shell(self._http)
         self.agents = Agents(self._http)
+        self.schedules = Schedules(self._http)
         self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
 
     async def health(self) -> dict[str, Any]:

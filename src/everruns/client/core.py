@@ -19,7 +19,15 @@ from typing import Any, Generic, TypeVar
 
 import httpx
 
-from everruns.client.models import TERMINAL_EVENTS, Agent, ApiError, Event, MemoryItem, Run
+from everruns.client.models import (
+    TERMINAL_EVENTS,
+    Agent,
+    ApiError,
+    Event,
+    MemoryItem,
+    Run,
+    Schedule,
+)
 
 T = TypeVar("T")
 
@@ -58,7 +66,7 @@ class Call(Generic[T]):
 
     def result(self, response: httpx.Response) -> T:
         raise_for(response)
-        return self.parse(response.json())
+        return self.parse(None if response.status_code == 204 else response.json())
 
 
 def _outcome(reply: Any) -> str:
@@ -108,6 +116,34 @@ def list_agents() -> Call[list[Agent]]:
 def get_agent(name: str, version: int | None) -> Call[Agent]:
     path = f"/v1/agents/{name}" + (f"/versions/{version}" if version else "")
     return Call("GET", path, Agent.model_validate)
+
+
+def _schedules(items: Any) -> list[Schedule]:
+    return [Schedule.model_validate(s) for s in items]
+
+
+def _nothing(_reply: Any) -> None:
+    return None
+
+
+def create_schedule(
+    agent: str | None, spec: dict[str, Any] | None, schedule: str | None, version: int | None
+) -> Call[Schedule]:
+    body = _no_none({"agent": agent, "spec": spec, "schedule": schedule, "version": version})
+    return Call("POST", "/v1/schedules", Schedule.model_validate, body=body)
+
+
+def list_schedules() -> Call[list[Schedule]]:
+    return Call("GET", "/v1/schedules", _schedules)
+
+
+def delete_schedule(agent: str) -> Call[None]:
+    return Call("DELETE", f"/v1/schedules/{agent}", _nothing)
+
+
+def set_schedule(agent: str, action: str) -> Call[Schedule]:
+    """pause or resume."""
+    return Call("POST", f"/v1/schedules/{agent}/{action}", Schedule.model_validate)
 
 
 def _memory(page: Any) -> list[MemoryItem]:

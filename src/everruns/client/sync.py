@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, MemoryItem, Run
+from everruns.client.models import Agent, Event, MemoryItem, Run, Schedule
 
 T = TypeVar("T")
 
@@ -50,6 +50,32 @@ class Agents(_Shell):
     def clear_memory(self, agent: str) -> int:
         """Forget every note of `agent`; how many there were."""
         return self._send(core.clear_memory(agent))
+
+
+class Schedules(_Shell):
+    def create(
+        self,
+        agent: str | None = None,
+        *,
+        spec: dict[str, Any] | None = None,
+        schedule: str | None = None,
+        version: int | None = None,
+    ) -> Schedule:
+        """Schedule a stored agent (its latest version at each fire, or `version`) or an
+        inline spec (stored and pinned); replaces the agent's schedule."""
+        return self._send(core.create_schedule(agent, spec, schedule, version))
+
+    def list(self) -> builtins.list[Schedule]:
+        return self._send(core.list_schedules())
+
+    def delete(self, agent: str) -> None:
+        self._send(core.delete_schedule(agent))
+
+    def pause(self, agent: str) -> Schedule:
+        return self._send(core.set_schedule(agent, "pause"))
+
+    def resume(self, agent: str) -> Schedule:
+        return self._send(core.set_schedule(agent, "resume"))
 
 
 class Runs(_Shell):
@@ -170,6 +196,7 @@ class Client:
         )
         self._meta = _Shell(self._http)
         self.agents = Agents(self._http)
+        self.schedules = Schedules(self._http)
         self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
 
     def health(self) -> dict[str, Any]:
