@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from conftest import new_pg_database
 from helpers import Server, cli, env_for, start_worker, stop, write_agent
@@ -93,6 +94,7 @@ def _scenario(run: Cli, spec: Path, scheduled: Path) -> list[tuple[str, int, str
     step("schedule", "rm", "nightly")
     step("memory", "ls", "echo", "--json")
     step("memory", "rm", "echo", "note_nope")
+    step("secret", "set", "team-key", "--value", "s3cret", "--allow-url", "https://api.x.dev/*")
     names = {run_id: "RUN", second["run_id"]: "RUN2", run_id[:12]: "PREFIX"}
     return [_normalise(names, s) for s in steps]
 
@@ -132,7 +134,8 @@ def test_the_same_scenario_prints_the_same_on_both_back_ends(
     scheduled = write_agent(
         tmp_path / "nightly.yaml", [{"text": "tick"}], name="nightly", schedule="every 1h"
     )
-    local_env = env_for(db_url)
+    key = Fernet.generate_key().decode()  # `secret set` encrypts with it, here or on the server
+    local_env = env_for(db_url, EVERRUNS_MASTER_KEY=key)
     local_env.pop("EVERRUNS_DATABASE_URL")
     worker = start_worker(local_env, "--db", db_url, "--lease-ttl", "2", "--poll-interval", "0.1")
     try:
@@ -142,7 +145,12 @@ def test_the_same_scenario_prints_the_same_on_both_back_ends(
     finally:
         stop(worker)
 
-    server = Server(env_for(server_db_url), "--lease-ttl", "2", log=tmp_path / "server.log")
+    server = Server(
+        env_for(server_db_url, EVERRUNS_MASTER_KEY=key),
+        "--lease-ttl",
+        "2",
+        log=tmp_path / "server.log",
+    )
     remote_cwd = tmp_path / "remote"
     remote_cwd.mkdir()
     remote_env = env_for(server_db_url)
@@ -189,5 +197,7 @@ def test_the_same_scenario_prints_the_same_on_both_back_ends(
     assert "no schedule for agent 'nightly'" in by_command["schedule rm nightly"][2]
     assert json.loads(by_command["memory ls echo --json"][1]) == []
     assert "agent 'echo' has no note 'note_nope'" in by_command["memory rm echo note_nope"][2]
+    stored = by_command["secret set team-key --value s3cret --allow-url https://api.x.dev/*"]
+    assert stored[:2] == (0, "stored secret team-key (may be sent to: https://api.x.dev/*)")
     for _command, _code, _out, err in local:
         assert "Traceback" not in err

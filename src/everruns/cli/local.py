@@ -120,6 +120,18 @@ class LocalBackend:
             raise no_schedule(agent)
         return found
 
+    async def put_secret(self, name: str, value: str, allow_urls: list[str]) -> None:
+        from everruns.secretbox import SecretsUnavailable, encrypt
+
+        try:
+            ciphertext = encrypt(value)
+        except SecretsUnavailable as exc:
+            raise CliError(str(exc)) from None
+        await self.store.put_secret(name, ciphertext, allow_urls)
+
+    async def list_secrets(self) -> dict[str, list[str] | None]:
+        return dict(await self.store.secret_bindings())
+
     async def list_memory(self, agent: str) -> list[MemoryItem]:
         await self.store.get_agent(agent)  # "no agent 'x'"
         return [

@@ -104,6 +104,12 @@ class RemoteBackend:
                 return (await self.client.schedules.resume(agent)).model_dump()
             return (await self.client.schedules.pause(agent)).model_dump()
 
+    async def put_secret(self, name: str, value: str, allow_urls: list[str]) -> None:
+        await self.client.secrets.put(name, value, allow_urls)
+
+    async def list_secrets(self) -> dict[str, list[str] | None]:
+        return dict.fromkeys(await self.client.secrets.list())
+
     async def list_memory(self, agent: str) -> list[MemoryItem]:
         return await self.client.agents.list_memory(agent)
 

@@ -80,6 +80,16 @@ class Schedules(_Shell):
         return await self._send(core.set_schedule(agent, "resume"))
 
 
+class Secrets(_Shell):
+    async def put(self, name: str, value: str, allow_urls: builtins.list[str]) -> None:
+        """Store a secret for `model.credential: NAME`, sent only to `allow_urls` patterns."""
+        await self._send(core.put_secret(name, value, allow_urls))
+
+    async def list(self) -> builtins.list[str]:
+        """The stored secrets' names (never their values)."""
+        return await self._send(core.list_secrets())
+
+
 class Runs(_Shell):
     def __init__(self, http: httpx.AsyncClient, policy: core.RetryPolicy):
         super().__init__(http)
@@ -199,6 +209,7 @@ class AsyncClient:
         self._meta = _Shell(self._http)
         self.agents = Agents(self._http)
         self.schedules = Schedules(self._http)
+        self.secrets = Secrets(self._http)
         self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
 
     async def health(self) -> dict[str, Any]:

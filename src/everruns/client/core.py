@@ -146,6 +146,19 @@ def set_schedule(agent: str, action: str) -> Call[Schedule]:
     return Call("POST", f"/v1/schedules/{agent}/{action}", Schedule.model_validate)
 
 
+def _names(items: Any) -> list[str]:
+    return [str(n) for n in items]
+
+
+def put_secret(name: str, value: str, allow_urls: list[str]) -> Call[None]:
+    body = {"value": value, "allow_urls": allow_urls}
+    return Call("PUT", f"/v1/secrets/{name}", _nothing, body=body)
+
+
+def list_secrets() -> Call[list[str]]:
+    return Call("GET", "/v1/secrets", _names)
+
+
 def _memory(page: Any) -> list[MemoryItem]:
     return [MemoryItem.model_validate(m) for m in page["items"]]
 
