@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
 from everruns.cli.backend import Backend, open_backend, resolve_run
 from everruns.cli.common import (
@@ -33,6 +34,7 @@ from everruns.cli.common import (
 )
 from everruns.cli.local import LocalBackend, view
 from everruns.cli.views import (
+    RunView,
     approval_hint,
     event_record,
     pending_approvals,
@@ -120,15 +122,20 @@ def _show(record: dict[str, Any], json_out: bool) -> None:
         out.print(format_event(record), highlight=False)
 
 
+def _announce(run: RunView, json_out: bool) -> Console:
+    """`run`'s first line (its id), on the console its notes go to (stderr with --json)."""
+    note = err if json_out else out
+    note.print(f"run {run.id} (agent {run.agent} v{run.agent_version})", highlight=False)
+    if run.input is None:
+        err.print(_NO_INPUT.format(run_id=run.id), highlight=False)
+    return note
+
+
 async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: float) -> int:
     """Execute the run here, printing its events; its id first and a summary last (on
     standard error with --json, so standard output stays one JSON event a line)."""
     started = time.monotonic()
-    note = err if json_out else out
-    row = await store.get_run(run_id)
-    note.print(f"run {run_id} (agent {row.agent_name} v{row.agent_version})", highlight=False)
-    if row.input is None:
-        err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
+    note = _announce(view(await store.get_run(run_id)), json_out)
     worker = Worker(store, concurrency=8, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
     queue = worker.broker.subscribe(run_id)
     install_stop_handlers(worker.stop)
@@ -184,11 +191,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
 async def _follow_to_end(backend: Backend, run_id: str, json_out: bool) -> int:
     """Print a run's events until it ends, between its id and its summary."""
     started = time.monotonic()
-    note = err if json_out else out
-    found = await backend.get_run(run_id)
-    note.print(f"run {run_id} (agent {found.agent} v{found.agent_version})", highlight=False)
-    if found.input is None:
-        err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
+    note = _announce(await backend.get_run(run_id), json_out)
     async for record in backend.follow(run_id, 0):
         _show(record, json_out)
         if record["type"] == EventType.APPROVAL_REQUESTED:
