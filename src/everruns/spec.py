@@ -365,7 +365,13 @@ def load_spec(path: str | Path) -> AgentSpec:
         ) from None
     except OSError as exc:
         raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
-    return with_python_path(parse_spec(load_yaml(text, source), source), path.parent)
+    return with_python_path(spec_from_yaml(text, source), path.parent)
+
+
+def spec_from_yaml(text: str, source: str = "<spec>") -> AgentSpec:
+    """An agent spec from YAML text; SpecError names the line of a YAML error (the CLI
+    and `POST /v1/agents {yaml}`, hence the web UI's editor, report the same errors)."""
+    return parse_spec(load_yaml(text, source), source)
 
 
 def with_python_path(spec: AgentSpec, directory: Path) -> AgentSpec:

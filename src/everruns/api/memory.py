@@ -26,10 +26,6 @@ class MemoryPage(BaseModel):
     items: list[MemoryItem]
 
 
-class Deleted(BaseModel):
-    deleted: int
-
-
 def memory_item(note: dict[str, Any]) -> MemoryItem:
     return MemoryItem(
         key=note["id"], value=note["text"], updated_at=note["ts"], run_id=note["run_id"]
@@ -54,10 +50,12 @@ def add_memory_routes(app: FastAPI, auth: list[Any]) -> None:
         await _known_agent(store, name)
         return MemoryPage(items=[memory_item(n) for n in await store.recall(name, limit=None)])
 
-    @app.delete("/v1/agents/{name}/memory/{key}", tags=["agents"], dependencies=auth)
+    @app.delete(
+        "/v1/agents/{name}/memory/{key}", tags=["agents"], status_code=204, dependencies=auth
+    )
     async def delete_memory(
         name: Annotated[str, _AGENT], key: Annotated[str, _KEY], request: Request
-    ) -> Deleted:
+    ) -> None:
         """Forget one note; later runs no longer see it."""
         store = store_of(request)
         await _known_agent(store, name)
@@ -65,11 +63,10 @@ def add_memory_routes(app: FastAPI, auth: list[Any]) -> None:
             raise Problem(
                 404, "memory-not-found", "Memory not found", f"agent {name!r} has no note {key!r}"
             )
-        return Deleted(deleted=1)
 
-    @app.delete("/v1/agents/{name}/memory", tags=["agents"], dependencies=auth)
-    async def clear_memory(name: Annotated[str, _AGENT], request: Request) -> Deleted:
+    @app.delete("/v1/agents/{name}/memory", tags=["agents"], status_code=204, dependencies=auth)
+    async def clear_memory(name: Annotated[str, _AGENT], request: Request) -> None:
         """Forget every note of the agent."""
         store = store_of(request)
         await _known_agent(store, name)
-        return Deleted(deleted=await store.forget(name))
+        await store.forget(name)

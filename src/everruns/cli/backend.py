@@ -125,7 +125,3 @@ async def resolve_run(backend: Backend, run_id: str) -> str:
         f"{run_id!r} is the start of several run ids ({shown}); give more characters",
         EXIT_USAGE,
     )
-
-
-def no_schedule(agent: str) -> CliError:
-    return CliError(f"no schedule for agent {agent!r}")

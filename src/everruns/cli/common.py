@@ -70,6 +70,11 @@ class CliError(Exception):
         self.code = code
 
 
+def no_schedule(agent: str) -> CliError:
+    """Both back ends' words for a missing schedule."""
+    return CliError(f"no schedule for agent {agent!r}")
+
+
 class Debug:
     """`everruns --debug` (or EVERRUNS_DEBUG=1): print the traceback behind an error."""
 

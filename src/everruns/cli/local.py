@@ -9,8 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from everruns.api.wire import run_to_api
-from everruns.cli.backend import no_schedule
-from everruns.cli.common import CliError
+from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
 from everruns.client import MemoryItem
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType

@@ -6,8 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from everruns.cli.backend import no_schedule
-from everruns.cli.common import CliError
+from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
 from everruns.client import ApiError, AsyncClient, Event, MemoryItem, Run
 from everruns.spec import AgentSpec
@@ -58,7 +57,9 @@ class RemoteBackend:
         self, *, status: str | None, agent: str | None, limit: int
     ) -> list[RunView]:
         items, _ = await self.client.runs.list(status=status, agent=agent, limit=limit)
-        return [view(r) for r in items]
+        # A list cuts long inputs and results (`truncated`); `ls --json` prints them whole,
+        # as it does on a local database.
+        return [view(await self.client.runs.get(r.id) if r.truncated else r) for r in items]
 
     async def events(self, run_id: str, after: int) -> list[dict[str, Any]]:
         return [record(e) for e in await self.client.runs.events(run_id, after=after)]
@@ -117,4 +118,6 @@ class RemoteBackend:
         await self.client.agents.delete_memory(agent, key)
 
     async def clear_memory(self, agent: str) -> int:
-        return await self.client.agents.clear_memory(agent)
+        count = len(await self.client.agents.list_memory(agent))
+        await self.client.agents.clear_memory(agent)
+        return count

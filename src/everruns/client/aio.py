@@ -45,13 +45,13 @@ class Agents(_Shell):
         """The notes `agent` keeps across runs, oldest first."""
         return await self._send(core.list_memory(agent))
 
-    async def delete_memory(self, agent: str, key: str) -> int:
-        """Forget one note (ApiError 404 if there is none); 1."""
-        return await self._send(core.delete_memory(agent, key))
+    async def delete_memory(self, agent: str, key: str) -> None:
+        """Forget one note (ApiError 404 if there is none)."""
+        await self._send(core.delete_memory(agent, key))
 
-    async def clear_memory(self, agent: str) -> int:
-        """Forget every note of `agent`; how many there were."""
-        return await self._send(core.clear_memory(agent))
+    async def clear_memory(self, agent: str) -> None:
+        """Forget every note of `agent`."""
+        await self._send(core.clear_memory(agent))
 
 
 class Schedules(_Shell):

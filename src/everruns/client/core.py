@@ -163,20 +163,16 @@ def _memory(page: Any) -> list[MemoryItem]:
     return [MemoryItem.model_validate(m) for m in page["items"]]
 
 
-def _deleted(reply: Any) -> int:
-    return int(reply["deleted"])
-
-
 def list_memory(agent: str) -> Call[list[MemoryItem]]:
     return Call("GET", f"/v1/agents/{agent}/memory", _memory)
 
 
-def delete_memory(agent: str, key: str) -> Call[int]:
-    return Call("DELETE", f"/v1/agents/{agent}/memory/{key}", _deleted)
+def delete_memory(agent: str, key: str) -> Call[None]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory/{key}", _nothing)
 
 
-def clear_memory(agent: str) -> Call[int]:
-    return Call("DELETE", f"/v1/agents/{agent}/memory", _deleted)
+def clear_memory(agent: str) -> Call[None]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory", _nothing)
 
 
 def start_run(

@@ -43,13 +43,13 @@ class Agents(_Shell):
         """The notes `agent` keeps across runs, oldest first."""
         return self._send(core.list_memory(agent))
 
-    def delete_memory(self, agent: str, key: str) -> int:
-        """Forget one note (ApiError 404 if there is none); 1."""
-        return self._send(core.delete_memory(agent, key))
+    def delete_memory(self, agent: str, key: str) -> None:
+        """Forget one note (ApiError 404 if there is none)."""
+        self._send(core.delete_memory(agent, key))
 
-    def clear_memory(self, agent: str) -> int:
-        """Forget every note of `agent`; how many there were."""
-        return self._send(core.clear_memory(agent))
+    def clear_memory(self, agent: str) -> None:
+        """Forget every note of `agent`."""
+        self._send(core.clear_memory(agent))
 
 
 class Schedules(_Shell):

@@ -89,9 +89,10 @@ class Memory:
         return [_note_dict(r) for r in reversed(rows)]
 
     async def forget(self, agent: str, note_id: str | None = None) -> int:
-        """Delete one note of `agent` (by id), or all of them; how many went."""
-        where = agent_notes.c.agent_name == agent
+        """Delete one note of `agent` (`note_id`) or all of them; how many were deleted."""
+        query = sa.delete(agent_notes).where(agent_notes.c.agent_name == agent)
         if note_id is not None:
-            where = sa.and_(where, agent_notes.c.id == note_id)
+            query = query.where(agent_notes.c.id == note_id)
         async with self.db.engine.begin() as conn:
-            return (await conn.execute(sa.delete(agent_notes).where(where))).rowcount
+            result = await conn.execute(query)
+        return int(result.rowcount or 0)
