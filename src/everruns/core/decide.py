@@ -73,7 +73,8 @@ Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle
 def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
     """The run's own limits (the spec's, overridden by `limits.changed`) against its
     journal: its own usage and its finished children's. The engine checks the whole
-    live tree, ancestors included, before each call (engine/budgets.py)."""
+    live tree, ancestors included, before each call (engine/budgets.py); framework runs
+    check it before each model request (engine/framework.py)."""
     limits = effective_limits(spec.limits, state.limits)
     if limits.deadline is not None and now - state.created_ts >= limits.deadline:
         return Fail("deadline_exceeded", f"deadline of {limits.deadline:g}s reached")
@@ -86,12 +87,6 @@ def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
     )
     reached = breach(limits, spent)
     return Fail("budget_exceeded", reached) if reached else None
-
-
-def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
-    """The limit (steps, LLM calls, tokens, cost, deadline) the run has reached, if any;
-    also checked by framework runs (engine/framework.py) before each model request."""
-    return _limit_breach(state, spec, now)
 
 
 def _plan_calls(
