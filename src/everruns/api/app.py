@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns.api import idempotency, problems
+from everruns.api import documented, idempotency, problems
 from everruns.api.deps import StoreDep, store_of
 from everruns.api.feed import EventFeed
 from everruns.api.idempotency import IdempotencyKeys
@@ -179,6 +179,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body first
+    documented.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     sink = tracing.sink()
     if sink is not None:  # request spans linked to the runs they touch (OTEL_* set)
@@ -278,6 +279,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "give exactly one of `spec` (JSON) or `yaml` (text)",
             )
         spec = spec_from_yaml(text, "spec") if text is not None else parse_spec(spec_data, "spec")
+        # `python_path` names directories on the machine of a local spec file: an API spec
+        # imports only from the server's path (and `api_specs.python_modules`), so it is dropped.
+        spec = spec.model_copy(update={"python_path": None})
         await _allowed(store, spec)  # before build_tools imports any module
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)

@@ -10,7 +10,7 @@ from everruns.spec import WebhookSpec
 
 
 class _In(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class AgentCreate(_In):
