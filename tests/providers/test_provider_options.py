@@ -18,7 +18,9 @@ import httpx2
 import openai
 import pytest
 
-from everruns import journal as j
+from everruns.core.decide import MAX_CONTINUATIONS, Complete, Fail, Reason, decide
+from everruns.core.events import LLM_COMPLETED, LLM_FAILED, LLM_STARTED, RUN_CREATED, Event
+from everruns.core.state import fold
 from everruns.providers import get_provider
 from everruns.providers.base import LLMRequest, ToolSchema, merge_name
 from everruns.providers.errors import classify_status
@@ -437,9 +439,9 @@ async def test_anthropic_options_tool_choice_and_max_tokens(replay: _Replay) -> 
 # ---------------------------------------------------------------- truncation in the fold
 
 
-def _completed(seq: int, content: str, **data: Any) -> j.Event:
+def _completed(seq: int, content: str, **data: Any) -> Event:
     message = {"role": "assistant", "content": content}
-    return j.Event(seq, j.LLM_COMPLETED, 0.0, {"message": message, **data})
+    return Event(seq, LLM_COMPLETED, 0.0, {"message": message, **data})
 
 
 @pytest.mark.parametrize("policy", ["accept", "continue", "fail"])
@@ -451,22 +453,22 @@ def test_truncated_answer_policies(policy: str) -> None:
         }
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "write"}),
+        Event(1, RUN_CREATED, 0.0, {"input": "write"}),
         _completed(2, "Once upon", truncated=True),
     ]
-    state = j.fold(events)
-    atom = j.decide(state, spec, 0.0)
+    state = fold(events)
+    atom = decide(state, spec, 0.0)
     if policy == "accept":
-        assert atom == j.Complete(result="Once upon")
+        assert atom == Complete(result="Once upon")
         return
     if policy == "fail":
-        assert isinstance(atom, j.Fail) and atom.reason == "truncated"
+        assert isinstance(atom, Fail) and atom.reason == "truncated"
         return
-    assert atom == j.Reason(attempt=1, continuation=True)
+    assert atom == Reason(attempt=1, continuation=True)
     events.append(_completed(3, " a time.", continuation=True))
-    state = j.fold(events)
+    state = fold(events)
     assert [m["content"] for m in state.messages] == ["write", "Once upon a time."]
-    assert j.decide(state, spec, 0.0) == j.Complete(result="Once upon a time.")
+    assert decide(state, spec, 0.0) == Complete(result="Once upon a time.")
 
 
 def test_continuations_are_bounded() -> None:
@@ -481,13 +483,13 @@ def test_continuations_are_bounded() -> None:
         }
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "write"}),
+        Event(1, RUN_CREATED, 0.0, {"input": "write"}),
         _completed(2, "a", truncated=True),
     ]
-    for i in range(j.MAX_CONTINUATIONS):
+    for i in range(MAX_CONTINUATIONS):
         events.append(_completed(3 + i, "a", truncated=True, continuation=True))
-    atom = j.decide(j.fold(events), spec, 0.0)
-    assert isinstance(atom, j.Fail) and atom.reason == "truncated"
+    atom = decide(fold(events), spec, 0.0)
+    assert isinstance(atom, Fail) and atom.reason == "truncated"
 
 
 def test_invalid_request_fails_with_its_own_reason() -> None:
@@ -495,17 +497,17 @@ def test_invalid_request_fails_with_its_own_reason() -> None:
         {"name": "a", "model": {"provider": "scripted", "responses": [{"text": "x"}]}}
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "hi"}),
-        j.Event(2, j.LLM_STARTED, 0.0, {"attempt": 1}),
-        j.Event(
+        Event(1, RUN_CREATED, 0.0, {"input": "hi"}),
+        Event(2, LLM_STARTED, 0.0, {"attempt": 1}),
+        Event(
             3,
-            j.LLM_FAILED,
+            LLM_FAILED,
             0.0,
             {"class": "invalid_request", "retryable": False, "error": "TypeError: x"},
         ),
     ]
-    atom = j.decide(j.fold(events), spec, 0.0)
-    assert atom == j.Fail("invalid_request", "TypeError: x")
+    atom = decide(fold(events), spec, 0.0)
+    assert atom == Fail("invalid_request", "TypeError: x")
 
 
 # ---------------------------------------------------------------- thinking

@@ -25,7 +25,18 @@ from typing import Any
 import httpx
 import pytest
 
-from everruns import journal as j
+from everruns.core.decide import MAX_CONTINUATIONS
+from everruns.core.events import (
+    CONTEXT_COMPACTED,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    MESSAGE_USER,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_WAITING,
+    Event,
+)
+from everruns.core.state import fold
 from everruns.engine.worker import Worker
 from everruns.providers import get_provider
 from everruns.providers.base import LLMRequest, ToolSchema
@@ -245,7 +256,7 @@ async def _final(store: Store, run_id: str, timeout: float = 120) -> Any:
     return row
 
 
-def _of(events: list[j.Event], kind: str) -> list[j.Event]:
+def _of(events: list[Event], kind: str) -> list[Event]:
     return [e for e in events if e.type == kind]
 
 
@@ -263,19 +274,19 @@ async def test_context_overflow_compacts_and_retries(
     )
     run_id = await store.create_run(spec, "Remember this text: " + filler)
     assert (await _final(store, run_id)).status == "completed"
-    await store.signal(run_id, j.MESSAGE_USER, {"content": "And this one: " + filler})
+    await store.signal(run_id, MESSAGE_USER, {"content": "And this one: " + filler})
     deadline = time.monotonic() + 120
     while True:
         events = await store.load_events(run_id)
-        if len(_of(events, j.RUN_COMPLETED)) == 2 or _of(events, j.RUN_FAILED):
+        if len(_of(events, RUN_COMPLETED)) == 2 or _of(events, RUN_FAILED):
             break
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    failed = _of(events, j.LLM_FAILED)
+    failed = _of(events, LLM_FAILED)
     assert failed and failed[0].data["class"] == "context_too_long", failed
     assert "context size" in failed[0].data["error"]
-    assert _of(events, j.CONTEXT_COMPACTED)
-    assert not _of(events, j.RUN_FAILED) and len(_of(events, j.RUN_COMPLETED)) == 2
+    assert _of(events, CONTEXT_COMPACTED)
+    assert not _of(events, RUN_FAILED) and len(_of(events, RUN_COMPLETED)) == 2
 
 
 async def test_truncated_answer_is_continued_and_joined(
@@ -292,15 +303,15 @@ async def test_truncated_answer_is_continued_and_joined(
     run_id = await store.create_run(spec, "Count from one to ten in words.")
     row = await _final(store, run_id)
     events = await store.load_events(run_id)
-    parts = _of(events, j.LLM_COMPLETED)
+    parts = _of(events, LLM_COMPLETED)
     assert parts[0].data["truncated"] and parts[1].data["continuation"]
     joined = "".join(e.data["message"]["content"] or "" for e in parts)
-    state = j.fold(events)
+    state = fold(events)
     assert state.messages[-1]["content"] == joined
     if row.status == "completed":
         assert row.result == joined and not parts[-1].data.get("truncated")
     else:  # still cut off after every continuation allowed
-        assert row.error["reason"] == "truncated" and len(parts) == 1 + j.MAX_CONTINUATIONS
+        assert row.error["reason"] == "truncated" and len(parts) == 1 + MAX_CONTINUATIONS
 
 
 async def test_server_killed_mid_stream_then_restarted(
@@ -326,13 +337,13 @@ async def test_server_killed_mid_stream_then_restarted(
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # mid-stream
         server.kill()
-        while not _of(await store.load_events(run_id), j.RUN_WAITING):
+        while not _of(await store.load_events(run_id), RUN_WAITING):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         server.start()
         row = await _final(store, run_id)
         events = await store.load_events(run_id)
-        classes = {e.data["class"] for e in _of(events, j.LLM_FAILED)}
+        classes = {e.data["class"] for e in _of(events, LLM_FAILED)}
         assert classes & {"stream_broken", "connection"}, classes
         assert row.status == "completed" and row.result
     finally:

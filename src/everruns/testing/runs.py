@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from everruns import journal as j
+from everruns.core.events import TERMINAL_STATUSES
 from everruns.engine.worker import Worker
 from everruns.store import Store
 from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
@@ -23,9 +23,7 @@ async def run_to_end(
     try:
         while loop.time() < deadline and not task.done():
             row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES or (
-                row.status == "waiting" and row.wake_at is None
-            ):
+            if row.status in TERMINAL_STATUSES or (row.status == "waiting" and row.wake_at is None):
                 return
             await asyncio.sleep(0.05)
         raise TimeoutError(f"run {run_id} did not finish within {timeout:g}s")
