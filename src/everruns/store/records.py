@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from typing import Any
 
 
@@ -72,30 +72,12 @@ class RunRow:
 
     @classmethod
     def from_row(cls, row: Any) -> RunRow:
+        """The row's columns by field name; only the flag and the JSON error need decoding."""
         m = row._mapping
-        return cls(
-            id=m["id"],
-            agent_name=m["agent_name"],
-            agent_version=m["agent_version"],
-            parent_id=m["parent_id"],
-            status=m["status"],
-            epoch=m["epoch"],
-            lease_owner=m["lease_owner"],
-            lease_expires_at=m["lease_expires_at"],
-            wake_at=m["wake_at"],
-            last_seq=m["last_seq"],
-            crashes=m["crashes"],
-            cancel_requested=bool(m["cancel_requested"]),
-            steps=m["steps"],
-            input_tokens=m["input_tokens"],
-            output_tokens=m["output_tokens"],
-            cost_usd=m["cost_usd"],
-            input=m["input"],
-            result=m["result"],
-            error=json.loads(m["error"]) if m["error"] else None,
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-        )
+        values = {f.name: m[f.name] for f in fields(cls)}
+        values["cancel_requested"] = bool(m["cancel_requested"])
+        values["error"] = json.loads(m["error"]) if m["error"] else None
+        return cls(**values)
 
     @property
     def usage(self) -> dict[str, Any]:

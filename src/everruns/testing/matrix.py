@@ -42,7 +42,7 @@ from everruns.testing._procs import (
     SpecLike,
     WorkerTimeout,
     as_spec,
-    run_sync,
+    sync_form,
     tail,
     workdir,
     worker_env,
@@ -412,34 +412,15 @@ async def acrash_matrix(
     return CrashReport(agent.name, reference, list(cases))
 
 
-def crash_matrix(
-    spec: SpecLike,
-    input: str | None,
-    *,
-    db: str | None = None,
-    only: Sequence[str] | None = None,
-    lease_ttl: float = 1.0,
-    concurrency: int = 2,
-    timeout: float = 60.0,
-    tmp: str | Path | None = None,
-) -> CrashReport:
+crash_matrix = sync_form(
+    acrash_matrix,
+    "crash_matrix",
     """Crash the agent at every boundary and report what each crash did.
 
-    `spec`: an AgentSpec, a YAML path or a mapping; `input`: the user message.
-    `db`: a database URL shared by all cases (e.g. PostgreSQL); default: a fresh
-    SQLite file per case under `tmp`. `only`: keep the boundaries containing one of
-    these strings (e.g. `["tool"]`). `lease_ttl`: the workers' lease (a takeover
-    waits for it). Check the report with `assert_exactly_once(report)`.
-    """
-    return run_sync(
-        acrash_matrix(
-            spec,
-            input,
-            db=db,
-            only=only,
-            lease_ttl=lease_ttl,
-            concurrency=concurrency,
-            timeout=timeout,
-            tmp=tmp,
-        )
-    )
+`spec`: an AgentSpec, a YAML path or a mapping; `input`: the user message.
+`db`: a database URL shared by all cases (e.g. PostgreSQL); default: a fresh
+SQLite file per case under `tmp`. `only`: keep the boundaries containing one of
+these strings (e.g. `["tool"]`). `lease_ttl`: the workers' lease (a takeover
+waits for it). Check the report with `assert_exactly_once(report)`.
+""",
+)

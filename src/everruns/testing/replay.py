@@ -30,7 +30,7 @@ from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
 from everruns.testing import journalfile
-from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
+from everruns.testing._procs import SpecLike, as_spec, sync_form, workdir
 from everruns.testing.ask import ask_model
 from everruns.testing.diff import diff_runs
 from everruns.testing.runs import run_to_end
@@ -365,20 +365,14 @@ async def areplay(
     )
 
 
-def replay(
-    recording: str | Path | journalfile.Recording,
-    spec: SpecLike | None = None,
-    *,
-    live: bool | ModelSpec | dict[str, Any] = False,
-    tools: dict[str, str] | None = None,
-    db: str | None = None,
-    tmp: str | Path | None = None,
-) -> ReplayReport:
+replay = sync_form(
+    areplay,
+    "replay",
     """Replay a recorded run (an `everruns export` file) against `spec` (default: the
-    recorded spec). `live`: where divergent LLM calls go (True: the spec's model; a model
-    spec; False: the run fails at the first divergence). `tools`: per tool name (or "*"),
-    "replay" (default: the recorded result) or "execute" (run the tool)."""
-    return run_sync(areplay(recording, spec, live=live, tools=tools, db=db, tmp=tmp))
+recorded spec). `live`: where divergent LLM calls go (True: the spec's model; a model
+spec; False: the run fails at the first divergence). `tools`: per tool name (or "*"),
+"replay" (default: the recorded result) or "execute" (run the tool).""",
+)
 
 
 async def arecord(
@@ -402,13 +396,8 @@ async def arecord(
     return Path(path)
 
 
-def record(
-    spec: SpecLike,
-    input: str | None,
-    path: str | Path,
-    *,
-    db: str | None = None,
-    tmp: str | Path | None = None,
-) -> Path:
-    """Run the agent once (in this process) and export its journal to `path`."""
-    return run_sync(arecord(spec, input, path, db=db, tmp=tmp))
+record = sync_form(
+    arecord,
+    "record",
+    """Run the agent once (in this process) and export its journal to `path`.""",
+)
