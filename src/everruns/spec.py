@@ -36,6 +36,7 @@ class ScriptedToolCall(_Strict):
 class Usage(_Strict):
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = Field(default=0, ge=0, description="of input_tokens, cache reads")
 
 
 class ScriptedResponse(_Strict):
@@ -82,6 +83,12 @@ class Pricing(_Strict):
     input: float = Field(ge=0)
     output: float = Field(ge=0)
     cached_input: float | None = Field(default=None, ge=0, description="a prompt-cache read")
+    cache_write: float | None = Field(
+        default=None, ge=0, description="a 5-minute prompt-cache write (default: 1.25x input)"
+    )
+    cache_write_1h: float | None = Field(
+        default=None, ge=0, description="a 1-hour prompt-cache write (default: 2x input)"
+    )
 
 
 class ToolChoiceName(_Strict):
@@ -123,10 +130,11 @@ class ModelSpec(_Strict):
         description="an answer cut off at max_tokens: keep it marked (accept), ask the model "
         "to continue and join the parts (continue), or fail the run (fail)",
     )
-    cache: Literal["auto", "off"] = Field(
+    cache: Literal["auto", "1h", "off"] = Field(
         default="auto",
         description="prompt caching: auto places Anthropic cache breakpoints on the system "
-        "prompt, the tools and the conversation so far (OpenAI caches by itself)",
+        "prompt, the tools and the conversation so far (5-minute cache; 1h: the 1-hour cache, "
+        "dearer writes); OpenAI caches by itself",
     )
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)

@@ -171,6 +171,26 @@ def test_cached_input_is_priced_at_the_cached_rate() -> None:
     assert cost_usd(usage, Pricing(input=3.0, output=15.0)) == pytest.approx(3.0)
 
 
+def test_cache_writes_are_priced_at_the_write_rates() -> None:
+    """Anthropic: a 5-minute cache write costs 1.25x input, a 1-hour one 2x; reads the
+    cached rate; the rest of the input the input rate."""
+    price = Pricing(input=3.0, output=15.0, cached_input=0.3)
+    usage = {
+        "input_tokens": 1_000_000,
+        "cached_input_tokens": 500_000,
+        "cache_write_input_tokens": 200_000,
+        "cache_write_1h_input_tokens": 100_000,
+        "output_tokens": 0,
+    }
+    want = 0.5 * 0.3 + 0.2 * 3.75 + 0.1 * 6.0 + 0.2 * 3.0
+    assert cost_usd(usage, price) == pytest.approx(want)
+    explicit = Pricing(input=3.0, output=15.0, cached_input=0.3, cache_write=4.0, cache_write_1h=5)
+    assert cost_usd(usage, explicit) == pytest.approx(0.5 * 0.3 + 0.2 * 4.0 + 0.1 * 5.0 + 0.6)
+    # Parts never cost more tokens than the input the provider reported.
+    odd = {"input_tokens": 10, "cache_write_input_tokens": 50, "output_tokens": 0}
+    assert cost_usd(odd, price) == pytest.approx(10 * 3.75 / 1e6)
+
+
 # ---------------------------------------------------------------- streaming
 
 
@@ -434,6 +454,68 @@ async def test_anthropic_options_tool_choice_and_max_tokens(replay: _Replay) -> 
     assert body["messages"][-1]["content"][-1]["cache_control"] == ephemeral
     assert response.truncated and response.message["content"] == "It is sun"
     assert response.usage["estimated"] is True  # the server reported zeros
+
+
+async def test_anthropic_cache_reads_and_writes_are_journaled_apart(replay: _Replay) -> None:
+    """`model.cache: 1h` marks the 1-hour cache; message_start's reads, 5-minute and 1-hour
+    writes become input_tokens (their sum) and one key each, priced apart by cost_usd."""
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 600,
+        "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+    }
+    replay.bodies.append(
+        _anthropic_events(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "smol",
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": usage,
+                },
+            },
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "ok"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 4},
+            },
+            {"type": "message_stop"},
+        )
+    )
+    model = ModelSpec.model_validate(
+        {"provider": "anthropic", "name": "smol", "base_url": replay.url, "cache": "1h"}
+    )
+    response = await get_provider(model, api_key="k").complete(_request(model), lambda _t: None)
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    body = replay.requests[-1]
+    assert body["system"][0]["cache_control"] == hour
+    assert body["messages"][-1]["content"][-1]["cache_control"] == hour
+    assert response.usage == {
+        "input_tokens": 1000,
+        "output_tokens": 4,
+        "cached_input_tokens": 600,
+        "cache_write_input_tokens": 100,
+        "cache_write_1h_input_tokens": 200,
+    }
+    price = Pricing(input=1.0, output=0.0, cached_input=0.1)
+    assert cost_usd(response.usage, price) == pytest.approx((100 + 60 + 125 + 400) / 1e6)
 
 
 # ---------------------------------------------------------------- truncation in the fold

@@ -38,6 +38,12 @@ class Usage(BaseModel):
     output_tokens: int
     total_tokens: int
     cost_usd: float
+    cached_input_tokens: int = Field(
+        default=0, description="Of input_tokens, read from a prompt cache."
+    )
+    cache_hit_ratio: float | None = Field(
+        default=None, description="cached_input_tokens / input_tokens (null before any input)."
+    )
 
 
 class RunOut(BaseModel):

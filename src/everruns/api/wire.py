@@ -54,6 +54,7 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         input_tokens=usage.get("input_tokens", 0),
         output_tokens=usage.get("output_tokens", 0),
         cost_usd=usage.get("cost_usd", 0.0),
+        cached_input_tokens=usage.get("cached_input_tokens", 0),
         input=run.get("input"),
         result=run.get("result"),
         error=run.get("error"),

@@ -42,6 +42,12 @@ def status_table(run: RunView) -> Table:
         f"{run.usage.input_tokens} in + {run.usage.output_tokens} out tokens, "
         f"${run.usage.cost_usd:.4f}",
     )
+    if run.usage.cache_hit_ratio is not None:
+        table.add_row(
+            "cache hits",
+            f"{run.usage.cache_hit_ratio:.0%} of input tokens read from the prompt cache "
+            f"({run.usage.cached_input_tokens})",
+        )
     table.add_row("created", format_status_time(run.created_at))
     if run.result is not None:
         table.add_row("result", run.result)

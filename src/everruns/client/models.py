@@ -28,6 +28,8 @@ class Usage(BaseModel):
     output_tokens: int = 0
     total_tokens: int = 0
     cost_usd: float = 0.0
+    cached_input_tokens: int = 0
+    cache_hit_ratio: float | None = None  # cached_input_tokens / input_tokens
 
 
 class Run(BaseModel):

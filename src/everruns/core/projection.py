@@ -38,7 +38,7 @@ from everruns.core.events import (
     RunStatus,
 )
 
-TOTALS = ("steps", "input_tokens", "output_tokens", "cost_usd")
+TOTALS = ("steps", "input_tokens", "output_tokens", "cost_usd", "cached_input_tokens")
 _UNLEASED = {"wake_at": None, "lease_owner": None, "lease_expires_at": None}
 
 
@@ -81,6 +81,7 @@ def _usage(update: RowUpdate, usage: Mapping[str, Any] | None) -> None:
         _add(update, "input_tokens", int(usage.get("input_tokens", 0)))
         _add(update, "output_tokens", int(usage.get("output_tokens", 0)))
         _add(update, "cost_usd", float(usage.get("cost_usd", 0.0)))
+        _add(update, "cached_input_tokens", int(usage.get("cached_input_tokens", 0)))
 
 
 def _signal(update: RowUpdate, kind: str, now: float, current: RowFacts) -> None:

@@ -215,7 +215,9 @@ class Journal:
         ).first()
         if parent is None or parent.status in TERMINAL_STATUSES:
             return
-        usage = usage_totals(row.input_tokens, row.output_tokens, row.cost_usd)
+        usage = usage_totals(
+            row.input_tokens, row.output_tokens, row.cost_usd, row.cached_input_tokens
+        )
         await self.signal_in(
             conn,
             parent_id,

@@ -26,14 +26,23 @@ def new_id(prefix: str = "run") -> str:
     return f"{prefix}_{''.join(reversed(chars))}"
 
 
-def usage_totals(input_tokens: int, output_tokens: int, cost_usd: float) -> dict[str, Any]:
-    """A run's usage as the API shows it and `child.finished` carries it."""
+def usage_totals(
+    input_tokens: int, output_tokens: int, cost_usd: float, cached_input_tokens: int = 0
+) -> dict[str, Any]:
+    """A run's usage as the API shows it and `child.finished` carries it. The cache hit
+    ratio is the share of input tokens read from a prompt cache (None before any input)."""
     return {
         "input_tokens": input_tokens,
         "output_tokens": output_tokens,
         "total_tokens": input_tokens + output_tokens,
         "cost_usd": round(cost_usd, 6),
+        "cached_input_tokens": cached_input_tokens,
+        "cache_hit_ratio": cache_hit_ratio(cached_input_tokens, input_tokens),
     }
+
+
+def cache_hit_ratio(cached_input_tokens: int, input_tokens: int) -> float | None:
+    return round(cached_input_tokens / input_tokens, 4) if input_tokens else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +73,7 @@ class RunRow:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    cached_input_tokens: int
     input: str | None
     result: str | None
     error: dict[str, Any] | None
@@ -81,4 +91,6 @@ class RunRow:
 
     @property
     def usage(self) -> dict[str, Any]:
-        return usage_totals(self.input_tokens, self.output_tokens, self.cost_usd)
+        return usage_totals(
+            self.input_tokens, self.output_tokens, self.cost_usd, self.cached_input_tokens
+        )

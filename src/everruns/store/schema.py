@@ -52,6 +52,8 @@ runs = sa.Table(
     sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    # Of input_tokens, those read from a prompt cache (for the cache hit ratio).
+    sa.Column("cached_input_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("input", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),

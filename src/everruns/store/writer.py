@@ -53,9 +53,10 @@ SETTABLE = frozenset(
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "cached_input_tokens",
     }
 )
-ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd"})
+ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd", "cached_input_tokens"})
 SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
 

@@ -1,5 +1,6 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
+import { cacheHits } from "./cache.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -474,7 +475,7 @@ function runPage(runId) {
     status: null,
     row: null,
     steps: 0,
-    usage: { input: 0, output: 0, cost: 0, calls: 0 },
+    usage: { input: 0, output: 0, cost: 0, calls: 0, cached: 0 },
     llm: { inFlight: false, attempt: 0, item: null, text: null },
     approvals: new Map(), // call_id -> approval box, while pending
     lastWorker: null,
@@ -498,6 +499,7 @@ function runPage(runId) {
     tokens: h("dd", { id: "stat-tokens" }, "0"),
     cost: h("dd", { id: "stat-cost" }, "$0.00"),
     calls: h("dd", { id: "stat-calls" }, "0"),
+    cache: h("dd", { id: "stat-cache" }, "–"),
   };
   const btnCancel = h("button", { type: "button", class: "danger", id: "btn-cancel" }, "Cancel");
   const btnPause = h("button", { type: "button", id: "btn-pause" }, "Pause");
@@ -544,7 +546,8 @@ function runPage(runId) {
             h("div", {}, h("dt", {}, "Cost"), stats.cost),
             h("div", {}, h("dt", {}, "Tokens"), stats.tokens),
             h("div", {}, h("dt", {}, "Steps"), stats.steps),
-            h("div", {}, h("dt", {}, "LLM calls"), stats.calls)),
+            h("div", {}, h("dt", {}, "LLM calls"), stats.calls),
+            h("div", {}, h("dt", {}, "Cache hits"), stats.cache)),
         ),
         h(
           "section",
@@ -578,13 +581,16 @@ function runPage(runId) {
     btnPause.disabled = !["queued", "running", "waiting"].includes(status);
     btnResume.disabled = status !== "paused";
     const usage = row && row.last_seq > st.lastSeq
-      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd }
+      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd, cached: row.usage.cached_input_tokens }
       : st.usage;
     stats.cost.textContent = fmtCost(usage.cost);
     stats.tokens.textContent = fmtInt(usage.input + usage.output);
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
     stats.calls.textContent = fmtInt(st.usage.calls);
+    const hits = cacheHits(usage);
+    stats.cache.textContent = hits.text;
+    stats.cache.title = hits.title;
   };
 
   const renderResult = () => {
@@ -950,6 +956,7 @@ function runPage(runId) {
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
+      st.usage.cached += Number(u.cached_input_tokens || 0);
     }
     const li = item(ev, render(ev));
     timeline.append(li);
