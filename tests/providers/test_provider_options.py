@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -678,3 +679,147 @@ async def test_openai_compatible_reasoning_is_journaled(replay: _Replay) -> None
     model = _model(replay)
     response = await get_provider(model).complete(_request(model), lambda _t: None)
     assert response.message["reasoning"] == "think more" and response.message["content"] == "42"
+
+
+def _thinking_tool_use(call_id: str) -> list[str]:
+    """An Anthropic answer: a signed thinking block, then a call of `list_files`."""
+    return _anthropic_events(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "m",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 20, "output_tokens": 1},
+            },
+        },
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": "Look first."},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": "s1"},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": call_id, "name": "list_files", "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": "{}"},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    )
+
+
+def _anthropic_text(text: str) -> list[str]:
+    return _anthropic_events(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "m2",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 30, "output_tokens": 1},
+            },
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    )
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+async def test_reasoning_goes_back_across_a_tool_call(
+    replay: _Replay, provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole run through the engine: the reasoning of a tool-call answer is journaled and
+    sent back with that answer in the next request, as each API requires (Anthropic: the
+    signed thinking block first; OpenAI-compatible: `reasoning_content`)."""
+    from everruns.testing import arun_agent
+
+    if provider == "anthropic":
+        replay.bodies += [_thinking_tool_use("tu_1"), _anthropic_text("empty")]
+        model: dict[str, Any] = {"provider": "anthropic", "name": "claude", "base_url": replay.url}
+        model["api_key_env"] = "REASONING_TEST_KEY"
+        monkeypatch.setenv("REASONING_TEST_KEY", "k")
+    else:
+        call = _call(0, name="list_files", arguments="{}")
+        call["id"] = "c1"
+        replay.bodies += [
+            _sse(
+                _chunk({"reasoning_content": "Look first."}),
+                _chunk({"tool_calls": [call]}, "tool_calls"),
+            ),
+            _sse(_chunk({"content": "empty"}, "stop")),
+        ]
+        model = {"provider": "openai-compatible", "name": "smol", "base_url": replay.url + "/v1"}
+    spec = {"name": "thinker", "model": model, "tools": [{"builtin": "workspace"}]}
+    report = await arun_agent(spec, "What files are there?", tmp=tmp_path, timeout=60)
+    assert report.status == "completed", report
+    completed = [e for e in report.events if e.type == LLM_COMPLETED]
+    first = completed[0].data["message"]
+    second = replay.requests[1]["messages"]
+    if provider == "anthropic":
+        assert first["thinking"] == [
+            {"type": "thinking", "thinking": "Look first.", "signature": "s1"}
+        ]
+        assistant = next(m for m in second if m["role"] == "assistant")
+        assert [b["type"] for b in assistant["content"]] == ["thinking", "tool_use"]
+        assert assistant["content"][0]["signature"] == "s1"
+    else:
+        assert first["reasoning"] == "Look first."
+        assistant = next(m for m in second if m["role"] == "assistant")
+        assert assistant["reasoning_content"] == "Look first."
+        assert assistant["tool_calls"][0]["function"]["name"] == "list_files"
+
+
+def test_reasoning_of_earlier_turns_is_not_sent() -> None:
+    """Only the current turn's tool-call answers carry reasoning back; OpenAI itself never."""
+    from everruns.providers.openai_chat import sends_reasoning, to_openai_messages
+
+    call = {"id": "c1", "name": "list_files", "arguments": {}}
+    answer = {"role": "assistant", "content": None, "tool_calls": [call], "reasoning": "r"}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "[]"}
+    earlier = [{"role": "user", "content": "a"}, answer, result]
+    now = to_openai_messages("", [*earlier, {"role": "user", "content": "b"}, answer, result], True)
+    assert ["reasoning_content" in m for m in now if m["role"] == "assistant"] == [False, True]
+    assert "reasoning_content" not in to_openai_messages("", earlier, False)[1]
+    assert not sends_reasoning(ModelSpec.model_validate("openai:gpt-4.1"))
+    assert sends_reasoning(
+        ModelSpec.model_validate({"provider": "openai", "name": "m", "base_url": "http://h/v1"})
+    )
+    assert sends_reasoning(
+        ModelSpec.model_validate(
+            {"provider": "openai-compatible", "name": "m", "base_url": "http://h/v1"}
+        )
+    )
