@@ -123,7 +123,9 @@ class ModelSpec(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
     tool_choice: ToolChoice | None = Field(
-        default=None, description="auto | required | none | {name: TOOL}"
+        default=None,
+        description="auto | required | none | {name: TOOL}; required and a name hold until "
+        "the turn's first tool result, then the model chooses (so a forced run can answer)",
     )
     on_truncated: Literal["accept", "continue", "fail"] = Field(
         default="accept",

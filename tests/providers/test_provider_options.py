@@ -823,3 +823,29 @@ def test_reasoning_of_earlier_turns_is_not_sent() -> None:
             {"provider": "openai-compatible", "name": "m", "base_url": "http://h/v1"}
         )
     )
+
+
+async def test_a_forced_tool_choice_is_released_after_the_tool_ran(
+    replay: _Replay, tmp_path: Path
+) -> None:
+    """`tool_choice: required` forces the first step; once the tool result is in, the next
+    step leaves the choice to the model (no tool_choice sent), so the run can answer."""
+    from everruns.testing import arun_agent
+
+    call = _call(0, name="list_files", arguments="{}")
+    call["id"] = "c1"
+    replay.bodies += [
+        _sse(_chunk({"tool_calls": [call]}, "tool_calls")),
+        _sse(_chunk({"content": "no files"}, "stop")),
+    ]
+    model = {
+        "provider": "openai-compatible",
+        "name": "smol",
+        "base_url": replay.url + "/v1",
+        "tool_choice": "required",
+    }
+    spec = {"name": "forced", "model": model, "tools": [{"builtin": "workspace"}]}
+    report = await arun_agent(spec, "What files are there?", tmp=tmp_path, timeout=60)
+    assert report.status == "completed" and report.result == "no files", report
+    assert replay.requests[0]["tool_choice"] == "required"
+    assert "tool_choice" not in replay.requests[1] and replay.requests[1]["tools"]

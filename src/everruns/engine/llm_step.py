@@ -12,7 +12,12 @@ import time
 from typing import Any
 
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
+from everruns.core.context import (
+    CONTINUE_PROMPT,
+    context_tokens,
+    model_view,
+    tool_called_this_turn,
+)
 from everruns.core.decide import Compact, Reason, Wait
 from everruns.core.events import EventType
 from everruns.engine.keys import stored_key
@@ -81,6 +86,9 @@ class LLMStep:
             )
         state = self.log.state
         messages = model_view(state)
+        forced = model.tool_choice is not None and model.tool_choice not in ("auto", "none")
+        if forced and tool_called_this_turn(messages):
+            model = model.model_copy(update={"tool_choice": None})
         if atom.continuation:
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
         estimate = context_tokens(self.spec.system_prompt, state)
