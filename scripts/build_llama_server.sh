@@ -65,17 +65,40 @@ else
 fi
 
 # llama-cpp-python's own server, from the same build: its ctypes bindings load libllama.so
-# (LLAMA_CPP_LIB_PATH). The build above is static (BUILD_SHARED_LIBS=OFF), so the archives are
-# linked into one shared library here. Debian's GCC compiles position-independent (default PIE)
-# code, which a shared library can take when its own symbols bind locally (-Bsymbolic).
+# (LLAMA_CPP_LIB_PATH). The build above is static (BUILD_SHARED_LIBS=OFF), so its archives are
+# linked into one shared library here: a link step, not a second compile. The objects are
+# Debian GCC's default PIE code, which reaches data by PC-relative addresses. That is fine for
+# symbols inside the library once they bind locally (the version script exports only the
+# llama_/ggml_/gguf_ API; libstdc++ is linked in statically), and wrong for data that lives in
+# libc: there are three such symbols (stdout, stderr, __libc_single_threaded), so a 15-line
+# shim gives the library its own copies, filled from libc when it loads.
 BUILD="$WORK/build"
 SRC="$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
 if [[ ! -f "$DEST/lib/libllama.so" && -f "$BUILD/src/libllama.a" ]]; then
   say "linking lib/libllama.so from the static build (no recompile)"
-  mkdir -p "$DEST/lib"
-  g++ -shared -o "$DEST/lib/libllama.so.tmp" -Wl,-Bsymbolic -Wl,--whole-archive \
-    "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" "$BUILD/ggml/src/libggml-cpu.a" \
-    "$BUILD/ggml/src/libggml-base.a" -Wl,--no-whole-archive -fopenmp -lpthread -ldl -lm
+  mkdir -p "$DEST/lib" "$WORK/shlib"
+  cat >"$WORK/shlib/libc_data.c" <<'CEOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+void *stdout;
+void *stderr;
+char __libc_single_threaded = 0; /* 0: never assume a single thread (keeps the atomics) */
+__attribute__((constructor(101))) static void everruns_libc_data(void) {
+  void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  if (libc) {
+    stdout = *(void **)dlsym(libc, "stdout");
+    stderr = *(void **)dlsym(libc, "stderr");
+  }
+}
+CEOF
+  printf '{ global: llama_*; ggml_*; gguf_*; local: *; };\n' >"$WORK/shlib/exports.map"
+  gcc -c -fPIC -O2 -o "$WORK/shlib/libc_data.o" "$WORK/shlib/libc_data.c"
+  g++ -shared -o "$DEST/lib/libllama.so.tmp" -static-libstdc++ -static-libgcc \
+    -Wl,--version-script="$WORK/shlib/exports.map" -Wl,-Bsymbolic "$WORK/shlib/libc_data.o" \
+    -Wl,--whole-archive "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" \
+    "$BUILD/ggml/src/libggml-cpu.a" "$BUILD/ggml/src/libggml-base.a" -Wl,--no-whole-archive \
+    -fopenmp -lpthread -ldl -lm 2>"$WORK/shlib/link.log" \
+    || { cat "$WORK/shlib/link.log" >&2; exit 1; }
   mv "$DEST/lib/libllama.so.tmp" "$DEST/lib/libllama.so"
 fi
 if [[ ! -d "$DEST/llama_cpp_python" && -d "$SRC/llama_cpp" ]]; then

