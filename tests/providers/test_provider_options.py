@@ -599,59 +599,9 @@ def test_invalid_request_fails_with_its_own_reason() -> None:
 async def test_anthropic_thinking_is_kept_and_sent_back_first(replay: _Replay) -> None:
     from everruns.providers.anthropic_messages import to_anthropic_messages
 
-    start = {
-        "type": "message_start",
-        "message": {
-            "id": "m",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude",
-            "content": [],
-            "stop_reason": None,
-            "usage": {"input_tokens": 20, "output_tokens": 1},
-        },
-    }
     replay.bodies.append(
-        _anthropic_events(
-            start,
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-            },
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "thinking_delta", "thinking": "Paris: use the tool."},
-            },
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "signature_delta", "signature": "sig=="},
-            },
-            {"type": "content_block_stop", "index": 0},
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {
-                    "type": "tool_use",
-                    "id": "tu_1",
-                    "name": "get_weather",
-                    "input": {},
-                },
-            },
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'},
-            },
-            {"type": "content_block_stop", "index": 1},
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "tool_use"},
-                "usage": {"output_tokens": 30},
-            },
-            {"type": "message_stop"},
+        _thinking_tool_use(
+            "tu_1", "get_weather", '{"city": "Paris"}', "Paris: use the tool.", "sig=="
         )
     )
     model = ModelSpec.model_validate(
@@ -681,8 +631,14 @@ async def test_openai_compatible_reasoning_is_journaled(replay: _Replay) -> None
     assert response.message["reasoning"] == "think more" and response.message["content"] == "42"
 
 
-def _thinking_tool_use(call_id: str) -> list[str]:
-    """An Anthropic answer: a signed thinking block, then a call of `list_files`."""
+def _thinking_tool_use(
+    call_id: str,
+    name: str = "list_files",
+    arguments: str = "{}",
+    thinking: str = "Look first.",
+    signature: str = "s1",
+) -> list[str]:
+    """An Anthropic answer: a signed thinking block, then a tool call."""
     return _anthropic_events(
         {
             "type": "message_start",
@@ -704,23 +660,23 @@ def _thinking_tool_use(call_id: str) -> list[str]:
         {
             "type": "content_block_delta",
             "index": 0,
-            "delta": {"type": "thinking_delta", "thinking": "Look first."},
+            "delta": {"type": "thinking_delta", "thinking": thinking},
         },
         {
             "type": "content_block_delta",
             "index": 0,
-            "delta": {"type": "signature_delta", "signature": "s1"},
+            "delta": {"type": "signature_delta", "signature": signature},
         },
         {"type": "content_block_stop", "index": 0},
         {
             "type": "content_block_start",
             "index": 1,
-            "content_block": {"type": "tool_use", "id": call_id, "name": "list_files", "input": {}},
+            "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}},
         },
         {
             "type": "content_block_delta",
             "index": 1,
-            "delta": {"type": "input_json_delta", "partial_json": "{}"},
+            "delta": {"type": "input_json_delta", "partial_json": arguments},
         },
         {"type": "content_block_stop", "index": 1},
         {
