@@ -212,7 +212,7 @@ def test_status_shows_the_prompt_cache_hit_ratio(
     for where in ([], ["--server", server.url]):
         shown = cli("status", run.id, *where, env=server_env)
         assert shown.returncode == 0, shown.stderr
-        assert "cache hits" in shown.stdout and "60% of input tokens" in shown.stdout
+        assert "cached   60% of input tokens read from the prompt cache (240)" in shown.stdout
 
 
 def test_sse_reconnect_with_last_event_id_replays_each_event_exactly_once(

@@ -43,8 +43,8 @@ def status_table(run: RunView) -> Table:
         f"${run.usage.cost_usd:.4f}",
     )
     if run.usage.cache_hit_ratio is not None:
-        table.add_row(
-            "cache hits",
+        table.add_row(  # the label fits the column of "created"
+            "cached",
             f"{run.usage.cache_hit_ratio:.0%} of input tokens read from the prompt cache "
             f"({run.usage.cached_input_tokens})",
         )
