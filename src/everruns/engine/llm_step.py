@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from everruns import metrics
 from everruns.core.backoff import backoff_delay
 from everruns.core.context import (
     CONTINUE_PROMPT,
@@ -112,7 +113,10 @@ class LLMStep:
             attempt=atom.attempt,
         )
 
+        ttft = metrics.first_token(model.label)
+
         def on_delta(text: str) -> None:
+            ttft()
             self.log.publish_ephemeral("llm.delta", {"attempt": atom.attempt, "text": text})
 
         price = price_for(model, self.settings.prices)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from everruns import metrics
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
@@ -52,7 +53,10 @@ async def acquire_rate_limits(
             wait = await store.acquire_rate(limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens)
             if wait == 0.0:
                 break
-            if wait > max_sleep:
+            durable = wait > max_sleep
+            metrics.RATE_LIMIT_WAITS.labels(limit.key, str(durable).lower()).inc()
+            metrics.RATE_LIMIT_WAIT_SECONDS.labels(limit.key).inc(wait)
+            if durable:
                 return wait
             await asyncio.sleep(wait)
     return 0.0

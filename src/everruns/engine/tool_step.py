@@ -102,7 +102,7 @@ class ToolStep:
             await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.log.run_id}:{call.id}"
-        await self.log.append(
+        started = await self.log.append(
             EventType.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
@@ -121,6 +121,7 @@ class ToolStep:
                 notes=tuple(self.log.state.notes),
                 agent=self.agent,
                 store=self.store,
+                trace=self.log.trace_headers(started),
             )
             try:
                 if tool.timeout:
@@ -134,7 +135,7 @@ class ToolStep:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                await self._tool_result(tool, base, output, uses_ws)
+                await self._tool_result(tool, base, output, uses_ws, ctx.trace)
                 return
             changes = await self._changes() if uses_ws else {}
             await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
@@ -145,7 +146,12 @@ class ToolStep:
         return {"files": files} if files else {}
 
     async def _tool_result(
-        self, tool: Tool, base: dict[str, Any], output: Any, uses_ws: bool = False
+        self,
+        tool: Tool,
+        base: dict[str, Any],
+        output: Any,
+        uses_ws: bool = False,
+        trace: dict[str, str] | None = None,
     ) -> None:
         if isinstance(output, SleepRequest):
             await self.log.append(
@@ -157,7 +163,7 @@ class ToolStep:
             return
         if isinstance(output, SpawnRequest):
             try:
-                child = await self.subagents.spawn(base["call_id"], output)
+                child = await self.subagents.spawn(base["call_id"], output, trace or {})
             except ToolError as exc:
                 await self.log.append(EventType.TOOL_FAILED, {**base, "error": str(exc)})
                 return

@@ -1,14 +1,14 @@
 """The runs row keeps the prompt-cache reads (cached input tokens) next to the input tokens.
 
 Revision ID: 0016
-Revises: 0008
+Revises: 0012
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0016"
-down_revision = "0008"
+down_revision = "0012"
 
 
 def upgrade() -> None:
