@@ -8,6 +8,11 @@
 #   bin/llama-server          the server binary (plus its shared libraries next to it)
 #   chatml-tools.jinja        llama.cpp's Qwen2.5 ChatML template with tool calls
 #   SmolLM2-135M-Instruct.gguf
+#   lib/libllama.so           the same build's static libraries linked into one shared library
+#                             (a link step, no second compile) for llama-cpp-python
+#   pyserver/                 a venv with llama-cpp-python's server dependencies, pinned in
+#                             scripts/llama-cpp-python-server.txt; its code is the sdist's
+#   llama_cpp_python/         the sdist's Python package (PYTHONPATH for `-m llama_cpp.server`)
 set -euo pipefail
 
 LLAMA_CPP_PYTHON_VERSION="${LLAMA_CPP_PYTHON_VERSION:-0.3.36}"
@@ -57,6 +62,55 @@ else
   cp "$LLAMA/models/templates/Qwen-Qwen2.5-7B-Instruct.jinja" "$DEST/chatml-tools.jinja"
   mv "$DEST/bin/llama-server.tmp" "$DEST/bin/llama-server"
   say "built $DEST/bin/llama-server"
+fi
+
+# llama-cpp-python's own server, from the same build: its ctypes bindings load libllama.so
+# (LLAMA_CPP_LIB_PATH). The build above is static (BUILD_SHARED_LIBS=OFF), so its archives are
+# linked into one shared library here: a link step, not a second compile. The objects are
+# Debian GCC's default PIE code, which reaches data by PC-relative addresses. That is fine for
+# symbols inside the library once they bind locally (the version script exports only the
+# llama_/ggml_/gguf_ API; libstdc++ is linked in statically), and wrong for data that lives in
+# libc: there are three such symbols (stdout, stderr, __libc_single_threaded), so a 15-line
+# shim gives the library its own copies, filled from libc when it loads.
+BUILD="$WORK/build"
+SRC="$WORK/llama_cpp_python-$LLAMA_CPP_PYTHON_VERSION"
+if [[ ! -f "$DEST/lib/libllama.so" && -f "$BUILD/src/libllama.a" ]]; then
+  say "linking lib/libllama.so from the static build (no recompile)"
+  mkdir -p "$DEST/lib" "$WORK/shlib"
+  cat >"$WORK/shlib/libc_data.c" <<'CEOF'
+#define _GNU_SOURCE
+#include <dlfcn.h>
+void *stdout;
+void *stderr;
+char __libc_single_threaded = 0; /* 0: never assume a single thread (keeps the atomics) */
+__attribute__((constructor(101))) static void everruns_libc_data(void) {
+  void *libc = dlopen("libc.so.6", RTLD_NOW | RTLD_NOLOAD);
+  if (libc) {
+    stdout = *(void **)dlsym(libc, "stdout");
+    stderr = *(void **)dlsym(libc, "stderr");
+  }
+}
+CEOF
+  printf '{ global: llama_*; ggml_*; gguf_*; local: *; };\n' >"$WORK/shlib/exports.map"
+  gcc -c -fPIC -O2 -o "$WORK/shlib/libc_data.o" "$WORK/shlib/libc_data.c"
+  g++ -shared -o "$DEST/lib/libllama.so.tmp" -static-libstdc++ -static-libgcc \
+    -Wl,--version-script="$WORK/shlib/exports.map" -Wl,-Bsymbolic "$WORK/shlib/libc_data.o" \
+    -Wl,--whole-archive "$BUILD/src/libllama.a" "$BUILD/ggml/src/libggml.a" \
+    "$BUILD/ggml/src/libggml-cpu.a" "$BUILD/ggml/src/libggml-base.a" -Wl,--no-whole-archive \
+    -fopenmp -lpthread -ldl -lm 2>"$WORK/shlib/link.log" \
+    || { cat "$WORK/shlib/link.log" >&2; exit 1; }
+  mv "$DEST/lib/libllama.so.tmp" "$DEST/lib/libllama.so"
+fi
+if [[ ! -d "$DEST/llama_cpp_python" && -d "$SRC/llama_cpp" ]]; then
+  mkdir -p "$DEST/llama_cpp_python"
+  cp -r "$SRC/llama_cpp" "$DEST/llama_cpp_python/llama_cpp"
+fi
+PINS="$(cd "$(dirname "$0")" && pwd)/llama-cpp-python-server.txt"
+if [[ ! -x "$DEST/pyserver/bin/python" ]]; then
+  say "installing llama-cpp-python's server dependencies (pinned) into $DEST/pyserver"
+  "$PYTHON" -m venv "$DEST/pyserver.tmp"
+  "$DEST/pyserver.tmp/bin/python" -m pip install -q --no-deps -r "$PINS"
+  mv "$DEST/pyserver.tmp" "$DEST/pyserver"
 fi
 
 if [[ ! -f "$DEST/SmolLM2-135M-Instruct.gguf" ]]; then

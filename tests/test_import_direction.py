@@ -103,6 +103,31 @@ def test_engine_never_imports_api_or_cli() -> None:
     assert _violations("everruns.engine", forbidden=upper) == []
 
 
+RETIRED = ("everruns.journal", "everruns.schedule", "everruns.engine.backoff")
+
+
+def test_the_retired_shims_stay_gone() -> None:
+    """The vocabulary lives in `everruns.core.*`; no re-export module under the old names."""
+    assert [m for m in RETIRED if m in MODULES] == []
+
+
+def test_nothing_imports_a_retired_shim() -> None:
+    """No import statement in src, tests, bench or examples names one (read raw, unresolved)."""
+    root = SRC.parents[1]
+    files = [p for d in ("src", "tests", "bench", "examples") for p in (root / d).rglob("*.py")]
+    bad = []
+    for path in sorted(files):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom) and node.module and not node.level:
+                names = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                continue
+            bad += [f"{path.relative_to(root)} imports {n}" for n in names if n in RETIRED]
+    assert bad == []
+
+
 def _cycles() -> list[list[str]]:
     """Strongly connected components with more than one module (Tarjan)."""
     index: dict[str, int] = {}

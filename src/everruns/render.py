@@ -74,29 +74,30 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
             f"{k} {data.get('old', {}).get(k)} → {v}" for k, v in (data.get("new") or {}).items()
         )
         return f"by {data.get('by')}: {changes}"
+    call = f"{data.get('name')} [{data.get('call_id')}]"
     if kind == "tool.started":
-        return f"{data.get('name')} [{data.get('call_id')}] attempt {data.get('attempt')} ({data.get('effect')})"
+        return f"{call} attempt {data.get('attempt')} ({data.get('effect')})"
     if kind == "tool.completed":
-        return f"{data.get('name')} [{data.get('call_id')}] → {_short(data.get('output', ''))}"
+        return f"{call} → {_short(data.get('output', ''))}"
     if kind == "tool.failed":
-        return f"{data.get('name')} [{data.get('call_id')}] ✗ {_short(data.get('error', ''))}"
+        return f"{call} ✗ {_short(data.get('error', ''))}"
     if kind == "run.waiting":
         if data.get("wake_at") is None:
             calls = ", ".join(data.get("calls") or [])
             return f"{data.get('reason')} {calls}".strip() + " (until a signal)"
         return f"{data.get('reason')} until {format_status_time(data.get('wake_at'))}"
     if kind == "approval.requested":
-        return f"{data.get('name')} [{data.get('call_id')}] {_short(data.get('arguments'), 80)}: everruns approve/deny"
+        return f"{call} {_short(data.get('arguments'), 80)}: everruns approve/deny"
     if kind in ("approval.granted", "approval.denied"):
         return f"[{data.get('call_id')}] {_short(data.get('reason') or '')}".strip()
     if kind == "tool.waiting" and data.get("wait_for"):
-        return f"{data.get('name')} [{data.get('call_id')}] waits for {data.get('mode')} of {', '.join(data['wait_for'])}"
+        return f"{call} waits for {data.get('mode')} of {', '.join(data['wait_for'])}"
     if kind == "child.finished":
         return f"{data.get('run_id')} {data.get('status')}: {_short(data.get('result') or data.get('error') or '')}"
     if kind == "context.compacted":
         return f"messages before #{data.get('until')} summarized ({len(data.get('summary') or '')} chars)"
     if kind == "tool.waiting":
-        return f"{data.get('name')} [{data.get('call_id')}] sleeps until {format_status_time(data.get('wake_at'))}"
+        return f"{call} sleeps until {format_status_time(data.get('wake_at'))}"
     if kind == "llm.fallback":
         return f"{data.get('from')} → {data.get('to')} ({data.get('reason')})"
     if kind == "outcome.graded":

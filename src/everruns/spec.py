@@ -46,6 +46,7 @@ class ScriptedToolCall(_Strict):
 class Usage(_Strict):
     input_tokens: int = 0
     output_tokens: int = 0
+    cached_input_tokens: int = Field(default=0, ge=0, description="of input_tokens, cache reads")
 
 
 class ScriptedResponse(_Strict):
@@ -101,6 +102,12 @@ class Pricing(_Strict):
         validation_alias=AliasChoices("cached_input_per_mtok", "cached_input"),
         description="a prompt-cache read",
     )
+    cache_write: float | None = Field(
+        default=None, ge=0, description="a 5-minute prompt-cache write (default: 1.25x input)"
+    )
+    cache_write_1h: float | None = Field(
+        default=None, ge=0, description="a 1-hour prompt-cache write (default: 2x input)"
+    )
 
 
 class ToolChoiceName(_Strict):
@@ -135,17 +142,20 @@ class ModelSpec(_Strict):
     timeouts: Timeouts = Field(default_factory=Timeouts)
     pricing: Pricing | None = None
     tool_choice: ToolChoice | None = Field(
-        default=None, description="auto | required | none | {name: TOOL}"
+        default=None,
+        description="auto | required | none | {name: TOOL}; required and a name hold until "
+        "the turn's first tool result, then the model chooses (so a forced run can answer)",
     )
     on_truncated: Literal["accept", "continue", "fail"] = Field(
         default="accept",
         description="an answer cut off at max_tokens: keep it marked (accept), ask the model "
         "to continue and join the parts (continue), or fail the run (fail)",
     )
-    cache: Literal["auto", "off"] = Field(
+    cache: Literal["auto", "1h", "off"] = Field(
         default="auto",
         description="prompt caching: auto places Anthropic cache breakpoints on the system "
-        "prompt, the tools and the conversation so far (OpenAI caches by itself)",
+        "prompt, the tools and the conversation so far (5-minute cache; 1h: the 1-hour cache, "
+        "dearer writes); OpenAI caches by itself",
     )
     responses: list[ScriptedResponse] | None = None
     fallbacks: list[ModelSpec] = Field(default_factory=list)

@@ -190,6 +190,33 @@ def test_full_flow_through_the_sdk(server: Server, tmp_path: Path) -> None:
 # ---------------------------------------------------------------- 2. SSE reconnect
 
 
+def test_status_shows_the_prompt_cache_hit_ratio(
+    server: Server, server_env: dict[str, str], tmp_path: Path
+) -> None:
+    """Cached input tokens / input tokens, from the journal's usage through the runs row:
+    the API's run object, the SDK, and `everruns status` local and with --server."""
+    steps = [
+        {**_call("a"), "usage": {"input_tokens": 100, "output_tokens": 5}},
+        {
+            "text": "ok",
+            "usage": {"input_tokens": 300, "output_tokens": 5, "cached_input_tokens": 240},
+        },
+    ]
+    with Client(server.url) as client:
+        agent = client.agents.create_from_file(_agent(tmp_path, steps))
+        run = client.runs.start(agent.name, input="go")
+        done = client.runs.wait(run.id, timeout=30)
+    assert done.status == "completed"
+    assert (done.usage.input_tokens, done.usage.cached_input_tokens) == (400, 240)
+    assert done.usage.cache_hit_ratio == pytest.approx(0.6)
+    local = json.loads(cli("status", run.id, "--json", env=server_env).stdout)
+    assert local["usage"]["cache_hit_ratio"] == pytest.approx(0.6)
+    for where in ([], ["--server", server.url]):
+        shown = cli("status", run.id, *where, env=server_env)
+        assert shown.returncode == 0, shown.stderr
+        assert "cached   60% of input tokens read from the prompt cache (240)" in shown.stdout
+
+
 def test_sse_reconnect_with_last_event_id_replays_each_event_exactly_once(
     server: Server, tmp_path: Path
 ) -> None:

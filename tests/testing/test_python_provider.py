@@ -12,7 +12,14 @@ from pathlib import Path
 import pytest
 import yaml
 
-from everruns import journal as j
+from everruns.core.events import (
+    LLM_COMPLETED,
+    LLM_FAILED,
+    LLM_STARTED,
+    MESSAGE_USER,
+    TERMINAL_STATUSES,
+)
+from everruns.core.state import State, fold
 from everruns.engine.worker import Worker
 from everruns.spec import SpecError, parse_spec
 from everruns.store import Store
@@ -34,18 +41,18 @@ def spec(function: str, **fields: object) -> dict[str, object]:
     }
 
 
-async def run_to_end(store: Store, run_id: str) -> j.State:
+async def run_to_end(store: Store, run_id: str) -> State:
     worker = Worker(store, lease_ttl=2, poll_interval=0.05, only=[run_id])
     task = asyncio.create_task(worker.run())
     try:
         for _ in range(400):
-            if (await store.get_run(run_id)).status in j.TERMINAL_STATUSES:
+            if (await store.get_run(run_id)).status in TERMINAL_STATUSES:
                 break
             await asyncio.sleep(0.05)
     finally:
         worker.stop()
         await task
-    return j.fold(await store.load_events(run_id))
+    return fold(await store.load_events(run_id))
 
 
 def test_cli_run_answer_depends_on_the_tool_result(tmp_path: Path) -> None:
@@ -94,7 +101,7 @@ async def test_tool_calls_and_classified_errors(sqlite_url: str) -> None:
         run_id = await store.create_run(flaky, "hi")
         state = await run_to_end(store, run_id)
         assert state.status == "completed" and state.result == "answered step 1"
-        failed = [e for e in await store.load_events(run_id) if e.type == j.LLM_FAILED]
+        failed = [e for e in await store.load_events(run_id) if e.type == LLM_FAILED]
         assert [(e.data["class"], e.data["retry_after"]) for e in failed] == [("rate_limited", 0.2)]
         assert state.input_tokens == 7 and state.output_tokens == 3
     finally:
@@ -122,7 +129,7 @@ async def test_failures_are_clear(
         assert state.error is not None and state.error["reason"] == reason, state.error
         assert message in state.error["error"], state.error
         # Not retried: one attempt (an invalid spec never calls the model).
-        attempts = [e for e in await store.load_events(run_id) if e.type == j.LLM_STARTED]
+        attempts = [e for e in await store.load_events(run_id) if e.type == LLM_STARTED]
         assert len(attempts) == (0 if reason == "invalid_spec" else 1)
     finally:
         await store.close()
@@ -142,14 +149,14 @@ async def test_message_after_the_script_ends_keeps_the_result(db_url: str) -> No
         )
         run_id = await store.create_run(scripted, "hi")
         assert (await run_to_end(store, run_id)).result == "first"
-        await store.signal(run_id, j.MESSAGE_USER, {"content": "and now?"})
+        await store.signal(run_id, MESSAGE_USER, {"content": "and now?"})
         state = await run_to_end(store, run_id)
         assert state.status == "completed", state.error
         assert state.result == "first"
         assert (await store.get_run(run_id)).result == "first"
         notice = state.messages[-1]["content"]
         assert notice.startswith("script_exhausted: the scripted model has no response for step 2")
-        last = [e for e in await store.load_events(run_id) if e.type == j.LLM_COMPLETED][-1]
+        last = [e for e in await store.load_events(run_id) if e.type == LLM_COMPLETED][-1]
         assert last.data["stop_reason"] == "script_exhausted"
     finally:
         await store.close()

@@ -31,7 +31,7 @@ from typing import Any
 import pytest
 from test_tools_engine import KILLED, call, harness, result_of
 
-from everruns import journal as j
+from everruns.core.events import INTERRUPTED_MESSAGE, RUN_STARTED, TOOL_COMPLETED, Event
 from everruns.tools import reaper
 from everruns.tools.base import ToolContext, ToolError
 from everruns.tools.builtins import edit_file, read_file, write_file
@@ -90,9 +90,9 @@ def _none_exist(*paths: str | Path) -> bool:
     return not any(os.path.exists(p) for p in paths)
 
 
-def _shell_result(events: list[j.Event], call_id: str) -> dict[str, Any]:
+def _shell_result(events: list[Event], call_id: str) -> dict[str, Any]:
     event = result_of(events, call_id)
-    assert event.type == j.TOOL_COMPLETED, event.data
+    assert event.type == TOOL_COMPLETED, event.data
     result: dict[str, Any] = json.loads(event.data["output"])
     return result
 
@@ -217,12 +217,12 @@ async def test_sigkilled_worker_tool_side_effect_never_happens(tmp_path: Path, d
         h.worker()
         await h.wait_status(run_id, "completed")
         events = await h.events(run_id)
-        starts = [e for e in events if e.type == j.RUN_STARTED]
+        starts = [e for e in events if e.type == RUN_STARTED]
         assert len(starts) == 2 and "reaped" not in starts[0].data
         (reaped,) = starts[1].data["reaped"]
         assert reaped["call_id"] == "call_1_1" and reaped["worker_pid"] == first.pid
         assert reaped["killed"] is False  # it had died with its worker already
-        assert result_of(events, "call_1_1").data["error"] == j.INTERRUPTED_MESSAGE
+        assert result_of(events, "call_1_1").data["error"] == INTERRUPTED_MESSAGE
         assert not registry.exists()
         assert not (workspace / "side.txt").exists()
 
@@ -261,7 +261,7 @@ async def test_takeover_reaps_a_live_leftover_group(tmp_path: Path, sqlite_url: 
 
         h.worker()
         await h.wait_status(run_id, "completed")
-        (started,) = [e for e in await h.events(run_id) if e.type == j.RUN_STARTED]
+        (started,) = [e for e in await h.events(run_id) if e.type == RUN_STARTED]
         reaped = {r["call_id"]: r for r in started.data["reaped"]}
         assert reaped["call_9_1"] == {
             "pid": live_pid,

@@ -44,6 +44,12 @@ class Usage(BaseModel):
     total_tokens: int
     cost_usd: float | None = Field(description="null when a call had no price (see cost_known)")
     cost_known: bool = Field(description="false when any contributing call had no price")
+    cached_input_tokens: int = Field(
+        default=0, description="Of input_tokens, read from a prompt cache."
+    )
+    cache_hit_ratio: float | None = Field(
+        default=None, description="cached_input_tokens / input_tokens (null before any input)."
+    )
 
 
 class RunOut(BaseModel):

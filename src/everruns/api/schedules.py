@@ -137,19 +137,19 @@ def add_schedule_routes(
         if not await store_of(request).delete_schedule(agent):
             raise _not_found(agent)
 
-    @app.post("/v1/schedules/{agent}/pause", tags=["schedules"], dependencies=auth)
-    async def pause_schedule(agent: Annotated[str, _AGENT], request: Request) -> ScheduleOut:
-        found = await store_of(request).set_schedule_enabled(agent, False)
+    async def set_enabled(request: Request, agent: str, enabled: bool) -> ScheduleOut:
+        found = await store_of(request).set_schedule_enabled(agent, enabled)
         if found is None:
             raise _not_found(agent)
         return ScheduleOut(**found)
 
+    @app.post("/v1/schedules/{agent}/pause", tags=["schedules"], dependencies=auth)
+    async def pause_schedule(agent: Annotated[str, _AGENT], request: Request) -> ScheduleOut:
+        return await set_enabled(request, agent, False)
+
     @app.post("/v1/schedules/{agent}/resume", tags=["schedules"], dependencies=auth)
     async def resume_schedule(agent: Annotated[str, _AGENT], request: Request) -> ScheduleOut:
-        found = await store_of(request).set_schedule_enabled(agent, True)
-        if found is None:
-            raise _not_found(agent)
-        return ScheduleOut(**found)
+        return await set_enabled(request, agent, True)
 
     @app.get("/v1/agents/{name}/notes", tags=["agents"], dependencies=auth)
     async def agent_notes(

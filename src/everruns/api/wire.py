@@ -76,6 +76,7 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         input_tokens=usage.input_tokens,
         output_tokens=usage.output_tokens,
         cost_usd=usage.cost_usd,
+        cached_input_tokens=usage.cached_input_tokens,
         input=run.get("input"),
         result=run.get("result"),
         error=run.get("error"),

@@ -77,6 +77,12 @@ def status_table(run: RunView, waits_for: list[dict[str, Any]] | None = None) ->
         table.add_row("tree usage", usage_line(run.tree_usage) + " (with its sub-agents)")
     if run.limits:
         table.add_row("limits", ", ".join(f"{k}={v}" for k, v in run.limits.items()))
+    if run.usage.cache_hit_ratio is not None:
+        table.add_row(  # the label fits the column of "created"
+            "cached",
+            f"{run.usage.cache_hit_ratio:.0%} of input tokens read from the prompt cache "
+            f"({run.usage.cached_input_tokens})",
+        )
     table.add_row("created", format_status_time(run.created_at))
     if run.result is not None:
         table.add_row("result", run.result)

@@ -29,6 +29,8 @@ class Usage(BaseModel):
     total_tokens: int = 0
     cost_usd: float | None = 0.0  # None when a call had no price
     cost_known: bool = True
+    cached_input_tokens: int = 0
+    cache_hit_ratio: float | None = None  # cached_input_tokens / input_tokens
 
 
 class Run(BaseModel):

@@ -1,5 +1,9 @@
 """The blocking shell over `core`: `Client`. Mirrors `aio.AsyncClient` method for method
-(tests/client/test_parity.py holds them together)."""
+(tests/client/test_parity.py holds them together).
+
+The two shells repeat each other by design (as httpx's Client and AsyncClient do): every
+method builds its request with `core` and sends it, `await`ed here and not there. Whatever is logic (paths, bodies, parsing, errors, retries) lives in
+`core` once; what `duplicates` reports between the two files is that deliberate mirror."""
 
 from __future__ import annotations
 

@@ -29,6 +29,7 @@ class Ledger:
     output_tokens: int = 0
     cost_usd: float = 0.0
     unpriced_calls: int = 0  # calls of a model without a price: the cost is a lower bound
+    cached_input_tokens: int = 0  # of input_tokens, read from a prompt cache
 
     @property
     def total_tokens(self) -> int:
@@ -44,6 +45,7 @@ class Ledger:
             self.output_tokens + other.output_tokens,
             self.cost_usd + other.cost_usd,
             self.unpriced_calls + other.unpriced_calls,
+            self.cached_input_tokens + other.cached_input_tokens,
         )
 
     def as_usage(self) -> dict[str, Any]:
@@ -54,6 +56,12 @@ class Ledger:
             "total_tokens": self.total_tokens,
             "cost_usd": round(self.cost_usd, 6) if self.cost_known else None,
             "cost_known": self.cost_known,
+            "cached_input_tokens": self.cached_input_tokens,
+            "cache_hit_ratio": (
+                round(self.cached_input_tokens / self.input_tokens, 4)
+                if self.input_tokens
+                else None
+            ),
         }
 
 
@@ -67,6 +75,7 @@ def charge(usage: Mapping[str, Any] | None) -> Ledger:
         int(usage.get("output_tokens", 0)),
         float(usage.get("cost_usd", 0.0)),
         1 if usage.get("cost_known") is False else 0,
+        int(usage.get("cached_input_tokens", 0)),
     )
 
 
@@ -80,6 +89,7 @@ def usage_ledger(usage: Mapping[str, Any] | None) -> Ledger:
         int(usage.get("output_tokens", 0)),
         float(usage.get("cost_usd") or 0.0),
         0 if known else max(1, int(usage.get("unpriced_calls", 1))),
+        int(usage.get("cached_input_tokens", 0)),
     )
 
 

@@ -58,3 +58,16 @@ def compaction_cut(state: State, keep_recent: int) -> int | None:
     while cut > state.compacted_until and state.messages[cut]["role"] == "tool":
         cut -= 1
     return cut if cut > state.compacted_until else None
+
+
+def tool_called_this_turn(messages: list[dict[str, Any]]) -> bool:
+    """Whether a tool result follows the last user message. A forced `tool_choice`
+    (`required` or a name) holds only until then: the turn's later steps leave the choice to
+    the model (like the OpenAI Agents SDK's `reset_tool_choice`), else a forced run calls
+    tools until `max_steps` and never answers."""
+    for m in reversed(messages):
+        if m["role"] == "tool":
+            return True
+        if m["role"] == "user":
+            return False
+    return False

@@ -164,6 +164,9 @@ class Usage(TypedDict, total=False):
     output_tokens: int
     cost_usd: float
     cached_input_tokens: int  # read from the provider's prompt cache (cheaper)
+    # prompt caching: written to the cache (Anthropic; dearer than input): 5-minute, 1-hour
+    cache_write_input_tokens: int
+    cache_write_1h_input_tokens: int
     estimated: bool  # the server reported no usage: estimated from the text
     cost_known: bool  # False: the model has no price, so cost_usd (0) is not its cost
 

@@ -42,7 +42,14 @@ from everruns.core.events import (
     RunStatus,
 )
 
-TOTALS = ("steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
+TOTALS = (
+    "steps",
+    "input_tokens",
+    "output_tokens",
+    "cost_usd",
+    "unpriced_calls",
+    "cached_input_tokens",
+)
 _UNLEASED = {"wake_at": None, "lease_owner": None, "lease_expires_at": None}
 
 
@@ -87,6 +94,7 @@ def _usage(update: RowUpdate, usage: Mapping[str, Any] | None) -> None:
         _add(update, "cost_usd", float(usage.get("cost_usd", 0.0)))
         if usage.get("cost_known") is False:
             _add(update, "unpriced_calls", 1)
+        _add(update, "cached_input_tokens", int(usage.get("cached_input_tokens", 0)))
 
 
 def _signal(update: RowUpdate, kind: str, now: float, current: RowFacts) -> None:

@@ -187,6 +187,19 @@ def _call(state: State, call_id: str) -> CallState | None:
     return next((c for c in state.calls if c.id == call_id), None)
 
 
+def _tool_result(state: State, data: dict[str, Any], content: Any, *, is_error: bool) -> None:
+    """A call's outcome (`tool.completed` or `tool.failed`): its effects, then its message."""
+    _apply_effects(state, data)
+    message = {
+        "role": "tool",
+        "tool_call_id": data["call_id"],
+        "name": data.get("name"),
+        "content": content,
+        "is_error": is_error,
+    }
+    _finish_call(state, data["call_id"], message)
+
+
 def _finish_call(state: State, call_id: str, message: dict[str, Any]) -> None:
     call = _call(state, call_id)
     if call is None:
@@ -280,18 +293,8 @@ def apply(state: State, event: Event) -> State:
             call.attempt = int(data.get("attempt", call.attempt + 1))
             call.effect = data.get("effect")
     elif kind == TOOL_COMPLETED:
-        _apply_effects(state, data)
-        _finish_call(
-            state,
-            data["call_id"],
-            {
-                "role": "tool",
-                "tool_call_id": data["call_id"],
-                "name": data.get("name"),
-                "content": model_output(data.get("output", ""), data.get("max_output")),
-                "is_error": False,
-            },
-        )
+        output = model_output(data.get("output", ""), data.get("max_output"))
+        _tool_result(state, data, output, is_error=False)
     elif kind == TOOL_WAITING:
         call = _call(state, data["call_id"])
         if call is not None:
@@ -323,18 +326,7 @@ def apply(state: State, event: Event) -> State:
             call.approval = kind.split(".")[1]
             call.denial = data.get("reason") if kind == APPROVAL_DENIED else None
     elif kind == TOOL_FAILED:
-        _apply_effects(state, data)
-        _finish_call(
-            state,
-            data["call_id"],
-            {
-                "role": "tool",
-                "tool_call_id": data["call_id"],
-                "name": data.get("name"),
-                "content": data.get("error", "tool failed"),
-                "is_error": True,
-            },
-        )
+        _tool_result(state, data, data.get("error", "tool failed"), is_error=True)
     elif kind == RUN_INTERRUPTED:
         state.llm_in_flight = False
         state.interrupted = True

@@ -13,7 +13,12 @@ from typing import Any
 
 from everruns import metrics
 from everruns.core.backoff import backoff_delay
-from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
+from everruns.core.context import (
+    CONTINUE_PROMPT,
+    context_tokens,
+    model_view,
+    tool_called_this_turn,
+)
 from everruns.core.decide import Compact, Fail, Reason, Wait
 from everruns.core.events import EventType
 from everruns.core.state import State
@@ -94,6 +99,9 @@ class LLMStep:
             )
         state = self.log.state
         messages = model_view(state)
+        forced = model.tool_choice is not None and model.tool_choice not in ("auto", "none")
+        if forced and tool_called_this_turn(messages):
+            model = model.model_copy(update={"tool_choice": None})
         if atom.continuation:
             messages.append({"role": "user", "content": CONTINUE_PROMPT})
         estimate = context_tokens(self.spec.system_prompt, state)

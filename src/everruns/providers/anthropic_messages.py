@@ -33,22 +33,44 @@ def tool_choice(model: ModelSpec) -> dict[str, Any] | None:
     return {"type": {"required": "any"}.get(choice, choice)}
 
 
-CACHE_POINT = {"type": "ephemeral"}
+CACHE_POINT = {"type": "ephemeral"}  # the 5-minute cache (`model.cache: auto`)
+CACHE_POINT_1H = {"type": "ephemeral", "ttl": "1h"}  # `model.cache: 1h`
 
 
-def add_cache_breakpoints(params: dict[str, Any], messages: list[dict[str, Any]]) -> None:
+def start_usage(u: Any) -> dict[str, int]:
+    """Usage from `message_start`. Anthropic counts cache reads and writes apart from
+    `input_tokens`; we journal `input_tokens` as their sum and each part on its own key
+    (reads, 5-minute writes, 1-hour writes) so that each is priced at its own rate."""
+    read = getattr(u, "cache_read_input_tokens", 0) or 0
+    written = getattr(u, "cache_creation_input_tokens", 0) or 0
+    split = getattr(u, "cache_creation", None)
+    written_1h = min(written, getattr(split, "ephemeral_1h_input_tokens", 0) or 0)
+    usage = {
+        "input_tokens": (u.input_tokens or 0) + read + written,
+        "output_tokens": u.output_tokens or 0,
+    }
+    parts = {
+        "cached_input_tokens": read,
+        "cache_write_input_tokens": written - written_1h,
+        "cache_write_1h_input_tokens": written_1h,
+    }
+    usage.update({key: n for key, n in parts.items() if n})
+    return usage
+
+
+def add_cache_breakpoints(
+    params: dict[str, Any], messages: list[dict[str, Any]], point: dict[str, Any] = CACHE_POINT
+) -> None:
     """Mark the stable prefix for Anthropic's prompt cache (3 of its 4 breakpoints): the
     system prompt, the last tool, and the last block of the conversation so far, so the
     next step of a long run re-reads everything up to here from the cache."""
     if isinstance(params.get("system"), str):
-        params["system"] = [
-            {"type": "text", "text": params["system"], "cache_control": CACHE_POINT}
-        ]
+        params["system"] = [{"type": "text", "text": params["system"], "cache_control": point}]
     if params.get("tools"):
-        params["tools"][-1] = {**params["tools"][-1], "cache_control": CACHE_POINT}
+        params["tools"][-1] = {**params["tools"][-1], "cache_control": point}
     if messages and messages[-1]["content"]:
         blocks = messages[-1]["content"]
-        blocks[-1] = {**blocks[-1], "cache_control": CACHE_POINT}
+        blocks[-1] = {**blocks[-1], "cache_control": point}
 
 
 def to_anthropic_messages(messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -118,8 +140,9 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
             if choice is not None:
                 params["tool_choice"] = choice
         messages = to_anthropic_messages(request.messages)
-        if request.model.cache == "auto":
-            add_cache_breakpoints(params, messages)
+        if request.model.cache != "off":
+            point = CACHE_POINT_1H if request.model.cache == "1h" else CACHE_POINT
+            add_cache_breakpoints(params, messages, point)
         create: Any = client.messages.create
         stream = await create(
             model=request.model.name or "",
@@ -139,16 +162,7 @@ class AnthropicProvider(SDKProvider[anthropic.AsyncAnthropic]):
             kind = event.type
             if kind == "message_start":
                 model_name = event.message.model
-                u = event.message.usage
-                cached = getattr(u, "cache_read_input_tokens", 0) or 0
-                usage["input_tokens"] = (
-                    (u.input_tokens or 0)
-                    + cached
-                    + (getattr(u, "cache_creation_input_tokens", 0) or 0)
-                )
-                usage["output_tokens"] = u.output_tokens or 0
-                if cached:
-                    usage["cached_input_tokens"] = cached
+                usage = start_usage(event.message.usage)
             elif kind == "content_block_start":
                 block = event.content_block
                 if block.type == "tool_use":

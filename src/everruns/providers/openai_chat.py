@@ -57,9 +57,22 @@ def tool_options(model: ModelSpec, tools: list[ToolSchema]) -> dict[str, Any]:
     return out
 
 
-def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict[str, Any]]:
+def sends_reasoning(model: ModelSpec) -> bool:
+    """OpenAI-compatible servers take `reasoning_content` back; OpenAI itself returns none
+    in Chat Completions and is not sent any."""
+    return model.provider != "openai" or bool(model.base_url)
+
+
+def to_openai_messages(
+    system: str, messages: list[dict[str, Any]], reasoning: bool = False
+) -> list[dict[str, Any]]:
+    """Our messages in Chat Completions form. With `reasoning`, the reasoning text of the
+    assistant's tool-call turns since the last user message goes back as
+    `reasoning_content` (DeepSeek's thinking mode requires it within a turn; llama.cpp and
+    vLLM read it into the template); earlier turns' reasoning is dropped, as they ask."""
     out: list[dict[str, Any]] = [{"role": "system", "content": system}] if system else []
-    for m in messages:
+    turn = max((i for i, m in enumerate(messages) if m["role"] == "user"), default=-1)
+    for position, m in enumerate(messages):
         if m["role"] == "user":
             out.append({"role": "user", "content": m["content"]})
         elif m["role"] == "assistant":
@@ -78,6 +91,8 @@ def to_openai_messages(system: str, messages: list[dict[str, Any]]) -> list[dict
                     }
                     for tc in m["tool_calls"]
                 ]
+                if reasoning and position > turn and m.get("reasoning"):
+                    msg["reasoning_content"] = m["reasoning"]
             out.append(msg)
         elif m["role"] == "tool":
             out.append(
@@ -102,7 +117,9 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
         create: Any = client.chat.completions.create
         stream = await create(
             model=request.model.name or "",
-            messages=to_openai_messages(request.system, request.messages),
+            messages=to_openai_messages(
+                request.system, request.messages, sends_reasoning(request.model)
+            ),
             stream=True,
             stream_options={"include_usage": True},
             **params,
@@ -124,10 +141,11 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
                     if delta is not None and delta.content:
                         text.append(delta.content)
                         on_delta(delta.content)
-                    # Reasoning text of llama.cpp, vLLM and DeepSeek-style servers: kept in the
-                    # journal, not sent back (Chat Completions takes no reasoning input).
-                    reasoning_part = getattr(delta, "reasoning_content", None) if delta else None
-                    if isinstance(reasoning_part, str):
+                    # Reasoning text of llama.cpp, DeepSeek (`reasoning_content`) and newer
+                    # vLLM / OpenRouter (`reasoning`): journaled, sent back by
+                    # to_openai_messages within the turn.
+                    reasoning_part = _reasoning(delta)
+                    if reasoning_part:
                         reasoning.append(reasoning_part)
                     for position, tc in enumerate(
                         (delta.tool_calls if delta is not None else None) or []
@@ -188,6 +206,14 @@ class OpenAIChatProvider(SDKProvider[openai.AsyncOpenAI]):
             model=model_name,
             truncated=finish == "length",
         )
+
+
+def _reasoning(delta: Any) -> str | None:
+    for name in ("reasoning_content", "reasoning"):
+        part = getattr(delta, name, None) if delta is not None else None
+        if isinstance(part, str) and part:
+            return part
+    return None
 
 
 def _usage(raw: Any) -> dict[str, int]:

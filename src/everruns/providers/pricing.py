@@ -82,15 +82,31 @@ def check_unpriced(spec: AgentSpec, prices: dict[str, Pricing] | None) -> str | 
     )
 
 
+# Anthropic's prompt-cache writes cost more than input: 1.25x for the 5-minute cache,
+# 2x for the 1-hour one (https://docs.anthropic.com/en/docs/build-with-claude/prompt-caching).
+CACHE_WRITE_5M = 1.25
+CACHE_WRITE_1H = 2.0
+
+
 def cost_usd(usage: dict[str, int], price: Pricing | None) -> float:
-    """`input_tokens` include `cached_input_tokens`, which cost the cached rate (the
-    input rate when the price has none)."""
+    """`input_tokens` include the cache reads (`cached_input_tokens`, at the cached rate; the
+    input rate when the price has none) and the cache writes (`cache_write_input_tokens`,
+    `cache_write_1h_input_tokens`, at the write rates); the rest costs the input rate."""
     if price is None:
         return 0.0
-    cached = min(int(usage.get("cached_input_tokens", 0)), int(usage.get("input_tokens", 0)))
-    cached_rate = price.input if price.cached_input is None else price.cached_input
-    return (
-        (usage.get("input_tokens", 0) - cached) * price.input
-        + cached * cached_rate
-        + usage.get("output_tokens", 0) * price.output
-    ) / 1e6
+    left = int(usage.get("input_tokens", 0))
+    rates = (
+        ("cached_input_tokens", price.input if price.cached_input is None else price.cached_input),
+        ("cache_write_input_tokens", _or(price.cache_write, CACHE_WRITE_5M * price.input)),
+        ("cache_write_1h_input_tokens", _or(price.cache_write_1h, CACHE_WRITE_1H * price.input)),
+    )
+    total = 0.0
+    for key, rate in rates:
+        tokens = min(int(usage.get(key, 0)), left)  # never more than the input reported
+        total += tokens * rate
+        left -= tokens
+    return (total + left * price.input + usage.get("output_tokens", 0) * price.output) / 1e6
+
+
+def _or(value: float | None, default: float) -> float:
+    return default if value is None else value

@@ -108,10 +108,9 @@ class ScriptedProvider:
         if tool_calls:
             message["tool_calls"] = tool_calls
         if scripted.usage is not None:
-            usage = {
-                "input_tokens": scripted.usage.input_tokens,
-                "output_tokens": scripted.usage.output_tokens,
-            }
+            usage = scripted.usage.model_dump(exclude_defaults=True)
+            usage.setdefault("input_tokens", 0)
+            usage.setdefault("output_tokens", 0)
         else:
             prompt = request.system + "".join(str(m.get("content") or "") for m in request.messages)
             usage = {

@@ -104,14 +104,7 @@ class Agents:
         return await _cached(self._origins, name, version, self._load_origin)
 
     async def _load_origin(self, name: str, version: int | None) -> str:
-        query = sa.select(agents.c.origin).where(agents.c.name == name)
-        if version is not None:
-            query = query.where(agents.c.version == version)
-        query = query.order_by(agents.c.version.desc()).limit(1)
-        async with self.db.reads.connect() as conn:
-            row = (await conn.execute(query)).first()
-        if row is None:
-            raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
+        row = await self._version_row(name, version, agents.c.origin)
         return "local" if row.origin == "local" else "api"
 
     async def get_agent(self, name: str, version: int | None = None) -> AgentSpec:
@@ -119,7 +112,12 @@ class Agents:
         return await _cached(self._cache, name, version, self._load)
 
     async def _load(self, name: str, version: int | None) -> AgentSpec:
-        query = sa.select(agents.c.spec, agents.c.version).where(agents.c.name == name)
+        row = await self._version_row(name, version, agents.c.spec, agents.c.version)
+        return parse_spec(json.loads(row.spec), f"agent {name} v{row.version}")
+
+    async def _version_row(self, name: str, version: int | None, *columns: Any) -> Any:
+        """`columns` of the agent's version (None: its latest); StoreError if there is none."""
+        query = sa.select(*columns).where(agents.c.name == name)
         if version is not None:
             query = query.where(agents.c.version == version)
         query = query.order_by(agents.c.version.desc()).limit(1)
@@ -127,7 +125,7 @@ class Agents:
             row = (await conn.execute(query)).first()
         if row is None:
             raise StoreError(f"no agent {name!r}" + (f" version {version}" if version else ""))
-        return parse_spec(json.loads(row.spec), f"agent {name} v{row.version}")
+        return row
 
     async def list_agents(self) -> list[dict[str, Any]]:
         async with self.db.reads.connect() as conn:

@@ -50,13 +50,16 @@ async def tree_ledgers(conn: AsyncConnection, run_ids: list[str]) -> dict[str, L
             sa.func.sum(runs.c.output_tokens),
             sa.func.sum(runs.c.cost_usd),
             sa.func.sum(runs.c.unpriced_calls),
+            sa.func.sum(runs.c.cached_input_tokens),
         )
         .join(runs, runs.c.id == sub.c.id)
         .group_by(sub.c.root)
     )
     rows = (await conn.execute(query)).all()
     return {
-        str(r[0]): Ledger(int(r[1] or 0), int(r[2] or 0), float(r[3] or 0.0), int(r[4] or 0))
+        str(r[0]): Ledger(
+            int(r[1] or 0), int(r[2] or 0), float(r[3] or 0.0), int(r[4] or 0), int(r[5] or 0)
+        )
         for r in rows
     }
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 from everruns.core.budget import Ledger
@@ -56,6 +56,7 @@ class RunRow:
     input_tokens: int
     output_tokens: int
     cost_usd: float
+    cached_input_tokens: int
     input: str | None
     result: str | None
     error: dict[str, Any] | None
@@ -68,38 +69,25 @@ class RunRow:
 
     @classmethod
     def from_row(cls, row: Any) -> RunRow:
+        """The row's columns by field name; only the flag and the JSON error need decoding."""
         m = row._mapping
-        return cls(
-            id=m["id"],
-            agent_name=m["agent_name"],
-            agent_version=m["agent_version"],
-            parent_id=m["parent_id"],
-            status=m["status"],
-            epoch=m["epoch"],
-            lease_owner=m["lease_owner"],
-            lease_expires_at=m["lease_expires_at"],
-            wake_at=m["wake_at"],
-            last_seq=m["last_seq"],
-            crashes=m["crashes"],
-            cancel_requested=bool(m["cancel_requested"]),
-            steps=m["steps"],
-            input_tokens=m["input_tokens"],
-            output_tokens=m["output_tokens"],
-            cost_usd=m["cost_usd"],
-            input=m["input"],
-            result=m["result"],
-            error=json.loads(m["error"]) if m["error"] else None,
-            created_at=m["created_at"],
-            updated_at=m["updated_at"],
-            verdict=m.get("verdict"),
-            unpriced_calls=m.get("unpriced_calls") or 0,
-            limits=json.loads(m["limits"]) if m.get("limits") else None,
-        )
+        values = {f.name: m[f.name] for f in fields(cls) if f.name in m}
+        values["cancel_requested"] = bool(m["cancel_requested"])
+        values["error"] = json.loads(m["error"]) if m["error"] else None
+        values["unpriced_calls"] = m.get("unpriced_calls") or 0
+        values["limits"] = json.loads(m["limits"]) if m.get("limits") else None
+        return cls(**values)
 
     @property
     def ledger(self) -> Ledger:
         """What this run's own calls spent (the projection of its own journal)."""
-        return Ledger(self.input_tokens, self.output_tokens, self.cost_usd, self.unpriced_calls)
+        return Ledger(
+            self.input_tokens,
+            self.output_tokens,
+            self.cost_usd,
+            self.unpriced_calls,
+            self.cached_input_tokens,
+        )
 
     @property
     def usage(self) -> dict[str, Any]:

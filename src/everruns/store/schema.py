@@ -60,6 +60,8 @@ runs = sa.Table(
     # `everruns budget` set over the spec's (JSON), as the latest `limits.changed` says.
     sa.Column("unpriced_calls", sa.Integer, nullable=False, server_default="0"),
     sa.Column("limits", sa.Text, nullable=True),
+    # Of input_tokens, those read from a prompt cache (for the cache hit ratio).
+    sa.Column("cached_input_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("input", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),

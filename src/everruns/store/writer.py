@@ -60,9 +60,12 @@ SETTABLE = frozenset(
         "cost_usd",
         "unpriced_calls",
         "limits",
+        "cached_input_tokens",
     }
 )
-ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls"})
+ADDABLE = frozenset(
+    {"steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls", "cached_input_tokens"}
+)
 SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
 # Events a webhook may subscribe to get a `webhook_outbox` row in the same commit

@@ -3,19 +3,21 @@
 from __future__ import annotations
 
 import asyncio
+import inspect
 import os
 import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Coroutine
+from collections.abc import Callable, Coroutine
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, ParamSpec, TypeVar
 
 from everruns.spec import AgentSpec, load_spec, parse_spec
 from everruns.testing import effects
 
 T = TypeVar("T")
+P = ParamSpec("P")
 SpecLike = AgentSpec | str | Path | dict[str, Any]
 KILLED = -signal.SIGKILL
 
@@ -56,6 +58,20 @@ def run_sync(coro: Coroutine[Any, Any, T]) -> T:
         raise box["error"]
     value: T = box["value"]
     return value
+
+
+def sync_form(afn: Callable[P, Coroutine[Any, Any, T]], name: str, doc: str) -> Callable[P, T]:
+    """The blocking twin of an async API function (`acrash_matrix` → `crash_matrix`):
+    the same parameters, written once, run with `run_sync`."""
+
+    def call(*args: P.args, **kwargs: P.kwargs) -> T:
+        return run_sync(afn(*args, **kwargs))
+
+    call.__name__ = call.__qualname__ = name
+    call.__module__ = afn.__module__
+    call.__doc__ = doc
+    call.__signature__ = inspect.signature(afn)  # type: ignore[attr-defined]  # for help()
+    return call
 
 
 def worker_env(ledger: Path | None, crash_at: str | None = None) -> dict[str, str]:

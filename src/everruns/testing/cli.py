@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from everruns.journal import Event
+from everruns.core.events import Event
 from everruns.spec import SpecError, load_spec
 from everruns.store import RunNotFound, Store, StoreError
 from everruns.store.database import DatabaseUnavailable, DatabaseURLError

@@ -6,8 +6,8 @@ import difflib
 import json
 from typing import Any
 
-from everruns import journal as j
-from everruns.journal import Event
+from everruns.core.events import Event
+from everruns.core.state import State, fold, transcript
 
 
 def _short(value: Any, limit: int = 300) -> str:
@@ -33,7 +33,7 @@ def transcript_lines(messages: list[dict[str, Any]]) -> list[str]:
     return lines
 
 
-def summary(state: j.State) -> dict[str, Any]:
+def summary(state: State) -> dict[str, Any]:
     return {
         "status": state.status,
         "steps": state.steps,
@@ -49,14 +49,14 @@ def diff_runs(
     a: list[Event], b: list[Event], *, label_a: str = "a", label_b: str = "b"
 ) -> tuple[bool, str]:
     """(same, text): whether the two runs' summaries and transcripts are equal, and the diff."""
-    state_a, state_b = j.fold(a), j.fold(b)
+    state_a, state_b = fold(a), fold(b)
     sum_a, sum_b = summary(state_a), summary(state_b)
     lines = []
     for key in sum_a:
         mark = "  " if sum_a[key] == sum_b[key] else "≠ "
         lines.append(f"{mark}{key}: {_short(sum_a[key])} | {_short(sum_b[key])}")
-    text_a = transcript_lines(j.transcript(state_a))
-    text_b = transcript_lines(j.transcript(state_b))
+    text_a = transcript_lines(transcript(state_a))
+    text_b = transcript_lines(transcript(state_b))
     body = list(difflib.unified_diff(text_a, text_b, label_a, label_b, lineterm="", n=2))
     same = sum_a == sum_b and text_a == text_b
     head = f"{label_a} | {label_b}: " + ("identical" if same else "different")

@@ -18,7 +18,7 @@ from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from everruns import journal as j
+from everruns.core.events import LLM_FAILED, LLM_STARTED, Event
 from everruns.providers.base import ProviderError
 from everruns.providers.python import ModelRequest, ModelResponse
 from everruns.spec import AgentSpec, ModelSpec
@@ -154,18 +154,18 @@ class RunReport:
     run_id: str
     status: str
     result: str | None
-    events: list[j.Event]
+    events: list[Event]
 
     @property
     def retries(self) -> list[Retry]:
         out = []
         step = 0
         for i, e in enumerate(self.events):
-            if e.type == j.LLM_STARTED:
+            if e.type == LLM_STARTED:
                 step = int(e.data.get("step", 0))
-            if e.type != j.LLM_FAILED:
+            if e.type != LLM_FAILED:
                 continue
-            later = next((x for x in self.events[i + 1 :] if x.type == j.LLM_STARTED), None)
+            later = next((x for x in self.events[i + 1 :] if x.type == LLM_STARTED), None)
             out.append(
                 Retry(
                     step,

@@ -17,8 +17,8 @@ from typing import Any
 
 import sqlalchemy as sa
 
-from everruns import journal as j
-from everruns.journal import Event
+from everruns.core.events import RUN_CREATED, Event
+from everruns.core.state import State, fold
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store, new_id
 from everruns.store.schema import events as events_table
@@ -41,8 +41,8 @@ class Recording:
     events: list[Event]
 
     @property
-    def state(self) -> j.State:
-        return j.fold(self.events)
+    def state(self) -> State:
+        return fold(self.events)
 
 
 def tool_schemas(spec: AgentSpec) -> list[dict[str, Any]] | None:
@@ -179,7 +179,7 @@ async def import_run(store: Store, recording: Recording) -> str:
     return run_id
 
 
-def _error(state: j.State) -> dict[str, Any]:
+def _error(state: State) -> dict[str, Any]:
     """The runs-table form of a failed or cancelled run's error (as the engine writes it)."""
     data = state.error or {}
     reason = data.get("reason") or ("cancelled" if state.status == "cancelled" else "error")
@@ -187,6 +187,6 @@ def _error(state: j.State) -> dict[str, Any]:
 
 
 def _reversioned(event: Event, name: str, version: int) -> dict[str, Any]:
-    if event.type != j.RUN_CREATED:
+    if event.type != RUN_CREATED:
         return event.data
     return {**event.data, "agent": {"name": name, "version": version}}

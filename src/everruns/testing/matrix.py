@@ -22,8 +22,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from everruns import journal as j
-from everruns.journal import Event
+from everruns.core.events import (
+    INTERRUPTED_MESSAGE,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    LLM_STARTED,
+    RUN_COMPLETED,
+    TERMINAL_STATUSES,
+    TOOL_COMPLETED,
+    TOOL_FAILED,
+    TOOL_STARTED,
+    Event,
+)
+from everruns.core.state import fold, transcript
 from everruns.store import Store
 from everruns.testing import effects
 from everruns.testing._procs import (
@@ -31,19 +42,19 @@ from everruns.testing._procs import (
     SpecLike,
     WorkerTimeout,
     as_spec,
-    run_sync,
+    sync_form,
     tail,
     workdir,
     worker_env,
 )
 
 BOUNDARY_EVENTS = (
-    j.LLM_STARTED,
-    j.LLM_COMPLETED,
-    j.LLM_FAILED,
-    j.TOOL_STARTED,
-    j.TOOL_COMPLETED,
-    j.TOOL_FAILED,
+    LLM_STARTED,
+    LLM_COMPLETED,
+    LLM_FAILED,
+    TOOL_STARTED,
+    TOOL_COMPLETED,
+    TOOL_FAILED,
 )
 
 
@@ -64,7 +75,7 @@ class CaseResult:
 
     @property
     def transcript(self) -> list[dict[str, Any]]:
-        return j.transcript(j.fold(self.events))
+        return transcript(fold(self.events))
 
     @property
     def outcome(self) -> str:
@@ -75,7 +86,7 @@ class CaseResult:
         interrupted = [
             e.data["name"]
             for e in self.events
-            if e.type == j.TOOL_FAILED and e.data.get("interrupted")
+            if e.type == TOOL_FAILED and e.data.get("interrupted")
         ]
         repeated = _repeated(self.events)
         parts = []
@@ -149,12 +160,12 @@ def boundaries(events: list[Event], ledger: list[dict[str, Any]]) -> list[str]:
             continue
         seen[event.type] += 1
         n = seen[event.type]
-        if event.type == j.LLM_COMPLETED:
+        if event.type == LLM_COMPLETED:
             points.append(f"{effects.MID_LLM}#{n}")
-        if event.type in (j.TOOL_COMPLETED, j.TOOL_FAILED):
+        if event.type in (TOOL_COMPLETED, TOOL_FAILED):
             points += [f"{effects.MID_TOOL}#{k}" for k in mid_tool.pop(event.data["call_id"], [])]
         points += [f"before:{event.type}#{n}", f"after:{event.type}#{n}"]
-    points.append(f"before:{j.RUN_COMPLETED}")
+    points.append(f"before:{RUN_COMPLETED}")
     return points
 
 
@@ -164,9 +175,9 @@ def boundaries(events: list[Event], ledger: list[dict[str, Any]]) -> list[str]:
 def _repeated(events: list[Event]) -> list[str]:
     """Tool calls and LLM steps started more than once (after a takeover)."""
     starts = Counter(
-        f"{e.data['name']} ({e.data['call_id']})" for e in events if e.type == j.TOOL_STARTED
+        f"{e.data['name']} ({e.data['call_id']})" for e in events if e.type == TOOL_STARTED
     )
-    llm = Counter(e.data.get("step") for e in events if e.type == j.LLM_STARTED)
+    llm = Counter(e.data.get("step") for e in events if e.type == LLM_STARTED)
     out = [f"LLM step {s}" for s, n in llm.items() if n > 1]
     return out + [name for name, n in starts.items() if n > 1]
 
@@ -174,7 +185,7 @@ def _repeated(events: list[Event]) -> list[str]:
 def expected_transcript(reference: list[dict[str, Any]], interrupted: set[str]) -> list[Any]:
     """The uncrashed transcript with the interrupted calls' results "outcome unknown"."""
     return [
-        {**m, "content": j.INTERRUPTED_MESSAGE, "is_error": True}
+        {**m, "content": INTERRUPTED_MESSAGE, "is_error": True}
         if m["role"] == "tool" and m["tool_call_id"] in interrupted
         else m
         for m in reference
@@ -186,21 +197,21 @@ def _journal_violations(events: list[Event]) -> list[str]:
     done_steps: set[int] = set()
     step = 0
     for e in events:
-        if e.type == j.LLM_STARTED:
+        if e.type == LLM_STARTED:
             step = int(e.data.get("step", 0))
             if step in done_steps:
                 out.append(f"LLM step {step} was called again after it completed")
-        elif e.type == j.LLM_COMPLETED:
+        elif e.type == LLM_COMPLETED:
             done_steps.add(step)
     resolved: dict[str, str] = {}
     for e in events:
         call_id = e.data.get("call_id")
-        if e.type == j.TOOL_STARTED and call_id in resolved:
+        if e.type == TOOL_STARTED and call_id in resolved:
             out.append(
                 f"tool {e.data['name']!r}: call {call_id} started again after its result "
                 "was journaled"
             )
-        elif e.type in (j.TOOL_COMPLETED, j.TOOL_FAILED) and call_id:
+        elif e.type in (TOOL_COMPLETED, TOOL_FAILED) and call_id:
             if call_id in resolved:
                 out.append(f"tool {e.data['name']!r}: call {call_id} got two results")
             resolved[call_id] = e.type
@@ -263,10 +274,10 @@ def check_case(reference: CaseResult, case: CaseResult) -> list[str]:
     interrupted = {
         e.data["call_id"]: e.data["name"]
         for e in case.events
-        if e.type == j.TOOL_FAILED and e.data.get("interrupted")
+        if e.type == TOOL_FAILED and e.data.get("interrupted")
     }
     effect_of = {
-        e.data["call_id"]: e.data.get("effect") for e in case.events if e.type == j.TOOL_STARTED
+        e.data["call_id"]: e.data.get("effect") for e in case.events if e.type == TOOL_STARTED
     }
     for call_id, name in interrupted.items():
         if effect_of.get(call_id) != "at_most_once":
@@ -325,7 +336,7 @@ async def _execute(
         if not reached and code != 0:
             raise CrashMatrixError(f"{point}: the worker exited with {code}\n{tail(log)}")
     row = await store.get_run(run_id)
-    if row.status not in j.TERMINAL_STATUSES:
+    if row.status not in TERMINAL_STATUSES:
         log = case_dir / "worker.log"
         code = await _worker(url, run_id, worker_env(ledger), log, lease_ttl, timeout)
         if code != 0:
@@ -334,7 +345,7 @@ async def _execute(
             )
         row = await store.get_run(run_id)
     events = await store.load_events(run_id)
-    state = j.fold(events)
+    state = fold(events)
     error = (state.error or {}).get("error") if state.error else None
     return CaseResult(
         point or "reference", run_id, reached, row.status, events, effects.read(ledger), error=error
@@ -401,34 +412,15 @@ async def acrash_matrix(
     return CrashReport(agent.name, reference, list(cases))
 
 
-def crash_matrix(
-    spec: SpecLike,
-    input: str | None,
-    *,
-    db: str | None = None,
-    only: Sequence[str] | None = None,
-    lease_ttl: float = 1.0,
-    concurrency: int = 2,
-    timeout: float = 60.0,
-    tmp: str | Path | None = None,
-) -> CrashReport:
+crash_matrix = sync_form(
+    acrash_matrix,
+    "crash_matrix",
     """Crash the agent at every boundary and report what each crash did.
 
-    `spec`: an AgentSpec, a YAML path or a mapping; `input`: the user message.
-    `db`: a database URL shared by all cases (e.g. PostgreSQL); default: a fresh
-    SQLite file per case under `tmp`. `only`: keep the boundaries containing one of
-    these strings (e.g. `["tool"]`). `lease_ttl`: the workers' lease (a takeover
-    waits for it). Check the report with `assert_exactly_once(report)`.
-    """
-    return run_sync(
-        acrash_matrix(
-            spec,
-            input,
-            db=db,
-            only=only,
-            lease_ttl=lease_ttl,
-            concurrency=concurrency,
-            timeout=timeout,
-            tmp=tmp,
-        )
-    )
+`spec`: an AgentSpec, a YAML path or a mapping; `input`: the user message.
+`db`: a database URL shared by all cases (e.g. PostgreSQL); default: a fresh
+SQLite file per case under `tmp`. `only`: keep the boundaries containing one of
+these strings (e.g. `["tool"]`). `lease_ttl`: the workers' lease (a takeover
+waits for it). Check the report with `assert_exactly_once(report)`.
+""",
+)

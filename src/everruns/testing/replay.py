@@ -21,14 +21,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from everruns import journal as j
+from everruns.core.context import model_view
+from everruns.core.events import LLM_COMPLETED, LLM_STARTED, TOOL_COMPLETED, TOOL_FAILED, Event
+from everruns.core.state import State, apply, fold, transcript
 from everruns.engine import runner
 from everruns.providers.base import ProviderError
 from everruns.providers.python import ModelRequest, ModelResponse, ToolCall
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
 from everruns.testing import journalfile
-from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
+from everruns.testing._procs import SpecLike, as_spec, sync_form, workdir
 from everruns.testing.ask import ask_model
 from everruns.testing.diff import diff_runs
 from everruns.testing.runs import run_to_end
@@ -64,11 +66,11 @@ class ReplayReport:
     tools_executed: int
     same: bool
     diff: str
-    events: list[j.Event] = field(repr=False, default_factory=list)
+    events: list[Event] = field(repr=False, default_factory=list)
 
     @property
     def transcript(self) -> list[dict[str, Any]]:
-        return j.transcript(j.fold(self.events))
+        return transcript(fold(self.events))
 
     def format(self) -> str:
         first = f"first divergence at {self.divergence}" if self.divergence else "no divergence"
@@ -113,21 +115,21 @@ def normalise(
 def recorded_calls(recording: journalfile.Recording) -> dict[int, RecordedCall]:
     """The request and answer of each completed LLM step of the recording."""
     out: dict[int, RecordedCall] = {}
-    state = j.State()
+    state = State()
     pending: tuple[int, dict[str, Any]] | None = None
     for event in recording.events:
-        if event.type == j.LLM_STARTED:
+        if event.type == LLM_STARTED:
             request = normalise(
                 recording.spec.system_prompt,
-                j.model_view(state),
+                model_view(state),
                 recording.tools,
                 recording.spec.model.parameters,
             )
             pending = (int(event.data["step"]), request)
-        elif event.type == j.LLM_COMPLETED and pending is not None:
+        elif event.type == LLM_COMPLETED and pending is not None:
             out.setdefault(pending[0], RecordedCall(pending[0], pending[1], event.data))
             pending = None
-        j.apply(state, event)
+        apply(state, event)
     return out
 
 
@@ -231,7 +233,7 @@ class _Session:
                 )
             self.tools_replayed += 1
             kind, output = recorded
-            if kind == j.TOOL_FAILED:
+            if kind == TOOL_FAILED:
                 raise ToolError(output)
             return output
 
@@ -242,16 +244,16 @@ def _key(arguments: dict[str, Any]) -> str:
     return json.dumps(arguments, sort_keys=True, default=str)
 
 
-def _recorded_results(events: list[j.Event]) -> dict[tuple[str, str, str], tuple[str, str]]:
+def _recorded_results(events: list[Event]) -> dict[tuple[str, str, str], tuple[str, str]]:
     arguments: dict[str, dict[str, Any]] = {}
     out: dict[tuple[str, str, str], tuple[str, str]] = {}
     for e in events:
-        if e.type == j.LLM_COMPLETED:
+        if e.type == LLM_COMPLETED:
             for call in e.data["message"].get("tool_calls") or []:
                 arguments[call["id"]] = call.get("arguments") or {}
-        elif e.type in (j.TOOL_COMPLETED, j.TOOL_FAILED) and not e.data.get("interrupted"):
+        elif e.type in (TOOL_COMPLETED, TOOL_FAILED) and not e.data.get("interrupted"):
             call_id = e.data["call_id"]
-            value = e.data.get("output", "") if e.type == j.TOOL_COMPLETED else e.data.get("error")
+            value = e.data.get("output", "") if e.type == TOOL_COMPLETED else e.data.get("error")
             key = (call_id, e.data.get("name"), _key(arguments.get(call_id, {})))
             out[key] = (e.type, str(value))  # type: ignore[index]
     return out
@@ -363,20 +365,14 @@ async def areplay(
     )
 
 
-def replay(
-    recording: str | Path | journalfile.Recording,
-    spec: SpecLike | None = None,
-    *,
-    live: bool | ModelSpec | dict[str, Any] = False,
-    tools: dict[str, str] | None = None,
-    db: str | None = None,
-    tmp: str | Path | None = None,
-) -> ReplayReport:
+replay = sync_form(
+    areplay,
+    "replay",
     """Replay a recorded run (an `everruns export` file) against `spec` (default: the
-    recorded spec). `live`: where divergent LLM calls go (True: the spec's model; a model
-    spec; False: the run fails at the first divergence). `tools`: per tool name (or "*"),
-    "replay" (default: the recorded result) or "execute" (run the tool)."""
-    return run_sync(areplay(recording, spec, live=live, tools=tools, db=db, tmp=tmp))
+recorded spec). `live`: where divergent LLM calls go (True: the spec's model; a model
+spec; False: the run fails at the first divergence). `tools`: per tool name (or "*"),
+"replay" (default: the recorded result) or "execute" (run the tool).""",
+)
 
 
 async def arecord(
@@ -400,13 +396,8 @@ async def arecord(
     return Path(path)
 
 
-def record(
-    spec: SpecLike,
-    input: str | None,
-    path: str | Path,
-    *,
-    db: str | None = None,
-    tmp: str | Path | None = None,
-) -> Path:
-    """Run the agent once (in this process) and export its journal to `path`."""
-    return run_sync(arecord(spec, input, path, db=db, tmp=tmp))
+record = sync_form(
+    arecord,
+    "record",
+    """Run the agent once (in this process) and export its journal to `path`.""",
+)

@@ -5,10 +5,10 @@ from __future__ import annotations
 import asyncio
 from pathlib import Path
 
-from everruns import journal as j
+from everruns.core.events import TERMINAL_STATUSES
 from everruns.engine.worker import Worker
 from everruns.store import Store
-from everruns.testing._procs import SpecLike, as_spec, run_sync, workdir
+from everruns.testing._procs import SpecLike, as_spec, sync_form, workdir
 from everruns.testing.faults import RunReport
 
 
@@ -23,9 +23,7 @@ async def run_to_end(
     try:
         while loop.time() < deadline and not task.done():
             row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES or (
-                row.status == "waiting" and row.wake_at is None
-            ):
+            if row.status in TERMINAL_STATUSES or (row.status == "waiting" and row.wake_at is None):
                 return
             await asyncio.sleep(0.05)
         raise TimeoutError(f"run {run_id} did not finish within {timeout:g}s")
@@ -56,13 +54,8 @@ async def arun_agent(
     return RunReport(run_id, row.status, row.result, events)
 
 
-def run_agent(
-    spec: SpecLike,
-    input: str | None,
-    *,
-    db: str | None = None,
-    tmp: str | Path | None = None,
-    timeout: float = 120,
-) -> RunReport:
-    """Run the agent once in this process; the report lists its LLM retries and waits."""
-    return run_sync(arun_agent(spec, input, db=db, tmp=tmp, timeout=timeout))
+run_agent = sync_form(
+    arun_agent,
+    "run_agent",
+    """Run the agent once in this process; the report lists its LLM retries and waits.""",
+)

@@ -16,7 +16,7 @@ import logging
 import sys
 from typing import Any
 
-from everruns import journal as j
+from everruns.core.events import TERMINAL_STATUSES
 from everruns.engine import framework, llm_step, runner
 from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, Provider
 from everruns.spec import AgentSpec, ModelSpec
@@ -82,7 +82,7 @@ async def serve(url: str, run_id: str, lease_ttl: float, poll: float) -> None:
     try:
         while not task.done():
             row = await store.get_run(run_id)
-            if row.status in j.TERMINAL_STATUSES:
+            if row.status in TERMINAL_STATUSES:
                 break
             await asyncio.wait({task}, timeout=poll)
     finally:

@@ -1,6 +1,7 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
 import { VERB_EVENTS, mountVerbs, renderVerbEvent, verbStatus } from "./verbs.js";
+import { cacheHits } from "./cache.js";
 import { agentsPage } from "./agents.js";
 import { childrenPanel, costText, fetchPages, renderRunRows } from "./tree.js";
 import { approvalsBar, boundaryTracker, countdown, failedOutput, follower, startCountdowns } from "./live.js";
@@ -458,7 +459,7 @@ function runPage(runId) {
     status: null,
     row: null,
     steps: 0,
-    usage: { input: 0, output: 0, cost: 0, calls: 0 },
+    usage: { input: 0, output: 0, cost: 0, calls: 0, cached: 0 },
     llm: { inFlight: false, attempt: 0, item: null, text: null },
     approvals: new Map(), // call_id -> approval box, while pending
     lastWorker: null,
@@ -483,6 +484,7 @@ function runPage(runId) {
     tokens: h("dd", { id: "stat-tokens" }, "0"),
     cost: h("dd", { id: "stat-cost" }, "$0.00"),
     calls: h("dd", { id: "stat-calls" }, "0"),
+    cache: h("dd", { id: "stat-cache" }, "–"),
   };
   const btnCancel = h("button", { type: "button", class: "danger", id: "btn-cancel" }, "Cancel");
   const btnPause = h("button", { type: "button", id: "btn-pause" }, "Pause");
@@ -536,7 +538,8 @@ function runPage(runId) {
             h("div", {}, h("dt", {}, "Cost"), stats.cost),
             h("div", {}, h("dt", {}, "Tokens"), stats.tokens),
             h("div", {}, h("dt", {}, "Steps"), stats.steps),
-            h("div", {}, h("dt", {}, "LLM calls"), stats.calls)),
+            h("div", {}, h("dt", {}, "LLM calls"), stats.calls),
+            h("div", {}, h("dt", {}, "Cache hits"), stats.cache)),
         ),
         h(
           "section",
@@ -580,7 +583,7 @@ function runPage(runId) {
     btnPause.disabled = !["queued", "running", "waiting"].includes(status);
     btnResume.disabled = status !== "paused";
     const usage = row && row.last_seq > st.lastSeq
-      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd }
+      ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd, cached: row.usage.cached_input_tokens }
       : st.usage;
     stats.cost.textContent = row?.usage?.cost_known === false ? costText(row.usage) : fmtCost(usage.cost);
     st.shown = {
@@ -594,6 +597,9 @@ function runPage(runId) {
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
     stats.calls.textContent = fmtInt(st.usage.calls);
+    const hits = cacheHits(usage);
+    stats.cache.textContent = hits.text;
+    stats.cache.title = hits.title;
   };
 
   const renderResult = () => {
@@ -972,6 +978,7 @@ function runPage(runId) {
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
+      st.usage.cached += Number(u.cached_input_tokens || 0);
     }
     if (d.child || ev.type === "child.finished") children.poke();
     else if (TERMINAL_EVENTS.has(ev.type)) children.poke(false);

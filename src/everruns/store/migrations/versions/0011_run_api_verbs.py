@@ -5,14 +5,14 @@ The PostgreSQL trigger of 0008 also sends `everruns_control` when an interrupt o
 requested for a leased run, so it reaches the holder at once, like a cancel.
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0016
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0011"
-down_revision = "0009"
+down_revision = "0016"
 
 FUNCTION = """
 CREATE OR REPLACE FUNCTION everruns_runs_notify() RETURNS trigger AS $$
