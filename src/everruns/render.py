@@ -39,7 +39,7 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         note = " (takeover)" if data.get("takeover") else ""
         return f"worker {data.get('worker')} epoch {data.get('epoch')}{note}"
     if kind == "message.user":
-        return _short(data.get("content", ""))
+        return ("(steer) " if data.get("steer") else "") + _short(data.get("content", ""))
     if kind == "llm.started":
         return f"step {data.get('step')} attempt {data.get('attempt')} ({data.get('model')})"
     if kind == "llm.completed":
@@ -100,6 +100,14 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         return f"{call} sleeps until {format_status_time(data.get('wake_at'))}"
     if kind == "llm.fallback":
         return f"{data.get('from')} → {data.get('to')} ({data.get('reason')})"
+    if kind == "outcome.graded":
+        verdict = str(data.get("verdict", "")).replace("_", " ")
+        return f"iteration {data.get('iteration')}: {verdict} {_short(data.get('feedback') or '')}"
+    if kind == "run.interrupted":
+        cut = [f"{t.get('name')} ({t.get('outcome')})" for t in data.get("tools") or []]
+        if data.get("llm"):
+            cut.insert(0, f"LLM call attempt {data['llm'].get('attempt')}")
+        return "cut: " + (", ".join(cut) or "nothing in flight") + "; waits for a message"
     if kind == "run.completed":
         return _short(data.get("result") or "", 200)
     if kind in ("run.failed", "run.cancelled"):

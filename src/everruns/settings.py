@@ -19,6 +19,12 @@ api_specs:                # what a spec submitted through the HTTP API may use
   allow_tools: [python]   # any of shell, python, mcp_stdio (default: none of them)
   python_modules: [mytools]  # modules (and submodules) API specs may import tools from
 allow_private_networks: false  # web_fetch/http SSRF guard; a spec can only narrow it
+webhooks:                 # delivery of webhook events (README "Webhooks")
+  retry_initial: 5        # seconds before the first retry; doubles up to retry_max
+  retry_max: 3600
+  give_up_after: 90000    # seconds (25 h) after the event: the delivery is marked failed
+retention:                # none by default: runs and their journals are kept for ever
+  completed_after_days: 90  # `everruns maintenance retention` prunes finished runs' journals
 ```
 
 See docs/security.md for what each setting protects against.
@@ -96,6 +102,33 @@ class ApiSpecPolicy(BaseModel):
     python_modules: list[str] = Field(default_factory=list)
 
 
+class WebhookSettings(BaseModel):
+    """How webhook deliveries are retried (exponential, with jitter) and for how long."""
+
+    model_config = ConfigDict(extra="forbid")
+    retry_initial: float = Field(default=5.0, gt=0)
+    retry_max: float = Field(default=3600.0, gt=0)
+    give_up_after: float = Field(default=25 * 3600.0, gt=0)
+    timeout: float = Field(default=10.0, gt=0)
+    interval: float = Field(default=0.5, gt=0, description="how often the outbox is read")
+
+
+class RetentionPolicy(BaseModel):
+    """Optional: prune the journals of finished runs (the runs row stays as the summary)."""
+
+    model_config = ConfigDict(extra="forbid")
+    completed_after_days: float = Field(gt=0)
+    statuses: list[str] = Field(default_factory=lambda: ["completed", "failed", "cancelled"])
+
+    @field_validator("statuses")
+    @classmethod
+    def _statuses(cls, value: list[str]) -> list[str]:
+        wrong = [s for s in value if s not in ("completed", "failed", "cancelled")]
+        if wrong:
+            raise ValueError(f"only finished runs are pruned, not {', '.join(wrong)}")
+        return value
+
+
 class Settings(BaseModel):
     model_config = ConfigDict(extra="forbid")
     rate_limits: list[RateLimit] = Field(default_factory=list)
@@ -108,6 +141,9 @@ class Settings(BaseModel):
     sandbox_read_only: list[str] = Field(default_factory=list)
     credentials: dict[str, CredentialBinding] = Field(default_factory=dict)
     api_specs: ApiSpecPolicy = Field(default_factory=ApiSpecPolicy)
+    webhooks: WebhookSettings = Field(default_factory=WebhookSettings)
+    # None (the default): runs never expire.
+    retention: RetentionPolicy | None = None
 
     def rate_limits_for(self, model: ModelSpec) -> list[RateLimit]:
         return [r for r in self.rate_limits if r.applies_to(model)]

@@ -290,6 +290,64 @@ class ContextPolicy(_Strict):
     summary_model: ModelSpec | None = Field(default=None, description="a cheaper summarizer")
 
 
+# Journal events a webhook may subscribe to (docs: README "Webhooks").
+WEBHOOK_EVENTS: tuple[str, ...] = (
+    "run.completed",
+    "run.failed",
+    "run.cancelled",
+    "run.paused",
+    "run.interrupted",
+    "approval.requested",
+    "outcome.graded",
+)
+
+
+class WebhookSpec(_Strict):
+    """POST the run's `events` to `url`, signed with the stored secret `secret_ref`."""
+
+    url: str = Field(min_length=1, max_length=2000)
+    events: list[str] = Field(
+        default_factory=lambda: ["run.completed", "run.failed"],
+        min_length=1,
+        description="any of " + ", ".join(WEBHOOK_EVENTS),
+    )
+    secret_ref: str | None = Field(
+        default=None,
+        max_length=128,
+        description="a stored secret (`everruns secrets set`) that signs the deliveries",
+    )
+
+    @field_validator("url")
+    @classmethod
+    def _url(cls, value: str) -> str:
+        if not value.startswith(("http://", "https://")):
+            raise ValueError(f"{value!r} is not an http(s) URL")
+        return value
+
+    @field_validator("events")
+    @classmethod
+    def _events(cls, value: list[str]) -> list[str]:
+        unknown = [e for e in value if e not in WEBHOOK_EVENTS]
+        if unknown:
+            raise ValueError(
+                f"unknown event(s) {', '.join(unknown)}; choose from {', '.join(WEBHOOK_EVENTS)}"
+            )
+        return value
+
+
+class GraderSpec(_Strict):
+    model: ModelSpec
+
+
+class OutcomeSpec(_Strict):
+    """Grade the agent's final answer against `rubric`; on failure the grader's feedback
+    goes back to the agent, up to `max_iterations` answers in all."""
+
+    rubric: str = Field(min_length=1, max_length=100_000)
+    grader: GraderSpec
+    max_iterations: int = Field(default=3, ge=1, le=20)
+
+
 FRAMEWORKS: tuple[str, ...] = ("pydantic_ai", "openai_agents")
 # The `model` of a framework run: the framework's agent calls its own model, this is a label.
 FRAMEWORK_MODEL = "everruns.engine.framework:framework_model"
@@ -342,6 +400,12 @@ class AgentSpec(_Strict):
         default=None,
         description="when the previous scheduled run is still active: skip (default), "
         "queue, or cancel_previous",
+    )
+    webhooks: list[WebhookSpec] | None = Field(
+        default=None, description="webhooks told about every run of this agent"
+    )
+    outcome: OutcomeSpec | None = Field(
+        default=None, description="a grader checks the final answer against a rubric"
     )
 
     @model_validator(mode="before")

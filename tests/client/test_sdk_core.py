@@ -76,3 +76,52 @@ def test_calls_carry_only_the_given_fields() -> None:
         "reason": "no",
     }
     assert core.list_runs(None, None, 50, None).params == {"limit": 50}
+
+
+def test_state_changing_calls_carry_a_key_and_are_retried_safely() -> None:
+    from everruns.client import core as sdk
+
+    call = sdk.message("run_1", "hi")
+    again = sdk.message("run_1", "hi", idempotency_key="mine")
+    assert call.key and call.headers() == {"Idempotency-Key": call.key}
+    assert again.headers() == {"Idempotency-Key": "mine"}
+    assert sdk.get_run("run_1").headers() == {}
+    policy = sdk.SendPolicy(attempts=3, delay=0.1, max_delay=0.15)
+    server_error = httpx.Response(503)
+    assert policy.retry_after(1, None) == 0.1  # a connection error
+    assert policy.retry_after(2, server_error) == 0.15
+    assert policy.retry_after(3, server_error) is None  # out of attempts
+    assert policy.retry_after(1, httpx.Response(422)) is None  # the answer stands
+
+
+def test_the_sync_client_retries_a_5xx_with_the_same_key() -> None:
+    import http.server
+    import threading
+
+    from everruns import Client
+
+    seen: list[str] = []
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_POST(self) -> None:
+            self.rfile.read(int(self.headers.get("content-length") or 0))
+            seen.append(self.headers["Idempotency-Key"])
+            body = b'{"run_id": "r", "seq": 3, "type": "message.user", "ts": 1, "data": {}}'
+            self.send_response(503 if len(seen) == 1 else 201)
+            self.send_header("content-type", "application/json")
+            self.send_header("content-length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args: object) -> None:
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+    threading.Thread(target=httpd.serve_forever, daemon=True).start()
+    try:
+        with Client(f"http://127.0.0.1:{httpd.server_address[1]}") as client:
+            assert client.runs.message("r", "hi").seq == 3
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+    assert len(seen) == 2 and seen[0] == seen[1]

@@ -820,6 +820,29 @@ def test_superseded_deltas_are_discarded_and_events_deduplicated(fleet: Fleet, p
     assert "STALE" not in page.locator("main").inner_text()
 
 
+def test_interrupt_and_steer_buttons(fleet: Fleet, page: Page) -> None:
+    """verbs.js: Interrupt parks the run (run.interrupted in the timeline); Steer journals
+    the composer's text as a steer and the run goes on."""
+    server = fleet.server
+    page.goto(f"{server.url}/#/agents/sleeper")
+    page.get_by_label("Input").fill("sleep, then be interrupted")
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url("**/#/runs/run*")
+    run_id = page.url.rsplit("/", 1)[1]
+    expect(page.locator('[data-type="llm.started"]')).to_have_count(1)
+    page.get_by_role("button", name="Interrupt").click()
+    expect(page.locator('[data-type="run.interrupted"]')).to_be_visible(timeout=15_000)
+    expect(page.locator("#run-status")).to_have_text("waiting")
+    page.locator("#message").fill("do something else")
+    page.get_by_role("button", name="Steer").click()
+    expect(page.locator('[data-type="message.user"]')).to_contain_text("do something else")
+    events = server.api("GET", f"/v1/runs/{run_id}/events")
+    steer = next(e for e in events if e["type"] == "message.user")
+    assert steer["data"] == {"content": "do something else", "steer": True}
+    expect(page.locator('[data-type="llm.started"]')).to_have_count(2, timeout=15_000)
+    server.api("POST", f"/v1/runs/{run_id}/cancel")
+
+
 # ------------------------------------------------------------------ issue 15: the first hour
 
 

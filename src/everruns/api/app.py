@@ -16,8 +16,10 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns.api import documented, problems
+from everruns.api import documented, idempotency, problems
+from everruns.api.deps import StoreDep, store_of
 from everruns.api.feed import EventFeed
+from everruns.api.idempotency import IdempotencyKeys
 from everruns.api.metrics import exposition as metrics_text
 from everruns.api.models import (
     AgentCreate,
@@ -28,6 +30,7 @@ from everruns.api.models import (
     LimitsChange,
     MessageCreate,
     Outcome,
+    Receipt,
     RunCreate,
     RunOut,
     RunPage,
@@ -36,6 +39,8 @@ from everruns.api.models import (
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
 from everruns.api.tracing import TraceRequests
+from everruns.api.verbs import add_verb_routes, wait_for_event
+from everruns.api.webhooks import add_webhook_routes, url_checker
 from everruns.api.wire import run_to_api
 from everruns.core.budget import check_change
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
@@ -47,7 +52,7 @@ from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
 from everruns.spec import AgentSpec, parse_spec, spec_from_yaml
-from everruns.store import Store, StoreError
+from everruns.store import Store, StoreError, new_id
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
 
@@ -118,13 +123,6 @@ async def _too_large(scope: Scope, receive: Receive, send: Send, limit: int) -> 
     await response(scope, receive, send)
 
 
-def store_of(request: Request) -> Store:
-    return request.app.state.store
-
-
-StoreDep = Annotated[Store, Depends(store_of)]
-
-
 def _run_out(row: Any, *, brief: bool = False) -> RunOut:
     return RunOut.model_validate(run_to_api(row, brief=brief))
 
@@ -180,6 +178,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    app.add_middleware(IdempotencyKeys)  # inside the body limit: it reads the body first
     documented.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     sink = tracing.sink()
@@ -192,7 +191,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=list(config.cors_origins),
             allow_methods=["*"],
-            allow_headers=["Authorization", "Content-Type", "Last-Event-ID"],
+            allow_headers=["Authorization", "Content-Type", "Last-Event-ID", "Idempotency-Key"],
         )
     # Added last, so it runs first: a refused request reaches nothing else.
     app.add_middleware(
@@ -224,6 +223,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             )
 
     auth = [Depends(authorize)]
+    _webhook_url = url_checker(settings)
 
     # ------------------------------------------------------------ health
 
@@ -348,7 +348,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             except StoreError as exc:
                 raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
             await _allowed(store, spec, origin)
-        run_id = await store.create_run(spec, body.input, origin=origin)
+        for hook in body.webhooks:
+            await _webhook_url(hook.url)
+        run_id = new_id()  # the run's webhooks exist before the run can send anything
+        for hook in body.webhooks:
+            await store.webhooks.create(hook.url, hook.events, hook.secret_ref, run_id=run_id)
+        await store.create_run(spec, body.input, origin=origin, run_id=run_id)
         _wake(request_app=app)
         return _run_out(await store.get_run(run_id))
 
@@ -398,8 +403,16 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         return _run_out(await store.get_run(run_id))
 
     @app.post("/v1/runs/{run_id}/cancel", tags=["runs"], dependencies=auth)
-    async def cancel_run(run_id: str, store: StoreDep) -> Outcome:
-        return Outcome(id=run_id, outcome=await store.cancel(run_id))
+    async def cancel_run(run_id: str, store: StoreDep) -> Receipt:
+        """Cancel: `outcome` as always ("cancelled", "requested" when its worker stops it, or
+        the status it already had); `seq` is the `run.cancelled` event's (waited for briefly
+        when requested)."""
+        before = (await store.get_run(run_id)).last_seq
+        outcome = await store.cancel(run_id)
+        seq = None
+        if outcome in ("cancelled", "requested"):
+            seq = await wait_for_event(store, run_id, before, frozenset(TERMINAL_EVENTS))
+        return Receipt(id=run_id, outcome=outcome, seq=seq)
 
     @app.post("/v1/runs/{run_id}/pause", tags=["runs"], dependencies=auth)
     async def pause_run(run_id: str, store: StoreDep) -> Outcome:
@@ -525,6 +538,8 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     add_secret_routes(app, auth)
+    add_verb_routes(app, auth, lambda: _wake(app))
+    add_webhook_routes(app, auth, _webhook_url)
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)
@@ -532,6 +547,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     add_memory_routes(app, auth)
     mount_ui(app)
+    idempotency.document(app)  # the Idempotency-Key header on every state change
     return app
 
 

@@ -6,6 +6,8 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from everruns.spec import WebhookSpec
+
 
 class _In(BaseModel):
     model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
@@ -31,6 +33,9 @@ class RunCreate(_In):
     )
     spec: dict[str, Any] | None = Field(default=None, description="Or an inline agent spec.")
     input: str | None = Field(default=None, max_length=1_000_000)
+    webhooks: list[WebhookSpec] = Field(
+        default_factory=list, max_length=20, description="Webhooks told about this run."
+    )
 
 
 class Usage(BaseModel):
@@ -68,6 +73,11 @@ class RunOut(BaseModel):
     last_seq: int
     created_at: float
     updated_at: float
+    outcome: str | None = Field(
+        default=None,
+        description="The grader's verdict (agents with `outcome:`): satisfied, "
+        "not_satisfied, or revising while the agent works on feedback.",
+    )
     truncated: bool = Field(
         default=False,
         description="True in a list when `input` or `result` was cut to its first 200 "
@@ -133,3 +143,40 @@ class LimitsChange(_In):
 class Outcome(BaseModel):
     id: str
     outcome: str
+
+
+class Receipt(BaseModel):
+    """What a run verb produced: the seq of its journal event (None: requested, the run's
+    worker has not journaled it within the wait)."""
+
+    id: str
+    outcome: str
+    seq: int | None = None
+
+
+class WebhookCreate(WebhookSpec):
+    run_id: str | None = Field(default=None, max_length=40, description="Only this run's.")
+
+
+class WebhookOut(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    secret_ref: str | None
+    run_id: str | None
+    created_at: float
+
+
+class DeliveryOut(BaseModel):
+    id: str
+    webhook: str
+    url: str
+    run_id: str
+    seq: int
+    event_type: str
+    status: str
+    attempts: int
+    history: list[dict[str, Any]]
+    next_attempt_at: float | None
+    created_at: float
+    delivered_at: float | None

@@ -50,6 +50,7 @@ def _run_dict(row: RunRow) -> dict[str, Any]:
         "last_seq": row.last_seq,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+        "outcome": row.verdict,
         "truncated": False,
     }
 
@@ -81,6 +82,7 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         error=run.get("error"),
         created_at=run.get("created_at", 0.0),
         updated_at=run.get("updated_at", 0.0),
+        verdict=run.get("outcome"),
         unpriced_calls=usage.unpriced_calls,
         limits=run.get("limits"),
         tree=usage_ledger(tree) if tree else None,

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, budgets, doctor, maintenance, memory, runs, schedules, serve
+from everruns.cli import access, budgets, doctor, maintenance, memory, runs, schedules, serve, verbs
 from everruns.cli.common import Debug
 from everruns.testing.cli import register as register_testing
 
@@ -51,6 +51,7 @@ def _root(
 
 
 app.add_typer(maintenance.db_app, name="db")
+maintenance.db_app.command("retention")(verbs.retention)
 app.command()(maintenance.validate)
 app.command()(runs.start)
 app.command()(runs.run)
@@ -62,6 +63,8 @@ app.command()(runs.cancel)
 app.command()(runs.approve)
 app.command()(runs.deny)
 app.command()(runs.message)
+app.command()(verbs.steer)
+app.command()(verbs.interrupt)
 app.command()(budgets.budget)
 app.command()(budgets.resume)
 app.command()(runs.workspace)

@@ -26,8 +26,11 @@ class Backend(Protocol):
         """Ids of runs that start with `prefix` (a few; the exact id among them if it exists)."""
         ...
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        """Queue a run of `spec`; its id."""
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+    ) -> str:
+        """Queue a run of `spec`; its id. A repeat with the same `idempotency_key` (and the
+        same spec and input) returns the first run's id instead of starting another."""
         ...
 
     async def get_run(self, run_id: str) -> RunView: ...
@@ -55,6 +58,13 @@ class Backend(Protocol):
     async def message(self, run_id: str, text: str) -> int:
         """Journal a user message; its seq."""
         ...
+
+    async def steer(self, run_id: str, text: str) -> int:
+        """Journal a steering message (injected within the current turn); its seq."""
+        ...
+
+    async def interrupt(self, run_id: str) -> tuple[str, int | None]:
+        """Cut the in-flight atom and park the run: (outcome, seq of run.interrupted)."""
 
     async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
         """Journal `limits.changed` (limits validated by `core.budget.check_change`); its data."""

@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
+from everruns.api.idempotency import fingerprint
+from everruns.api.verbs import wait_for_event
 from everruns.api.wire import run_to_api
 from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
@@ -16,11 +19,34 @@ from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
+from everruns.store.idempotency import Busy, Mismatch, Replay
+from everruns.store.records import dumps
 
 #: How often `follow` looks for new events in the database.
 FOLLOW_POLL = 0.2
 #: How many runs an id prefix is looked for among (the search also matches input and result).
 PREFIX_SCAN = 500
+
+
+async def started_once(store: Store, key: str, spec: AgentSpec, input: str | None) -> str:
+    """`everruns start --idempotency-key` on a database: the run of the first start with
+    this key (same table and rules as the API's keys, in the scope `local`)."""
+    body = dumps({"spec": spec.to_dict(), "input": input}).encode()
+    print_ = fingerprint("CLI", "start", b"", body)
+    begun = await store.idempotency.begin("local", key, print_)
+    if isinstance(begun, Replay):
+        return str(json.loads(begun.body)["id"])
+    if isinstance(begun, Mismatch):
+        raise CliError(f"idempotency key {key!r} was already used to start a different run")
+    if isinstance(begun, Busy):
+        raise CliError(f"another start with idempotency key {key!r} is still in progress")
+    try:
+        run_id = await store.create_run(spec, input)
+    except BaseException:
+        await store.idempotency.abandon("local", key)
+        raise
+    await store.idempotency.finish("local", key, 201, dumps({"id": run_id}), "application/json")
+    return run_id
 
 
 def view(row: RunRow) -> RunView:
@@ -44,8 +70,12 @@ class LocalBackend:
         rows = await self.store.list_runs(search=prefix, limit=PREFIX_SCAN)
         return [r.id for r in rows if r.id.startswith(prefix)]
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        return await self.store.create_run(spec, input)
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+    ) -> str:
+        if idempotency_key is None:
+            return await self.store.create_run(spec, input)
+        return await started_once(self.store, idempotency_key, spec, input)
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.store.get_run(run_id))
@@ -102,6 +132,17 @@ class LocalBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
+
+    async def steer(self, run_id: str, text: str) -> int:
+        return (await self.store.steer(run_id, text)).seq
+
+    async def interrupt(self, run_id: str) -> tuple[str, int | None]:
+        outcome, event, before = await self.store.interrupt(run_id)
+        if event is not None or outcome != "requested":
+            return outcome, event.seq if event else None
+        kinds = frozenset({EventType.RUN_INTERRUPTED, *TERMINAL_EVENTS})
+        seq = await wait_for_event(self.store, run_id, before, kinds)
+        return ("interrupted" if seq else "requested"), seq
 
     async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
         return (await self.store.change_limits(run_id, limits, by="cli")).data

@@ -45,10 +45,13 @@ class RemoteBackend:
         items, _ = await self.client.runs.list(q=prefix, limit=500)
         return [r.id for r in items if r.id.startswith(prefix)]
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+    ) -> str:
         # The server imports tools from its own path: a local file's directories stay here.
         body = spec.model_copy(update={"python_path": None}).to_dict()
-        return (await self.client.runs.start(spec=body, input=input)).id
+        run = await self.client.runs.start(spec=body, input=input, idempotency_key=idempotency_key)
+        return run.id
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.client.runs.get(run_id))
@@ -82,6 +85,16 @@ class RemoteBackend:
         if seq is None:
             raise CliError(f"the server did not journal the message to {run_id}")
         return seq
+
+    async def steer(self, run_id: str, text: str) -> int:
+        seq = (await self.client.runs.steer(run_id, text)).seq
+        if seq is None:
+            raise CliError(f"the server did not journal the steer of {run_id}")
+        return seq
+
+    async def interrupt(self, run_id: str) -> tuple[str, int | None]:
+        receipt = await self.client.runs.interrupt(run_id)
+        return receipt.outcome, receipt.seq
 
     async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
         return (await self.client.runs.set_limits(run_id, **limits)).data

@@ -64,6 +64,13 @@ def start(
     json_out: JsonOption = False,
     server: ServerOption = None,
     token: TokenOption = None,
+    idempotency_key: Annotated[
+        str | None,
+        typer.Option(
+            "--idempotency-key",
+            help="Start at most one run for this key: a repeat prints the same run id.",
+        ),
+    ] = None,
 ) -> None:
     """Queue a new run and print its id; a worker executes it.
 
@@ -73,7 +80,7 @@ def start(
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
         async with open_backend(db, server, token, create=True) as backend:
-            run_id = await backend.start_run(loaded, input)
+            run_id = await backend.start_run(loaded, input, idempotency_key)
         if json_out:
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:

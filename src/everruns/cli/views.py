@@ -86,6 +86,8 @@ def status_table(run: RunView, waits_for: list[dict[str, Any]] | None = None) ->
     table.add_row("created", format_status_time(run.created_at))
     if run.result is not None:
         table.add_row("result", run.result)
+    if run.outcome is not None:
+        table.add_row("outcome", run.outcome.replace("_", " "))  # the grader's verdict
     if run.error:
         table.add_row("error", f"{run.error.get('reason')}: {run.error.get('message')}")
     return table

@@ -16,7 +16,16 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, MemoryItem, Run, Schedule
+from everruns.client.models import (
+    Agent,
+    Delivery,
+    Event,
+    MemoryItem,
+    Receipt,
+    Run,
+    Schedule,
+    Webhook,
+)
 
 T = TypeVar("T")
 
@@ -24,12 +33,32 @@ T = TypeVar("T")
 class _Shell:
     def __init__(self, http: httpx.AsyncClient):
         self._http = http
+        self._send_policy = core.SendPolicy()
 
     async def _send(self, call: core.Call[T]) -> T:
-        response = await self._http.request(
-            call.method, call.path, params=call.params, json=call.body
-        )
-        return call.result(response)
+        """Send, retrying connection errors and 5xx replies per `core.SendPolicy` (a
+        state-changing call keeps its idempotency key across the retries)."""
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                response = await self._http.request(
+                    call.method,
+                    call.path,
+                    params=call.params,
+                    json=call.body,
+                    headers=call.headers(),
+                )
+            except core.RETRYABLE:
+                delay = self._send_policy.retry_after(attempt, None)
+                if delay is None:
+                    raise
+                await asyncio.sleep(delay)
+                continue
+            delay = self._send_policy.retry_after(attempt, response)
+            if delay is None:
+                return call.result(response)
+            await asyncio.sleep(delay)
 
 
 class Agents(_Shell):
@@ -94,6 +123,31 @@ class Secrets(_Shell):
         return await self._send(core.list_secrets())
 
 
+class Webhooks(_Shell):
+    """Global webhooks (every run's events), and the deliveries of all webhooks."""
+
+    async def create(
+        self,
+        url: str,
+        events: builtins.list[str],
+        *,
+        secret_ref: str | None = None,
+        run_id: str | None = None,
+    ) -> Webhook:
+        return await self._send(core.create_webhook(url, events, secret_ref, run_id))
+
+    async def list(self) -> builtins.list[Webhook]:
+        return await self._send(core.list_webhooks())
+
+    async def delete(self, webhook_id: str) -> None:
+        await self._send(core.delete_webhook(webhook_id))
+
+    async def deliveries(
+        self, *, run_id: str | None = None, status: str | None = None
+    ) -> builtins.list[Delivery]:
+        return await self._send(core.deliveries(run_id, status))
+
+
 class Runs(_Shell):
     def __init__(self, http: httpx.AsyncClient, policy: core.RetryPolicy):
         super().__init__(http)
@@ -106,8 +160,14 @@ class Runs(_Shell):
         input: str | None = None,
         spec: dict[str, Any] | None = None,
         version: int | None = None,
+        idempotency_key: str | None = None,
+        webhooks: builtins.list[dict[str, Any]] | None = None,
     ) -> Run:
-        return await self._send(core.start_run(agent, input, spec, version))
+        """Start a run. `idempotency_key`: a repeat with the same key returns this run;
+        `webhooks`: [{url, events, secret_ref}] told about this run's events."""
+        return await self._send(
+            core.start_run(agent, input, spec, version, idempotency_key, webhooks)
+        )
 
     async def get(self, run_id: str) -> Run:
         return await self._send(core.get_run(run_id))
@@ -133,8 +193,18 @@ class Runs(_Shell):
     async def resume(self, run_id: str) -> str:
         return await self._send(core.control(run_id, "resume"))
 
-    async def message(self, run_id: str, content: str) -> Event:
-        return await self._send(core.message(run_id, content))
+    async def message(self, run_id: str, content: str, idempotency_key: str | None = None) -> Event:
+        """A user message: folded in once the current LLM call and tool calls resolve."""
+        return await self._send(core.message(run_id, content, idempotency_key))
+
+    async def steer(self, run_id: str, content: str, idempotency_key: str | None = None) -> Receipt:
+        """Redirect the run now: journaled at once, injected at the next step boundary of
+        the current turn (tool calls the model planned but not started are skipped)."""
+        return await self._send(core.steer(run_id, content, idempotency_key))
+
+    async def interrupt(self, run_id: str, idempotency_key: str | None = None) -> Receipt:
+        """Stop the in-flight LLM call and tools now and park the run for a message."""
+        return await self._send(core.interrupt(run_id, idempotency_key))
 
     async def approve(self, run_id: str, call_id: str) -> Event:
         return await self._send(core.decide(run_id, call_id, approve=True))
@@ -234,6 +304,7 @@ class AsyncClient:
         )
         self._meta = _Shell(self._http)
         self.agents = Agents(self._http)
+        self.webhooks = Webhooks(self._http)
         self.schedules = Schedules(self._http)
         self.secrets = Secrets(self._http)
         self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))

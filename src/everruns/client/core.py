@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import time
+import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,10 +24,13 @@ from everruns.client.models import (
     TERMINAL_EVENTS,
     Agent,
     ApiError,
+    Delivery,
     Event,
     MemoryItem,
+    Receipt,
     Run,
     Schedule,
+    Webhook,
 )
 
 T = TypeVar("T")
@@ -54,19 +58,57 @@ def raise_for(response: httpx.Response) -> None:
     raise ApiError(response.status_code, problem)
 
 
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+
+
 @dataclass(frozen=True)
 class Call(Generic[T]):
-    """One API operation: what to send and how to read the answer."""
+    """One API operation: what to send and how to read the answer.
+
+    A state-changing call carries an `Idempotency-Key` (a fresh one unless the caller
+    gave `key`), the same on every retry, so a retried call has one effect."""
 
     method: str
     path: str
     parse: Callable[[Any], T]
     params: dict[str, Any] | None = None
     body: Any = None
+    key: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.key is None and self.method in STATE_CHANGING:
+            object.__setattr__(self, "key", str(uuid.uuid4()))
+
+    def headers(self) -> dict[str, str]:
+        return {"Idempotency-Key": self.key} if self.key else {}
 
     def result(self, response: httpx.Response) -> T:
         raise_for(response)
         return self.parse(None if response.status_code == 204 else response.json())
+
+
+@dataclass(frozen=True)
+class SendPolicy:
+    """How a call is retried: after a connection error or a 5xx reply, `attempts` times in
+    all, waiting `delay * 2**n` (capped at `max_delay`). Safe for state-changing calls
+    because they carry an idempotency key; a GET is safe anyway."""
+
+    attempts: int = 4
+    delay: float = 0.25
+    max_delay: float = 4.0
+
+    def retry_after(self, attempt: int, response: httpx.Response | None) -> float | None:
+        """The wait before attempt `attempt + 1`, or None to stop (give the answer back).
+        `response` None: the attempt failed with a connection error."""
+        if attempt >= self.attempts:
+            return None
+        if response is not None and response.status_code < 500:
+            return None
+        return min(self.delay * 2 ** (attempt - 1), self.max_delay)
+
+
+#: Errors after which a call is retried (the request may or may not have arrived).
+RETRYABLE: tuple[type[Exception], ...] = (httpx.TransportError,)
 
 
 def _outcome(reply: Any) -> str:
@@ -176,10 +218,17 @@ def clear_memory(agent: str) -> Call[None]:
 
 
 def start_run(
-    agent: str | None, input: str | None, spec: dict[str, Any] | None, version: int | None
+    agent: str | None,
+    input: str | None,
+    spec: dict[str, Any] | None,
+    version: int | None,
+    idempotency_key: str | None = None,
+    webhooks: list[dict[str, Any]] | None = None,
 ) -> Call[Run]:
-    body = _no_none({"agent": agent, "spec": spec, "input": input, "version": version})
-    return Call("POST", "/v1/runs", Run.model_validate, body=body)
+    body = _no_none(
+        {"agent": agent, "spec": spec, "input": input, "version": version, "webhooks": webhooks}
+    )
+    return Call("POST", "/v1/runs", Run.model_validate, body=body, key=idempotency_key)
 
 
 def get_run(run_id: str) -> Call[Run]:
@@ -198,9 +247,46 @@ def control(run_id: str, action: str) -> Call[str]:
     return Call("POST", f"/v1/runs/{run_id}/{action}", _outcome)
 
 
-def message(run_id: str, content: str) -> Call[Event]:
+def message(run_id: str, content: str, idempotency_key: str | None = None) -> Call[Event]:
     body = {"content": content}
-    return Call("POST", f"/v1/runs/{run_id}/messages", Event.model_validate, body=body)
+    path = f"/v1/runs/{run_id}/messages"
+    return Call("POST", path, Event.model_validate, body=body, key=idempotency_key)
+
+
+def steer(run_id: str, content: str, idempotency_key: str | None = None) -> Call[Receipt]:
+    body = {"content": content}
+    path = f"/v1/runs/{run_id}/steer"
+    return Call("POST", path, Receipt.model_validate, body=body, key=idempotency_key)
+
+
+def interrupt(run_id: str, idempotency_key: str | None = None) -> Call[Receipt]:
+    path = f"/v1/runs/{run_id}/interrupt"
+    return Call("POST", path, Receipt.model_validate, key=idempotency_key)
+
+
+def create_webhook(
+    url: str, events: list[str], secret_ref: str | None, run_id: str | None
+) -> Call[Webhook]:
+    body = _no_none({"url": url, "events": events, "secret_ref": secret_ref, "run_id": run_id})
+    return Call("POST", "/v1/webhooks", Webhook.model_validate, body=body)
+
+
+def list_webhooks() -> Call[list[Webhook]]:
+    return Call("GET", "/v1/webhooks", lambda items: [Webhook.model_validate(w) for w in items])
+
+
+def delete_webhook(webhook_id: str) -> Call[None]:
+    return Call("DELETE", f"/v1/webhooks/{webhook_id}", lambda _reply: None)
+
+
+def deliveries(run_id: str | None, status: str | None) -> Call[list[Delivery]]:
+    params = _no_none({"run_id": run_id, "status": status})
+    return Call(
+        "GET",
+        "/v1/webhooks/deliveries",
+        lambda items: [Delivery.model_validate(d) for d in items],
+        params=params,
+    )
 
 
 def decide(run_id: str, call_id: str, approve: bool, reason: str = "") -> Call[Event]:

@@ -52,6 +52,7 @@ class Run(BaseModel):
     last_seq: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    outcome: str | None = None  # the grader's verdict: satisfied | not_satisfied | revising
     # From a list: input and result cut to their first 200 characters (`runs.get` has them whole).
     truncated: bool = False
 
@@ -74,6 +75,39 @@ class Event(BaseModel):
     seq: int | None = None  # None for ephemeral events (token deltas)
     ts: float | None = None
     ephemeral: bool = False
+
+
+class Receipt(BaseModel):
+    """What a run verb (steer, interrupt, cancel) produced: the seq of its event (None while
+    the run's worker has not journaled it yet)."""
+
+    id: str
+    outcome: str
+    seq: int | None = None
+
+
+class Webhook(BaseModel):
+    id: str
+    url: str
+    events: list[str]
+    secret_ref: str | None = None
+    run_id: str | None = None
+    created_at: float = 0.0
+
+
+class Delivery(BaseModel):
+    id: str
+    webhook: str
+    url: str
+    run_id: str
+    seq: int
+    event_type: str
+    status: str
+    attempts: int = 0
+    history: list[dict[str, Any]] = []
+    next_attempt_at: float | None = None
+    created_at: float = 0.0
+    delivered_at: float | None = None
 
 
 class Schedule(BaseModel):

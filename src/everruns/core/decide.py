@@ -25,7 +25,7 @@ class CallPlan:
     call: CallState
     attempt: int
     # run | interrupt (at_most_once found started-but-unfinished) | request_approval
-    # | deny | wake (a durable sleep is over)
+    # | deny | wake (a durable sleep is over) | skip (not started; a steer came first)
     action: str = "run"
 
     @property
@@ -63,11 +63,18 @@ class Compact:
 
 
 @dataclass(frozen=True)
+class Grade:
+    """Ask the grader of `outcome:` about the last answer (core/outcome.py)."""
+
+    iteration: int
+
+
+@dataclass(frozen=True)
 class Idle:
     """Nothing to do: terminal, or waiting for a signal."""
 
 
-Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle
+Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle | Grade
 
 
 def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
@@ -110,6 +117,9 @@ def _plan_calls(
             else:
                 plans.append(CallPlan(call, call.attempt, "wake"))
             continue
+        if state.steer_pending and call.status == CallStatus.PENDING:
+            plans.append(CallPlan(call, call.attempt, "skip"))  # the steer redirects the turn
+            continue
         if call.approval == "denied":
             plans.append(CallPlan(call, call.attempt, "deny"))
             continue
@@ -133,8 +143,8 @@ def decide(
     state: State, spec: AgentSpec, now: float, effects: dict[str, str] | None = None
 ) -> Atom:
     """What to do next. `effects` maps tool name to its declared effect class."""
-    if state.terminal:
-        return Idle()
+    if state.terminal or state.interrupted:
+        return Idle()  # an interrupted run waits for the next user message
     if state.calls:
         return _plan_calls(state, effects or {}, set(spec.approvals.require_for), now)
     last = state.messages[-1] if state.messages else None
@@ -146,6 +156,8 @@ def decide(
             return Complete(result=state.prior_result)
         policy = spec.model.on_truncated
         if not state.truncated or policy == "accept":
+            if spec.outcome is not None and state.graded_at != len(state.messages):
+                return Grade(iteration=state.iteration + 1)
             return Complete(result=last.get("content") or "")
         if policy == "fail":
             return Fail(

@@ -42,6 +42,10 @@ class EventType(StrEnum):
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_GRANTED = "approval.granted"
     APPROVAL_DENIED = "approval.denied"
+    # run API verbs (issue 19): interrupt, and the grader of `outcome:`
+    RUN_INTERRUPTED = "run.interrupted"  # the in-flight atom was cut; waits for a message
+    OUTCOME_GRADING = "outcome.grading"  # the grader call started (an atom, like llm.started)
+    OUTCOME_GRADED = "outcome.graded"  # its verdict, feedback and usage
     # budgets (issue 11)
     LLM_CHARGED = "llm.charged"  # the charge of an attempt that ended with no answer of its own
     LIMITS_CHANGED = "limits.changed"  # a run's limits raised (or lowered) from outside
@@ -93,6 +97,9 @@ TOOLS_LISTED = EventType.TOOLS_LISTED
 APPROVAL_REQUESTED = EventType.APPROVAL_REQUESTED
 APPROVAL_GRANTED = EventType.APPROVAL_GRANTED
 APPROVAL_DENIED = EventType.APPROVAL_DENIED
+RUN_INTERRUPTED = EventType.RUN_INTERRUPTED
+OUTCOME_GRADING = EventType.OUTCOME_GRADING
+OUTCOME_GRADED = EventType.OUTCOME_GRADED
 # budgets (issue 11)
 LLM_CHARGED = EventType.LLM_CHARGED
 LIMITS_CHANGED = EventType.LIMITS_CHANGED
@@ -112,6 +119,7 @@ NOT_PROGRESS = frozenset(
         TOOLS_LISTED,
         LLM_FALLBACK,
         APPROVAL_REQUESTED,
+        OUTCOME_GRADING,
         LLM_CHARGED,
     }
 )
@@ -119,6 +127,13 @@ NOT_PROGRESS = frozenset(
 SIGNALS = frozenset(
     {MESSAGE_USER, APPROVAL_GRANTED, APPROVAL_DENIED, CHILD_FINISHED, LIMITS_CHANGED}
 )
+
+USER_INTERRUPTED_MESSAGE = (
+    "interrupted by the user: this tool call was stopped before it reported a result; "
+    "the tool is at_most_once, so its outcome is unknown"
+)
+USER_CANCELLED_MESSAGE = "interrupted by the user: the call was cancelled before it finished"
+SKIPPED_MESSAGE = "not run: the user redirected the run before this call started"
 
 INTERRUPTED_MESSAGE = (
     "interrupted: the worker executing this tool call stopped before it reported a result; "
@@ -225,6 +240,9 @@ class RunForked(TypedDict):
 
 class MessageUser(TypedDict):
     content: str
+    # A steer (POST /v1/runs/{id}/steer): injected at the next step boundary of the current
+    # turn; tool calls the model planned but did not start are skipped for it.
+    steer: NotRequired[bool]
 
 
 class LLMStarted(TypedDict):
@@ -300,6 +318,7 @@ class ToolFailed(TypedDict):
     name: str
     error: str
     interrupted: NotRequired[bool]  # at_most_once call found in flight after a crash
+    skipped: NotRequired[bool]  # not started: a steer or an interrupt came first
     denied: NotRequired[bool]  # a human denied the approval
     files: NotRequired[dict[str, str | None]]
 
@@ -360,6 +379,32 @@ class ApprovalDenied(TypedDict):
     reason: str | None
 
 
+class RunInterrupted(TypedDict):
+    """An interrupt cut the in-flight atom; the run waits for the next user message."""
+
+    by: str
+    llm: NotRequired[dict[str, Any]]  # the LLM call that was cut: attempt, model
+    tools: NotRequired[list[dict[str, Any]]]  # each call cut: call_id, name, effect, outcome
+
+
+class OutcomeGrading(TypedDict):
+    iteration: int
+    model: str
+
+
+class OutcomeGraded(TypedDict):
+    """The grader's verdict on the answer of `iteration`. `verdict` is satisfied,
+    not_satisfied (the last iteration failed), or revising (the feedback goes back to the
+    agent as a user message)."""
+
+    iteration: int
+    passed: bool
+    feedback: str
+    verdict: str
+    usage: Usage
+    model: str
+
+
 # budgets (issue 11)
 
 
@@ -411,6 +456,9 @@ PAYLOADS: dict[EventType, type] = {
     APPROVAL_REQUESTED: ApprovalRequested,
     APPROVAL_GRANTED: ApprovalGranted,
     APPROVAL_DENIED: ApprovalDenied,
+    RUN_INTERRUPTED: RunInterrupted,
+    OUTCOME_GRADING: OutcomeGrading,
+    OUTCOME_GRADED: OutcomeGraded,
     LLM_CHARGED: LLMCharged,
     LIMITS_CHANGED: LimitsChanged,
 }

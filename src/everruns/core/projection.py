@@ -28,10 +28,12 @@ from everruns.core.events import (
     LLM_FAILED,
     MESSAGE_USER,
     NOT_PROGRESS,
+    OUTCOME_GRADED,
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_FAILED,
     RUN_FORKED,
+    RUN_INTERRUPTED,
     RUN_PAUSED,
     RUN_RESUMED,
     RUN_STARTED,
@@ -123,8 +125,19 @@ def project(
             _usage(update, data.get("usage"))
         elif kind in (LLM_FAILED, CONTEXT_COMPACTED, LLM_CHARGED):
             _usage(update, data.get("usage"))
+        elif kind == OUTCOME_GRADED:  # the grader's cost is the run's
+            _usage(update, data.get("usage"))
+            update.set["verdict"] = data.get("verdict")
+        elif kind == RUN_INTERRUPTED:  # parked until the next user message
+            update.set.update(
+                status=RunStatus.WAITING,
+                interrupt_requested=False,
+                steer_requested=False,
+                **_UNLEASED,
+            )
         elif kind == RUN_COMPLETED:
             update.set.update(status=RunStatus.COMPLETED, result=data.get("result"), **_UNLEASED)
+            update.set.update(interrupt_requested=False, steer_requested=False)
         elif kind == RUN_FAILED:
             error = {"reason": data.get("reason"), "message": data.get("error")}
             update.set.update(status=RunStatus.FAILED, error=error, **_UNLEASED)

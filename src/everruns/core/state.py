@@ -22,11 +22,14 @@ from everruns.core.events import (
     LLM_FAILED,
     LLM_STARTED,
     MESSAGE_USER,
+    OUTCOME_GRADED,
+    OUTCOME_GRADING,
     RUN_CANCELLED,
     RUN_COMPLETED,
     RUN_CREATED,
     RUN_FAILED,
     RUN_FORKED,
+    RUN_INTERRUPTED,
     RUN_PAUSED,
     RUN_RESUMED,
     RUN_STARTED,
@@ -112,6 +115,16 @@ class State:
     # Running prefix sums of the messages' sizes (core/context.py): the context estimate
     # costs O(1) per LLM call however long the run. Messages never change once folded.
     char_prefix: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
+    # Steer and interrupt (issue 19): a steer in the inbox skips calls not yet started;
+    # after an interrupt the run waits for the next user message.
+    steer_pending: bool = False
+    interrupted: bool = False
+    # Outcomes: the grader's last verdict, how many answers it graded this turn, and the
+    # length of `messages` when it graded (the answer then last is graded).
+    verdict: str | None = None
+    iteration: int = 0
+    graded_at: int = -1
+    grader_calls: int = 0
 
     @property
     def terminal(self) -> bool:
@@ -137,6 +150,13 @@ def _flush_inbox(state: State) -> None:
     if not state.busy and state.inbox:
         state.messages.extend(state.inbox)
         state.inbox = []
+        state.steer_pending = False
+
+
+GRADER_FEEDBACK = (
+    "A grader checked your answer against the rubric and found it not yet satisfactory "
+    "(iteration {iteration} of {limit}). Feedback:\n{feedback}\n\nRevise your answer."
+)
 
 
 def add_usage(state: State, usage: dict[str, Any] | None) -> None:
@@ -214,7 +234,11 @@ def apply(state: State, event: Event) -> State:
         state.llm_in_flight = False
     elif kind == MESSAGE_USER:
         state.inbox.append({"role": "user", "content": data["content"]})
+        state.steer_pending = state.steer_pending or bool(data.get("steer"))
+        state.interrupted = False
         if state.status in (RunStatus.COMPLETED, RunStatus.FAILED):
+            state.iteration = 0  # a new turn: its answers are graded afresh
+            state.verdict = None
             state.status = RunStatus.QUEUED
             if state.result is not None:
                 state.prior_result = state.result
@@ -303,6 +327,15 @@ def apply(state: State, event: Event) -> State:
             call.denial = data.get("reason") if kind == APPROVAL_DENIED else None
     elif kind == TOOL_FAILED:
         _tool_result(state, data, data.get("error", "tool failed"), is_error=True)
+    elif kind == RUN_INTERRUPTED:
+        state.llm_in_flight = False
+        state.interrupted = True
+        state.status = RunStatus.WAITING
+        state.wake_at = None
+    elif kind == OUTCOME_GRADING:
+        state.grader_calls += 1
+    elif kind == OUTCOME_GRADED:
+        _apply_grade(state, data)
     elif kind == RUN_WAITING:
         state.status = RunStatus.WAITING
         state.wake_at = data.get("wake_at")
@@ -324,6 +357,22 @@ def apply(state: State, event: Event) -> State:
         state.error = data
     _flush_inbox(state)
     return state
+
+
+def _apply_grade(state: State, data: dict[str, Any]) -> None:
+    """The grader's verdict on the last answer; a failing one sends its feedback back to
+    the agent as a user message (stored once, in this event)."""
+    add_usage(state, data.get("usage"))
+    state.iteration = int(data.get("iteration", state.iteration + 1))
+    state.verdict = data.get("verdict")
+    state.graded_at = len(state.messages)
+    if state.verdict == "revising":
+        feedback = GRADER_FEEDBACK.format(
+            iteration=state.iteration,
+            limit=data.get("max_iterations", "?"),
+            feedback=data.get("feedback") or "(none given)",
+        )
+        state.inbox.append({"role": "user", "content": feedback})
 
 
 def _apply_effects(state: State, data: dict[str, Any]) -> None:

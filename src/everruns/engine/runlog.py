@@ -73,6 +73,10 @@ class RunLog:
         self._carry.append((kind, data))
         return event
 
+    def carried(self, kind: str) -> list[dict[str, Any]]:
+        """The data of the carried (folded, not yet committed) events of `kind`."""
+        return [data for carried, data in self._carry if carried == kind]
+
     def carried_charge(self) -> Ledger:
         """What the carried (folded, not yet committed) events charged: the tree's sums
         in the store do not have it yet."""

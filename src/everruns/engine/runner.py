@@ -16,11 +16,13 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from everruns.core.decide import Act, Compact, Complete, Fail, Reason, Wait, decide
+from everruns.core.decide import Act, Compact, Complete, Fail, Grade, Reason, Wait, decide
 from everruns.core.events import EventType
+from everruns.core.interrupt import cut
 from everruns.core.state import State
 from everruns.engine import framework
 from everruns.engine.broker import Broker
+from everruns.engine.grader import grade
 from everruns.engine.keys import bindings
 from everruns.engine.llm_step import LLMStep, lost_attempt_charge
 from everruns.engine.mcp_tools import load_mcp_tools
@@ -56,6 +58,7 @@ class StopReason:
     CANCEL = "cancel"  # a user cancelled the run
     SHUTDOWN = "shutdown"  # the worker is stopping: release the lease
     LOST = "lost"  # the lease was taken over: write nothing
+    INTERRUPT = "interrupt"  # a user interrupted the atom: journal the cut, park the run
 
 
 class RunRunner:
@@ -71,6 +74,7 @@ class RunRunner:
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False
+        self.steer_requested = False  # a steer was journaled: fold it in before deciding
         self.spec: AgentSpec | None = None
         self.origin = "api"  # where the spec came from (the agent version says)
         self.tools: dict[str, Tool] = {}
@@ -131,6 +135,8 @@ class RunRunner:
                 await asyncio.shield(self._finish_cancelled())
             elif reason == StopReason.SHUTDOWN:
                 await asyncio.shield(self._release_for_shutdown())
+            elif reason == StopReason.INTERRUPT:
+                await asyncio.shield(self._finish_interrupted())
         except Fenced:
             pass
 
@@ -143,6 +149,33 @@ class RunRunner:
             EventType.RUN_CANCELLED,
             {"reason": "cancelled by user"},
         )
+
+    async def _finish_interrupted(self) -> None:
+        """Journal what the interrupt cut (core/interrupt.py) and park the run: the
+        `run.interrupted` append releases the lease; the next user message wakes it."""
+        # The LLM call the interrupt stopped is charged (llm.charged, carried): name it.
+        stopped = [c for c in self.log.carried(EventType.LLM_CHARGED) if c.get("reason")]
+        await self.log.flush()
+        await self.log.refold()  # signals journaled meanwhile
+        if self.state.terminal:
+            return
+        effects = {name: t.effect for name, t in self.tools.items()}
+        results, summary = cut(self.state, effects)
+        if stopped and "llm" not in summary:
+            summary["llm"] = {
+                "attempt": stopped[-1].get("attempt"),
+                "model": stopped[-1].get("model"),
+            }
+        for kind, data in results:
+            await self.log.append(kind, data, defer=True)
+        await self.log.append(EventType.RUN_INTERRUPTED, summary)
+
+    async def _take_steer(self) -> None:
+        """A steer was journaled: fold it in now, so `decide` skips the calls not started."""
+        self.steer_requested = False
+        await self.log.flush()
+        await self.store.clear_steer(self.run_id, self.epoch)
+        await self.log.refold()
 
     async def _run(self) -> None:
         try:
@@ -231,7 +264,12 @@ class RunRunner:
                     {"by": "user"},
                 )
                 return
+            if self.steer_requested:
+                await self._take_steer()
             atom = decide(self.state, spec, time.time(), effects)
+            if isinstance(atom, Grade):
+                await grade(self.log, self.store, settings, spec, atom, self.origin)
+                continue
             if isinstance(atom, Reason):
                 waiting = await llm.reason(atom)
                 if waiting is not None:

@@ -14,7 +14,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from everruns.core.decide import Act, CallPlan
-from everruns.core.events import INTERRUPTED_MESSAGE, EventType
+from everruns.core.events import INTERRUPTED_MESSAGE, SKIPPED_MESSAGE, EventType
 from everruns.core.state import CallState
 from everruns.engine.runlog import RunLog
 from everruns.engine.subagents import Subagents
@@ -71,6 +71,11 @@ class ToolStep:
         if plan.action == "interrupt":
             await self.log.append(
                 EventType.TOOL_FAILED, {**base, "error": INTERRUPTED_MESSAGE, "interrupted": True}
+            )
+            return
+        if plan.action == "skip":  # a steer redirected the turn before this call started
+            await self._resolve_call(
+                EventType.TOOL_FAILED, {**base, "error": SKIPPED_MESSAGE, "skipped": True}
             )
             return
         if plan.action == "deny":

@@ -25,6 +25,7 @@ from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
 from everruns.engine.signals import Listener
+from everruns.engine.webhooks import Deliverer
 from everruns.settings import Settings, load_settings
 from everruns.store import Claim, Store, new_id
 from everruns.tools import sandbox
@@ -105,6 +106,8 @@ class Worker:
         background = [
             asyncio.create_task(self._renew_loop()),
             asyncio.create_task(self._control_loop()),
+            # Webhooks: every worker delivers from the outbox (engine/webhooks.py).
+            asyncio.create_task(Deliverer(self.store, self.options.settings).run()),
         ]
         if self.listener is not None:
             self.listener.start()
@@ -237,8 +240,8 @@ class Worker:
                     self._interrupt(task, runner, StopReason.CANCEL)
 
     async def _control_loop(self) -> None:
-        """SQLite (or PostgreSQL without its LISTEN connection): look for cancel and pause
-        requests of this worker's runs every `control_interval`, so a cancel reaches the
+        """SQLite (or PostgreSQL without its LISTEN connection): look for cancel, pause,
+        interrupt and steer requests of this worker's runs every `control_interval`, so a cancel reaches the
         in-flight LLM call or tool within that time instead of at the next lease renewal."""
         while True:
             await asyncio.sleep(self.control_interval)
@@ -265,15 +268,18 @@ class Worker:
         except Exception:
             log.warning("reading control requests failed; retrying", exc_info=True)
             return
-        for run_id, (cancel, pause) in requests.items():
+        for run_id, request in requests.items():
             entry = self.active.get(run_id)
             if entry is None:
                 continue
             task, runner = entry
-            if cancel:
+            if request.cancel:
                 self._interrupt(task, runner, StopReason.CANCEL)
-            elif pause:
-                runner.pause_requested = True
+            elif request.interrupt:
+                self._interrupt(task, runner, StopReason.INTERRUPT)
+            else:
+                runner.pause_requested = runner.pause_requested or request.pause
+                runner.steer_requested = runner.steer_requested or request.steer
 
     @staticmethod
     def _interrupt(task: asyncio.Task[None], runner: RunRunner, reason: str) -> None:

@@ -39,7 +39,7 @@ class LLMRequest:
     tools: list[ToolSchema]
     step: int  # how many LLM answers the run has had so far
     attempt: int
-    purpose: str = "reason"  # reason | compaction
+    purpose: str = "reason"  # reason | compaction | grade
 
 
 @dataclass

@@ -4,6 +4,7 @@ that takes the run away from a dead or absent holder)."""
 
 from __future__ import annotations
 
+import json
 import time
 from typing import Any
 
@@ -14,13 +15,16 @@ from everruns.core.budget import effective_limits
 from everruns.core.decide import limit_breach
 from everruns.core.events import (
     LIMITS_CHANGED,
+    MESSAGE_USER,
     RUN_FORKED,
+    RUN_INTERRUPTED,
     RUN_PAUSED,
     RUN_RESUMED,
     TERMINAL_STATUSES,
     Event,
     RunStatus,
 )
+from everruns.core.interrupt import cut
 from everruns.core.projection import totals
 from everruns.core.state import fold
 from everruns.errors import RunNotFound, StoreError
@@ -47,6 +51,55 @@ class Control:
         and wake the run if it is parked; a message to a finished run starts a new turn."""
         async with self.db.engine.begin() as conn:
             return await self.journal.signal_in(conn, run_id, kind, data)
+
+    async def steer(self, run_id: str, content: str) -> Event:
+        """A user message that redirects the current turn: journaled at once; the holder
+        (told through `steer_requested`, like a cancel) folds it in before its next decision,
+        so calls the model planned but did not start are skipped and the model sees it next."""
+        async with self.db.engine.begin() as conn:
+            event = await self.journal.signal_in(
+                conn, run_id, MESSAGE_USER, {"content": content, "steer": True}
+            )
+            await conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id, runs.c.lease_owner.is_not(None))
+                .values(steer_requested=True)
+            )
+        return event
+
+    async def interrupt(self, run_id: str) -> tuple[str, Event | None, int]:
+        """Stop the in-flight atom and park the run until the next user message.
+
+        Returns (outcome, the `run.interrupted` event or None, last_seq before): "interrupted"
+        when no live worker holds the run (journaled here, after an epoch bump), "requested"
+        when its holder will cut the atom and journal it, or the status that made it moot
+        (a finished or paused run)."""
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            run = await self._locked_run(conn, run_id)
+            if run.status in TERMINAL_STATUSES or run.status == RunStatus.PAUSED:
+                return str(run.status), None, run.last_seq
+            if run.lease_owner is not None and (run.lease_expires_at or 0) >= now:
+                await conn.execute(
+                    sa.update(runs).where(runs.c.id == run_id).values(interrupt_requested=True)
+                )
+                return "requested", None, run.last_seq
+            rows = (
+                await conn.execute(
+                    sa.select(events.c.seq, events.c.type, events.c.ts, events.c.data)
+                    .where(events.c.run_id == run_id)
+                    .order_by(events.c.seq)
+                )
+            ).all()
+            state = fold([Event(r.seq, r.type, r.ts, json.loads(r.data)) for r in rows])
+            results, summary = cut(state, {})
+            await conn.execute(
+                sa.update(runs).where(runs.c.id == run_id).values(epoch=runs.c.epoch + 1)
+            )
+            appended = await self.journal.append(
+                run_id, run.epoch + 1, [*results, (RUN_INTERRUPTED, summary)], conn=conn
+            )
+            return "interrupted", appended[-1], run.last_seq
 
     async def cancel(self, run_id: str, reason: str = "cancelled by user") -> str:
         """Cancel a run: at once if no live worker holds it, else ask its worker.

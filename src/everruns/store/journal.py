@@ -34,8 +34,8 @@ from everruns.store.backend import Backend
 from everruns.store.ledger import tree_ledgers
 from everruns.store.notify import notify_appended
 from everruns.store.records import RunRow, dumps
-from everruns.store.schema import events, runs
-from everruns.store.writer import AppendRequest, JournalWriter
+from everruns.store.schema import events, runs, webhook_outbox
+from everruns.store.writer import OUTBOX_EVENTS, AppendRequest, JournalWriter
 
 
 class Journal:
@@ -146,6 +146,15 @@ class Journal:
                 for e in out
             ],
         )
+        outbox = [e for e in out if e.type in OUTBOX_EVENTS]
+        if outbox:  # webhooks hear of these (store/webhooks.py), from this same commit
+            await conn.execute(
+                webhook_outbox.insert(),
+                [
+                    {"run_id": run_id, "seq": e.seq, "type": e.type, "created_at": now}
+                    for e in outbox
+                ],
+            )
         ended = [e for e in out if e.type in TERMINAL_EVENTS]
         if ended:
             await self._after_end(conn, run_id, ended[-1])

@@ -62,6 +62,7 @@ class RunRow:
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+    verdict: str | None = None  # the grader's (an agent with `outcome:`)
     unpriced_calls: int = 0  # own calls of a model without a price
     limits: dict[str, Any] | None = None  # overrides of the spec's limits (`everruns budget`)
     tree: Ledger | None = None  # own + all descendants, when the store summed it

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterable
-from typing import Any
+from typing import Any, NamedTuple
 
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
@@ -313,21 +313,50 @@ class Runs:
 
     async def pause_requests(self, worker_id: str) -> set[str]:
         requests = await self.control_requests(worker_id)
-        return {run_id for run_id, (_cancel, pause) in requests.items() if pause}
+        return {run_id for run_id, request in requests.items() if request.pause}
 
     async def control_requests(
         self, worker_id: str, run_ids: list[str] | None = None
-    ) -> dict[str, tuple[bool, bool]]:
-        """{run_id: (cancel_requested, pause_requested)} for the worker's runs with a request."""
-        query = sa.select(runs.c.id, runs.c.cancel_requested, runs.c.pause_requested).where(
-            runs.c.lease_owner == worker_id,
-            sa.or_(runs.c.cancel_requested.is_(True), runs.c.pause_requested.is_(True)),
+    ) -> dict[str, ControlRequest]:
+        """The requests (cancel, pause, interrupt, steer) for the worker's runs that have one."""
+        flags = (
+            runs.c.cancel_requested,
+            runs.c.pause_requested,
+            runs.c.interrupt_requested,
+            runs.c.steer_requested,
+        )
+        query = sa.select(runs.c.id, *flags).where(
+            runs.c.lease_owner == worker_id, sa.or_(*(f.is_(True) for f in flags))
         )
         if run_ids is not None:
             query = query.where(runs.c.id.in_(run_ids))
         async with self.db.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return {r.id: (bool(r.cancel_requested), bool(r.pause_requested)) for r in rows}
+        return {
+            r.id: ControlRequest(
+                bool(r.cancel_requested),
+                bool(r.pause_requested),
+                bool(r.interrupt_requested),
+                bool(r.steer_requested),
+            )
+            for r in rows
+        }
+
+    async def clear_steer(self, run_id: str, epoch: int) -> None:
+        """The holder is folding the steers journaled so far in (a later steer sets it again)."""
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id, runs.c.epoch == epoch)
+                .values(steer_requested=False)
+            )
+
+
+class ControlRequest(NamedTuple):
+    cancel: bool
+    pause: bool
+    interrupt: bool = False
+    steer: bool = False
 
 
 def _claimable(now: float, only: list[str] | None, exclude: list[str] | None = None) -> Any:

@@ -47,6 +47,10 @@ runs = sa.Table(
     sa.Column("crashes", sa.Integer, nullable=False, server_default="0"),
     sa.Column("cancel_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     sa.Column("pause_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # An interrupt asked of the holder (migration 0011): stop the atom, park the run.
+    sa.Column("interrupt_requested", sa.Boolean, nullable=False, server_default=sa.false()),
+    # A steer was journaled: the holder folds it in before its next decision.
+    sa.Column("steer_requested", sa.Boolean, nullable=False, server_default=sa.false()),
     # Projection of the fold, for listing without reading the journal.
     sa.Column("steps", sa.Integer, nullable=False, server_default="0"),
     sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
@@ -61,6 +65,8 @@ runs = sa.Table(
     sa.Column("input", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # The grader's verdict (`outcome:` on the agent): satisfied | not_satisfied | revising.
+    sa.Column("verdict", sa.String(16), nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_runs_claim", "wake_at"),
@@ -185,4 +191,70 @@ agent_notes = sa.Table(
     sa.Column("idempotency_key", sa.String(255), nullable=True),
     sa.UniqueConstraint("agent_name", "idempotency_key", name="uq_agent_notes_idempotency"),
     sa.Index("ix_agent_notes_agent", "agent_name", "ts", "id"),
+)
+
+# ------------------------------------------------------------ run API verbs (migration 0011)
+
+# Idempotency-Key of state-changing API requests: the first request claims the key
+# (insert-first), its response is kept for a repeat until `expires_at` (>= 24 h).
+idempotency_keys = sa.Table(
+    "idempotency_keys",
+    metadata,
+    sa.Column("scope", sa.String(64), primary_key=True),  # sha256 of the caller's credential
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("fingerprint", sa.String(64), nullable=False),  # method, path and body
+    sa.Column("status", sa.Integer, nullable=True),  # NULL while the first request runs
+    sa.Column("body", sa.Text, nullable=True),
+    sa.Column("content_type", sa.String(128), nullable=True),
+    sa.Column("locked_until", sa.Float, nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("expires_at", sa.Float, nullable=False),
+    sa.Index("ix_idempotency_expires", "expires_at"),
+)
+
+# Webhook subscriptions: global (run_id NULL) or for one run. An agent's own
+# `webhooks:` live in its spec.
+webhooks = sa.Table(
+    "webhooks",
+    metadata,
+    sa.Column("id", sa.String(40), primary_key=True),
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("events", sa.Text, nullable=False),  # JSON list of event types
+    sa.Column("secret_ref", sa.String(128), nullable=True),
+    sa.Column("run_id", sa.String(40), nullable=True),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Index("ix_webhooks_run", "run_id"),
+)
+
+# The outbox: one row per journaled event a webhook may be told about, written by the
+# same commit as the event; the delivery loop fans it out into deliveries.
+webhook_outbox = sa.Table(
+    "webhook_outbox",
+    metadata,
+    sa.Column("run_id", sa.String(40), primary_key=True),
+    sa.Column("seq", sa.Integer, primary_key=True, autoincrement=False),
+    sa.Column("type", sa.String(48), nullable=False),
+    sa.Column("created_at", sa.Float, nullable=False),
+)
+
+webhook_deliveries = sa.Table(
+    "webhook_deliveries",
+    metadata,
+    sa.Column("id", sa.String(64), primary_key=True),  # stable: the receiver dedups by it
+    sa.Column("webhook", sa.String(80), nullable=False),  # a webhook id or agent:<n>
+    sa.Column("url", sa.Text, nullable=False),
+    sa.Column("secret_ref", sa.String(128), nullable=True),
+    sa.Column("run_id", sa.String(40), nullable=False),
+    sa.Column("seq", sa.Integer, nullable=False),
+    sa.Column("event_type", sa.String(48), nullable=False),
+    sa.Column("payload", sa.Text, nullable=False),
+    sa.Column("status", sa.String(16), nullable=False),  # pending | delivered | failed
+    sa.Column("attempts", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("history", sa.Text, nullable=False, server_default="[]"),  # last attempts
+    sa.Column("next_attempt_at", sa.Float, nullable=False),
+    sa.Column("locked_until", sa.Float, nullable=False, server_default="0"),
+    sa.Column("created_at", sa.Float, nullable=False),
+    sa.Column("delivered_at", sa.Float, nullable=True),
+    sa.Index("ix_webhook_deliveries_due", "status", "next_attempt_at"),
+    sa.Index("ix_webhook_deliveries_run", "run_id", "seq"),
 )

@@ -23,11 +23,14 @@ from everruns.store.blobs import Blobs
 from everruns.store.control import Control
 from everruns.store.fleet import Fleet
 from everruns.store.health import Health
+from everruns.store.idempotency import Idempotency
 from everruns.store.journal import Journal
 from everruns.store.ledger import Ledgers
 from everruns.store.memory import Memory
+from everruns.store.retention import Retention
 from everruns.store.runs import Runs
 from everruns.store.schedules import Schedules
+from everruns.store.webhooks import Webhooks
 from everruns.store.writer import JournalWriter
 
 
@@ -48,6 +51,9 @@ class Store:
         self.memory = memory = Memory(self.db)
         self.fleet = fleet = Fleet(self.db)
         self.blobs = blobs = Blobs(self.db)
+        self.idempotency = Idempotency(self.db)
+        self.webhooks = Webhooks(self.db, agents)
+        self.retention = Retention(self.db)
         self.ledgers = ledgers = Ledgers(self.db)
         self.health = Health(self.db, journal)
 
@@ -65,9 +71,12 @@ class Store:
         self.release = runs.release
         self.pause_requests = runs.pause_requests
         self.control_requests = runs.control_requests
+        self.clear_steer = runs.clear_steer
         # control signals
         self.signal = control.signal
         self.cancel = control.cancel
+        self.steer = control.steer
+        self.interrupt = control.interrupt
         self.pause = control.pause
         self.resume = control.resume
         self.fork = control.fork

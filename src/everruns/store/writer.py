@@ -37,6 +37,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from everruns.spec import WEBHOOK_EVENTS
+
 # Columns an append may set or increment (anything else is a programming error).
 SETTABLE = frozenset(
     {
@@ -49,6 +51,9 @@ SETTABLE = frozenset(
         "lease_expires_at",
         "cancel_requested",
         "pause_requested",
+        "interrupt_requested",
+        "steer_requested",
+        "verdict",
         "steps",
         "input_tokens",
         "output_tokens",
@@ -63,6 +68,10 @@ ADDABLE = frozenset(
 )
 SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
+# Events a webhook may subscribe to get a `webhook_outbox` row in the same commit
+# (store/webhooks.py fans it out into deliveries).
+OUTBOX_EVENTS = frozenset(WEBHOOK_EVENTS)
+_OUTBOX_SQL_LIST = ", ".join(f"'{kind}'" for kind in sorted(OUTBOX_EVENTS))
 
 
 class AppendRejected(Exception):
@@ -87,6 +96,11 @@ class AppendRequest:
     # parent: that stays on the SQLAlchemy path, in the same transaction).
     parentless: bool = False
 
+    @property
+    def outbox(self) -> bool:
+        """Some event of this append is one a webhook may be told about."""
+        return any(kind in OUTBOX_EVENTS for kind in self.types)
+
     def shape(self) -> tuple[Any, ...]:
         """What the SQL text depends on (the statement cache key)."""
         return (
@@ -96,6 +110,7 @@ class AppendRequest:
             self.epoch is None,
             self.expect_seq is None,
             self.parentless,
+            self.outbox,
         )
 
 
@@ -289,6 +304,16 @@ class SQLiteJournalWriter:
                     for i, (kind, data) in enumerate(zip(req.types, req.datas, strict=True))
                 ],
             )
+            if req.outbox:
+                conn.executemany(
+                    "INSERT INTO webhook_outbox (run_id, seq, type, created_at) "
+                    "VALUES (?, ?, ?, ?)",
+                    [
+                        (req.run_id, first + i, kind, req.ts)
+                        for i, kind in enumerate(req.types)
+                        if kind in OUTBOX_EVENTS
+                    ],
+                )
             outcomes.append(AppendOutcome(last))
         conn.execute("COMMIT")
         return outcomes
@@ -386,11 +411,18 @@ class PostgresJournalWriter:
             rows = ", ".join(
                 f"({i + 1}, %(type_{i})s, %(data_{i})s)" for i in range(len(req.types))
             )
+            # The outbox rows of webhook events, in the same statement (so the same commit).
+            outbox = (
+                ", ob AS (INSERT INTO webhook_outbox (run_id, seq, type, created_at) "
+                f"SELECT %(id)s, seq, type, %(ts)s FROM ins WHERE type IN ({_OUTBOX_SQL_LIST}))"
+                if req.outbox
+                else ""
+            )
             sql = (
                 f"WITH u AS (UPDATE runs SET {sets} WHERE {where} RETURNING last_seq), "
                 "ins AS (INSERT INTO events (run_id, seq, type, ts, data) "
                 "SELECT %(id)s, u.last_seq - %(n)s + e.ord, e.type, %(ts)s, e.data "
-                f"FROM u, (VALUES {rows}) AS e(ord, type, data) RETURNING seq) "
+                f"FROM u, (VALUES {rows}) AS e(ord, type, data) RETURNING seq, type){outbox} "
                 "SELECT m.s, pg_notify('everruns_events', %(id)s || ':' || m.s) "
                 "FROM (SELECT max(seq) AS s FROM ins) m WHERE m.s IS NOT NULL"
             )

@@ -1,5 +1,6 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
+import { VERB_EVENTS, mountVerbs, renderVerbEvent, verbStatus } from "./verbs.js";
 import { cacheHits } from "./cache.js";
 import { agentsPage } from "./agents.js";
 import { childrenPanel, costText, fetchPages, renderRunRows } from "./tree.js";
@@ -522,7 +523,7 @@ function runPage(runId) {
             { onsubmit: (e) => { e.preventDefault(); sendMessage(); } },
             h("label", { for: "message", class: "visually-hidden" }, "Message to the agent"),
             message,
-            h("div", { class: "row" }, sendBtn),
+            h("div", { class: "row", id: "composer-row" }, sendBtn),
           ),
         ),
       ),
@@ -550,6 +551,15 @@ function runPage(runId) {
       ),
     ),
   );
+
+  // Steer, interrupt, the grader's verdict and webhook deliveries (verbs.js).
+  const verbs = mountVerbs(runId, { h, api, act, toast }, {
+    message,
+    composerRow: main.querySelector("#composer-row"),
+    actions: main.querySelector(".run-side .actions"),
+    side: main.querySelector(".run-side"),
+    onChange: () => refreshRow().then(() => connect()).catch(() => {}),
+  });
 
   // ---- header, stats and buttons
   const renderHead = () => {
@@ -888,7 +898,7 @@ function runPage(runId) {
           title: ["Child run ", h("a", { href: `#/runs/${encodeURIComponent(d.run_id)}`, class: "mono" }, d.run_id), ` ${d.status}`],
         };
       default:
-        return {
+        return renderVerbEvent(ev, h) || {
           compact: true,
           title: h("strong", {}, ev.type),
           body: h("details", {}, h("summary", {}, "Data"), h("pre", {}, json(d))),
@@ -959,12 +969,12 @@ function runPage(runId) {
       case "llm.started": st.usage.calls += 1; break;
       case "llm.completed": st.steps += 1; endStream(false); break;
       case "llm.failed": endStream(true); break;
-      default: break;
+      default: st.status = verbStatus(ev.type) || st.status; break;
     }
     // A run-level event while a call streams (takeover, failure, pause): that attempt is over.
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
     const u = d.usage;
-    if (u && ["llm.completed", "llm.failed", "llm.charged", "context.compacted"].includes(ev.type)) {
+    if (u && ["llm.completed", "llm.failed", "llm.charged", "context.compacted", "outcome.graded"].includes(ev.type)) {
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
@@ -1046,7 +1056,7 @@ function runPage(runId) {
       setConn("live", "live");
     };
     es.onmessage = onEvent;
-    for (const type of [...EVENT_TYPES, "llm.delta"]) es.addEventListener(type, onEvent);
+    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta"]) es.addEventListener(type, onEvent);
     es.onerror = () => {
       if (st.es !== es) return;
       if (TERMINAL.has(st.status) && (!st.row || st.row.last_seq <= st.lastSeq)) {
@@ -1072,6 +1082,7 @@ function runPage(runId) {
   const refreshRow = async () => {
     st.row = await api(`/v1/runs/${encodeURIComponent(runId)}`);
     renderHead();
+    verbs.update(st.row);
     // New events while no stream is open (a message after the end, a resume): follow again.
     if (!st.es && !st.retryTimer && st.row.last_seq > st.lastSeq) {
       if (TERMINAL.has(st.row.status)) await fill();
