@@ -175,6 +175,36 @@ class ModelSpec(_Strict):
         return f"{self.provider}:{self.name or 'script'}"
 
 
+class ToolRetry(_Strict):
+    """Retries of one tool's calls: on `RetryLater` (any effect) and on transient
+    failures (5xx, connection; not for `at_most_once` tools). Back-off as for LLM calls."""
+
+    max_attempts: int = Field(default=5, ge=1, description="attempts of one call in all")
+    initial_backoff: float = Field(default=1.0, ge=0)
+    max_backoff: float = Field(default=60.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+    @field_validator("initial_backoff", "max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class ToolRateLimit(_Strict):
+    """A fleet-wide budget for a tool's calls, shared by every worker through the database
+    (the token buckets of the provider rate limits). Tools with the same `key` share it."""
+
+    key: str = Field(min_length=1, max_length=200)
+    rpm: float | None = Field(default=None, gt=0, description="calls per minute")
+    concurrency: int | None = Field(default=None, ge=1, description="calls at once")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ToolRateLimit:
+        if self.rpm is None and self.concurrency is None:
+            raise ValueError("a rate_limit needs `rpm`, `concurrency` or both")
+        return self
+
+
 class ToolSpec(_Strict):
     """One tool source: a Python function, a built-in, or an MCP server."""
 
@@ -184,6 +214,8 @@ class ToolSpec(_Strict):
     effect: Effect | None = None
     timeout: float | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    retry: ToolRetry | None = None
+    rate_limit: ToolRateLimit | None = None
 
     @model_validator(mode="before")
     @classmethod

@@ -42,6 +42,8 @@ class EventType(StrEnum):
     APPROVAL_REQUESTED = "approval.requested"
     APPROVAL_GRANTED = "approval.granted"
     APPROVAL_DENIED = "approval.denied"
+    # tool retries and progress (issue 12)
+    TOOL_RETRYING = "tool.retrying"  # an attempt did not take effect; the call runs again later
 
 
 class RunStatus(StrEnum):
@@ -90,6 +92,7 @@ TOOLS_LISTED = EventType.TOOLS_LISTED
 APPROVAL_REQUESTED = EventType.APPROVAL_REQUESTED
 APPROVAL_GRANTED = EventType.APPROVAL_GRANTED
 APPROVAL_DENIED = EventType.APPROVAL_DENIED
+TOOL_RETRYING = EventType.TOOL_RETRYING
 
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
@@ -277,6 +280,7 @@ class ToolCompleted(TypedDict):
     note: NotRequired[str]
     files: NotRequired[dict[str, str | None]]  # path -> blob sha256 (None: deleted)
     child: NotRequired[str]
+    progress: NotRequired[dict[str, Any]]  # the latest ctx.progress(): done, total, note
 
 
 class ToolFailed(TypedDict):
@@ -344,6 +348,20 @@ class ApprovalDenied(TypedDict):
     reason: str | None
 
 
+class ToolRetrying(TypedDict):
+    """A call runs again at `retry_at`: its tool said `RetryLater` (a 429, a 503 ...), it
+    failed transiently, or its fleet-wide rate limit is exhausted (`attempt` not used up)."""
+
+    call_id: str
+    name: str
+    attempt: int  # the attempt that did not take effect (0: none started yet)
+    reason: str
+    retry_at: float
+    error: NotRequired[str]
+    progress: NotRequired[dict[str, Any]]  # the latest ctx.progress() of the attempt
+    files: NotRequired[dict[str, str | None]]
+
+
 PAYLOADS: dict[EventType, type] = {
     RUN_CREATED: RunCreated,
     RUN_STARTED: RunStarted,
@@ -370,5 +388,6 @@ PAYLOADS: dict[EventType, type] = {
     APPROVAL_REQUESTED: ApprovalRequested,
     APPROVAL_GRANTED: ApprovalGranted,
     APPROVAL_DENIED: ApprovalDenied,
+    TOOL_RETRYING: ToolRetrying,
 }
 """The payload type of every event type (a test checks every type has one)."""

@@ -32,6 +32,7 @@ from everruns.core.events import (
     TERMINAL_STATUSES,
     TOOL_COMPLETED,
     TOOL_FAILED,
+    TOOL_RETRYING,
     TOOL_STARTED,
     TOOL_WAITING,
     TOOLS_LISTED,
@@ -57,6 +58,7 @@ class CallState:
     wait_mode: str = "all"
     approval: str | None = None  # None | requested | granted | denied
     denial: str | None = None
+    retry_at: float | None = None  # set while the call waits to be retried (tool.retrying)
 
 
 @dataclass
@@ -105,6 +107,7 @@ class State:
     truncated: bool = False  # the latest answer was cut off at max_tokens
     continuations: int = 0  # continuations asked for the latest truncated answer
     tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None  # the latest journaled ctx.progress() of a tool
     # Running prefix sums of the messages' sizes (core/context.py): the context estimate
     # costs O(1) per LLM call however long the run. Messages never change once folded.
     char_prefix: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
@@ -244,8 +247,19 @@ def apply(state: State, event: Event) -> State:
             call.status = CallStatus.STARTED
             call.attempt = int(data.get("attempt", call.attempt + 1))
             call.effect = data.get("effect")
+            call.retry_at = None
+    elif kind == TOOL_RETRYING:
+        _apply_effects(state, data)
+        call = _call(state, data["call_id"])
+        if call is not None:
+            call.status = CallStatus.PENDING  # not done: runs again, whatever its effect
+            call.retry_at = data.get("retry_at")
+        if data.get("progress"):
+            state.progress = data["progress"]
     elif kind == TOOL_COMPLETED:
         _apply_effects(state, data)
+        if data.get("progress"):
+            state.progress = data["progress"]
         _finish_call(
             state,
             data["call_id"],

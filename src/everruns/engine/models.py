@@ -48,11 +48,30 @@ async def acquire_rate_limits(
     caller parks the run durably).
     """
     for limit in settings.rate_limits_for(model):
-        while True:
-            wait = await store.acquire_rate(limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens)
-            if wait == 0.0:
-                break
-            if wait > max_sleep:
-                return wait
-            await asyncio.sleep(wait)
+        wait = await take_from_bucket(
+            store, limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens, max_sleep=max_sleep
+        )
+        if wait:
+            return wait
     return 0.0
+
+
+async def take_from_bucket(
+    store: Store,
+    key: str,
+    *,
+    rpm: float | None,
+    tpm: float | None = None,
+    tokens: float = 0,
+    burst: float | None = None,
+    max_sleep: float,
+) -> float:
+    """Take from one fleet-wide bucket, sleeping in memory up to `max_sleep`; 0.0 when
+    granted, else the seconds until a retry may succeed (the caller waits durably)."""
+    while True:
+        wait = await store.acquire_rate(key, rpm=rpm, tpm=tpm, tokens=tokens, burst=burst)
+        if wait == 0.0:
+            return 0.0
+        if wait > max_sleep:
+            return wait
+        await asyncio.sleep(wait)

@@ -207,6 +207,7 @@ class RunRunner:
             subagents,
             agent=self.claim.agent_name,
             max_parallel=spec.max_parallel_tools,
+            max_sleep=spec.retry.durable_wait_after,
         )
         effects = {name: t.effect for name, t in self.tools.items()}
         while True:

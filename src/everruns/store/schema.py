@@ -102,6 +102,15 @@ rate_buckets = sa.Table(
     sa.Column("updated_at", sa.Float, nullable=False),
 )
 
+# Concurrency slots of fleet-wide tool rate limits (one row per call holding one).
+rate_slots = sa.Table(
+    "rate_slots",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(255), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
+)
+
 blobs = sa.Table(
     "blobs",
     metadata,

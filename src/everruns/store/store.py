@@ -100,6 +100,8 @@ class Store:
         self.record_outcome = fleet.record_outcome
         self.acquire_rate = fleet.acquire_rate
         self.charge_tokens = fleet.charge_tokens
+        self.acquire_slot = fleet.acquire_slot
+        self.release_slot = fleet.release_slot
         # blobs
         self.put_blobs = blobs.put_blobs
         self.get_blobs = blobs.get_blobs

@@ -50,6 +50,7 @@ from typing import Any, cast
 import httpcore
 import httpx
 
+from everruns.errors import RetryLater, TransientToolError
 from everruns.tools.base import ToolError
 
 MAX_REDIRECTS = 5
@@ -428,7 +429,9 @@ async def _exchange(
                     finally:
                         await response.aclose()
     except TimeoutError:
-        raise ToolError(f"timed out after {timeout:g}s: {method} {url}") from None
+        raise TransientToolError(f"timed out after {timeout:g}s: {method} {url}") from None
+    except httpx.TransportError as exc:
+        raise TransientToolError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
     except httpx.HTTPError as exc:
         raise ToolError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
 
@@ -765,6 +768,7 @@ async def http_request(
         content=body,
         follow_redirects=follow_redirects,
     )
+    _raise_retryable(verb, result)
     mime = _mime(result.content_type)
     binary = (mime and not _is_textual(mime) and mime not in _HTML_TYPES) or (
         not mime and _looks_binary(result.body)
@@ -783,3 +787,17 @@ async def http_request(
         "body": text,
         "truncated": result.truncated,
     }
+
+
+def _raise_retryable(method: str, result: _Result) -> None:
+    """429 and 503 say the request was not processed: retry after the server's
+    `Retry-After` (any effect). Another 5xx may have acted: a transient failure,
+    retried only for tools that are not `at_most_once`."""
+    from everruns.providers.errors import retry_after_from_headers
+
+    status = result.status
+    if status in (429, 503):
+        after = retry_after_from_headers(dict(result.headers), rate_limited=status == 429)
+        raise RetryLater(after=after, reason=f"HTTP {status} from {method} {result.url}")
+    if status >= 500:
+        raise TransientToolError(f"HTTP {status} from {method} {result.url}")

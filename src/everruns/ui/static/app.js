@@ -11,7 +11,7 @@ const EVENT_TYPES = [
   "run.paused", "run.resumed", "run.forked", "message.user", "llm.started", "llm.completed",
   "llm.failed", "llm.fallback", "tool.started", "tool.completed", "tool.failed", "tool.waiting",
   "approval.requested", "approval.granted", "approval.denied", "compaction.started",
-  "context.compacted", "child.finished",
+  "context.compacted", "child.finished", "tool.retrying",
 ];
 const LIST_POLL_MS = 2000;
 const LONG_OUTPUT_CHARS = 400;
@@ -800,6 +800,13 @@ function runPage(runId) {
             d.reason ? `${d.reason}. ` : "",
             d.wake_at ? ["Wakes at ", timeEl(d.wake_at, fmtTime(d.wake_at)), ` (${fmtIn(d.wake_at)})`] : "Until a signal.",
             d.wait_for?.length ? h("div", {}, "Child runs: ", d.wait_for.map((id, i) => [i ? ", " : "", h("a", { href: `#/runs/${encodeURIComponent(id)}`, class: "mono" }, id)])) : null),
+        };
+      case "tool.retrying":
+        return {
+          cls: "wait",
+          title: ["Tool ", h("span", { class: "mono" }, d.name), ` retrying (attempt ${d.attempt} did not take effect)`],
+          body: h("div", { class: "callout warn" }, `${d.reason}. `,
+            d.retry_at ? ["Retries at ", timeEl(d.retry_at, fmtTime(d.retry_at)), ` (${fmtIn(d.retry_at)})`] : ""),
         };
       case "approval.requested": {
         const box = approvalBox(d.call_id);
