@@ -150,9 +150,12 @@ async def test_retry_later_releases_the_lease_and_another_worker_retries(
 class Recorder(ThreadingHTTPServer):
     """A loopback API: `answers` is consumed per request (status, headers); then 200."""
 
-    def __init__(self, answers: list[tuple[int, dict[str, str]]]):
+    def __init__(self, answers: list[tuple[int, dict[str, str]]], delay: float = 0.0):
         self.answers = list(answers)
         self.arrivals: list[float] = []
+        self.delay = delay
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.lock = threading.Lock()
         super().__init__(("127.0.0.1", 0), _Handler)
         threading.Thread(target=self.serve_forever, daemon=True).start()
@@ -169,6 +172,11 @@ class _Handler(BaseHTTPRequestHandler):
         with self.server.lock:
             self.server.arrivals.append(time.time())
             status, headers = self.server.answers.pop(0) if self.server.answers else (200, {})
+            self.server.in_flight += 1
+            self.server.max_in_flight = max(self.server.max_in_flight, self.server.in_flight)
+        time.sleep(self.server.delay)
+        with self.server.lock:
+            self.server.in_flight -= 1
         body = json.dumps({"status": status, "path": self.path}).encode()
         self.send_response(status)
         for name, value in {**headers, "Content-Type": "application/json"}.items():
@@ -206,6 +214,53 @@ async def test_http_builtin_honours_retry_after_and_the_model_sees_only_success(
         assert len(tool_messages) == 1
         assert '"status": 200' in tool_messages[0]["content"]
         assert "429" not in tool_messages[0]["content"]
+    finally:
+        fleet.close()
+        server.shutdown()
+        await store.close()
+
+
+# ------------------------------------------------------------------ rate limits
+
+
+async def test_two_workers_share_a_tool_rate_limit(tmp_path: Path, db_url: str) -> None:
+    """rpm 120 (the 60 s window scaled to 0.5 s per request) and one call at a time,
+    across two runs on two workers, each asking for four calls at once."""
+    server = Recorder([], delay=0.6)
+    limit = {"key": "test-api", "rpm": 120, "concurrency": 1}
+    calls = [call("http", method="GET", url=f"{server.url}/r{i}") for i in range(4)]
+    spec = write_agent(
+        tmp_path / "limited.yaml",
+        [{"tool_calls": calls}, {"text": "all fetched"}],
+        [{"builtin": "http", "rate_limit": limit}],
+        retry={"durable_wait_after": 1},
+    )
+    store = await Store.open(db_url)
+    fleet = Fleet(tmp_path, db_url, store)
+    try:
+        runs = [fleet.start(spec), fleet.start(spec)]
+        fleet.worker()
+        fleet.worker()
+        journals = [await fleet.completed(run_id) for run_id in runs]
+        arrivals = sorted(server.arrivals)
+        assert len(arrivals) == 8
+        assert server.max_in_flight == 1  # concurrency: 1, fleet-wide
+        # Never more than n requests in any window of n * 0.5 s: the (n+1)-th comes
+        # one window later (less the spread of loopback delivery on a loaded machine).
+        for n in (1, 2, 4):
+            for i in range(len(arrivals) - n):
+                assert arrivals[i + n] - arrivals[i] >= n * 0.5 - 0.2, (n, arrivals)
+        limited = [
+            e
+            for es in journals
+            for e in of(es, EventType.TOOL_RETRYING)
+            if e.data["reason"] == "rate_limited"
+        ]
+        assert limited, "a call over the budget waits durably (tool.retrying)"
+        assert all(e.data["attempt"] == 0 for e in limited)  # no attempt was used up
+        for es in journals:
+            assert len(of(es, EventType.TOOL_COMPLETED)) == 4
+            assert len(of(es, EventType.TOOL_STARTED)) == 4
     finally:
         fleet.close()
         server.shutdown()
