@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from everruns.core.durations import parse_duration
+from everruns.core.files import DEFAULT_EXCLUDE
 from everruns.core.schedule import parse_schedule
 from everruns.errors import SpecError
 
@@ -287,6 +288,14 @@ class ContextPolicy(_Strict):
     summary_model: ModelSpec | None = Field(default=None, description="a cheaper summarizer")
 
 
+class WorkspacePolicy(_Strict):
+    """The run's workspace: files matching `exclude` are neither handed in (--file,
+    --dir) nor journaled when a tool writes them. `name/` is a folder anywhere;
+    other patterns match a file name or a whole path (fnmatch)."""
+
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+
+
 class AgentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     description: str | None = None
@@ -297,6 +306,8 @@ class AgentSpec(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     approvals: Approvals = Field(default_factory=Approvals)
     context: ContextPolicy = Field(default_factory=ContextPolicy)
+    # Unset stays out of to_dict() (stored versions of older specs keep their hash).
+    workspace: WorkspacePolicy | None = Field(default=None, description="exclude: [...]")
     max_parallel_tools: int = Field(default=4, ge=1)
     # Scheduled runs (see everruns.core.schedule): cron (5 fields, or 6 with seconds
     # first) or `every <duration>`, in UTC. Unset fields stay out of to_dict().
@@ -314,6 +325,10 @@ class AgentSpec(_Strict):
         if value is None:
             return None
         return parse_schedule(value).expression
+
+    @property
+    def workspace_exclude(self) -> list[str]:
+        return (self.workspace or WorkspacePolicy()).exclude
 
     @property
     def overlap(self) -> str:

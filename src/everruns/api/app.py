@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
 from everruns.api.feed import EventFeed
+from everruns.api.files import add_file_routes, input_manifest
 from everruns.api.models import (
     AgentCreate,
     AgentOut,
@@ -340,7 +341,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             except StoreError as exc:
                 raise Problem(404, "agent-not-found", "Agent not found", str(exc)) from None
             await _allowed(store, spec, origin)
-        run_id = await store.create_run(spec, body.input, origin=origin)
+        manifest = await input_manifest(store, body.files)
+        created = {"files": manifest} if manifest else None
+        run_id = await store.create_run(spec, body.input, origin=origin, created_data=created)
         _wake(request_app=app)
         return _run_out(await store.get_run(run_id))
 
@@ -506,6 +509,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
 
     add_secret_routes(app, auth)
+    add_file_routes(app, auth)
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)

@@ -31,6 +31,11 @@ class RunCreate(_In):
     )
     spec: dict[str, Any] | None = Field(default=None, description="Or an inline agent spec.")
     input: str | None = Field(default=None, max_length=1_000_000)
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="Workspace files of the run before its first step: path -> the sha256 "
+        "of a blob uploaded with POST /v1/blobs.",
+    )
 
 
 class Usage(BaseModel):

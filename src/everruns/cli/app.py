@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, maintenance, runs, schedules, serve
+from everruns.cli import access, files, maintenance, runs, schedules, serve
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -54,7 +54,7 @@ app.command()(runs.cancel)
 app.command()(runs.approve)
 app.command()(runs.deny)
 app.command()(runs.message)
-app.command()(runs.workspace)
+app.command()(files.workspace)
 app.command()(serve.server)
 app.add_typer(access.token_app, name="token")
 app.add_typer(access.secret_app, name="secret")

@@ -16,8 +16,18 @@ from everruns.spec import AgentSpec
 
 
 class Backend(Protocol):
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        """Queue a run of `spec`; its id."""
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
+    ) -> str:
+        """Queue a run of `spec` (its workspace starting with `files`); its id."""
+        ...
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's workspace files: path, size, sha256, seq, step, call_id."""
+        ...
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        """path -> content of each file of the run's workspace."""
         ...
 
     async def get_run(self, run_id: str) -> RunView: ...

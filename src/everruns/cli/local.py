@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from everruns.api.wire import run_to_api
@@ -13,6 +12,7 @@ from everruns.cli.common import CliError
 from everruns.cli.views import RunView, event_record
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
+from everruns.engine.artifacts import run_file_contents, run_files, start_with_files
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
 
@@ -37,8 +37,16 @@ class LocalBackend:
         finally:
             await store.close()
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        return await self.store.create_run(spec, input)
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
+    ) -> str:
+        return await start_with_files(self.store, spec, input, files)
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        return await run_files(self.store, run_id)
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        return await run_file_contents(self.store, run_id)
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.store.get_run(run_id))
@@ -95,17 +103,3 @@ class LocalBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
-
-    # Local only: the journaled workspace lives in the database's blobs.
-
-    async def workspace_files(self, run_id: str) -> dict[str, str]:
-        """path -> sha256 of each file in the run's workspace, as journaled."""
-        await self.store.get_run(run_id)
-        return dict(fold(await self.store.load_events(run_id)).files)
-
-    async def export_workspace(self, run_id: str, target: Path) -> int:
-        from everruns.tools.workspace import export_files
-
-        files = await self.workspace_files(run_id)
-        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
-        return await export_files(self.store, files, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
@@ -30,8 +32,17 @@ class RemoteBackend:
         async with AsyncClient(server, token) as client:
             yield cls(client)
 
-    async def start_run(self, spec: AgentSpec, input: str | None) -> str:
-        return (await self.client.runs.start(spec=spec.to_dict(), input=input)).id
+    async def start_run(
+        self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
+    ) -> str:
+        return (await self.client.runs.start(spec=spec.to_dict(), input=input, files=files)).id
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        return await self.client.runs.files(run_id)
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        archive = zipfile.ZipFile(io.BytesIO(await self.client.runs.files_zip(run_id)))
+        return {name: archive.read(name) for name in archive.namelist()}
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.client.runs.get(run_id))

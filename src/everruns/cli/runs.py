@@ -1,4 +1,4 @@
-"""Run commands: start, run, status, events, ls, cancel, approve, deny, message, workspace.
+"""Run commands: start, run, status, events, ls, cancel, approve, deny, message.
 
 Each is written once against `Backend`; --server only changes which back end
 `open_backend` returns. `run` executes in this process and so needs the database.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,6 +29,7 @@ from everruns.cli.common import (
     print_json,
     run_async,
 )
+from everruns.cli.files import DirOption, FileOption, read_inputs
 from everruns.cli.local import LocalBackend
 from everruns.cli.views import runs_table, status_table
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
@@ -45,6 +45,8 @@ CANCEL_POLL = 0.2
 def start(
     spec: SpecArgument,
     input: InputOption = None,
+    file: FileOption = None,
+    dir: DirOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
     server: ServerOption = None,
@@ -54,8 +56,9 @@ def start(
 
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
+        inputs = read_inputs(loaded, file, dir)
         async with open_backend(db, server, token) as backend:
-            run_id = await backend.start_run(loaded, input)
+            run_id = await backend.start_run(loaded, input, inputs)
         if json_out:
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:
@@ -67,6 +70,8 @@ def start(
 def run(
     spec: SpecArgument,
     input: InputOption = None,
+    file: FileOption = None,
+    dir: DirOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
     lease_ttl: LeaseOption = 15.0,
@@ -79,8 +84,9 @@ def run(
 
     async def go() -> int:
         loaded = await load_checked(spec, db)
+        inputs = read_inputs(loaded, file, dir)
         async with LocalBackend.open(db) as local:
-            run_id = await local.start_run(loaded, input)
+            run_id = await local.start_run(loaded, input, inputs)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)
 
     code = run_async(go)
@@ -290,26 +296,5 @@ def message(
         async with open_backend(db, server, token) as backend:
             seq = await backend.message(run_id, text)
         out.print(f"message journaled as seq {seq} of {run_id}")
-
-    run_async(go)
-
-
-def workspace(
-    run_id: RunIdArgument,
-    export: Annotated[
-        Path | None, typer.Option("--export", help="Write the files into DIR.")
-    ] = None,
-    db: DbOption = None,
-) -> None:
-    """List a run's workspace files (as journaled), or export them into a directory."""
-
-    async def go() -> None:
-        async with LocalBackend.open(db) as local:
-            if export is None:
-                for path, sha in sorted((await local.workspace_files(run_id)).items()):
-                    out.print(f"{sha[:12]}  {path}")
-                return
-            count = await local.export_workspace(run_id, export)
-        out.print(f"exported {count} files to {export}")
 
     run_async(go)

@@ -22,9 +22,7 @@ class _Shell:
         self._http = http
 
     async def _send(self, call: core.Call[T]) -> T:
-        response = await self._http.request(
-            call.method, call.path, params=call.params, json=call.body
-        )
+        response = await self._http.request(call.method, call.path, **call.send_kwargs)
         return call.result(response)
 
 
@@ -54,8 +52,21 @@ class Runs(_Shell):
         input: str | None = None,
         spec: dict[str, Any] | None = None,
         version: int | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> Run:
-        return await self._send(core.start_run(agent, input, spec, version))
+        """`files`: the run's workspace before its first step (path -> content)."""
+        shas = {p: await self._send(core.upload_blob(data)) for p, data in (files or {}).items()}
+        return await self._send(core.start_run(agent, input, spec, version, shas or None))
+
+    async def files(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        """The run's workspace files: path, size, sha256, and the seq/step that changed each."""
+        return await self._send(core.list_files(run_id))
+
+    async def file(self, run_id: str, path: str) -> bytes:
+        return await self._send(core.get_file(run_id, path))
+
+    async def files_zip(self, run_id: str) -> bytes:
+        return await self._send(core.files_zip(run_id))
 
     async def get(self, run_id: str) -> Run:
         return await self._send(core.get_run(run_id))

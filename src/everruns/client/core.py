@@ -16,6 +16,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -55,10 +56,19 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     params: dict[str, Any] | None = None
     body: Any = None
+    content: bytes | None = None  # a raw request body (a blob upload), instead of `body`
+    raw: bool = False  # parse the reply's bytes, not its JSON (a file download)
 
     def result(self, response: httpx.Response) -> T:
         raise_for(response)
-        return self.parse(response.json())
+        return self.parse(response.content if self.raw else response.json())
+
+    @property
+    def send_kwargs(self) -> dict[str, Any]:
+        """What the shells pass to httpx's request() besides method and path."""
+        if self.content is not None:
+            return {"params": self.params, "content": self.content}
+        return {"params": self.params, "json": self.body}
 
 
 def _outcome(reply: Any) -> str:
@@ -111,10 +121,34 @@ def get_agent(name: str, version: int | None) -> Call[Agent]:
 
 
 def start_run(
-    agent: str | None, input: str | None, spec: dict[str, Any] | None, version: int | None
+    agent: str | None,
+    input: str | None,
+    spec: dict[str, Any] | None,
+    version: int | None,
+    files: dict[str, str] | None = None,
 ) -> Call[Run]:
-    body = _no_none({"agent": agent, "spec": spec, "input": input, "version": version})
+    """`files`: workspace path -> the sha256 of an uploaded blob (`upload_blob`)."""
+    body = _no_none(
+        {"agent": agent, "spec": spec, "input": input, "version": version, "files": files}
+    )
     return Call("POST", "/v1/runs", Run.model_validate, body=body)
+
+
+def upload_blob(data: bytes) -> Call[str]:
+    """Store a file's bytes on the server; its sha256 (for `start_run`'s files)."""
+    return Call("POST", "/v1/blobs", lambda reply: str(reply["sha256"]), content=data)
+
+
+def list_files(run_id: str) -> Call[list[dict[str, Any]]]:
+    return Call("GET", f"/v1/runs/{run_id}/files", lambda items: [dict(i) for i in items])
+
+
+def get_file(run_id: str, path: str) -> Call[bytes]:
+    return Call("GET", f"/v1/runs/{run_id}/files/{quote(path)}", bytes, raw=True)
+
+
+def files_zip(run_id: str) -> Call[bytes]:
+    return Call("GET", f"/v1/runs/{run_id}/files.zip", bytes, raw=True)
 
 
 def get_run(run_id: str) -> Call[Run]:

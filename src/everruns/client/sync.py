@@ -22,7 +22,7 @@ class _Shell:
         self._http = http
 
     def _send(self, call: core.Call[T]) -> T:
-        response = self._http.request(call.method, call.path, params=call.params, json=call.body)
+        response = self._http.request(call.method, call.path, **call.send_kwargs)
         return call.result(response)
 
 
@@ -52,8 +52,21 @@ class Runs(_Shell):
         input: str | None = None,
         spec: dict[str, Any] | None = None,
         version: int | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> Run:
-        return self._send(core.start_run(agent, input, spec, version))
+        """`files`: the run's workspace before its first step (path -> content)."""
+        shas = {p: self._send(core.upload_blob(data)) for p, data in (files or {}).items()}
+        return self._send(core.start_run(agent, input, spec, version, shas or None))
+
+    def files(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        """The run's workspace files: path, size, sha256, and the seq/step that changed each."""
+        return self._send(core.list_files(run_id))
+
+    def file(self, run_id: str, path: str) -> bytes:
+        return self._send(core.get_file(run_id, path))
+
+    def files_zip(self, run_id: str) -> bytes:
+        return self._send(core.files_zip(run_id))
 
     def get(self, run_id: str) -> Run:
         return self._send(core.get_run(run_id))

@@ -189,6 +189,7 @@ def apply(state: State, event: Event) -> State:
         state.depth = int(data.get("depth", 0))
         if data.get("input") is not None:
             state.inbox.append({"role": "user", "content": data["input"]})
+        _apply_effects(state, data)  # files handed in with the run (--file, --dir)
     elif kind == RUN_STARTED:
         state.status = RunStatus.RUNNING
         state.epoch = int(data.get("epoch", state.epoch))

@@ -178,7 +178,9 @@ class RunRunner:
         except (ToolSpecError, ValueError) as exc:
             await self.fail("invalid_spec", str(exc))
             return
-        self.workspace = Workspace(self.store, self.run_id, self.state.files)
+        self.workspace = Workspace(
+            self.store, self.run_id, self.state.files, exclude=self.spec.workspace_exclude
+        )
         started: dict[str, Any] = {
             "worker": self.options.worker_id,
             "epoch": self.epoch,

@@ -105,6 +105,7 @@ class Store:
         # blobs
         self.put_blobs = blobs.put_blobs
         self.get_blobs = blobs.get_blobs
+        self.blob_sizes = blobs.blob_sizes
 
     @classmethod
     async def open(
