@@ -116,8 +116,13 @@ async def test_retry_later_releases_the_lease_and_another_worker_retries(
         await fleet.wait(
             run_id, lambda es: any(e.type == EventType.RUN_WAITING for e in es), "the park"
         )
-        row = await store.get_run(run_id)
+        for _ in range(200):  # the lease is released right after run.waiting is journaled
+            row = await store.get_run(run_id)
+            if row.lease_owner is None:
+                break
+            await asyncio.sleep(0.02)
         assert row.status == "waiting" and row.lease_owner is None  # no worker held
+        assert row.wake_at is not None and row.wake_at > time.time()  # parked, not running
         stop(first, signal.SIGKILL)
         events = await fleet.events(run_id)
         (retrying,) = of(events, EventType.TOOL_RETRYING)
@@ -139,6 +144,9 @@ async def test_retry_later_releases_the_lease_and_another_worker_retries(
         assert entries[0]["idempotency_key"] == entries[1]["idempotency_key"]
         assert entries[0]["pid"] != entries[1]["pid"]  # the second worker retried it
         assert fold(events).progress == done.data["progress"]
+        assert (await store.get_run(run_id)).progress == done.data["progress"]  # the row
+        status = cli("status", run_id, env=fleet.env(), cwd=tmp_path)
+        assert "2 of 2 (100%) · attempt 2" in status.stdout, status.stdout
     finally:
         fleet.close()
         await store.close()

@@ -56,6 +56,9 @@ class RunOut(BaseModel):
     input: str | None
     result: str | None
     error: dict[str, Any] | None
+    progress: dict[str, Any] | None = Field(
+        default=None, description="The latest ctx.progress() of a tool: done, total, note."
+    )
     epoch: int
     lease_owner: str | None
     wake_at: float | None

@@ -31,6 +31,7 @@ def run_to_api(row: RunRow) -> dict[str, Any]:
         "last_seq": row.last_seq,
         "created_at": row.created_at,
         "updated_at": row.updated_at,
+        "progress": row.progress,
     }
 
 
@@ -59,4 +60,5 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         error=run.get("error"),
         created_at=run.get("created_at", 0.0),
         updated_at=run.get("updated_at", 0.0),
+        progress=run.get("progress"),
     )

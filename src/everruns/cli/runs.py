@@ -31,6 +31,7 @@ from everruns.cli.common import (
 )
 from everruns.cli.files import DirOption, FileOption, read_inputs
 from everruns.cli.local import LocalBackend
+from everruns.cli.progressbar import ToolProgressBar
 from everruns.cli.views import runs_table, status_table
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
 from everruns.engine.worker import Worker
@@ -109,6 +110,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
         _show({"run_id": run_id, **created.to_dict()}, json_out)
     streaming = False
     status = "queued"
+    bar = ToolProgressBar(out, enabled=not json_out)
     try:
         while True:
             get = asyncio.create_task(queue.get())
@@ -117,6 +119,9 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                 get.cancel()
                 break
             event = get.result()
+            if event["type"] in ("tool.progress", "tool.completed", "tool.retrying"):
+                data = event["data"]
+                bar.update(data if event.get("ephemeral") else data.get("progress"), data["name"])
             if event.get("ephemeral"):
                 if not json_out and event["type"] == "llm.delta":
                     out.print(event["data"]["text"], end="", style="cyan", highlight=False)
@@ -130,6 +135,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                 status = event["type"].split(".")[1]
                 break
     finally:
+        bar.stop()
         worker.stop()
         await worker_task
     if status == "queued":  # stopped by a signal before the run ended

@@ -37,6 +37,8 @@ def status_table(run: RunView) -> Table:
     if run.status == "waiting":
         table.add_row("wakes", format_status_time(run.wake_at) if run.wake_at else "on a signal")
     table.add_row("steps", str(run.steps))
+    if run.progress:
+        table.add_row("progress", format_progress(run.progress))
     table.add_row(
         "usage",
         f"{run.usage.input_tokens} in + {run.usage.output_tokens} out tokens, "
@@ -48,6 +50,17 @@ def status_table(run: RunView) -> Table:
     if run.error:
         table.add_row("error", f"{run.error.get('reason')}: {run.error.get('message')}")
     return table
+
+
+def format_progress(progress: dict[str, Any]) -> str:
+    """`412 of 10000 (4%) · note` from a ctx.progress() value."""
+    done, total = progress.get("done"), progress.get("total")
+    text = f"{done:g}" if isinstance(done, int | float) else str(done)
+    if isinstance(total, int | float) and total:
+        text += f" of {total:g} ({100 * float(done or 0) / total:.0f}%)"
+    if progress.get("note"):
+        text += f" · {progress['note']}"
+    return text
 
 
 def runs_table(runs: list[RunView]) -> Table:

@@ -35,6 +35,9 @@ from everruns.core.events import (
     RUN_STARTED,
     SIGNALS,
     TERMINAL_STATUSES,
+    TOOL_COMPLETED,
+    TOOL_FAILED,
+    TOOL_RETRYING,
     RunStatus,
 )
 
@@ -127,6 +130,8 @@ def project(
             update.set.update(status=RunStatus.QUEUED, wake_at=now)
             if kind == RUN_RESUMED:
                 update.set["pause_requested"] = False
+        elif kind in (TOOL_COMPLETED, TOOL_FAILED, TOOL_RETRYING) and data.get("progress"):
+            update.set["progress"] = data["progress"]  # the latest ctx.progress()
         elif kind in SIGNALS and current is not None:
             _signal(update, kind, now, current)
     if "progress_seq" in update.seq:

@@ -69,6 +69,7 @@ class RunRow:
     error: dict[str, Any] | None
     created_at: float
     updated_at: float
+    progress: dict[str, Any] | None = None  # the latest journaled ctx.progress() of a tool
 
     @classmethod
     def from_row(cls, row: Any) -> RunRow:
@@ -95,6 +96,7 @@ class RunRow:
             error=json.loads(m["error"]) if m["error"] else None,
             created_at=m["created_at"],
             updated_at=m["updated_at"],
+            progress=json.loads(m["progress"]) if m.get("progress") else None,
         )
 
     @property

@@ -55,6 +55,8 @@ runs = sa.Table(
     sa.Column("input", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
+    # The latest ctx.progress() of a tool call, journaled with its result (JSON).
+    sa.Column("progress", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_runs_claim", "wake_at"),

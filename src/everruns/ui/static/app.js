@@ -424,7 +424,7 @@ function runsPage(params) {
               run.input ? h("div", { class: "input", title: run.input }, run.input) : null),
           ),
           h("td", { "data-label": "Agent" }, run.agent, h("span", { class: "muted" }, ` v${run.agent_version}`)),
-          h("td", { "data-label": "Status" }, badge(run.status)),
+          h("td", { "data-label": "Status" }, badge(run.status), window.everrunsProgress?.bar(run.progress, h)),
           h("td", { "data-label": "Age" }, timeEl(run.created_at, fmtAge(run.created_at))),
           h("td", { class: "num", "data-label": "Steps" }, fmtInt(run.steps)),
           h("td", { class: "num", "data-label": "Tokens" }, fmtInt(run.usage.total_tokens)),
@@ -520,6 +520,7 @@ function runPage(runId) {
         { class: "run-main" },
         resultCard,
         h("section", { class: "card", "aria-labelledby": "tl-title" }, h("h2", { id: "tl-title" }, "Timeline"), timeline),
+        window.everrunsFiles ? window.everrunsFiles.card(runId, { h, token }) : null,
         h(
           "section",
           { class: "card composer", "aria-labelledby": "composer-title" },
@@ -560,7 +561,7 @@ function runPage(runId) {
   const renderHead = () => {
     const row = st.row;
     const status = st.status || row?.status || "queued";
-    put(statusBox, badge(status));
+    put(statusBox, badge(status), window.everrunsProgress?.bar(st.progress || row?.progress, h));
     if (row) {
       put(title, row.agent, h("span", { class: "muted" }, ` v${row.agent_version}`));
       document.title = `${row.agent} · ${status} · everruns`;
@@ -952,6 +953,7 @@ function runPage(runId) {
     }
     // A run-level event while a call streams (takeover, failure, pause): that attempt is over.
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
+    if (d.progress && ev.type.startsWith("tool.")) st.progress = d.progress;
     const u = d.usage;
     if (u && ["llm.completed", "llm.failed", "context.compacted"].includes(ev.type)) {
       st.usage.input += Number(u.input_tokens || 0);

@@ -1,4 +1,5 @@
-"""Fleet-wide concurrency limits for tools: one row per call holding a slot of a key.
+"""Fleet-wide concurrency limits for tools (one row per call holding a slot of a key),
+and the runs row's latest tool progress.
 
 A slot expires on its own (`expires_at`), so a worker killed while holding one
 gives it back after the tool's timeout at the latest.
@@ -15,6 +16,8 @@ down_revision = "0008"
 
 
 def upgrade() -> None:
+    # The latest ctx.progress() of a tool call (JSON), projected from the journal.
+    op.add_column("runs", sa.Column("progress", sa.Text, nullable=True))
     op.create_table(
         "rate_slots",
         sa.Column("key", sa.String(255), primary_key=True),
@@ -25,3 +28,4 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_table("rate_slots")
+    op.drop_column("runs", "progress")
