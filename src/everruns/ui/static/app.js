@@ -785,7 +785,8 @@ function runPage(runId) {
         return {
           cls: "tool ok",
           title: ["Tool ", h("span", { class: "mono" }, d.name), " returned"],
-          body: [collapsible(d.output, "Result"), d.note ? h("p", { class: "muted" }, `Note: ${d.note}`) : null],
+          body: [collapsible(d.output, "Result"), d.note ? h("p", { class: "muted" }, `Note: ${d.note}`) : null,
+            d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
         };
       case "tool.failed":
         return {
