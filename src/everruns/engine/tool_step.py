@@ -123,11 +123,15 @@ class ToolStep:
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
         progress: dict[str, Any] = {}
+        published = [0.0]
 
         def on_progress(value: dict[str, Any]) -> None:
             progress.clear()
             progress.update(value)
-            self.log.publish_ephemeral("tool.progress", {**base, **value})
+            now = time.monotonic()  # at most ten live ticks a second, and the last one
+            if now - published[0] >= 0.1 or value.get("done") == value.get("total"):
+                published[0] = now
+                self.log.publish_ephemeral("tool.progress", {**base, **value})
 
         # Calls that touch the workspace run one at a time, so the file changes journaled
         # with a call's result are exactly that call's (not a parallel call's half-done writes).
