@@ -55,6 +55,7 @@ openapi: install
 bench: install
 	$(PY) bench/bench_engine.py
 	$(PY) bench/bench_providers.py
+	$(PY) bench/bench_tracing.py
 
 # The peers (DBOS, LangGraph, Temporal, raw floors) and everruns in one run: bench/README.md.
 PEERS ?= ../shared/peers-bench

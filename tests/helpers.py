@@ -172,3 +172,88 @@ def openai_stream(text: str, prompt_tokens: int, completion_tokens: int) -> byte
         {**chunk, "choices": [], "usage": usage},
     ]
     return ("".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n").encode()
+
+
+class OtlpReceiver:
+    """An OTLP/HTTP trace receiver on a free loopback port: a real HTTP server in a thread
+    that decodes `ExportTraceServiceRequest` protobufs (opentelemetry-proto) into dicts."""
+
+    def __init__(self) -> None:
+        import threading
+        from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+        from opentelemetry.proto.collector.trace.v1 import trace_service_pb2
+
+        self.spans: list[dict[str, Any]] = []
+        self.requests = 0
+        lock = threading.Lock()
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("content-length") or 0))
+                request = trace_service_pb2.ExportTraceServiceRequest()
+                request.ParseFromString(body)
+                with lock:
+                    receiver.requests += 1
+                    receiver.spans.extend(_decode_spans(request))
+                answer = trace_service_pb2.ExportTraceServiceResponse().SerializeToString()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/x-protobuf")
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread.start()
+
+    def env(self, **extra: str) -> dict[str, str]:
+        """OTEL_* variables that send a process's spans here quickly."""
+        return {
+            "OTEL_EXPORTER_OTLP_ENDPOINT": self.url,
+            "OTEL_EXPORTER_OTLP_PROTOCOL": "http/protobuf",
+            "OTEL_BSP_SCHEDULE_DELAY": "50",
+            "OTEL_SERVICE_NAME": "everruns-test",
+            **extra,
+        }
+
+    def close(self) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+def _decode_spans(request: Any) -> list[dict[str, Any]]:
+    out = []
+    for resource in request.resource_spans:
+        service = {a.key: _any_value(a.value) for a in resource.resource.attributes}
+        for scope in resource.scope_spans:
+            for span in scope.spans:
+                out.append(
+                    {
+                        "name": span.name,
+                        "trace_id": span.trace_id.hex(),
+                        "span_id": span.span_id.hex(),
+                        "parent_id": span.parent_span_id.hex() or None,
+                        "start": span.start_time_unix_nano / 1e9,
+                        "end": span.end_time_unix_nano / 1e9,
+                        "status": {0: "unset", 1: "ok", 2: "error"}[span.status.code],
+                        "status_message": span.status.message,
+                        "kind": span.kind,
+                        "attributes": {a.key: _any_value(a.value) for a in span.attributes},
+                        "links": [(x.trace_id.hex(), x.span_id.hex()) for x in span.links],
+                        "service": service.get("service.name"),
+                    }
+                )
+    return out
+
+
+def _any_value(value: Any) -> Any:
+    kind = value.WhichOneof("value")
+    if kind == "array_value":
+        return [_any_value(v) for v in value.array_value.values]
+    return getattr(value, kind) if kind else None

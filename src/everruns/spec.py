@@ -374,6 +374,12 @@ def load_spec(path: str | Path) -> AgentSpec:
         raise SpecError(source, [("", "file not found")]) from None
     except OSError as exc:
         raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
+    return spec_from_yaml(text, source)
+
+
+def spec_from_yaml(text: str, source: str = "<spec>") -> AgentSpec:
+    """An agent spec from YAML text; SpecError names the line of a YAML error (the CLI
+    and `POST /v1/agents {yaml}`, hence the web UI's editor, report the same errors)."""
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as exc:

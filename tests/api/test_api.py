@@ -8,6 +8,7 @@ schemathesis are in test_openapi.py.
 
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import http.server
 import json
@@ -28,6 +29,7 @@ from cryptography.fernet import Fernet
 
 from everruns import Client
 from everruns.client import ApiError, Event
+from everruns.store import Store
 from helpers import (
     Server,
     cli,
@@ -811,3 +813,46 @@ async def test_async_client_streams_and_waits(sqlite_url: str, tmp_path: Path) -
             assert (await client.runs.wait(slow.id, timeout=20)).status == "cancelled"
     finally:
         server.stop()
+
+
+def test_lists_are_brief_children_filter_and_memory_routes(
+    server: Server, server_env: dict[str, str], tmp_path: Path, db_url: str
+) -> None:
+    """GET /v1/runs cuts input and result to 200 characters (`truncated: true`), the run
+    and the SDK's `get` keep them whole; `parent_id` lists a run's children; an agent's
+    memory is listed, deleted one by one and cleared (issue 15)."""
+    long = "x" * 5000
+    spec = _agent(tmp_path, [{"text": "y" * 300}], tools=[], name="brief")
+    with Client(server.url) as client:
+        client.agents.create_from_file(spec)
+        run = client.runs.start("brief", input=long)
+        client.runs.wait(run.id, timeout=30)
+        items, _ = client.runs.list(agent="brief")
+        assert [(r.id, len(r.input or ""), len(r.result or ""), r.truncated) for r in items] == [
+            (run.id, 200, 200, True)
+        ]
+        whole = client.runs.get(run.id)
+        assert (whole.input, whole.result, whole.truncated) == (long, "y" * 300, False)
+    assert httpx.get(f"{server.url}/v1/runs?parent_id={run.id}").json()["items"] == []
+    # The CLI's `ls --json` prints them whole through the API too, as on a local database.
+    listed = cli("ls", "--agent", "brief", "--json", "--server", server.url, env=server_env)
+    assert listed.returncode == 0, listed.stderr
+    assert [(r["input"], r["result"]) for r in json.loads(listed.stdout)] == [(long, "y" * 300)]
+
+    async def notes() -> list[str]:
+        store = await Store.open(db_url)
+        try:
+            return [(await store.remember("brief", t))["id"] for t in ("one", "two")]
+        finally:
+            await store.close()
+
+    first, _ = asyncio.run(notes())
+    path = f"{server.url}/v1/agents/brief/memory"
+    items = httpx.get(path).json()["items"]
+    assert [i["value"] for i in items] == ["one", "two"] and items[0]["key"] == first
+    assert all(isinstance(i["updated_at"], float) for i in items)
+    assert httpx.delete(f"{path}/{first}").status_code == 204
+    assert httpx.delete(f"{path}/{first}").status_code == 404
+    assert [i["value"] for i in httpx.get(path).json()["items"]] == ["two"]
+    assert httpx.delete(path).status_code == 204
+    assert httpx.get(path).json() == {"items": []}

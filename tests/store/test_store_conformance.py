@@ -683,6 +683,28 @@ async def test_save_agent_versioning(db_url: str) -> None:
         assert created.data["agent"] == {"name": "versioned", "version": 5}
 
 
+async def test_inline_specs_reuse_any_identical_version(db_url: str) -> None:
+    """Spawned specs (any_version) reuse any version with the same content, whatever
+    the order of its keys; an agent saved as such still only reuses the newest."""
+    async with await Store.open(db_url) as store:
+        a, b = make_spec("reader", "a"), make_spec("reader", "b")
+        first = [await store.create_run(s, "x", any_version=True) for s in (a, b)]
+        again = [await store.create_run(s, "y", any_version=True) for s in (a, b, a, b)]
+        versions = [(await store.get_run(r)).agent_version for r in first + again]
+        assert versions == [1, 2, 1, 2, 1, 2]
+        options = [{"max_depth": 2, "max_children": 4}, {"max_children": 4, "max_depth": 2}]
+        tooled = [
+            make_spec("reader", "a", tools=[{"builtin": "subagents", "options": o}])
+            for o in options
+        ]
+        assert await store.save_agent(tooled[0], any_version=True) == 3
+        assert await store.save_agent(tooled[1], any_version=True) == 3  # keys in another order
+        # Another origin is another version; the newest-only rule is unchanged.
+        assert await store.save_agent(a, origin="api", any_version=True) == 4
+        assert await store.save_agent(a) == 5
+        assert await store.save_agent(a, any_version=True) == 5
+
+
 async def test_save_agent_concurrently(db_url: str) -> None:
     """Several processes starting runs of the same new agent at once all succeed,
     and agree on one version per distinct spec."""

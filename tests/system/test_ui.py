@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -22,9 +23,11 @@ from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs, urlparse
 
 import httpx
 import pytest
+import yaml
 from playwright.sync_api import BrowserContext, Page, expect, sync_playwright
 
 from helpers import env_for, read_ledger, stop
@@ -111,6 +114,69 @@ GATED = _agent(
     tools=["ledgertools:amo_record"],
     approvals={"require_for": ["amo_record"]},
 )
+
+
+def _child(doc: str, delay: float) -> dict[str, Any]:
+    return _agent("doc-reader", [{"text": f"summary of {doc}", "delay": delay}])
+
+
+# A parent that fans out to three sub-agents (each a run of its own) and waits for them.
+TREE = _agent(
+    "reviewer",
+    [
+        {
+            "text": "Three documents, one sub-agent each.",
+            "tool_calls": [
+                {
+                    "name": "spawn_agent",
+                    "arguments": {"input": f"Summarize {doc}", "spec": _child(doc, delay)},
+                }
+                for doc, delay in (("journaling", 1.5), ("leases", 2.5), ("idempotency", 3.5))
+            ],
+        },
+        {"tool_calls": [{"name": "wait_agents", "arguments": {"mode": "all"}}]},
+        {"text": "All three summaries merged."},
+    ],
+    tools=[{"builtin": "subagents"}],
+)
+SHELL_FAIL = _agent(
+    "shell-fail",
+    [
+        {"tool_calls": [{"name": "shell", "arguments": {"command": "echo missing >&2; exit 3"}}]},
+        {"text": "The command failed; nothing was changed."},
+    ],
+    tools=[{"builtin": "shell"}],
+)
+FOLLOWED = _agent(
+    "many-steps",
+    [
+        {"tool_calls": [{"name": "idem_record", "arguments": {"key": f"f{i}", "sleep": 0.6}}]}
+        for i in range(12)
+    ]
+    + [{"text": "twelve steps done"}],
+    tools=["ledgertools:idem_record"],
+)
+# The operator policy of the UI test server: API specs may also use the shell tool,
+# unconfined (the test machine need not have bubblewrap).
+UI_SETTINGS = """\
+api_specs:
+  allow_tools: [python, shell]
+  python_modules: [ledgertools, wstools]
+sandbox: none
+"""
+# A spec typed in the browser, with a typo in a field name.
+TYPO_YAML = """\
+name: notetaker
+system_prompt: Remember what you learn.
+model:
+  provider: scripted
+  responses:
+    - tool_calls: [{name: remember, arguments: {text: "the ledger closes on Fridays"}}]
+    - tool_calls: [{name: remember, arguments: {text: "invoice 42 is paid"}}]
+    - text: noted
+tools: [{builtin: memory}]
+limits: {max_stpes: 5}
+"""
 
 
 # ------------------------------------------------------------------ processes
@@ -246,11 +312,17 @@ def fleet(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Fleet]:
 def solo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """`everruns server` with its embedded worker: token deltas stream to the browser."""
     cwd = tmp_path_factory.mktemp("solo")
-    env = env_for(f"sqlite:///{cwd / 'everruns.db'}", EVERRUNS_TEST_LEDGER=str(cwd / "ledger"))
+    (cwd / "settings.yaml").write_text(UI_SETTINGS)
+    env = env_for(
+        f"sqlite:///{cwd / 'everruns.db'}",
+        EVERRUNS_TEST_LEDGER=str(cwd / "ledger"),
+        EVERRUNS_SETTINGS=str(cwd / "settings.yaml"),
+    )
     server = Server(env, cwd, ())
     try:
         server.start()
-        server.api("POST", "/v1/agents", {"spec": WRITER})
+        for spec in (WRITER, TREE, SHELL_FAIL, FOLLOWED, GATED):
+            server.api("POST", "/v1/agents", {"spec": spec})
         yield server
     finally:
         if server.proc is not None:
@@ -294,10 +366,17 @@ def page(browser: BrowserContext) -> Iterator[Page]:
     assert not errors, f"JavaScript errors in the page: {errors}"
 
 
-def _shot(page: Page, name: str, full_page: bool = True) -> Path:
+def _shot(page: Page, name: str, full_page: bool = True, readme: str | None = None) -> Path:
+    """A screenshot in test-artifacts/; with EVERRUNS_UPDATE_SCREENSHOT=1 also the README's
+    picture docs/`readme`."""
     ARTIFACTS.mkdir(exist_ok=True)
     path = ARTIFACTS / name
+    page.evaluate("document.getElementById('toasts')?.replaceChildren()")
+    page.evaluate("window.scrollTo(0, 0)")  # else sticky bars are drawn mid-page
     page.screenshot(path=str(path), full_page=full_page)
+    if readme and os.environ.get("EVERRUNS_UPDATE_SCREENSHOT") == "1":
+        (ROOT / "docs").mkdir(exist_ok=True)
+        shutil.copyfile(path, ROOT / "docs" / readme)
     return path
 
 
@@ -314,7 +393,7 @@ def _events_of(page: Page) -> list[tuple[int, str]]:
 def test_live_run_streams_asks_approval_and_renders_markdown(solo: Server, page: Page) -> None:
     # Start the run from the Agents page form, as a user would.
     page.goto(f"{solo.url}/#/agents/ledger-writer")
-    expect(page.locator("#agent-spec")).to_contain_text('"require_for"')
+    expect(page.locator("#agent-spec")).to_contain_text("require_for:\n    - amo_record")
     page.get_by_label("Input").fill("Record invoice 42 and report.")
     page.get_by_role("button", name="Start run").click()
     page.wait_for_url("**/#/runs/run*")
@@ -342,12 +421,16 @@ def test_live_run_streams_asks_approval_and_renders_markdown(solo: Server, page:
     expect(answer).to_contain_text('"key": "invoice-42"')
     expect(page.locator("#stream")).to_have_count(0)
     expect(page.locator("#run-status")).to_have_text("waiting")
-    box = page.locator('[data-type="approval.requested"]')
-    expect(box).to_contain_text("Approval needed: amo_record")
+    expect(page.locator('[data-type="approval.requested"]')).to_contain_text(
+        "Approval needed: amo_record"
+    )
+    box = page.locator("#pending-approvals")
+    expect(box).to_contain_text("Approve amo_record?")
     box.get_by_label("Reason").fill("matches the invoice")
     box.get_by_role("button", name="Approve").click()
 
     expect(page.locator('[data-type="approval.granted"]')).to_contain_text("matches the invoice")
+    expect(page.locator("#pending-approvals")).to_be_hidden()
     expect(page.locator('[data-type="tool.completed"]')).to_contain_text(
         "amo_record recorded invoice-42"
     )
@@ -594,6 +677,16 @@ def test_login_with_a_token_and_stream_with_access_token(fleet: Fleet, page: Pag
 def test_markdown_renderer_is_safe(fleet: Fleet, page: Page) -> None:
     page.goto(f"{fleet.server.url}/#/workers")
     expect(page.get_by_role("heading", name="Workers")).to_be_visible()
+    # The "needs attention" list (health.js) shows what /v1/health/attention says.
+    expect(page.get_by_role("heading", name="Needs attention")).to_be_visible()
+    expect(page.locator("#attention-status")).to_have_text(
+        re.compile(r"Nothing needs attention\.|\d+ findings? \(same as everruns doctor\):")
+    )
+    checks = {f["check"] for f in fleet.server.api("GET", "/v1/health/attention")}
+    shown = set(
+        page.locator("#attention-list li").evaluate_all("els => els.map(e => e.dataset.check)")
+    )
+    assert shown <= checks | {"dead_worker", "stuck_run"}, (shown, checks)
     cases = {
         "# Title": "<h1>Title</h1>",
         "### Three": "<h3>Three</h3>",
@@ -715,3 +808,316 @@ def test_superseded_deltas_are_discarded_and_events_deduplicated(fleet: Fleet, p
     expect(page.locator('[data-type="message.user"]')).to_have_count(2)
     assert [seq for seq, _ in _events_of(page)] == [1, 2, 3, 4, 5, 6, 7]
     assert "STALE" not in page.locator("main").inner_text()
+
+
+# ------------------------------------------------------------------ issue 15: the first hour
+
+
+def _in_viewport(page: Page, selector: str) -> bool:
+    return bool(
+        page.evaluate(
+            """(sel) => { const r = document.querySelector(sel).getBoundingClientRect();
+                return r.height > 0 && r.top >= 0 && r.bottom <= window.innerHeight; }""",
+            selector,
+        )
+    )
+
+
+def test_run_tree_groups_children_and_lists_them_live(solo: Server, page: Page) -> None:
+    parent = solo.start_run("reviewer", "Review the three documents")
+    again = solo.start_run("reviewer", "Review them again")  # the same three inline specs
+    page.goto(f"{solo.url}/#/runs/{parent}")
+    children = page.locator("#children tbody tr")
+    expect(children).to_have_count(3, timeout=20_000)
+    # Live: the children are listed while they run, then each ends, with a link and a cost.
+    expect(page.locator('#children tr[data-status="running"]').first).to_be_visible()
+    expect(page.locator('#children tr[data-status="completed"]')).to_have_count(3, timeout=30_000)
+    kids = solo.api("GET", f"/v1/runs?parent_id={parent}")["items"]
+    assert {k["parent_id"] for k in kids} == {parent} and len(kids) == 3
+    first = min(kids, key=lambda k: k["created_at"])
+    row = page.locator(f'#children tr[data-child-id="{first["id"]}"]')
+    expect(row.locator('[data-label="Cost"]')).to_contain_text("$")
+    expect(row.get_by_role("link", name=first["id"])).to_have_attribute(
+        "href", f"#/runs/{first['id']}"
+    )
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    expect(page.locator("#tree-totals")).to_contain_text("3 sub-agents, 3 finished")
+    # Tree totals: the parent and its children (without a ledger, summed by the page).
+    kids = solo.api("GET", f"/v1/runs?parent_id={parent}")["items"]
+    tree = [solo.api("GET", f"/v1/runs/{parent}"), *kids]
+    total = sum(r["usage"]["cost_usd"] for r in tree)
+    expect(page.locator("#tree-cost")).to_have_text(f"${total:.4f}")
+    # Identical inline specs: one doc-reader version per distinct spec, however many reviews.
+    solo.wait_status(again, "completed")
+    rerun = solo.api("GET", f"/v1/runs?parent_id={again}")["items"]
+    versions = {k["input"]: k["agent_version"] for k in kids}
+    assert {k["input"]: k["agent_version"] for k in rerun} == versions
+    assert sorted(versions.values()) == [1, 2, 3]
+    assert solo.api("GET", "/v1/agents/doc-reader")["version"] == 3
+    _shot(page, "ui-run-tree.png", full_page=False, readme="screenshot-tree.png")
+
+    # The runs list: the three children right under their parent, collapsible.
+    page.goto(f"{solo.url}/#/runs")
+    page.get_by_role("button", name=f"Hide the 3 sub-agent runs of {again}").click()
+    rows = page.locator(f'tr[data-run-id="{parent}"], tr[data-parent-id="{parent}"]')
+    expect(rows).to_have_count(4)
+    order = page.locator("tbody tr").evaluate_all("els => els.map(e => e.dataset.runId)")
+    at = order.index(parent)
+    assert set(order[at + 1 : at + 4]) == {k["id"] for k in kids}, order
+    expect(page.locator(f'tr[data-parent-id="{parent}"][data-depth="1"]')).to_have_count(3)
+    _shot(page, "ui-runs-tree.png", readme="screenshot-runs-tree.png")
+    toggle = page.get_by_role("button", name=f"Hide the 3 sub-agent runs of {parent}")
+    expect(toggle).to_have_attribute("aria-expanded", "true")
+    toggle.click()
+    expect(page.locator(f'tr[data-parent-id="{parent}"]').first).to_be_hidden()
+    page.get_by_role("button", name=f"Show the 3 sub-agent runs of {parent}").click()
+    expect(page.locator(f'tr[data-parent-id="{parent}"]')).to_have_count(3)
+    expect(page.locator(f'tr[data-parent-id="{parent}"]').first).to_be_visible()
+
+
+def test_failed_shell_call_is_a_failure_and_fork_sits_on_turns(solo: Server, page: Page) -> None:
+    run_id = solo.start_run("shell-fail", "run the check")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    result = page.locator('[data-type="tool.completed"]')
+    expect(result).to_have_class("ev tool error")
+    expect(result).to_contain_text("Tool shell failed: exit code 3")
+    expect(result.locator(".ev-title")).to_have_css("color", "rgb(180, 35, 27)")  # --bad
+    expect(result).not_to_contain_text("returned")
+    # Fork only where a turn ends: after an answer, after the step's last tool result.
+    forks = page.locator("#timeline .fork")
+    bounded = page.locator("#timeline > li:has(.fork)").evaluate_all(
+        "els => els.map(e => e.dataset.type)"
+    )
+    assert bounded == ["llm.completed", "tool.completed", "llm.completed", "run.completed"]
+    expect(forks).to_have_count(4)
+    _shot(page, "ui-shell-failure.png", full_page=False, readme="screenshot-failure.png")
+
+
+def test_follows_the_live_end_with_a_jump_pill(solo: Server, page: Page) -> None:
+    page.set_viewport_size({"width": 1000, "height": 600})
+    run_id = solo.start_run("many-steps", "twelve steps")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    expect(page.locator('[data-type="tool.completed"]').nth(2)).to_be_attached(timeout=20_000)
+    # Following: the newest event is on screen without any scrolling by the user.
+    page.wait_for_function(
+        """() => { const l = document.querySelector('#timeline > li:last-child');
+            const r = l.getBoundingClientRect(); return r.bottom <= window.innerHeight + 2; }"""
+    )
+    assert page.evaluate("window.scrollY") > 0
+    # The user scrolls up: the page stays there, a pill offers the way back.
+    page.mouse.wheel(0, -20_000)
+    page.wait_for_function("() => window.scrollY === 0")
+    pill = page.get_by_role("button", name="Jump to live")
+    expect(pill).to_be_visible(timeout=10_000)  # at the next event
+    assert page.evaluate("window.scrollY") == 0
+    pill.click()
+    expect(pill).to_be_hidden()
+    n = page.locator("#timeline > li").count()
+    expect(page.locator(f"#timeline > li:nth-child({n + 1})")).to_be_attached(timeout=10_000)
+    page.wait_for_function(
+        """() => { const l = document.querySelector('#timeline > li:last-child');
+            const r = l.getBoundingClientRect(); return r.bottom <= window.innerHeight + 2; }"""
+    )
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=30_000)
+    expect(pill).to_be_hidden()
+
+
+def test_agent_from_yaml_names_the_field_and_memory_panel(solo: Server, page: Page) -> None:
+    page.goto(f"{solo.url}/#/agents")
+    page.get_by_role("button", name="New agent").click()
+    editor = page.get_by_label("Spec (YAML)")
+    editor.fill("name: broken\nmodel: {provider: scripted\ntools: []\n")  # unclosed mapping
+    page.get_by_role("button", name="Save agent").click()
+    expect(page.locator("#yaml-error .field-name")).to_have_text(re.compile(r"^line \d+$"))
+    expect(page.locator("#yaml-error")).to_contain_text("invalid YAML")
+    editor.fill(TYPO_YAML)
+    page.get_by_role("button", name="Save agent").click()
+    error = page.locator("#yaml-error")
+    expect(error).to_contain_text("Invalid agent spec")
+    expect(error.locator(".field-name")).to_have_text("limits.max_stpes")
+    expect(error).to_contain_text("Extra inputs are not permitted")
+    _shot(page, "ui-agent-yaml-error.png", readme="screenshot-agent-yaml.png")
+    editor.fill(TYPO_YAML.replace("max_stpes", "max_steps"))
+    page.get_by_role("button", name="Save agent").click()
+    page.wait_for_url("**/#/agents/notetaker")
+    spec = page.locator("#agent-spec")
+    expect(spec).to_contain_text("max_steps: 5")
+    # The YAML shown reads back as the stored spec (and can be edited as a new version).
+    shown = yaml.safe_load(spec.inner_text())
+    assert shown == solo.api("GET", "/v1/agents/notetaker")["spec"]
+    page.get_by_role("button", name="Edit as a new version").click()
+    text = page.get_by_label("Spec (YAML)").input_value()
+    assert yaml.safe_load(text) == shown
+    page.get_by_label("Spec (YAML)").fill(text.replace("max_steps: 5", "max_steps: 6"))
+    page.get_by_role("button", name="Save agent").click()
+    expect(page.locator("#agent-spec")).to_contain_text("max_steps: 6")
+    expect(page.get_by_label("Version")).to_have_value("2")
+    assert solo.api("GET", "/v1/agents/notetaker/versions/1")["spec"] == shown
+
+    # A run remembers two notes; the Memory panel lists them, deletes one, clears all.
+    page.get_by_label("Input").fill("learn")
+    page.get_by_role("button", name="Start run").click()
+    page.wait_for_url("**/#/runs/run*")
+    expect(page.locator("#run-status")).to_have_text("completed", timeout=20_000)
+    page.goto(f"{solo.url}/#/agents/notetaker")
+    items = page.locator("#memory-list li[data-key]")
+    expect(items).to_have_count(2)
+    expect(items.first).to_contain_text("the ledger closes on Fridays")
+    memory = solo.api("GET", "/v1/agents/notetaker/memory")["items"]
+    assert [m["value"] for m in memory] == ["the ledger closes on Fridays", "invoice 42 is paid"]
+    _shot(page, "ui-agent-memory.png", readme="screenshot-agent.png")
+    page.get_by_role("button", name=f"Delete memory {memory[0]['key']}").click()
+    expect(items).to_have_count(1)
+    expect(items.first).to_contain_text("invoice 42 is paid")
+    page.get_by_role("button", name="Clear all").click()  # the confirm() is accepted
+    expect(page.locator("#memory-list")).to_contain_text("Nothing remembered yet.")
+    assert solo.api("GET", "/v1/agents/notetaker/memory") == {"items": []}
+
+
+def test_phone_approval_is_visible_without_scrolling(solo: Server, page: Page) -> None:
+    page.set_viewport_size({"width": 390, "height": 844})
+    run_id = solo.start_run("gated", "please record gate-1")
+    solo.wait_status(run_id, "waiting")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    approve = page.locator("#pending-approvals").get_by_role("button", name="Approve")
+    expect(approve).to_be_visible()
+    expect(page.locator('[data-type="run.waiting"]')).to_be_attached()
+    # On screen wherever the page is: at the top, and at the bottom (sticky).
+    page.evaluate("window.scrollTo(0, 0)")
+    page.wait_for_function("() => window.scrollY === 0")
+    assert _in_viewport(page, "#pending-approvals button.ok")
+    _shot(page, "ui-phone-approval.png", full_page=False, readme="screenshot-phone-approval.png")
+    page.evaluate("window.scrollTo(0, document.body.scrollHeight)")
+    page.wait_for_function("() => window.scrollY > 0")
+    assert _in_viewport(page, "#pending-approvals button.ok")
+    approve.click()
+    expect(page.locator('[data-type="approval.granted"]')).to_be_attached()
+    expect(page.locator("#pending-approvals")).to_be_hidden()
+    assert page.evaluate("document.documentElement.scrollWidth") <= 390
+
+
+def _fake_run(rid: str, now: float, **fields: Any) -> dict[str, Any]:
+    usage = {"input_tokens": 10, "output_tokens": 5, "total_tokens": 15, "cost_usd": 0.5}
+    return {
+        "id": rid,
+        "agent": "fake",
+        "agent_version": 1,
+        "parent_id": None,
+        "status": "waiting",
+        "steps": 1,
+        "usage": usage,
+        "input": "hi",
+        "result": None,
+        "error": None,
+        "epoch": 1,
+        "lease_owner": None,
+        "wake_at": None,
+        "last_seq": 3,
+        "created_at": now,
+        "updated_at": now,
+        **fields,
+    }
+
+
+def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page) -> None:
+    """Client logic on served fixtures: "Show more" follows the API's cursor, wake times
+    count down, `cost_known: false` reads "unknown", a `tree_usage` is the tree's total,
+    and the YAML the UI writes reads back as the same values in PyYAML."""
+    base = solo.url
+    now = time.time()
+    first = [_fake_run(f"run_p1_{i}", now - i) for i in range(2)]
+    second = [_fake_run("run_p2_0", now - 10)]
+    asked: list[str | None] = []
+
+    def runs(route: Any) -> None:
+        cursor = parse_qs(urlparse(route.request.url).query).get("cursor", [None])[0]
+        asked.append(cursor)
+        if cursor == "c1":
+            route.fulfill(json={"items": second, "next_cursor": None})
+        else:
+            route.fulfill(json={"items": first, "next_cursor": "c1"})
+
+    page.route(f"{base}/v1/runs?*", runs)
+    page.route(f"{base}/v1/agents", lambda r: r.fulfill(json=[]))
+    page.goto(f"{base}/#/runs")
+    expect(page.locator("tbody tr")).to_have_count(2)
+    page.get_by_role("button", name="Show more").click()
+    expect(page.locator('tr[data-run-id="run_p2_0"]')).to_be_visible()
+    expect(page.locator("tbody tr")).to_have_count(3)
+    expect(page.get_by_role("button", name="Show more")).to_be_hidden()
+    assert "c1" in asked
+
+    rid = "run_waits"
+    wake = now + 45
+    row = _fake_run(
+        rid,
+        now,
+        usage={
+            "input_tokens": 10,
+            "output_tokens": 5,
+            "total_tokens": 15,
+            "cost_usd": 0.0,
+            "cost_known": False,
+        },
+        tree_usage={"input_tokens": 30, "output_tokens": 9, "cost_usd": 1.25, "cost_known": True},
+        last_seq=4,
+    )
+    journal = [
+        {"run_id": rid, "seq": 1, "type": "run.created", "ts": now, "data": {"input": "hi"}},
+        {"run_id": rid, "seq": 2, "type": "run.started", "ts": now, "data": {"worker": "w"}},
+        {
+            "run_id": rid,
+            "seq": 3,
+            "type": "tool.completed",
+            "ts": now,
+            "data": {"call_id": "c", "name": "spawn_agent", "output": "{}", "child": "run_p1_0"},
+        },
+        {
+            "run_id": rid,
+            "seq": 4,
+            "type": "run.waiting",
+            "ts": now,
+            "data": {"reason": "sleep", "wake_at": wake},
+        },
+    ]
+    page.route(
+        f"{base}/v1/runs/{rid}/events/stream*",
+        lambda r: r.fulfill(
+            status=200,
+            headers={"Content-Type": "text/event-stream"},
+            body="".join(map(_sse, journal)),
+        ),
+    )
+    page.route(f"{base}/v1/runs/{rid}/events?*", lambda r: r.fulfill(json=journal))
+    page.route(f"{base}/v1/runs/{rid}", lambda r: r.fulfill(json=row))
+    page.goto(f"{base}/#/runs/{rid}")
+    countdown = page.locator('[data-type="run.waiting"] .countdown')
+    expect(countdown).to_have_text(re.compile(r"^in \d+ s$"))
+    before = int(countdown.inner_text().split()[1])
+    page.wait_for_function(  # it ticks
+        "(n) => Number(document.querySelector('.countdown').textContent.split(' ')[1]) < n",
+        arg=before,
+        timeout=10_000,
+    )
+    expect(page.locator("#stat-cost")).to_have_text("unknown")
+    expect(page.locator("#tree-cost")).to_have_text("$1.25")  # the children (served) are 3
+    expect(page.locator("#children tbody tr")).to_have_count(3)
+
+    values = [
+        {"name": "a", "prompt": "line one\nline two\n", "strip": "no newline\nat end"},
+        {"odd": ["yes", "no", "on", "null", "~", "1.5", "0x1F", "", " lead", "trail ", "a: b"]},
+        {"more": ["# not a comment", "x #y", "- item", "[x]", "{y}", "*ref", "&a", "!tag", "@at"]},
+        {"nested": [{"a": [1, 2.5, True, None]}, [], {}, [[1, {"b": "c"}]]], "é": "ü ☃"},
+        {"keys": {"yes": 1, "1": 2, "with space": 3, "colon:": 4}},
+        {"blocks": ["  indented\nfirst", "tabs\tand\nlines", "ends\n\n", "\n"]},
+    ]
+    written = page.evaluate(
+        """async (values) => {
+            const m = await import('/ui/yaml.js');
+            return values.map((v) => m.toYaml(v));
+        }""",
+        values,
+    )
+    for value, text in zip(values, written, strict=True):
+        assert yaml.safe_load(text) == value, text

@@ -415,3 +415,17 @@ async def test_everything_streamable_http(everything_http: EverythingHTTP) -> No
         # It comes back: the next call reconnects.
         everything_http.start()
         assert await conn.call_tool("get-sum", {"a": 1, "b": 1}) == "The sum of 1 and 1 is 2."
+
+
+async def test_a_tool_calls_trace_context_reaches_the_mcp_server_in_meta(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from everruns.tools import sandbox
+
+    monkeypatch.setattr(sandbox, "_config", sandbox.current())  # restored after the test
+    sandbox.configure("none")  # the server is ours; the sandbox is tested elsewhere
+    server = Path(__file__).parents[1] / "tooling" / "traced_mcp.py"
+    parent = "00-" + "1f" * 16 + "-" + "2e" * 8 + "-01"
+    async with MCPConnection(MCPServerConfig(command=[sys.executable, str(server)])) as conn:
+        assert await conn.call_tool("show_meta", {}, 20, trace={"traceparent": parent}) == parent
+        assert await conn.call_tool("show_meta", {}, 20) == ""

@@ -220,8 +220,8 @@ async def test_http_builtin_honours_retry_after_and_the_model_sees_only_success(
         assert "HTTP 429" in retries[0].data["reason"]
         tool_messages = [m for m in transcript(fold(events)) if m["role"] == "tool"]
         assert len(tool_messages) == 1
-        assert '"status": 200' in tool_messages[0]["content"]
-        assert "429" not in tool_messages[0]["content"]
+        seen = json.loads(tool_messages[0]["content"])  # the response the model got
+        assert seen["status"] == 200 and json.loads(seen["body"])["status"] == 200
     finally:
         fleet.close()
         server.shutdown()

@@ -495,3 +495,25 @@ async def test_connection_refused_is_a_tool_error() -> None:
         port = sock.getsockname()[1]
     with pytest.raises(ToolError, match="ConnectError"):
         await fetch_text(f"http://127.0.0.1:{port}/", allow_private=True)
+
+
+async def test_the_http_and_web_fetch_tools_send_the_calls_trace_context(server: str) -> None:
+    from everruns.spec import ToolSpec
+    from everruns.tools.base import ToolContext
+    from everruns.tools.builtins import build_builtin
+
+    parent = "00-" + "1f" * 16 + "-" + "2e" * 8 + "-01"
+    ctx = ToolContext(run_id="r", tool_call_id="c", idempotency_key="r:c", attempt=1)
+    traced = ToolContext(**{**ctx.__dict__, "trace": {"traceparent": parent}})
+    (http,) = build_builtin(ToolSpec(builtin="http"), allow_private_networks=True)
+    sent = await http.invoke({"method": "GET", "url": f"{server}/echo"}, traced)
+    assert json.loads(sent["body"])["headers"]["traceparent"] == parent
+    untraced = await http.invoke({"method": "GET", "url": f"{server}/echo"}, ctx)
+    assert "traceparent" not in json.loads(untraced["body"])["headers"]
+    own = await http.invoke(
+        {"method": "GET", "url": f"{server}/echo", "headers": {"traceparent": "mine"}}, traced
+    )
+    assert json.loads(own["body"])["headers"]["traceparent"] == "mine", "the model's header wins"
+    (fetch,) = build_builtin(ToolSpec(builtin="web_fetch"), allow_private_networks=True)
+    page = await fetch.invoke({"url": f"{server}/echo"}, traced)
+    assert parent in page["text"]

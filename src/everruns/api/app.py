@@ -11,7 +11,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any
 
-import yaml
 from fastapi import Depends, FastAPI, Header, Path, Query, Request
 from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
@@ -20,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from everruns.api import problems
 from everruns.api.feed import EventFeed
 from everruns.api.files import add_file_routes, input_manifest
+from everruns.api.metrics import exposition as metrics_text
 from everruns.api.models import (
     AgentCreate,
     AgentOut,
@@ -35,15 +35,17 @@ from everruns.api.models import (
 )
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
+from everruns.api.tracing import TraceRequests
 from everruns.api.wire import run_to_api
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
+from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.worker import Worker
 from everruns.policy import check_spec
 from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
-from everruns.spec import AgentSpec, parse_spec
+from everruns.spec import AgentSpec, parse_spec, spec_from_yaml
 from everruns.store import Store, StoreError
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
@@ -122,8 +124,8 @@ def store_of(request: Request) -> Store:
 StoreDep = Annotated[Store, Depends(store_of)]
 
 
-def _run_out(row: Any) -> RunOut:
-    return RunOut.model_validate(run_to_api(row))
+def _run_out(row: Any, *, brief: bool = False) -> RunOut:
+    return RunOut.model_validate(run_to_api(row, brief=brief))
 
 
 def _sse(event: dict[str, Any], *, with_id: bool = True) -> bytes:
@@ -178,6 +180,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     )
     problems.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
+    sink = tracing.sink()
+    if sink is not None:  # request spans linked to the runs they touch (OTEL_* set)
+        app.add_middleware(TraceRequests, sink=sink)
     if config.cors_origins and config.auth_required:
         from starlette.middleware.cors import CORSMiddleware
 
@@ -228,25 +233,29 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     async def ready(store: StoreDep) -> dict[str, str]:
         try:
             await store.ping()
+            current, revision, head = await store.health.migrations_current()
         except Exception as exc:
             raise Problem(503, "not-ready", "Not ready", f"database unreachable: {exc}") from None
-        return {"status": "ready"}
+        if not current:
+            raise Problem(
+                503,
+                "not-ready",
+                "Not ready",
+                f"database schema at revision {revision or 'none'}, this version needs {head} "
+                "(run `everruns db upgrade`)",
+            )
+        return {"status": "ready", "schema": head}
 
     @app.get("/metrics", tags=["health"], response_class=PlainTextResponse, dependencies=auth)
-    async def metrics(store: StoreDep) -> str:
-        counts = await store.count_runs_by_status()
-        workers = await store.list_workers()
-        lines = ["# HELP everruns_runs Runs by status.", "# TYPE everruns_runs gauge"]
-        lines += [f'everruns_runs{{status="{s}"}} {counts.get(s, 0)}' for s in STATUSES]
-        lines += [
-            "# HELP everruns_workers Live workers.",
-            "# TYPE everruns_workers gauge",
-            f"everruns_workers {len(workers)}",
-            "# HELP everruns_worker_runs Runs held by live workers.",
-            "# TYPE everruns_worker_runs gauge",
-            f"everruns_worker_runs {sum(w['runs'] for w in workers)}",
-        ]
-        return "\n".join(lines) + "\n"
+    async def metrics(store: StoreDep) -> PlainTextResponse:
+        return PlainTextResponse(
+            await metrics_text(store), media_type="text/plain; version=0.0.4; charset=utf-8"
+        )
+
+    @app.get("/v1/health/attention", tags=["health"], dependencies=auth)
+    async def attention(store: StoreDep) -> list[dict[str, Any]]:
+        """What needs a human (the checks of `everruns doctor`); empty when all is well."""
+        return await store.health.attention()
 
     # ------------------------------------------------------------ agents
 
@@ -267,14 +276,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "Invalid request",
                 "give exactly one of `spec` (JSON) or `yaml` (text)",
             )
-        if text is not None:
-            try:
-                spec_data = yaml.safe_load(text)
-            except yaml.YAMLError as exc:
-                raise Problem(
-                    422, "invalid-spec", "Invalid agent spec", f"invalid YAML: {exc}"
-                ) from None
-        spec = parse_spec(spec_data, "spec")
+        spec = spec_from_yaml(text, "spec") if text is not None else parse_spec(spec_data, "spec")
         await _allowed(store, spec)  # before build_tools imports any module
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)
@@ -386,7 +388,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         )
         page = rows[:limit]
         next_cursor = f"{page[-1].created_at!r}~{page[-1].id}" if len(rows) > limit else None
-        return RunPage(items=[_run_out(r) for r in page], next_cursor=next_cursor)
+        return RunPage(items=[_run_out(r, brief=True) for r in page], next_cursor=next_cursor)
 
     @app.get("/v1/runs/{run_id}", tags=["runs"], dependencies=auth)
     async def get_run(run_id: str, store: StoreDep) -> RunOut:
@@ -513,6 +515,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)
+    from everruns.api.memory import add_memory_routes
+
+    add_memory_routes(app, auth)
     mount_ui(app)
     return app
 

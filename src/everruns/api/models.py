@@ -65,6 +65,11 @@ class RunOut(BaseModel):
     last_seq: int
     created_at: float
     updated_at: float
+    truncated: bool = Field(
+        default=False,
+        description="True in a list when `input` or `result` was cut to its first 200 "
+        "characters; GET /v1/runs/{id} returns them whole.",
+    )
 
 
 class RunPage(BaseModel):

@@ -11,9 +11,25 @@ from typing import Any
 
 from everruns.store import RunRow
 
+# A list response carries at most this many characters of each run's input and result
+# (a 10 MB input would otherwise be in every page of the list, refreshed every 2 s).
+BRIEF_CHARS = 200
 
-def run_to_api(row: RunRow) -> dict[str, Any]:
-    """A run as the API returns it."""
+
+def run_to_api(row: RunRow, *, brief: bool = False) -> dict[str, Any]:
+    """A run as the API returns it; `brief` (lists): input and result cut to
+    BRIEF_CHARS, with `truncated: true` when either was cut."""
+    out = _run_dict(row)
+    if brief:
+        for key in ("input", "result"):
+            value = out[key]
+            if value is not None and len(value) > BRIEF_CHARS:
+                out[key] = value[:BRIEF_CHARS]
+                out["truncated"] = True
+    return out
+
+
+def _run_dict(row: RunRow) -> dict[str, Any]:
     return {
         "id": row.id,
         "agent": row.agent_name,
@@ -32,6 +48,7 @@ def run_to_api(row: RunRow) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "progress": row.progress,
+        "truncated": False,
     }
 
 

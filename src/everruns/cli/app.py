@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, files, maintenance, runs, schedules, serve
+from everruns.cli import access, doctor, files, maintenance, runs, schedules, serve
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -56,6 +56,7 @@ app.command()(runs.deny)
 app.command()(runs.message)
 app.command()(files.workspace)
 app.command()(serve.server)
+app.command()(doctor.doctor)
 app.add_typer(access.token_app, name="token")
 app.add_typer(access.secret_app, name="secret")
 app.add_typer(schedules.schedule_app, name="schedule")

@@ -51,7 +51,9 @@ class RemoteBackend:
         self, *, status: str | None, agent: str | None, limit: int
     ) -> list[RunView]:
         items, _ = await self.client.runs.list(status=status, agent=agent, limit=limit)
-        return [view(r) for r in items]
+        # A list cuts long inputs and results (`truncated`); `ls --json` prints them whole,
+        # as it does on a local database.
+        return [view(await self.client.runs.get(r.id) if r.truncated else r) for r in items]
 
     async def events(self, run_id: str, after: int) -> list[dict[str, Any]]:
         return [record(e) for e in await self.client.runs.events(run_id, after=after)]

@@ -40,6 +40,17 @@ def worker(
     shutdown_grace: Annotated[
         float, typer.Option(help="On SIGTERM, seconds to let in-flight atoms finish.")
     ] = 10.0,
+    metrics_port: Annotated[
+        int | None,
+        typer.Option(
+            help="Serve this worker's Prometheus metrics on this port (GET /metrics).",
+            min=0,
+            max=65535,
+        ),
+    ] = None,
+    metrics_host: Annotated[
+        str, typer.Option(help="Address of the metrics endpoint.")
+    ] = "127.0.0.1",
     verbose: Annotated[bool, typer.Option("--verbose", "-v")] = False,
 ) -> None:
     """Execute queued runs until stopped (SIGTERM/SIGINT release the leases)."""
@@ -52,6 +63,11 @@ def worker(
         stream=sys.stderr,
     )
     log = logging.getLogger("everruns.worker")
+    if metrics_port is not None:
+        from everruns.metrics import serve_metrics
+
+        bound = serve_metrics(metrics_host, metrics_port)
+        log.info("metrics on http://%s:%d/metrics", metrics_host, bound)
 
     async def go() -> None:
         store = await Store.open(db)

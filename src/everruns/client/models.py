@@ -48,6 +48,8 @@ class Run(BaseModel):
     last_seq: int = 0
     created_at: float = 0.0
     updated_at: float = 0.0
+    # From a list: input and result cut to their first 200 characters (`runs.get` has them whole).
+    truncated: bool = False
 
     @property
     def done(self) -> bool:

@@ -11,6 +11,7 @@ import asyncio
 import time
 from typing import Any
 
+from everruns import metrics
 from everruns.core.backoff import backoff_delay
 from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
 from everruns.core.decide import Compact, Reason, Wait
@@ -104,7 +105,10 @@ class LLMStep:
             attempt=atom.attempt,
         )
 
+        ttft = metrics.first_token(model.label)
+
         def on_delta(text: str) -> None:
+            ttft()
             self.log.publish_ephemeral("llm.delta", {"attempt": atom.attempt, "text": text})
 
         price = price_for(model, self.settings.prices)

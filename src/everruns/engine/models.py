@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import dataclass
 
+from everruns import metrics
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.store import Store
@@ -72,6 +73,9 @@ async def take_from_bucket(
         wait = await store.acquire_rate(key, rpm=rpm, tpm=tpm, tokens=tokens, burst=burst)
         if wait == 0.0:
             return 0.0
-        if wait > max_sleep:
+        durable = wait > max_sleep
+        metrics.RATE_LIMIT_WAITS.labels(key, str(durable).lower()).inc()
+        metrics.RATE_LIMIT_WAIT_SECONDS.labels(key).inc(wait)
+        if durable:
             return wait
         await asyncio.sleep(wait)

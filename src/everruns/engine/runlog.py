@@ -16,24 +16,36 @@ from everruns.core.events import Event, EventType
 from everruns.core.state import State, apply, fold
 from everruns.engine import crashpoints
 from everruns.engine.broker import Broker
+from everruns.engine.observe import RunObserver
 from everruns.store import Moved, Store
 
 
 class RunLog:
     """The fenced journal of one run under one claim (`epoch`)."""
 
-    def __init__(self, store: Store, run_id: str, epoch: int, broker: Broker):
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        epoch: int,
+        broker: Broker,
+        observer: RunObserver | None = None,
+    ):
         self.store = store
         self.run_id = run_id
         self.epoch = epoch
         self.broker = broker
+        self.observer = observer  # metrics and traces of what this log commits
         self.state = State()
         self._lock = asyncio.Lock()
         self._carry: list[tuple[str, dict[str, Any]]] = []  # folded, committed with the next
 
     async def refold(self) -> State:
         """Fold the journal from the store (at start, and after someone else appended)."""
-        self.state = fold(await self.store.load_events(self.run_id))
+        events = await self.store.load_events(self.run_id)
+        self.state = fold(events)
+        if self.observer is not None:
+            self.observer.loaded(events, self.state)
         return self.state
 
     async def append(
@@ -106,5 +118,11 @@ class RunLog:
             crashpoints.hit(f"after:{kind}")
         return events[-1]
 
+    def trace_headers(self, started: Event) -> dict[str, str]:
+        """W3C trace context of the atom `started` opened ({} when tracing is off)."""
+        return self.observer.headers(started) if self.observer is not None else {}
+
     def _publish(self, event: Event) -> None:
+        if self.observer is not None:
+            self.observer.committed(event, self.state)
         self.broker.publish(self.run_id, {"run_id": self.run_id, **event.to_dict()})

@@ -24,6 +24,7 @@ from everruns.engine.keys import bindings
 from everruns.engine.llm_step import LLMStep
 from everruns.engine.mcp_tools import load_mcp_tools
 from everruns.engine.models import candidates
+from everruns.engine.observe import RunObserver
 from everruns.engine.runlog import RunLog
 from everruns.engine.subagents import Subagents
 from everruns.engine.tool_step import ToolStep
@@ -64,7 +65,8 @@ class RunRunner:
         self.broker = broker
         self.run_id = claim.run_id
         self.epoch = claim.epoch
-        self.log = RunLog(store, claim.run_id, claim.epoch, broker)
+        observer = RunObserver(claim.run_id, claim.agent_name, claim.epoch, options.worker_id)
+        self.log = RunLog(store, claim.run_id, claim.epoch, broker, observer)
         self.stop_reason: str | None = None
         self.draining = False
         self.pause_requested = False

@@ -30,8 +30,13 @@ class Subagents:
         self.origin = origin
         self._spawning: set[str] = set()
 
-    async def spawn(self, call_id: str, request: SpawnRequest) -> str:
-        """Create (or find) the child run of call `call_id`; its id. ToolError: refused."""
+    async def spawn(
+        self, call_id: str, request: SpawnRequest, trace: dict[str, str] | None = None
+    ) -> str:
+        """Create (or find) the child run of call `call_id`; its id. ToolError: refused.
+
+        `trace`: the spawn call's trace context, kept in the child's `run.created` so the
+        child's trace links to the span that spawned it."""
         state = self.log.state
         options = next((t.options for t in self.spec.tools if t.builtin == "subagents"), {})
         max_depth = int(options.get("max_depth", 3))
@@ -73,8 +78,10 @@ class Subagents:
             request.input,
             parent_id=self.log.run_id,
             run_id=child,
-            created_data={"depth": self.log.state.depth + 1},
+            created_data={"depth": self.log.state.depth + 1, **({"trace": trace} if trace else {})},
             origin=origin,
+            # An inline spec the model writes again reuses its version (content hash).
+            any_version=request.spec is not None,
         )
 
 

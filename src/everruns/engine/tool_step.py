@@ -118,7 +118,7 @@ class ToolStep:
 
     async def _run_call(self, tool: Tool, plan: CallPlan, base: dict[str, Any], key: str) -> None:
         call = plan.call
-        await self.log.append(
+        started = await self.log.append(
             EventType.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
@@ -149,6 +149,7 @@ class ToolStep:
                 agent=self.agent,
                 store=self.store,
                 on_progress=on_progress,
+                trace=self.log.trace_headers(started),
             )
             try:
                 if tool.timeout:
@@ -169,7 +170,9 @@ class ToolStep:
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                await self._tool_result(tool, {**base, **_latest(progress)}, output, uses_ws)
+                await self._tool_result(
+                    tool, {**base, **_latest(progress)}, output, uses_ws, ctx.trace
+                )
                 return
             changes = await self._changes() if uses_ws else {}
             await self._resolve_call(
@@ -189,7 +192,12 @@ class ToolStep:
         return {"files": files} if files else {}
 
     async def _tool_result(
-        self, tool: Tool, base: dict[str, Any], output: Any, uses_ws: bool = False
+        self,
+        tool: Tool,
+        base: dict[str, Any],
+        output: Any,
+        uses_ws: bool = False,
+        trace: dict[str, str] | None = None,
     ) -> None:
         if isinstance(output, SleepRequest):
             await self.log.append(
@@ -201,7 +209,7 @@ class ToolStep:
             return
         if isinstance(output, SpawnRequest):
             try:
-                child = await self.subagents.spawn(base["call_id"], output)
+                child = await self.subagents.spawn(base["call_id"], output, trace or {})
             except ToolError as exc:
                 await self.log.append(EventType.TOOL_FAILED, {**base, "error": str(exc)})
                 return

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import functools
+import importlib.metadata
 import logging
 import os
 import socket
@@ -19,6 +20,8 @@ from collections.abc import Callable
 
 from sqlalchemy.engine import make_url
 
+from everruns import metrics
+from everruns.engine import tracing
 from everruns.engine.broker import Broker
 from everruns.engine.runner import RunnerOptions, RunRunner, StopReason
 from everruns.engine.signals import Listener
@@ -68,9 +71,11 @@ class Worker:
             settings=settings if settings is not None else load_settings(),
         )
         _configure_sandbox(self.options.settings, store.url)
+        tracing.sink()  # configured now, so a bad OTEL_* setting is logged at start
         self.on_claim = on_claim
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
+        self._inflight = metrics.INFLIGHT.labels(self.worker_id)
         self._stop = asyncio.Event()
         self._wakeup = asyncio.Event()
         self.listener: Listener | None = None
@@ -92,7 +97,9 @@ class Worker:
         self._wakeup.set()
 
     async def run(self) -> None:
-        await self.store.register_worker(self.worker_id)
+        await self.store.register_worker(
+            self.worker_id, version=_version(), clock_skew=await self._clock_skew()
+        )
         background = [
             asyncio.create_task(self._renew_loop()),
             asyncio.create_task(self._control_loop()),
@@ -113,6 +120,10 @@ class Worker:
                 await self.options.mcp_pool.close()
             with contextlib.suppress(Exception):
                 await self.store.stop_worker(self.worker_id)
+            with contextlib.suppress(KeyError):
+                metrics.INFLIGHT.remove(self.worker_id)
+            with contextlib.suppress(Exception):
+                await asyncio.to_thread(tracing.flush)
 
     async def _claim_loop(self) -> None:
         schedules_at = -1e9  # monotonic time due schedules were last fired
@@ -162,6 +173,7 @@ class Worker:
         runner.on_started = self._started
         task = asyncio.create_task(runner.run(), name=f"run-{claim.run_id}")
         self.active[claim.run_id] = (task, runner)
+        self._inflight.set(len(self.active))
         task.add_done_callback(functools.partial(self._finished, claim.run_id))
         if self.on_claim is not None:
             self.on_claim(claim)
@@ -174,14 +186,29 @@ class Worker:
         current = self.active.get(run_id)
         if current is not None and current[0] is task:
             del self.active[run_id]
+            self._inflight.set(len(self.active))
         if not task.cancelled() and task.exception() is not None:
             log.error("run %s crashed in the engine", run_id, exc_info=task.exception())
         self._wakeup.set()
 
+    async def _clock_skew(self) -> float | None:
+        try:
+            return await self.store.health.clock_skew()
+        except Exception:
+            log.warning("could not read the database's clock", exc_info=True)
+            return None
+
     async def _renew_loop(self) -> None:
         interval = self.lease_ttl / 3
+        clock_at = time.monotonic()
         while True:
             await asyncio.sleep(interval)
+            if time.monotonic() - clock_at >= 60:  # the clock offset, for `everruns doctor`
+                clock_at = time.monotonic()
+                skew = await self._clock_skew()
+                if skew is not None:
+                    with contextlib.suppress(Exception):
+                        await self.store.report_clock(self.worker_id, skew)
             # Judge only the runs this renewal asked about: a run claimed while it
             # was in flight is not in its answer, but is not lost either.
             asked = dict(self.active)
@@ -264,6 +291,13 @@ class Worker:
             del run_id
         if pending:
             await asyncio.wait(pending, timeout=5)
+
+
+def _version() -> str:
+    try:
+        return importlib.metadata.version("everruns")
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
 
 
 def _configure_sandbox(settings: Settings, database_url: str) -> None:

@@ -1,4 +1,11 @@
-"""Agents: immutable, versioned specs (a new version only when the spec changes)."""
+"""Agents: immutable, versioned specs (a new version only when the spec changes).
+
+Two ways to reuse a version. A spec saved as *the* agent (CLI, `POST /v1/agents`)
+reuses only the newest version: going back to an older spec makes it the newest
+again. A spec written inline by a model (`spawn_agent`) reuses any version with the
+same content: a parent that spawns three different `doc-reader`s on every review
+creates three versions once, not three more per review (issue 15).
+"""
 
 from __future__ import annotations
 
@@ -23,31 +30,52 @@ class Agents:
         self._cache: dict[tuple[str, int], AgentSpec] = {}
         self._origins: dict[tuple[str, int], str] = {}
 
-    async def save_agent(self, spec: AgentSpec, *, origin: str = "local") -> int:
+    async def save_agent(
+        self, spec: AgentSpec, *, origin: str = "local", any_version: bool = False
+    ) -> int:
         """Store the spec as an immutable version; reuse the newest if identical (and
-        of the same origin: "local" for the CLI and in-process callers, "api" for HTTP)."""
+        of the same origin: "local" for the CLI and in-process callers, "api" for HTTP).
+        `any_version`: reuse any identical version (content hash), not only the newest."""
         if origin not in ("local", "api"):
             raise ValueError(f"origin must be 'local' or 'api', not {origin!r}")
-        text = dumps(spec.to_dict())
-        digest = hashlib.sha256(text.encode()).hexdigest()
+        data = spec.to_dict()
+        text = dumps(data)
+        digests = _digests(data, text)
         for _ in range(50):
             try:
-                version = await self._save_agent_once(spec.name, text, digest, origin)
+                version = await self._save_agent_once(spec.name, text, digests, origin, any_version)
                 break
             except sa.exc.IntegrityError:
                 # A concurrent writer (PostgreSQL, READ COMMITTED) inserted the same
                 # version first: look at the newest version again.
                 continue
         else:
-            version = await self._save_agent_once(spec.name, text, digest, origin)
+            version = await self._save_agent_once(spec.name, text, digests, origin, any_version)
         self._remember(spec.name, version, spec)
         return version
 
     def _remember(self, name: str, version: int, spec: AgentSpec) -> None:
         _keep(self._cache, (name, version), spec)
 
-    async def _save_agent_once(self, name: str, text: str, digest: str, origin: str) -> int:
+    async def _save_agent_once(
+        self, name: str, text: str, digests: tuple[str, str], origin: str, any_version: bool
+    ) -> int:
         async with self.db.engine.begin() as conn:
+            if any_version:
+                same = (
+                    await conn.execute(
+                        sa.select(agents.c.version)
+                        .where(
+                            agents.c.name == name,
+                            agents.c.digest.in_(digests),
+                            agents.c.origin == origin,
+                        )
+                        .order_by(agents.c.version.desc())
+                        .limit(1)
+                    )
+                ).first()
+                if same is not None:
+                    return int(same.version)
             latest = (
                 await conn.execute(
                     sa.select(agents.c.version, agents.c.digest, agents.c.origin)
@@ -56,7 +84,7 @@ class Agents:
                     .limit(1)
                 )
             ).first()
-            if latest is not None and latest.digest == digest and latest.origin == origin:
+            if latest is not None and latest.digest in digests and latest.origin == origin:
                 return int(latest.version)
             version = 1 if latest is None else int(latest.version) + 1
             await conn.execute(
@@ -64,7 +92,7 @@ class Agents:
                     name=name,
                     version=version,
                     spec=text,
-                    digest=digest,
+                    digest=digests[0],
                     created_at=time.time(),
                     origin=origin,
                 )
@@ -126,6 +154,17 @@ class Agents:
                 sa.update(agents).where(agents.c.name == name).values(archived=True)
             )
         return result.rowcount > 0
+
+
+def _digests(data: dict[str, Any], text: str) -> tuple[str, str]:
+    """The content hash of a spec (keys sorted, so an inline spec whose mappings a model
+    wrote in another order is the same spec), then the hash rows written before it
+    was introduced carry (of the text as stored)."""
+    canonical = json.dumps(data, sort_keys=True, separators=(",", ":"), ensure_ascii=False)
+    return (
+        hashlib.sha256(canonical.encode()).hexdigest(),
+        hashlib.sha256(text.encode()).hexdigest(),
+    )
 
 
 T = TypeVar("T")

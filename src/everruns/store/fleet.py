@@ -162,7 +162,9 @@ class Fleet:
                 .values(tokens=rate_buckets.c.tokens - tokens)
             )
 
-    async def register_worker(self, worker_id: str) -> None:
+    async def register_worker(
+        self, worker_id: str, *, version: str | None = None, clock_skew: float | None = None
+    ) -> None:
         now = time.time()
         async with self.db.engine.begin() as conn:
             await conn.execute(
@@ -172,7 +174,16 @@ class Fleet:
                     pid=os.getpid(),
                     started_at=now,
                     heartbeat_at=now,
+                    version=version,
+                    clock_skew=clock_skew,
                 )
+            )
+
+    async def report_clock(self, worker_id: str, clock_skew: float) -> None:
+        """Store this worker's clock offset from the database's (`everruns doctor`)."""
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                workers.update().where(workers.c.id == worker_id).values(clock_skew=clock_skew)
             )
 
     async def stop_worker(self, worker_id: str) -> None:
@@ -207,6 +218,8 @@ class Fleet:
                 "pid": r.pid,
                 "started_at": r.started_at,
                 "heartbeat_at": r.heartbeat_at,
+                "version": r.version,
+                "clock_skew": r.clock_skew,
                 "runs": int(counts.get(r.id, 0)),
             }
             for r in rows

@@ -28,6 +28,7 @@ from everruns.core.events import (
 )
 from everruns.core.projection import RowFacts, RowUpdate, project
 from everruns.errors import Fenced, Moved, RunNotFound, StoreError
+from everruns.metrics import JOURNAL_APPEND_SECONDS
 from everruns.store.backend import Backend
 from everruns.store.notify import notify_appended
 from everruns.store.records import dumps, usage_totals
@@ -69,6 +70,23 @@ class Journal:
         (`current`: the row as a signal found it). Raises Fenced when the epoch is
         stale; nothing is written then.
         """
+        if conn is None:  # timed once, at the outermost call (the hot path: observe only)
+            started = time.perf_counter()
+            try:
+                return await self._append(run_id, epoch, new_events, expect_seq, current)
+            finally:
+                JOURNAL_APPEND_SECONDS.observe(time.perf_counter() - started)
+        return await self._append(run_id, epoch, new_events, expect_seq, current, conn)
+
+    async def _append(
+        self,
+        run_id: str,
+        epoch: int | None,
+        new_events: list[tuple[str, dict[str, Any]]],
+        expect_seq: int | None,
+        current: RowFacts | None,
+        conn: AsyncConnection | None = None,
+    ) -> list[Event]:
         writer = self.db.writer
         if conn is None and writer is not None and new_events:
             kinds = {kind for kind, _ in new_events}

@@ -87,3 +87,12 @@ class Memory:
                 )
             ).all()
         return [_note_dict(r) for r in reversed(rows)]
+
+    async def forget(self, agent: str, note_id: str | None = None) -> int:
+        """Delete one note of `agent` (`note_id`) or all of them; how many were deleted."""
+        query = sa.delete(agent_notes).where(agent_notes.c.agent_name == agent)
+        if note_id is not None:
+            query = query.where(agent_notes.c.id == note_id)
+        async with self.db.engine.begin() as conn:
+            result = await conn.execute(query)
+        return int(result.rowcount or 0)

@@ -37,11 +37,13 @@ class Runs:
         run_id: str | None = None,
         created_data: dict[str, Any] | None = None,
         origin: str = "local",
+        any_version: bool = False,
     ) -> str:
         """Queue a new run. `run_id` makes creation idempotent (a second call with the
         same id returns it unchanged); `created_data` adds keys to run.created; `origin`
-        is where the spec came from (see everruns.policy)."""
-        version = await self.agents.save_agent(spec, origin=origin)
+        is where the spec came from (see everruns.policy); `any_version` reuses any
+        stored version with the same content (see store/agents.py)."""
+        version = await self.agents.save_agent(spec, origin=origin, any_version=any_version)
         if run_id is not None:
             async with self.db.reads.connect() as conn:
                 found = (
@@ -328,10 +330,17 @@ def _claimable(now: float, only: list[str] | None, exclude: list[str] | None = N
     """Runs a worker may claim at `now`: active, due, and with no live lease (`exclude`: runs
     the claimer executes already, whose lease a slow renewal let lapse)."""
     return sa.select(runs.c.id).where(
+        *runnable(now),
+        runs.c.id.in_(only) if only is not None else sa.true(),
+        runs.c.id.not_in(exclude) if exclude else sa.true(),
+    )
+
+
+def runnable(now: float) -> list[Any]:
+    """Runnable at `now`: active, due, and with no live lease (the queue)."""
+    return [
         runs.c.status.in_(ACTIVE_STATUSES),
         runs.c.wake_at.is_not(None),
         runs.c.wake_at <= now,
         sa.or_(runs.c.lease_expires_at.is_(None), runs.c.lease_expires_at < now),
-        runs.c.id.in_(only) if only is not None else sa.true(),
-        runs.c.id.not_in(exclude) if exclude else sa.true(),
-    )
+    ]

@@ -84,6 +84,10 @@ workers = sa.Table(
     sa.Column("started_at", sa.Float, nullable=False),
     sa.Column("heartbeat_at", sa.Float, nullable=False),
     sa.Column("stopped_at", sa.Float, nullable=True),
+    # Worker health (`everruns doctor`): the everruns version it runs, and its clock minus
+    # the database's (seconds), measured at registration and then every few renewals.
+    sa.Column("version", sa.String(64), nullable=True),
+    sa.Column("clock_skew", sa.Float, nullable=True),
 )
 
 breakers = sa.Table(

@@ -3,10 +3,11 @@
 The work is done by the parts, one module each (see docs/architecture.md):
 `journal` (fenced appends, reads, the effects of a run's end), `runs` (runs and
 leases), `control` (signals, cancel, pause, resume, fork), `agents`, `access`
-(tokens, secrets), `schedules`, `memory`, `fleet` (workers, breakers, rate limits)
-and `blobs`. The facade builds them and exposes their public methods under the
-names callers have always used (`store.append`, `store.claim`, ...); code that
-wants one concept can also use the part (`store.journal.append`).
+(tokens, secrets), `schedules`, `memory`, `fleet` (workers, breakers, rate limits),
+`health` (fleet gauges and doctor checks) and `blobs`. The facade builds them and
+exposes their public methods under the names callers have always used
+(`store.append`, `store.claim`, ...); code that wants one concept can also use the
+part (`store.journal.append`).
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from everruns.store.backend import Backend
 from everruns.store.blobs import Blobs
 from everruns.store.control import Control
 from everruns.store.fleet import Fleet
+from everruns.store.health import Health
 from everruns.store.journal import Journal
 from everruns.store.memory import Memory
 from everruns.store.runs import Runs
@@ -45,6 +47,7 @@ class Store:
         self.memory = memory = Memory(self.db)
         self.fleet = fleet = Fleet(self.db)
         self.blobs = blobs = Blobs(self.db)
+        self.health = Health(self.db, journal)
 
         # journal
         self.append = journal.append
@@ -92,8 +95,10 @@ class Store:
         # memory
         self.remember = memory.remember
         self.recall = memory.recall
+        self.forget = memory.forget
         # fleet
         self.register_worker = fleet.register_worker
+        self.report_clock = fleet.report_clock
         self.stop_worker = fleet.stop_worker
         self.list_workers = fleet.list_workers
         self.breakers_open = fleet.breakers_open

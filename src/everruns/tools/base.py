@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +31,9 @@ class ToolContext:
     notes: tuple[str, ...] = ()  # the run's progress notes so far
     agent: str | None = None  # the run's agent name (memory is kept per agent)
     store: Any = None  # the engine's Store, for built-ins that keep state across runs
+    # W3C trace context of this call's span ({"traceparent": ...}; empty when tracing is
+    # off): send it along with requests so the callee's spans join the run's trace.
+    trace: dict[str, str] = field(default_factory=dict)
     on_progress: Callable[[dict[str, Any]], None] | None = None  # set by the engine
 
     def progress(self, done: float, total: float | None = None, note: str = "") -> None:

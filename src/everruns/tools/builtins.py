@@ -257,7 +257,7 @@ def _web_tools(
     timeout = float(options.get("timeout", 30))
     max_bytes = int(options.get("max_bytes", 2_000_000))
 
-    async def web_fetch(url: str) -> dict[str, Any]:
+    async def web_fetch(url: str, ctx: ToolContext) -> dict[str, Any]:
         """Fetch a web page and return its readable text (title and text).
 
         Args:
@@ -265,7 +265,9 @@ def _web_tools(
         """
         from everruns.tools.web import fetch_text
 
-        return await fetch_text(url, allow_private=allow, timeout=timeout, max_bytes=max_bytes)
+        return await fetch_text(
+            url, allow_private=allow, timeout=timeout, max_bytes=max_bytes, trace=ctx.trace
+        )
 
     async def http(
         method: str,
@@ -273,6 +275,8 @@ def _web_tools(
         headers: dict[str, str] | None = None,
         json_body: Any = None,
         body: str | None = None,
+        *,
+        ctx: ToolContext,
     ) -> dict[str, Any]:
         """Make an HTTP request to an API and return status, headers and body.
 
@@ -285,10 +289,11 @@ def _web_tools(
         """
         from everruns.tools.web import http_request
 
+        trace = ctx.trace
         return await http_request(
             method,
             url,
-            headers=headers,
+            headers={**trace, **(headers or {})} if trace else headers,
             json_body=json_body,
             body=body,
             allow_private=allow,

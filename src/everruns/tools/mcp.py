@@ -53,7 +53,7 @@ import uuid
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from types import TracebackType
-from typing import Any, TextIO
+from typing import Any, TextIO, cast
 
 import anyio
 import httpx2
@@ -508,8 +508,12 @@ class MCPConnection:
         timeout: float | None = None,
         *,
         retry_on_reconnect: bool = False,
+        trace: dict[str, str] | None = None,
     ) -> str:
         """Call one tool and return its result as text.
+
+        `trace`: W3C trace context of the calling span, sent in the request's `_meta`
+        (the MCP convention; over stdio and HTTP alike).
 
         Text content is joined with newlines; other content is summarized
         (`[image: image/png, 68 bytes]`). A result flagged `isError` raises
@@ -521,7 +525,7 @@ class MCPConnection:
         reconnected = replaced
         while True:
             try:
-                result = await self._send(s, name, arguments, timeout)
+                result = await self._send(s, name, arguments, timeout, trace)
             except _Lost as lost:
                 detail = await self._lost_detail(s, lost.detail)
                 if self._closed:
@@ -696,14 +700,20 @@ class MCPConnection:
                 yield _WatchedReadStream(read, on_end), write
 
     async def _send(
-        self, s: _Session, name: str, arguments: dict[str, Any], timeout: float | None
+        self,
+        s: _Session,
+        name: str,
+        arguments: dict[str, Any],
+        timeout: float | None,
+        trace: dict[str, str] | None = None,
     ) -> mcp_types.CallToolResult:
         client = s.client
         if client is None or not s.usable:
             raise _Lost(delivered=False, detail="the session had already ended")
         s.trim_stderr()
         try:
-            return await client.call_tool(name, arguments, read_timeout_seconds=timeout)
+            meta = cast(mcp_types.RequestParamsMeta, dict(trace)) if trace else None
+            return await client.call_tool(name, arguments, read_timeout_seconds=timeout, meta=meta)
         except MCPError as exc:
             if exc.code == mcp_types.CONNECTION_CLOSED:
                 raise _Lost(delivered=True, detail=exc.message) from None
@@ -880,7 +890,7 @@ def _make_invoke(
                 raise ToolError(f"invalid arguments for {server_name}: {'; '.join(problems[:5])}")
         conn = await _resolve(connection_factory)
         return await conn.call_tool(
-            server_name, arguments, config.timeout, retry_on_reconnect=retry
+            server_name, arguments, config.timeout, retry_on_reconnect=retry, trace=ctx.trace
         )
 
     return invoke

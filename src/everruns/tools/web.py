@@ -654,8 +654,11 @@ async def fetch_text(
     timeout: float = 20,
     max_bytes: int = 2_000_000,
     allow_hosts: Collection[str] = (),
+    trace: dict[str, str] | None = None,
 ) -> dict[str, Any]:
     """GET `url` and return its readable text (HTML converted, other text as is).
+
+    `trace`: W3C trace context headers of the calling tool's span, sent along.
 
     Returns {"url": final URL, "status", "content_type", "title", "text"}; a body
     larger than `max_bytes` is cut there and the text ends with a truncation note.
@@ -675,7 +678,10 @@ async def fetch_text(
         policy=_Policy.make(allow_private, allow_hosts),
         timeout=timeout,
         max_bytes=max_bytes,
-        headers={"Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5"},
+        headers={
+            "Accept": "text/html,application/xhtml+xml,text/plain;q=0.9,*/*;q=0.5",
+            **(trace or {}),
+        },
         inspect=refuse_binary,
     )
     mime = _mime(result.content_type)

@@ -1,5 +1,9 @@
 // everruns web UI: vanilla JS, no build. Everything goes through the public /v1 API.
 import { renderMarkdown } from "./markdown.js";
+import { agentsPage } from "./agents.js";
+import { childrenPanel, costText, fetchPages, renderRunRows } from "./tree.js";
+import { approvalsBar, boundaryTracker, countdown, failedOutput, follower, startCountdowns } from "./live.js";
+import { attentionPanel } from "./health.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -17,7 +21,7 @@ const LIST_POLL_MS = 2000;
 const LONG_OUTPUT_CHARS = 400;
 const LONG_OUTPUT_LINES = 8;
 
-const main = document.getElementById("main");
+export const main = document.getElementById("main");
 
 // ------------------------------------------------------------------ DOM helpers
 
@@ -125,9 +129,10 @@ function collapsible(text, label = "Result") {
 // ------------------------------------------------------------------ API
 
 class ApiError extends Error {
-  constructor(status, detail) {
+  constructor(status, detail, data = null) {
     super(detail || `HTTP ${status}`);
     this.status = status;
+    this.data = data; // the problem details (with `errors` naming fields), when any
   }
 }
 
@@ -156,7 +161,7 @@ async function api(path, { method = "GET", body } = {}) {
     showLogin(token() ? "That token was not accepted. Enter a valid API token." : null);
     throw new ApiError(401, data?.detail || "unauthorized");
   }
-  if (!res.ok) throw new ApiError(res.status, data?.detail || data?.title || res.statusText);
+  if (!res.ok) throw new ApiError(res.status, data?.detail || data?.title || res.statusText, data);
   return data;
 }
 
@@ -304,7 +309,9 @@ function runsPage(params) {
     agent: params.get("agent") || "",
     q: params.get("q") || "",
   };
-  let limit = 50;
+  let pages = 1; // pages of 50 shown, each fetched with the cursor of the one before
+  const collapsed = new Set();
+  let lastItems = [];
   const statusSel = h(
     "select",
     { id: "f-status", name: "status" },
@@ -393,52 +400,27 @@ function runsPage(params) {
   let generation = 0;
   const refresh = async () => {
     const mine = ++generation;
-    const q = new URLSearchParams({ limit: String(limit) });
-    for (const [k, v] of Object.entries(filters)) if (v) q.set(k, v);
-    const page = await api(`/v1/runs?${q}`);
+    const query = { limit: "50" };
+    for (const [k, v] of Object.entries(filters)) if (v) query[k] = v;
+    const { items, more: hasMore } = await fetchPages(query, pages);
     if (mine !== generation) return; // a newer request (filter change) won
-    renderRows(page.items);
-    summary.textContent = `${page.items.length} run${page.items.length === 1 ? "" : "s"} shown`;
-    more.hidden = !page.next_cursor || limit >= 500;
+    lastItems = items;
+    renderRows();
+    summary.textContent = `${items.length} run${items.length === 1 ? "" : "s"} shown`;
+    more.hidden = !hasMore;
   };
 
-  const renderRows = (items) => {
-    if (!items.length) {
-      put(tbody,
-        h("tr", {}, h("td", { colspan: 7, class: "empty" }, filters.status || filters.agent || filters.q
-          ? "No runs match these filters."
-          : "No runs yet. Start one from Agents, the CLI (everruns start) or POST /v1/runs.")),
-      );
-      return;
-    }
-    put(tbody,
-      ...items.map((run) =>
-        h(
-          "tr",
-          { dataset: { runId: run.id, status: run.status } },
-          h(
-            "td",
-            { class: "primary-cell", "data-label": "Run" },
-            h("div", {},
-              h("a", { href: `#/runs/${encodeURIComponent(run.id)}`, title: run.id }, run.id),
-              run.input ? h("div", { class: "input", title: run.input }, run.input) : null),
-          ),
-          h("td", { "data-label": "Agent" }, run.agent, h("span", { class: "muted" }, ` v${run.agent_version}`)),
-          h("td", { "data-label": "Status" }, badge(run.status), window.everrunsProgress?.bar(run.progress, h)),
-          h("td", { "data-label": "Age" }, timeEl(run.created_at, fmtAge(run.created_at))),
-          h("td", { class: "num", "data-label": "Steps" }, fmtInt(run.steps)),
-          h("td", { class: "num", "data-label": "Tokens" }, fmtInt(run.usage.total_tokens)),
-          h("td", { class: "num", "data-label": "Cost" }, fmtCost(run.usage.cost_usd)),
-        ),
-      ),
-    );
-  };
+  const renderRows = () => renderRunRows(tbody, lastItems, collapsed,
+    filters.status || filters.agent || filters.q
+      ? "No runs match these filters."
+      : "No runs yet. Start one from Agents, the CLI (everruns start) or POST /v1/runs.",
+    renderRows);
 
   const changed = () => {
     filters.status = statusSel.value;
     filters.agent = agentSel.value;
     filters.q = search.value.trim();
-    limit = 50;
+    pages = 1;
     syncHash();
     refresh().catch(() => {});
   };
@@ -450,7 +432,7 @@ function runsPage(params) {
     debounce = setTimeout(changed, 250);
   });
   more.addEventListener("click", () => {
-    limit = Math.min(500, limit + 50);
+    pages += 1;
     refresh().catch(() => {});
   });
 
@@ -486,6 +468,7 @@ function runPage(runId) {
     needFill: false,
     result: null,
     error: null,
+    boundary: boundaryTracker(), // which events a fork may start from
   };
 
   // ---- skeleton
@@ -506,8 +489,13 @@ function runPage(runId) {
   const timeline = h("ol", { class: "timeline", id: "timeline", "aria-label": "Journal events" });
   const message = h("textarea", { id: "message", name: "content", rows: 2, required: true, placeholder: "Ask a follow-up or give new instructions" });
   const sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
+  const pending = approvalsBar();
+  // The run's own share of its tree's totals: what the page shows, which is fresher than the row.
+  const children = childrenPanel(runId, () => st.row && { ...st.row, usage: st.shown || st.row.usage });
+  const follow = follower(timeline, () => !TERMINAL.has(st.status));
 
   main.append(
+    pending.bar,
     h("nav", { class: "crumbs", "aria-label": "Breadcrumb" }, h("a", { href: "#/runs" }, "Runs"), " / ", h("span", { class: "mono" }, runId)),
     h(
       "div",
@@ -519,6 +507,7 @@ function runPage(runId) {
         "div",
         { class: "run-main" },
         resultCard,
+        children.card,
         h("section", { class: "card", "aria-labelledby": "tl-title" }, h("h2", { id: "tl-title" }, "Timeline"), timeline),
         window.everrunsFiles ? window.everrunsFiles.card(runId, { h, token }) : null,
         h(
@@ -581,7 +570,13 @@ function runPage(runId) {
     const usage = row && row.last_seq > st.lastSeq
       ? { input: row.usage.input_tokens, output: row.usage.output_tokens, cost: row.usage.cost_usd }
       : st.usage;
-    stats.cost.textContent = fmtCost(usage.cost);
+    stats.cost.textContent = row?.usage?.cost_known === false ? costText(row.usage) : fmtCost(usage.cost);
+    st.shown = {
+      input_tokens: usage.input,
+      output_tokens: usage.output,
+      cost_usd: usage.cost,
+      cost_known: row?.usage?.cost_known,
+    };
     stats.tokens.textContent = fmtInt(usage.input + usage.output);
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
@@ -658,7 +653,7 @@ function runPage(runId) {
   };
 
   // ---- timeline rendering
-  const item = (ev, { cls = "", title: titleNodes, body, compact = false }) => {
+  const item = (ev, { cls = "", title: titleNodes, body, compact = false, boundary = false }) => {
     const li = h(
       "li",
       { class: `ev ${cls}${compact ? " compact" : ""}`, id: `ev-${ev.seq}`, dataset: { seq: ev.seq, type: ev.type } },
@@ -668,7 +663,7 @@ function runPage(runId) {
         h("span", { class: "ev-title" }, titleNodes),
         h("span", { class: "ev-time" }, timeEl(ev.ts, fmtTime(ev.ts))),
         h("span", { class: "ev-seq", "aria-label": `event ${ev.seq}` }, `#${ev.seq}`),
-        h("button", {
+        boundary && h("button", {
           type: "button",
           class: "small ghost fork",
           "aria-label": `Fork a new run from event ${ev.seq}`,
@@ -770,7 +765,7 @@ function runPage(runId) {
           title: `LLM call failed: ${d.class || "error"}`,
           body: h("div", { class: "callout" }, d.error || "",
             d.retryable !== false
-              ? h("div", { class: "muted" }, d.retry_at ? ["Will retry at ", timeEl(d.retry_at, fmtTime(d.retry_at))] : "Will retry.")
+              ? h("div", { class: "muted" }, d.retry_at ? ["Will retry at ", timeEl(d.retry_at, fmtTime(d.retry_at)), " (", countdown(d.retry_at, fmtIn), ")"] : "Will retry.")
               : h("div", {}, h("strong", {}, "Not retryable."))),
         };
       case "llm.fallback":
@@ -781,13 +776,22 @@ function runPage(runId) {
           cls: "tool",
           title: ["Tool ", h("strong", { class: "mono" }, d.name), ` started · attempt ${d.attempt}`, d.effect ? ` · ${d.effect}` : ""],
         };
-      case "tool.completed":
+      case "tool.completed": {
+        const failure = failedOutput(d.output);
+        if (failure) {
+          return {
+            cls: "tool error",
+            title: ["Tool ", h("span", { class: "mono" }, d.name), ` failed: ${failure}`],
+            body: h("div", { class: "callout" }, collapsible(d.output, "Result")),
+          };
+        }
         return {
           cls: "tool ok",
           title: ["Tool ", h("span", { class: "mono" }, d.name), " returned"],
           body: [collapsible(d.output, "Result"), d.note ? h("p", { class: "muted" }, `Note: ${d.note}`) : null,
             d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
         };
+      }
       case "tool.failed":
         return {
           cls: "error",
@@ -800,7 +804,7 @@ function runPage(runId) {
           title: ["Tool ", h("span", { class: "mono" }, d.name), " waiting"],
           body: h("div", { class: "callout warn" },
             d.reason ? `${d.reason}. ` : "",
-            d.wake_at ? ["Wakes at ", timeEl(d.wake_at, fmtTime(d.wake_at)), ` (${fmtIn(d.wake_at)})`] : "Until a signal.",
+            d.wake_at ? ["Wakes at ", timeEl(d.wake_at, fmtTime(d.wake_at)), " (", countdown(d.wake_at, fmtIn), ")"] : "Until a signal.",
             d.wait_for?.length ? h("div", {}, "Child runs: ", d.wait_for.map((id, i) => [i ? ", " : "", h("a", { href: `#/runs/${encodeURIComponent(id)}`, class: "mono" }, id)])) : null),
         };
       case "tool.retrying":
@@ -811,23 +815,27 @@ function runPage(runId) {
             d.retry_at ? ["Retries at ", timeEl(d.retry_at, fmtTime(d.retry_at)), ` (${fmtIn(d.retry_at)})`] : ""),
         };
       case "approval.requested": {
+        // The decision is taken in the bar at the top of the page (sticky on phones).
         const box = approvalBox(d.call_id);
         st.approvals.set(d.call_id, box);
+        pending.add(d.call_id, d.name, box);
         return {
           cls: "wait",
           title: ["Approval needed: ", h("span", { class: "mono" }, d.name)],
           body: h("div", { class: "callout warn" },
             h("div", {}, "The agent wants to call ", h("strong", { class: "mono" }, d.name), " with:"),
             h("pre", {}, json(d.arguments || {})),
-            box),
+            h("div", { class: "approval-state", dataset: { callId: d.call_id } }, "Waiting for a decision (at the top of the page).")),
         };
       }
       case "approval.granted":
       case "approval.denied": {
         const granted = ev.type === "approval.granted";
-        const box = st.approvals.get(d.call_id);
-        if (box) {
-          put(box, h("span", { class: `tag ${granted ? "ok" : "bad"}` }, granted ? "approved" : "denied"));
+        if (st.approvals.has(d.call_id)) {
+          pending.remove(d.call_id);
+          for (const el of timeline.querySelectorAll(".approval-state")) {
+            if (el.dataset.callId === d.call_id) put(el, h("span", { class: `tag ${granted ? "ok" : "bad"}` }, granted ? "approved" : "denied"));
+          }
           st.approvals.delete(d.call_id);
         }
         return {
@@ -842,7 +850,7 @@ function runPage(runId) {
           title: d.reason === "approval" ? "Waiting for approval" : `Waiting: ${d.reason || "wait"}`,
           body: h("div", { class: "callout warn" },
             d.wake_at
-              ? ["Wakes at ", timeEl(d.wake_at, fmtDateTime(d.wake_at)), ` (${fmtIn(d.wake_at)})`]
+              ? ["Wakes at ", timeEl(d.wake_at, fmtDateTime(d.wake_at)), " (", countdown(d.wake_at, fmtIn), ")"]
               : ["Until a signal", d.calls?.length ? ` (calls ${d.calls.join(", ")})` : "", "."]),
         };
       case "run.paused":
@@ -961,11 +969,15 @@ function runPage(runId) {
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);
     }
-    const li = item(ev, render(ev));
+    if (d.child || ev.type === "child.finished") children.poke();
+    else if (TERMINAL_EVENTS.has(ev.type)) children.poke(false);
+    const boundary = st.boundary(ev);
+    const li = item(ev, { ...render(ev), boundary });
     timeline.append(li);
     if (ev.type === "llm.started") startStream(ev, li);
     renderHead();
     renderResult();
+    follow.added();
   };
 
   const fill = () => {
@@ -1096,6 +1108,9 @@ function runPage(runId) {
   return () => {
     st.stopped = true;
     stopPoll();
+    children.stop();
+    follow.stop();
+    pending.stop();
     closeStream();
     window.removeEventListener("online", online);
   };
@@ -1190,89 +1205,12 @@ async function updateApprovalsBadge() {
   }
 }
 
-// ------------------------------------------------------------------ agents
-
-function agentsPage(selected, params) {
-  document.title = "Agents · everruns";
-  const list = h("ul", { class: "agent-list", id: "agent-list", "aria-label": "Agents" });
-  const detail = h("section", { class: "card", id: "agent-detail", "aria-live": "polite" });
-  main.append(
-    h("div", { class: "page-head" },
-      h("div", {}, h("h1", {}, "Agents"), h("p", { class: "muted" }, "Stored agent specs, their versions, and a form to start a run."))),
-    h("div", { class: "grid-2" }, h("section", { class: "card table-card", "aria-label": "Agent list" }, list), detail),
-  );
-  focusHeading();
-  let stopped = false;
-
-  const showAgent = async (name, version) => {
-    const agent = await api(
-      version ? `/v1/agents/${encodeURIComponent(name)}/versions/${version}` : `/v1/agents/${encodeURIComponent(name)}`,
-    );
-    const latest = await api(`/v1/agents/${encodeURIComponent(name)}`);
-    if (stopped) return;
-    const versionSel = h("select", { id: "agent-version", name: "version" },
-      Array.from({ length: latest.version }, (_, i) => latest.version - i).map((v) =>
-        h("option", { value: v, selected: v === agent.version }, `v${v}${v === latest.version ? " (latest)" : ""}`)));
-    versionSel.addEventListener("change", () => showAgent(name, Number(versionSel.value)).catch((e) => toast(e.message, "error")));
-    const input = h("textarea", { id: "run-input", name: "input", rows: 3, placeholder: "What should the agent do?" });
-    const start = h("button", { type: "submit", class: "primary", id: "start-run" }, "Start run");
-    const form = h("form", {
-      class: "form-grid",
-      onsubmit: async (e) => {
-        e.preventDefault();
-        start.disabled = true;
-        const run = await act(api("/v1/runs", {
-          method: "POST",
-          body: { agent: name, version: Number(versionSel.value), input: input.value || null },
-        }));
-        start.disabled = false;
-        if (run) location.hash = `#/runs/${encodeURIComponent(run.id)}`;
-      },
-    },
-    h("div", { class: "field" }, h("label", { for: "agent-version" }, "Version"), versionSel),
-    h("div", { class: "field" }, h("label", { for: "run-input" }, "Input"), input),
-    h("div", {}, start));
-    put(detail,
-      h("h2", {}, name, agent.archived ? h("span", { class: "tag" }, " archived") : null),
-      h("h3", {}, "Start a run"),
-      form,
-      h("h3", {}, `Spec (v${agent.version})`),
-      h("pre", { class: "spec", id: "agent-spec", "aria-label": `Spec of ${name} v${agent.version}` }, json(agent.spec)),
-    );
-  };
-
-  (async () => {
-    try {
-      const agents = await api("/v1/agents");
-      if (stopped) return;
-      if (!agents.length) {
-        put(list, h("li", { class: "empty" }, "No agents yet. Store one with POST /v1/agents."));
-        put(detail, h("p", { class: "muted" }, "Nothing to show."));
-        return;
-      }
-      const current = selected || agents[0].name;
-      put(list,
-        ...agents.map((a) =>
-          h("li", {}, h("a", { href: `#/agents/${encodeURIComponent(a.name)}`, "aria-current": a.name === current ? "true" : null },
-            h("span", {}, h("strong", {}, a.name), a.archived ? h("span", { class: "muted" }, " (archived)") : null),
-            h("span", { class: "muted" }, `v${a.version} · ${fmtAge(a.created_at)}`)))),
-      );
-      await showAgent(current, Number(params.get("version")) || null);
-    } catch (err) {
-      if (err instanceof ApiError && err.status === 401) return;
-      put(detail, h("p", { role: "alert" }, err.message));
-    }
-  })();
-  return () => {
-    stopped = true;
-  };
-}
-
 // ------------------------------------------------------------------ workers
 
 function workersPage() {
   document.title = "Workers · everruns";
   const tbody = h("tbody");
+  const attention = attentionPanel({ h, put, api });
   main.append(
     h("div", { class: "page-head" },
       h("div", {}, h("h1", {}, "Workers"), h("p", { class: "muted" }, "Live workers (heartbeat in the last minute) and the runs each holds."))),
@@ -1288,9 +1226,11 @@ function workersPage() {
             h("th", { scope: "col" }, "Heartbeat"),
             h("th", { scope: "col", class: "num" }, "Runs held"))),
           tbody))),
+    attention.element,
   );
   focusHeading();
   return poll(async () => {
+    await attention.refresh();
     const workers = await api("/v1/workers");
     if (!workers.length) {
       put(tbody, h("tr", {}, h("td", { colspan: 6, class: "empty" }, "No live workers. Start one with everruns worker (or everruns server without --no-worker).")));
@@ -1317,5 +1257,12 @@ document.querySelector("[data-skip]").addEventListener("click", (e) => {
   main.focus();
 });
 setInterval(updateApprovalsBadge, 5000);
+startCountdowns(fmtIn);
 route();
 updateApprovalsBadge();
+
+// For the views in their own files (tree.js, live.js, agents.js).
+export {
+  h, append, put, api, ApiError, act, poll, toast, badge, timeEl, json, collapsible,
+  fmtAge, fmtIn, fmtTime, fmtDateTime, fmtInt, fmtCost, focusHeading,
+};
