@@ -18,6 +18,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 
 from everruns.credentials import CredentialError, check_credentials, models_of
+from everruns.providers.pricing import check_unpriced
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, ToolSpec
 from everruns.tools.registry import ToolSpecError
@@ -112,6 +113,9 @@ def check_spec(
     """
     check_tools(spec, origin, settings)
     check_models(spec, origin, settings)
+    unpriced = check_unpriced(spec, settings.prices)
+    if unpriced is not None:
+        raise PolicyError("limits.max_cost_usd", unpriced)
     try:
         check_credentials(spec, "api" if spawned else origin, settings, stored)
     except CredentialError as exc:

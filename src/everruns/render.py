@@ -13,6 +13,18 @@ def format_status_time(ts: float | None) -> str:
     return datetime.fromtimestamp(ts).strftime("%Y-%m-%d %H:%M:%S")
 
 
+def format_cost(cost_usd: float | None, known: bool = True) -> str:
+    """A cost as the CLI shows it: "unknown" when a call had no price, never $0.0000."""
+    if not known or cost_usd is None:
+        return "unknown"
+    return f"${cost_usd:.4f}"
+
+
+def _usage_tokens(usage: dict[str, Any]) -> str:
+    approx = "~" if usage.get("estimated") else ""
+    return f"{approx}{usage.get('input_tokens', 0)}+{approx}{usage.get('output_tokens', 0)} tok"
+
+
 def _short(value: Any, width: int = 100) -> str:
     text = value if isinstance(value, str) else json.dumps(value, ensure_ascii=False, default=str)
     text = " ".join(text.split())
@@ -41,11 +53,8 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
             parts.append(
                 "→ " + ", ".join(f"{c['name']}({_short(c.get('arguments'), 40)})" for c in calls)
             )
-        approx = "~" if usage.get("estimated") else ""
         cached = usage.get("cached_input_tokens")
-        tokens = (
-            f"{approx}{usage.get('input_tokens', 0)}+{approx}{usage.get('output_tokens', 0)} tok"
-        )
+        tokens = _usage_tokens(usage)
         if cached:
             tokens += f", {cached} cached"
         parts.append(f"[{tokens}]")
@@ -56,7 +65,15 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         return " ".join(parts)
     if kind == "llm.failed":
         retry = " (will retry)" if data.get("retryable") else ""
-        return f"{data.get('class')}: {_short(data.get('error', ''))}{retry}"
+        charged = f" [{_usage_tokens(data['usage'])}]" if data.get("usage") else ""
+        return f"{data.get('class')}: {_short(data.get('error', ''))}{retry}{charged}"
+    if kind == "llm.charged":
+        return f"attempt {data.get('attempt')} {data.get('reason')}: [{_usage_tokens(data.get('usage') or {})}]"
+    if kind == "limits.changed":
+        changes = ", ".join(
+            f"{k} {data.get('old', {}).get(k)} → {v}" for k, v in (data.get("new") or {}).items()
+        )
+        return f"by {data.get('by')}: {changes}"
     if kind == "tool.started":
         return f"{data.get('name')} [{data.get('call_id')}] attempt {data.get('attempt')} ({data.get('effect')})"
     if kind == "tool.completed":

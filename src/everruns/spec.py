@@ -13,7 +13,15 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    AliasChoices,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from everruns.core.durations import parse_duration
 from everruns.core.files import DEFAULT_EXCLUDE
@@ -78,11 +86,20 @@ class Timeouts(_Strict):
 
 
 class Pricing(_Strict):
-    """US dollars per million tokens."""
+    """US dollars per million tokens. `input_per_mtok` / `output_per_mtok` /
+    `cached_input_per_mtok` are the documented spellings; `input` / `output` /
+    `cached_input` are accepted too."""
 
-    input: float = Field(ge=0)
-    output: float = Field(ge=0)
-    cached_input: float | None = Field(default=None, ge=0, description="a prompt-cache read")
+    model_config = ConfigDict(extra="forbid", populate_by_name=True)
+
+    input: float = Field(ge=0, validation_alias=AliasChoices("input_per_mtok", "input"))
+    output: float = Field(ge=0, validation_alias=AliasChoices("output_per_mtok", "output"))
+    cached_input: float | None = Field(
+        default=None,
+        ge=0,
+        validation_alias=AliasChoices("cached_input_per_mtok", "cached_input"),
+        description="a prompt-cache read",
+    )
 
 
 class ToolChoiceName(_Strict):
@@ -246,6 +263,12 @@ class Limits(_Strict):
     max_tokens: int | None = Field(default=None, ge=1)
     max_cost_usd: float | None = Field(default=None, gt=0)
     deadline: float | None = Field(default=None, description="seconds; written as 30m, 6h, 2d")
+    unpriced: Literal["reject", "allow"] | None = Field(
+        default=None,
+        description="max_cost_usd with a model that has no price: rejected at validation "
+        "(reject, the default), or allowed with only the priced calls counted (allow; "
+        "tokens still count)",
+    )
 
     @field_validator("deadline", mode="before")
     @classmethod

@@ -1063,12 +1063,16 @@ async def test_sigkill_mid_stream_repeats_the_call_once(
             "run.created",
             "run.started",
             "llm.started",  # killed here, mid-stream
+            "llm.charged",  # the lost attempt, charged by the worker that took over
             "run.started",
             "llm.started",
             "llm.completed",
             "run.completed",
         ]
-        assert events[3].data["takeover"] and events[3].data["epoch"] == 2
+        lost = events[3].data
+        assert lost["reason"] == "lost" and lost["attempt"] == 1
+        assert lost["usage"]["estimated"] is True and lost["usage"]["input_tokens"] > 0
+        assert events[4].data["takeover"] and events[4].data["epoch"] == 2
         assert [e.data["attempt"] for e in of(events, "llm.started")] == [1, 2]
         (completed,) = of(events, "llm.completed")
         assert completed.data["message"]["content"] == ANSWER

@@ -48,6 +48,7 @@ CHROMIUM_ARGS = [
 ]
 WORKER_ARGS = ("--lease-ttl", "1", "--poll-interval", "0.1")
 PRICING = {"input": 3.0, "output": 15.0}
+USAGE_1K = {"input_tokens": 1000, "output_tokens": 1000}  # $0.018 at PRICING
 
 THINKING = (
     "Let me check the ledger before I change anything. I will record invoice 42 so the "
@@ -1121,3 +1122,28 @@ def test_cursor_paging_countdowns_unknown_cost_and_yaml(solo: Server, page: Page
     )
     for value, text in zip(values, written, strict=True):
         assert yaml.safe_load(text) == value, text
+
+
+def test_budget_card_raises_limits_and_agent_cost(solo: Server, page: Page) -> None:
+    """Issue 11: the run page shows own and tree usage, its form raises a limit and the
+    failed run continues; the agent page lists the cost of its runs per day."""
+    note = {"tool_calls": [{"name": "note", "arguments": {"text": "x"}}], "usage": USAGE_1K}
+    spec = _agent(
+        "budgeted",
+        [note, {"text": "finished", "usage": USAGE_1K}],
+        tools=[{"builtin": "notes"}],
+        limits={"max_steps": 1},
+    )
+    solo.api("POST", "/v1/agents", {"spec": spec})
+    run_id = solo.start_run("budgeted", "go")
+    solo.wait_status(run_id, "failed")
+    page.goto(f"{solo.url}/#/runs/{run_id}")
+    expect(page.locator("#budget-own")).to_have_text("$0.0180 · 2,000 tokens")  # $3 + $15
+    expect(page.locator("#budget-tree")).to_have_text("$0.0180 · 2,000 tokens")
+    page.fill("#limit-steps", "5")
+    page.click("#budget-raise")
+    expect(page.locator("#budget-limits")).to_have_text("max_steps=5", timeout=20_000)
+    row = solo.wait_status(run_id, "completed")
+    assert row["result"] == "finished" and row["tree_usage"]["cost_usd"] == pytest.approx(0.036)
+    page.goto(f"{solo.url}/#/agents/budgeted")
+    expect(page.locator("#agent-cost")).to_contain_text("$0.0360")

@@ -26,6 +26,7 @@ from everruns.api.models import (
     Decision,
     EventOut,
     ForkCreate,
+    LimitsChange,
     MessageCreate,
     Outcome,
     RunCreate,
@@ -37,6 +38,7 @@ from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
 from everruns.api.tracing import TraceRequests
 from everruns.api.wire import run_to_api
+from everruns.core.budget import check_change
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
 from everruns.engine import tracing
@@ -404,9 +406,20 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
 
     @app.post("/v1/runs/{run_id}/resume", tags=["runs"], dependencies=auth)
     async def resume_run(run_id: str, store: StoreDep) -> Outcome:
-        outcome = await store.resume(run_id)
+        outcome = await store.resume(run_id, by="api")
         _wake(app)
         return Outcome(id=run_id, outcome=outcome)
+
+    @app.post("/v1/runs/{run_id}/limits", tags=["runs"], dependencies=auth)
+    async def change_limits(run_id: str, body: LimitsChange, store: StoreDep) -> EventOut:
+        """Raise (or lower) a run's limits (`limits.changed`); a run that failed on a limit
+        continues with POST /v1/runs/{id}/resume once it is raised."""
+        try:
+            limits = check_change(body.model_dump(exclude_none=True))
+        except ValueError as exc:
+            raise Problem(422, "validation-error", "Invalid request", str(exc)) from None
+        event = await store.change_limits(run_id, limits, by="api")
+        return EventOut(run_id=run_id, **event.to_dict())
 
     @app.post("/v1/runs/{run_id}/messages", tags=["runs"], status_code=201, dependencies=auth)
     async def send_message(run_id: str, body: MessageCreate, store: StoreDep) -> EventOut:

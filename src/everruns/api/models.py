@@ -42,7 +42,8 @@ class Usage(BaseModel):
     input_tokens: int
     output_tokens: int
     total_tokens: int
-    cost_usd: float
+    cost_usd: float | None = Field(description="null when a call had no price (see cost_known)")
+    cost_known: bool = Field(description="false when any contributing call had no price")
 
 
 class RunOut(BaseModel):
@@ -52,7 +53,11 @@ class RunOut(BaseModel):
     parent_id: str | None
     status: str
     steps: int
-    usage: Usage
+    usage: Usage = Field(description="the run's own calls")
+    tree_usage: Usage = Field(description="the run and all its descendants (sub-agents)")
+    limits: dict[str, Any] | None = Field(
+        default=None, description="limits raised or lowered over the spec's (`limits.changed`)"
+    )
     input: str | None
     result: str | None
     error: dict[str, Any] | None
@@ -113,6 +118,18 @@ class SecretPut(_In):
         from everruns.settings import check_url_pattern
 
         return [check_url_pattern(p) for p in value]
+
+
+class LimitsChange(_In):
+    """New limits for a run (POST /v1/runs/{id}/limits); only those given change."""
+
+    max_cost_usd: float | None = Field(default=None, gt=0)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_steps: int | None = Field(default=None, ge=1)
+    max_llm_calls: int | None = Field(default=None, ge=1)
+    deadline: float | str | None = Field(
+        default=None, description="from now: seconds, or a duration like 30m, 2h"
+    )
 
 
 class Outcome(BaseModel):

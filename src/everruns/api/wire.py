@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from everruns.core.budget import usage_ledger
 from everruns.store import RunRow
 
 # A list response carries at most this many characters of each run's input and result
@@ -37,7 +38,9 @@ def _run_dict(row: RunRow) -> dict[str, Any]:
         "parent_id": row.parent_id,
         "status": str(row.status),
         "steps": row.steps,
-        "usage": row.usage,
+        "usage": row.usage,  # the run's own calls
+        "tree_usage": row.tree_usage,  # the run and all its descendants (sub-agents)
+        "limits": row.limits,  # what `everruns budget` set over the spec's limits
         "input": row.input,
         "result": row.result,
         "error": row.error,
@@ -54,7 +57,8 @@ def _run_dict(row: RunRow) -> dict[str, Any]:
 
 def run_from_api(run: dict[str, Any]) -> RunRow:
     """A RunRow from the API's run object (for the CLI's --server mode)."""
-    usage = run.get("usage") or {}
+    usage = usage_ledger(run.get("usage"))
+    tree = run.get("tree_usage")
     return RunRow(
         id=run["id"],
         agent_name=run["agent"],
@@ -69,13 +73,16 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         crashes=0,
         cancel_requested=False,
         steps=run.get("steps", 0),
-        input_tokens=usage.get("input_tokens", 0),
-        output_tokens=usage.get("output_tokens", 0),
-        cost_usd=usage.get("cost_usd", 0.0),
+        input_tokens=usage.input_tokens,
+        output_tokens=usage.output_tokens,
+        cost_usd=usage.cost_usd,
         input=run.get("input"),
         result=run.get("result"),
         error=run.get("error"),
         created_at=run.get("created_at", 0.0),
         updated_at=run.get("updated_at", 0.0),
         progress=run.get("progress"),
+        unpriced_calls=usage.unpriced_calls,
+        limits=run.get("limits"),
+        tree=usage_ledger(tree) if tree else None,
     )

@@ -11,7 +11,7 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, doctor, files, maintenance, runs, schedules, serve
+from everruns.cli import access, budgets, doctor, files, maintenance, runs, schedules, serve
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -54,6 +54,8 @@ app.command()(runs.cancel)
 app.command()(runs.approve)
 app.command()(runs.deny)
 app.command()(runs.message)
+app.command()(budgets.budget)
+app.command()(budgets.resume)
 app.command()(files.workspace)
 app.command()(serve.server)
 app.command()(doctor.doctor)

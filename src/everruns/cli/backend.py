@@ -56,6 +56,14 @@ class Backend(Protocol):
         """Journal a user message; its seq."""
         ...
 
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        """Journal `limits.changed` (limits validated by `core.budget.check_change`); its data."""
+        ...
+
+    async def resume(self, run_id: str) -> str:
+        """Resume a paused run, or one that failed on a limit since raised; its status."""
+        ...
+
 
 @asynccontextmanager
 async def open_backend(

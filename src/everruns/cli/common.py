@@ -87,6 +87,7 @@ async def load_checked(path: Path, db: str | None = None) -> AgentSpec:
     stored secrets in the database when it names one settings does not bind)."""
     from everruns.credentials import models_of
     from everruns.policy import check_spec
+    from everruns.providers.pricing import pricing_warning, unpriced_models
     from everruns.settings import load_settings
     from everruns.store import Store
 
@@ -107,6 +108,8 @@ async def load_checked(path: Path, db: str | None = None) -> AgentSpec:
         build_tools(spec, allow_private_networks=settings.allow_private_networks)
     except ToolSpecError as exc:
         raise SpecError(str(path), [(exc.field, exc.message)]) from None
+    for model in unpriced_models(spec, settings.prices):
+        err.print(f"[yellow]warning:[/] {pricing_warning(model)}", highlight=False)
     return spec
 
 

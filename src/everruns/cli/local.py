@@ -103,3 +103,9 @@ class LocalBackend:
 
     async def message(self, run_id: str, text: str) -> int:
         return (await self.store.signal(run_id, EventType.MESSAGE_USER, {"content": text})).seq
+
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return (await self.store.change_limits(run_id, limits, by="cli")).data
+
+    async def resume(self, run_id: str) -> str:
+        return await self.store.resume(run_id, by="cli")

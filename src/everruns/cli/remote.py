@@ -76,3 +76,9 @@ class RemoteBackend:
         if seq is None:
             raise CliError(f"the server did not journal the message to {run_id}")
         return seq
+
+    async def set_limits(self, run_id: str, limits: dict[str, Any]) -> dict[str, Any]:
+        return (await self.client.runs.set_limits(run_id, **limits)).data
+
+    async def resume(self, run_id: str) -> str:
+        return await self.client.runs.resume(run_id)

@@ -32,7 +32,7 @@ from everruns.cli.common import (
 from everruns.cli.files import DirOption, FileOption, read_inputs
 from everruns.cli.local import LocalBackend
 from everruns.cli.progressbar import ToolProgressBar
-from everruns.cli.views import runs_table, status_table
+from everruns.cli.views import runs_table, status_table, totals_line
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
 from everruns.engine.worker import Worker
 from everruns.render import format_event
@@ -217,6 +217,8 @@ def list_runs(
             print_json([r.to_dict() for r in found])
         else:
             out.print(runs_table(found))
+            if agent is not None:
+                out.print(totals_line(found), highlight=False)
 
     run_async(go)
 

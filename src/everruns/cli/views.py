@@ -9,7 +9,8 @@ from pydantic import Field
 from rich.table import Table
 
 from everruns.client import Run
-from everruns.render import format_status_time
+from everruns.client.models import Usage
+from everruns.render import format_cost, format_status_time
 
 
 class RunView(Run):
@@ -39,11 +40,11 @@ def status_table(run: RunView) -> Table:
     table.add_row("steps", str(run.steps))
     if run.progress:
         table.add_row("progress", format_progress(run.progress))
-    table.add_row(
-        "usage",
-        f"{run.usage.input_tokens} in + {run.usage.output_tokens} out tokens, "
-        f"${run.usage.cost_usd:.4f}",
-    )
+    table.add_row("usage", usage_line(run.usage))
+    if run.tree_usage != run.usage:
+        table.add_row("tree usage", usage_line(run.tree_usage) + " (with its sub-agents)")
+    if run.limits:
+        table.add_row("limits", ", ".join(f"{k}={v}" for k, v in run.limits.items()))
     table.add_row("created", format_status_time(run.created_at))
     if run.result is not None:
         table.add_row("result", run.result)
@@ -64,7 +65,7 @@ def format_progress(progress: dict[str, Any]) -> str:
 
 
 def runs_table(runs: list[RunView]) -> Table:
-    table = Table("id", "agent", "status", "steps", "tokens", "cost", "created")
+    table = Table("id", "agent", "status", "steps", "tokens", "cost", "tree cost", "created")
     for r in runs:
         table.add_row(
             r.id,
@@ -72,7 +73,26 @@ def runs_table(runs: list[RunView]) -> Table:
             r.status,
             str(r.steps),
             str(r.usage.total_tokens),
-            f"${r.usage.cost_usd:.4f}",
+            format_cost(r.usage.cost_usd, r.usage.cost_known),
+            format_cost(r.tree_usage.cost_usd, r.tree_usage.cost_known),
             format_status_time(r.created_at),
         )
     return table
+
+
+def usage_line(usage: Usage) -> str:
+    return (
+        f"{usage.input_tokens} in + {usage.output_tokens} out tokens, "
+        f"{format_cost(usage.cost_usd, usage.cost_known)}"
+    )
+
+
+def totals_line(runs: list[RunView]) -> str:
+    """`ls --agent`: what the listed runs' own calls spent together."""
+    tokens = sum(r.usage.total_tokens for r in runs)
+    unknown = sum(1 for r in runs if not r.usage.cost_known)
+    cost = sum(r.usage.cost_usd or 0.0 for r in runs)
+    line = f"total: {len(runs)} runs, {tokens} tokens, ${cost:.4f}"
+    if unknown:
+        line += f" + unknown (cost unknown for {unknown} runs: a model without a price)"
+    return line

@@ -99,6 +99,28 @@ class Runs(_Shell):
     async def deny(self, run_id: str, call_id: str, reason: str = "") -> Event:
         return await self._send(core.decide(run_id, call_id, approve=False, reason=reason))
 
+    async def set_limits(
+        self,
+        run_id: str,
+        *,
+        max_cost_usd: float | None = None,
+        max_tokens: int | None = None,
+        max_steps: int | None = None,
+        max_llm_calls: int | None = None,
+        deadline: float | str | None = None,
+    ) -> Event:
+        """Raise (or lower) a run's limits, journaled as `limits.changed`; a run that
+        failed on a limit continues with `resume` once it is raised. `deadline`: from now."""
+        call = core.set_limits(
+            run_id,
+            max_cost_usd=max_cost_usd,
+            max_tokens=max_tokens,
+            max_steps=max_steps,
+            max_llm_calls=max_llm_calls,
+            deadline=deadline,
+        )
+        return await self._send(call)
+
     async def fork(self, run_id: str, seq: int, agent_version: int | None = None) -> Run:
         return await self._send(core.fork(run_id, seq, agent_version))
 

@@ -178,6 +178,29 @@ def decide(run_id: str, call_id: str, approve: bool, reason: str = "") -> Call[E
     return Call("POST", path, Event.model_validate, body=body)
 
 
+def set_limits(
+    run_id: str,
+    *,
+    max_cost_usd: float | None = None,
+    max_tokens: int | None = None,
+    max_steps: int | None = None,
+    max_llm_calls: int | None = None,
+    deadline: float | str | None = None,
+) -> Call[Event]:
+    """Raise (or lower) a run's limits: the journaled `limits.changed`. Only the limits
+    given change; `deadline` is from now (seconds, or "2h")."""
+    body = _no_none(
+        {
+            "max_cost_usd": max_cost_usd,
+            "max_tokens": max_tokens,
+            "max_steps": max_steps,
+            "max_llm_calls": max_llm_calls,
+            "deadline": deadline,
+        }
+    )
+    return Call("POST", f"/v1/runs/{run_id}/limits", Event.model_validate, body=body)
+
+
 def fork(run_id: str, seq: int, agent_version: int | None) -> Call[Run]:
     body = _no_none({"seq": seq, "agent_version": agent_version})
     return Call("POST", f"/v1/runs/{run_id}/fork", Run.model_validate, body=body)

@@ -27,7 +27,8 @@ class Usage(BaseModel):
     input_tokens: int = 0
     output_tokens: int = 0
     total_tokens: int = 0
-    cost_usd: float = 0.0
+    cost_usd: float | None = 0.0  # None when a call had no price
+    cost_known: bool = True
 
 
 class Run(BaseModel):
@@ -37,7 +38,9 @@ class Run(BaseModel):
     parent_id: str | None = None
     status: str
     steps: int = 0
-    usage: Usage = Usage()
+    usage: Usage = Usage()  # the run's own calls
+    tree_usage: Usage = Usage()  # the run and all its descendants (sub-agents)
+    limits: dict[str, Any] | None = None  # raised or lowered over the spec's limits
     input: str | None = None
     result: str | None = None
     error: dict[str, Any] | None = None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from everruns.core.budget import Ledger, breach, effective_limits
 from everruns.core.context import compaction_cut, context_tokens
 from everruns.core.events import CallStatus
 from everruns.core.state import CallState, State
@@ -46,6 +47,7 @@ class Complete:
 class Fail:
     reason: str
     message: str
+    limit_run: str | None = None  # budget_exceeded on a tree limit: the run whose limit applied
 
 
 @dataclass(frozen=True)
@@ -68,24 +70,22 @@ class Idle:
 Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle
 
 
-def _limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
-    limits = spec.limits
+def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
+    """The run's own limits (the spec's, overridden by `limits.changed`) against its
+    journal: its own usage and its finished children's. The engine checks the whole
+    live tree, ancestors included, before each call (engine/budgets.py)."""
+    limits = effective_limits(spec.limits, state.limits)
     if limits.deadline is not None and now - state.created_ts >= limits.deadline:
         return Fail("deadline_exceeded", f"deadline of {limits.deadline:g}s reached")
     if limits.max_steps is not None and state.steps >= limits.max_steps:
         return Fail("max_steps_exceeded", f"max_steps={limits.max_steps} reached")
     if limits.max_llm_calls is not None and state.llm_calls >= limits.max_llm_calls:
         return Fail("budget_exceeded", f"max_llm_calls={limits.max_llm_calls} reached")
-    total = state.input_tokens + state.output_tokens + state.children_tokens
-    cost = state.cost_usd + state.children_cost
-    if limits.max_tokens is not None and total >= limits.max_tokens:
-        return Fail("budget_exceeded", f"max_tokens={limits.max_tokens} reached ({total} used)")
-    if limits.max_cost_usd is not None and cost >= limits.max_cost_usd:
-        return Fail(
-            "budget_exceeded",
-            f"max_cost_usd={limits.max_cost_usd:g} reached (${cost:.4f} spent)",
-        )
-    return None
+    spent = Ledger(state.input_tokens, state.output_tokens, state.cost_usd) + Ledger(
+        output_tokens=state.children_tokens, cost_usd=state.children_cost
+    )
+    reached = breach(limits, spent)
+    return Fail("budget_exceeded", reached) if reached else None
 
 
 def _plan_calls(
@@ -176,7 +176,7 @@ def decide(
             f"LLM call failed {state.failures} times in a row; giving up "
             f"(retry.max_attempts={spec.retry.max_attempts})",
         )
-    breach = _limit_breach(state, spec, now)
+    breach = limit_breach(state, spec, now)
     if breach is not None:
         return breach
     compact = _need_compaction(state, spec)

@@ -44,6 +44,9 @@ class EventType(StrEnum):
     APPROVAL_DENIED = "approval.denied"
     # tool retries and progress (issue 12)
     TOOL_RETRYING = "tool.retrying"  # an attempt did not take effect; the call runs again later
+    # budgets (issue 11)
+    LLM_CHARGED = "llm.charged"  # the charge of an attempt that ended with no answer of its own
+    LIMITS_CHANGED = "limits.changed"  # a run's limits raised (or lowered) from outside
 
 
 class RunStatus(StrEnum):
@@ -93,6 +96,9 @@ APPROVAL_REQUESTED = EventType.APPROVAL_REQUESTED
 APPROVAL_GRANTED = EventType.APPROVAL_GRANTED
 APPROVAL_DENIED = EventType.APPROVAL_DENIED
 TOOL_RETRYING = EventType.TOOL_RETRYING
+# budgets (issue 11)
+LLM_CHARGED = EventType.LLM_CHARGED
+LIMITS_CHANGED = EventType.LIMITS_CHANGED
 
 TERMINAL_EVENTS = frozenset({RUN_COMPLETED, RUN_FAILED, RUN_CANCELLED})
 TERMINAL_STATUSES = frozenset({RunStatus.COMPLETED, RunStatus.FAILED, RunStatus.CANCELLED})
@@ -109,10 +115,13 @@ NOT_PROGRESS = frozenset(
         TOOLS_LISTED,
         LLM_FALLBACK,
         APPROVAL_REQUESTED,
+        LLM_CHARGED,
     }
 )
 # Events journaled from outside the lease holder (`Store.signal`): they wake a parked run.
-SIGNALS = frozenset({MESSAGE_USER, APPROVAL_GRANTED, APPROVAL_DENIED, CHILD_FINISHED})
+SIGNALS = frozenset(
+    {MESSAGE_USER, APPROVAL_GRANTED, APPROVAL_DENIED, CHILD_FINISHED, LIMITS_CHANGED}
+)
 
 INTERRUPTED_MESSAGE = (
     "interrupted: the worker executing this tool call stopped before it reported a result; "
@@ -144,6 +153,7 @@ class Usage(TypedDict, total=False):
     cost_usd: float
     cached_input_tokens: int  # read from the provider's prompt cache (cheaper)
     estimated: bool  # the server reported no usage: estimated from the text
+    cost_known: bool  # False: the model has no price, so cost_usd (0) is not its cost
 
 
 class AgentRef(TypedDict):
@@ -188,6 +198,9 @@ class RunFailed(TypedDict):
 
     error: str
     reason: str
+    limit_run: NotRequired[
+        str
+    ]  # budget_exceeded: the run (self or an ancestor) whose limit applied
 
 
 class RunCancelled(TypedDict):
@@ -348,6 +361,31 @@ class ApprovalDenied(TypedDict):
     reason: str | None
 
 
+# budgets (issue 11)
+
+
+class LLMCharged(TypedDict):
+    """What an attempt that ended without `llm.completed`/`llm.failed` is charged: one
+    cancelled by a user's cancel or a shutdown (journaled by its worker), or lost with a
+    worker that died or lost its lease (journaled by the worker that takes the run over)."""
+
+    attempt: int
+    model: str
+    reason: Literal["cancelled", "lost"]
+    usage: Usage  # estimated: true (input from the request, output from what was streamed)
+
+
+class LimitsChanged(TypedDict):
+    """A run's limits changed from outside (`everruns budget`). `limits` is every
+    override in force afterwards (over the spec's `limits`); `deadline` is in seconds
+    from the run's creation, like the spec's."""
+
+    by: str
+    old: dict[str, Any]
+    new: dict[str, Any]
+    limits: dict[str, Any]
+
+
 class ToolRetrying(TypedDict):
     """A call runs again at `retry_at`: its tool said `RetryLater` (a 429, a 503 ...), it
     failed transiently, or its fleet-wide rate limit is exhausted (`attempt` not used up)."""
@@ -389,5 +427,7 @@ PAYLOADS: dict[EventType, type] = {
     APPROVAL_GRANTED: ApprovalGranted,
     APPROVAL_DENIED: ApprovalDenied,
     TOOL_RETRYING: ToolRetrying,
+    LLM_CHARGED: LLMCharged,
+    LIMITS_CHANGED: LimitsChanged,
 }
 """The payload type of every event type (a test checks every type has one)."""

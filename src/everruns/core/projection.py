@@ -22,6 +22,8 @@ from typing import Any
 
 from everruns.core.events import (
     CONTEXT_COMPACTED,
+    LIMITS_CHANGED,
+    LLM_CHARGED,
     LLM_COMPLETED,
     LLM_FAILED,
     MESSAGE_USER,
@@ -41,7 +43,7 @@ from everruns.core.events import (
     RunStatus,
 )
 
-TOTALS = ("steps", "input_tokens", "output_tokens", "cost_usd")
+TOTALS = ("steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls")
 _UNLEASED = {"wake_at": None, "lease_owner": None, "lease_expires_at": None}
 
 
@@ -84,6 +86,8 @@ def _usage(update: RowUpdate, usage: Mapping[str, Any] | None) -> None:
         _add(update, "input_tokens", int(usage.get("input_tokens", 0)))
         _add(update, "output_tokens", int(usage.get("output_tokens", 0)))
         _add(update, "cost_usd", float(usage.get("cost_usd", 0.0)))
+        if usage.get("cost_known") is False:
+            _add(update, "unpriced_calls", 1)
 
 
 def _signal(update: RowUpdate, kind: str, now: float, current: RowFacts) -> None:
@@ -112,7 +116,7 @@ def project(
         elif kind == LLM_COMPLETED:
             _add(update, "steps", 1)
             _usage(update, data.get("usage"))
-        elif kind in (LLM_FAILED, CONTEXT_COMPACTED):
+        elif kind in (LLM_FAILED, CONTEXT_COMPACTED, LLM_CHARGED):
             _usage(update, data.get("usage"))
         elif kind == RUN_COMPLETED:
             update.set.update(status=RunStatus.COMPLETED, result=data.get("result"), **_UNLEASED)
@@ -128,11 +132,13 @@ def project(
             update.set.update(status=RunStatus.PAUSED, pause_requested=False, **_UNLEASED)
         elif kind in (RUN_RESUMED, RUN_FORKED):
             update.set.update(status=RunStatus.QUEUED, wake_at=now)
-            if kind == RUN_RESUMED:
-                update.set["pause_requested"] = False
+            if kind == RUN_RESUMED:  # a run failed on a raised limit continues too
+                update.set.update(pause_requested=False, error=None)
+        elif kind == LIMITS_CHANGED:
+            update.set["limits"] = dict(data.get("limits") or {})
         elif kind in (TOOL_COMPLETED, TOOL_FAILED, TOOL_RETRYING) and data.get("progress"):
             update.set["progress"] = data["progress"]  # the latest ctx.progress()
-        elif kind in SIGNALS and current is not None:
+        if kind in SIGNALS and current is not None:
             _signal(update, kind, now, current)
     if "progress_seq" in update.seq:
         update.seq["progress_seq"] = count

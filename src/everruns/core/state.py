@@ -16,6 +16,8 @@ from everruns.core.events import (
     APPROVAL_REQUESTED,
     CHILD_FINISHED,
     CONTEXT_COMPACTED,
+    LIMITS_CHANGED,
+    LLM_CHARGED,
     LLM_COMPLETED,
     LLM_FAILED,
     LLM_STARTED,
@@ -102,6 +104,8 @@ class State:
     children_done: dict[str, dict[str, Any]] = field(default_factory=dict)
     children_tokens: int = 0
     children_cost: float = 0.0
+    unpriced_calls: int = 0  # own calls of a model without a price (the cost is not known)
+    limits: dict[str, Any] = field(default_factory=dict)  # overrides from limits.changed
     depth: int = 0
     cached_input_tokens: int = 0  # of input_tokens, how many were read from a prompt cache
     truncated: bool = False  # the latest answer was cut off at max_tokens
@@ -145,6 +149,8 @@ def add_usage(state: State, usage: dict[str, Any] | None) -> None:
         state.output_tokens += int(usage.get("output_tokens", 0))
         state.cost_usd += float(usage.get("cost_usd", 0.0))
         state.cached_input_tokens += int(usage.get("cached_input_tokens", 0))
+        if usage.get("cost_known") is False:
+            state.unpriced_calls += 1
 
 
 def _join_continuation(state: State, message: dict[str, Any]) -> bool:
@@ -232,6 +238,11 @@ def apply(state: State, event: Event) -> State:
             CallState(id=tc["id"], name=tc["name"], arguments=tc.get("arguments") or {})
             for tc in message.get("tool_calls") or []
         ]
+    elif kind == LLM_CHARGED:  # an attempt that ended without an answer or a failure
+        state.llm_in_flight = False
+        add_usage(state, data.get("usage"))
+    elif kind == LIMITS_CHANGED:
+        state.limits = dict(data.get("limits") or {})
     elif kind == LLM_FAILED:
         state.llm_in_flight = False
         add_usage(state, data.get("usage"))
@@ -290,10 +301,13 @@ def apply(state: State, event: Event) -> State:
     elif kind == TOOLS_LISTED:
         state.tool_listings[data["server"]] = data["tools"]
     elif kind == CHILD_FINISHED:
+        # A child resumed after a failure finishes again: its latest totals replace
+        # the earlier ones (they include them).
+        for finished, sign in ((state.children_done.get(data["run_id"]), -1), (data, 1)):
+            usage = (finished or {}).get("usage") or {}
+            state.children_tokens += sign * int(usage.get("total_tokens", 0))
+            state.children_cost += sign * float(usage.get("cost_usd") or 0.0)
         state.children_done[data["run_id"]] = data
-        usage = data.get("usage") or {}
-        state.children_tokens += int(usage.get("total_tokens", 0))
-        state.children_cost += float(usage.get("cost_usd", 0.0))
     elif kind in (APPROVAL_REQUESTED, APPROVAL_GRANTED, APPROVAL_DENIED):
         call = _call(state, data["call_id"])
         if call is not None and call.approval in (None, "requested"):
@@ -317,8 +331,9 @@ def apply(state: State, event: Event) -> State:
         state.wake_at = data.get("wake_at")
     elif kind == RUN_PAUSED:
         state.status = RunStatus.PAUSED
-    elif kind == RUN_RESUMED:
+    elif kind == RUN_RESUMED:  # after a pause, or a failure on a limit that was raised
         state.status = RunStatus.QUEUED
+        state.error = None
     elif kind == RUN_FORKED:
         state.status = RunStatus.QUEUED if not state.terminal else state.status
     elif kind == RUN_COMPLETED:

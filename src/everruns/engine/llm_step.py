@@ -14,8 +14,10 @@ from typing import Any
 from everruns import metrics
 from everruns.core.backoff import backoff_delay
 from everruns.core.context import CONTINUE_PROMPT, context_tokens, model_view
-from everruns.core.decide import Compact, Reason, Wait
+from everruns.core.decide import Compact, Fail, Reason, Wait
 from everruns.core.events import EventType
+from everruns.core.state import State
+from everruns.engine.budgets import TreeBudget
 from everruns.engine.keys import stored_key
 from everruns.engine.models import (
     acquire_rate_limits,
@@ -25,13 +27,18 @@ from everruns.engine.models import (
 )
 from everruns.engine.runlog import RunLog
 from everruns.providers import LLMRequest, ProviderError, get_provider
+from everruns.providers.base import attempt_usage, estimate_usage
 from everruns.providers.errors import BREAKER_CLASSES
-from everruns.providers.pricing import cost_usd, price_for
+from everruns.providers.pricing import price_for, priced
 from everruns.providers.sdk import classify_unexpected
 from everruns.settings import Settings
-from everruns.spec import AgentSpec, ModelSpec
+from everruns.spec import AgentSpec, ModelSpec, Pricing
 from everruns.store import Store
 from everruns.tools.base import Tool
+
+# Failures after which the provider may have billed the attempt although it reported no
+# usage: the answer had begun (or the request was being answered) when it stopped.
+BILLED_CLASSES = frozenset({"stream_broken", "timeout", "content_refused"})
 
 COMPACTION_PROMPT = (
     "You compress the earlier part of an agent's conversation so it can continue within its "
@@ -59,9 +66,14 @@ class LLMStep:
         self.spec = spec
         self.tools = tools
         self.origin = origin
+        self.budget = TreeBudget(log, store, spec)
 
-    async def reason(self, atom: Reason) -> Wait | None:
-        """One LLM call. Returns a Wait when no model may be called yet."""
+    async def reason(self, atom: Reason) -> Wait | Fail | None:
+        """One LLM call. Returns a Wait when no model may be called yet, a Fail when a
+        tree budget (the run's or an ancestor's) is spent."""
+        over = await self.budget.check()
+        if over is not None:
+            return over
         state = self.log.state
         retry = self.spec.retry
         choice = await choose_model(self.store, self.spec)
@@ -105,9 +117,11 @@ class LLMStep:
             attempt=atom.attempt,
         )
 
+        streamed: list[str] = []  # what the attempt is charged for if it ends unanswered
         ttft = metrics.first_token(model.label)
 
         def on_delta(text: str) -> None:
+            streamed.append(text)
             ttft()
             self.log.publish_ephemeral("llm.delta", {"attempt": atom.attempt, "text": text})
 
@@ -117,6 +131,21 @@ class LLMStep:
             response = await asyncio.wait_for(
                 provider.complete(request, on_delta), model.timeouts.total
             )
+        except asyncio.CancelledError:
+            # A cancel or a shutdown stops the call: the worker charges it with the run's
+            # next append (run.cancelled, or the flush before release). A lost lease
+            # commits nothing; the next holder charges the attempt as lost.
+            usage = attempt_usage({}, request, "".join(streamed), billed=True)
+            self.log.carry(
+                EventType.LLM_CHARGED,
+                {
+                    "attempt": atom.attempt,
+                    "model": model.label,
+                    "reason": "cancelled",
+                    "usage": priced(usage, model, price),
+                },
+            )
+            raise
         except Exception as exc:
             if isinstance(exc, TimeoutError):
                 exc = ProviderError(
@@ -127,9 +156,11 @@ class LLMStep:
                 # Building or sending the request failed in a way nobody classified:
                 # journal it and fail the run, never a crash (and a crash loop).
                 exc = classify_unexpected(exc)
+            billed = exc.status is None and exc.error_class in BILLED_CLASSES
+            exc.usage = attempt_usage(exc.usage, request, "".join(streamed), billed=billed)
             await self._record_failure(atom, model, exc, price, estimate)
             return None
-        usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
+        usage = priced(response.usage, model, price)
         if not model.offline:
             await self.store.record_outcome(
                 breaker_key(model),
@@ -183,7 +214,7 @@ class LLMStep:
             message = getattr(exc, "message", None) or "timed out"
             await self.log.fail("compaction_failed", f"could not compact the context: {message}")
             return
-        usage = {**response.usage, "cost_usd": cost_usd(response.usage, price)}
+        usage = priced(response.usage, model, price)
         await self.log.append(
             EventType.CONTEXT_COMPACTED,
             {
@@ -217,7 +248,7 @@ class LLMStep:
             )
         usage: dict[str, Any] = dict(exc.usage)
         if usage:
-            usage["cost_usd"] = cost_usd(usage, price)
+            usage = priced(usage, model, price)
             await self._correct_rate(model, estimate, usage)
         retry_at = None
         if exc.retryable:
@@ -242,6 +273,27 @@ class LLMStep:
         if opened_until is not None:
             data["breaker_open_until"] = opened_until
         await self.log.append(EventType.LLM_FAILED, data)
+
+
+def lost_attempt_charge(
+    state: State, spec: AgentSpec, tools: dict[str, Tool], prices: dict[str, Pricing]
+) -> dict[str, Any]:
+    """`llm.charged` for the attempt a dead (or fenced) holder had in flight: its
+    `llm.started` has no completion. The request it sent is rebuilt from the journal
+    (nothing is folded into the conversation while a call is in flight), so its input
+    is estimated like any unreported usage; its streamed output was ephemeral and is
+    not known (0). Journaled by the next holder with its `run.started`."""
+    model = next((m for m in candidates(spec) if m.label == state.model), spec.model)
+    request = LLMRequest(
+        model=model,
+        system=spec.system_prompt,
+        messages=model_view(state),
+        tools=[t.schema for t in tools.values()],
+        step=state.steps,
+        attempt=state.attempt,
+    )
+    usage = priced(estimate_usage(request, ""), model, price_for(model, prices))
+    return {"attempt": state.attempt, "model": model.label, "reason": "lost", "usage": usage}
 
 
 def _render_message(message: dict[str, Any]) -> str:

@@ -12,6 +12,7 @@ import asyncio
 import time
 from typing import Any
 
+from everruns.core.budget import Ledger, charge
 from everruns.core.events import Event, EventType
 from everruns.core.state import State, apply, fold
 from everruns.engine import crashpoints
@@ -60,11 +61,25 @@ class RunLog:
         """
         async with self._lock:
             if defer:
-                event = Event(self.state.last_seq + 1, kind, time.time(), data)
-                apply(self.state, event)
-                self._carry.append((kind, data))
-                return event
+                return self.carry(kind, data)
             return await self._commit([(kind, data)], if_unchanged=if_unchanged)
+
+    def carry(self, kind: str, data: dict[str, Any]) -> Event:
+        """`append(defer=True)` without awaiting: safe in a task being cancelled (the
+        charge of an interrupted LLM call). Committed with the next append, or never if
+        the lease is lost (then the next holder charges the attempt itself)."""
+        event = Event(self.state.last_seq + 1, kind, time.time(), data)
+        apply(self.state, event)
+        self._carry.append((kind, data))
+        return event
+
+    def carried_charge(self) -> Ledger:
+        """What the carried (folded, not yet committed) events charged: the tree's sums
+        in the store do not have it yet."""
+        total = Ledger()
+        for _, data in self._carry:
+            total = total + charge(data.get("usage"))
+        return total
 
     async def flush(self) -> None:
         """Commit the carried events alone (before waiting, releasing or stopping)."""
@@ -72,8 +87,11 @@ class RunLog:
             if self._carry:
                 await self._commit([], if_unchanged=False)
 
-    async def fail(self, reason: str, message: str) -> None:
-        await self.append(EventType.RUN_FAILED, {"error": message, "reason": reason})
+    async def fail(self, reason: str, message: str, limit_run: str | None = None) -> None:
+        data = {"error": message, "reason": reason}
+        if limit_run is not None:
+            data["limit_run"] = limit_run
+        await self.append(EventType.RUN_FAILED, data)
 
     async def release(
         self, *, wake_at: float | None, status: str, seen_seq: int | None = None

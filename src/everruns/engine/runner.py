@@ -21,7 +21,7 @@ from everruns.core.events import EventType
 from everruns.core.state import State
 from everruns.engine.broker import Broker
 from everruns.engine.keys import bindings
-from everruns.engine.llm_step import LLMStep
+from everruns.engine.llm_step import LLMStep, lost_attempt_charge
 from everruns.engine.mcp_tools import load_mcp_tools
 from everruns.engine.models import candidates
 from everruns.engine.observe import RunObserver
@@ -81,8 +81,8 @@ class RunRunner:
         """The fold of the journal as appended so far (owned by the run log)."""
         return self.log.state
 
-    async def fail(self, reason: str, message: str) -> None:
-        await self.log.fail(reason, message)
+    async def fail(self, reason: str, message: str, limit_run: str | None = None) -> None:
+        await self.log.fail(reason, message, limit_run)
 
     # ------------------------------------------------------------ lifecycle
 
@@ -195,6 +195,11 @@ class RunRunner:
         reaped = await asyncio.to_thread(reap, registry_for(self.workspace.path))
         if reaped:
             started["reaped"] = reaped
+        if self.state.llm_in_flight:  # the previous holder died (or was fenced) mid-call
+            self.log.carry(
+                EventType.LLM_CHARGED,
+                lost_attempt_charge(self.state, self.spec, self.tools, settings.prices),
+            )
         await self.log.append(EventType.RUN_STARTED, started)
         if await load_mcp_tools(self.log, self.options.mcp_pool, self.spec, self.tools):
             await self._loop(self.spec)
@@ -248,7 +253,7 @@ class RunRunner:
                     continue
                 return
             elif isinstance(atom, Fail):
-                await self.fail(atom.reason, atom.message)
+                await self.fail(atom.reason, atom.message, atom.limit_run)
                 return
             elif isinstance(atom, Wait):
                 delay = atom.until - time.time()

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 
+from everruns.engine.budgets import TreeBudget
 from everruns.engine.keys import bindings
 from everruns.engine.runlog import RunLog
 from everruns.policy import check_spec
+from everruns.providers.pricing import unpriced_models
 from everruns.settings import Settings
 from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store, StoreError
@@ -61,6 +63,7 @@ class Subagents:
                 raise ToolError(str(exc)) from None
         else:
             spec = self.spec
+        await self._check_prices(spec)
         try:
             # A spec the model wrote may only name credentials the operator bound.
             check_spec(
@@ -83,6 +86,21 @@ class Subagents:
             # An inline spec the model writes again reuses its version (content hash).
             any_version=request.spec is not None,
         )
+
+    async def _check_prices(self, spec: AgentSpec) -> None:
+        """A child whose model has no price may not join a tree with a cost limit (one
+        of its ancestors' `max_cost_usd`, unless that one says `limits.unpriced: allow`)."""
+        missing = unpriced_models(spec, self.settings.prices)
+        if not missing:
+            return
+        holder = await TreeBudget(self.log, self.store, self.spec).cost_limit_without_prices()
+        if holder is not None:
+            run_id, limit = holder
+            raise ToolError(
+                f"the sub-agent's model {missing[0].label} has no price and run {run_id} has "
+                f"max_cost_usd={limit:g}: give the sub-agent's model a price (model.pricing: "
+                "{input_per_mtok: X, output_per_mtok: Y}) or set limits.unpriced: allow"
+            )
 
 
 def child_id(idempotency_key: str) -> str:

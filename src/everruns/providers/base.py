@@ -98,6 +98,23 @@ def estimate_usage(request: LLMRequest, output: str) -> dict[str, int]:
     }
 
 
+def attempt_usage(
+    usage: dict[str, Any], request: LLMRequest, streamed: str, *, billed: bool
+) -> dict[str, Any]:
+    """What an attempt that ended without an answer is charged: the tokens the server
+    reported, with what it did not report estimated (`estimate_usage`) — input from the
+    request, output from the text streamed so far. `billed`: the server may bill it (the
+    request was sent and the answer begun or cut: a broken stream, a timeout, a cancel);
+    otherwise (a refusal before any answer) only what the server reported."""
+    if usage.get("input_tokens") or usage.get("output_tokens"):
+        if streamed and not usage.get("output_tokens"):
+            return {**usage, "output_tokens": estimate_text_tokens(streamed), "estimated": True}
+        return dict(usage)
+    if not (billed or streamed):
+        return {}
+    return estimate_usage(request, streamed)
+
+
 def merge_name(current: str, fragment: str) -> str:
     """Join streamed tool-name fragments. Some servers (llama-cpp-python) repeat the whole
     name in every chunk; a fragment that repeats or extends what we have replaces it."""

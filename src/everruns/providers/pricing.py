@@ -3,7 +3,10 @@
 
 from __future__ import annotations
 
-from everruns.spec import ModelSpec, Pricing
+from typing import Any
+
+from everruns.credentials import models_of
+from everruns.spec import AgentSpec, ModelSpec, Pricing
 
 # (input, output, cached input): cached input is what a prompt-cache read costs.
 PRICES: dict[str, tuple[float, float, float]] = {
@@ -38,6 +41,45 @@ def price_for(model: ModelSpec, overrides: dict[str, Pricing] | None = None) -> 
         if label.startswith(known + "-"):
             return Pricing(input=inp, output=outp, cached_input=cached)
     return None
+
+
+def priced(usage: dict[str, Any], model: ModelSpec, price: Pricing | None) -> dict[str, Any]:
+    """A call's usage as journaled: with its cost, and `cost_known: false` when the model
+    has no price (scripted and python models cost nothing unless given `model.pricing`)."""
+    out: dict[str, Any] = {**usage, "cost_usd": cost_usd(usage, price)}
+    if price is None and not model.offline:
+        out["cost_known"] = False
+    return out
+
+
+def unpriced_models(spec: AgentSpec, prices: dict[str, Pricing] | None) -> list[ModelSpec]:
+    """The models of a spec (fallbacks and summarizer too) that have no price."""
+    return [m for _, m in models_of(spec) if not m.offline and price_for(m, prices) is None]
+
+
+def pricing_warning(model: ModelSpec) -> str:
+    return (
+        f"model {model.label} has no price: its cost shows as unknown and max_cost_usd "
+        "cannot count it; add one to the spec (model.pricing: {input_per_mtok: 0.5, "
+        f'output_per_mtok: 1.5}}) or to settings (prices: {{"{model.provider}:{model.name}": '
+        "{input: 0.5, output: 1.5}})"
+    )
+
+
+def check_unpriced(spec: AgentSpec, prices: dict[str, Pricing] | None) -> str | None:
+    """Why `max_cost_usd` cannot hold for this spec (a model without a price and no
+    `limits.unpriced: allow`), or None."""
+    if spec.limits.max_cost_usd is None or spec.limits.unpriced == "allow":
+        return None
+    missing = unpriced_models(spec, prices)
+    if not missing:
+        return None
+    labels = ", ".join(m.label for m in missing)
+    return (
+        f"max_cost_usd={spec.limits.max_cost_usd:g} cannot be enforced: {labels} has no price "
+        "(add model.pricing: {input_per_mtok: X, output_per_mtok: Y}, or set "
+        "limits.unpriced: allow to count only priced calls)"
+    )
 
 
 def cost_usd(usage: dict[str, int], price: Pricing | None) -> float:

@@ -10,7 +10,10 @@ from typing import Any
 import sqlalchemy as sa
 from sqlalchemy.ext.asyncio import AsyncConnection
 
+from everruns.core.budget import effective_limits
+from everruns.core.decide import limit_breach
 from everruns.core.events import (
+    LIMITS_CHANGED,
     RUN_FORKED,
     RUN_PAUSED,
     RUN_RESUMED,
@@ -19,6 +22,7 @@ from everruns.core.events import (
     RunStatus,
 )
 from everruns.core.projection import totals
+from everruns.core.state import fold
 from everruns.errors import RunNotFound, StoreError
 from everruns.store.agents import Agents
 from everruns.store.backend import Backend
@@ -26,6 +30,9 @@ from everruns.store.journal import Journal
 from everruns.store.records import RunRow, dumps, new_id
 from everruns.store.runs import Runs
 from everruns.store.schema import events, runs
+
+# The failures a raised limit can undo (`everruns resume` after `everruns budget`).
+RESUMABLE = ("budget_exceeded", "max_steps_exceeded", "deadline_exceeded")
 
 
 class Control:
@@ -75,10 +82,16 @@ class Control:
             )
             return RunStatus.PAUSED
 
-    async def resume(self, run_id: str) -> str:
-        """Resume a paused run (or withdraw a pause request not yet honoured)."""
+    async def resume(self, run_id: str, by: str = "user") -> str:
+        """Resume a paused run (or withdraw a pause request not yet honoured), or continue
+        a run that failed on a limit (`RESUMABLE`) once the limit was raised: from its
+        journal, so no completed call is repeated."""
         async with self.db.engine.begin() as conn:
             run = await self._locked_run(conn, run_id)
+            if run.status == RunStatus.FAILED:
+                await self._check_resumable(run)
+                await self.journal.append(run_id, None, [(RUN_RESUMED, {"by": by})], conn=conn)
+                return RunStatus.QUEUED
             if run.status != RunStatus.PAUSED:
                 await conn.execute(
                     sa.update(runs).where(runs.c.id == run_id).values(pause_requested=False)
@@ -91,6 +104,49 @@ class Control:
                 conn=conn,
             )
             return RunStatus.QUEUED
+
+    async def _check_resumable(self, run: RunRow) -> None:
+        reason = (run.error or {}).get("reason")
+        if reason not in RESUMABLE:
+            raise StoreError(
+                f"run {run.id} failed with {reason!r}: only a run that failed on a limit "
+                f"({', '.join(RESUMABLE)}) can be resumed; send it a message to start a new turn"
+            )
+        spec = await self.agents.get_agent(run.agent_name, run.agent_version)
+        state = fold(await self.journal.load_events(run.id))
+        state.status = RunStatus.QUEUED  # as it will be: is a limit still reached?
+        failure = limit_breach(state, spec, time.time())
+        if failure is not None:
+            raise StoreError(
+                f"run {run.id} is still over its limit ({failure.message}); raise it first: "
+                f"everruns budget {run.id} --max-cost-usd X / --max-tokens N / --max-steps N "
+                "/ --deadline 2h"
+            )
+
+    async def change_limits(self, run_id: str, changes: dict[str, Any], by: str = "user") -> Event:
+        """Journal `limits.changed` (who, old and new values): the run's limits from now on.
+
+        `changes` are validated limits (`core.budget.check_change`); a `deadline` is
+        seconds from now, journaled as seconds from the run's creation like the spec's.
+        A leased run's worker sees the change at its next append; ancestors' changes
+        reach the tree's checks at once (they read the runs row).
+        """
+        async with self.db.engine.begin() as conn:
+            run = await self._locked_run(conn, run_id)
+            if run.status == RunStatus.CANCELLED:
+                raise StoreError(f"run {run_id} is cancelled")
+            spec = await self.agents.get_agent(run.agent_name, run.agent_version)
+            before = effective_limits(spec.limits, run.limits)
+            new = dict(changes)
+            if new.get("deadline") is not None:
+                new["deadline"] = round(time.time() - run.created_at + new["deadline"], 3)
+            data = {
+                "by": by,
+                "old": {k: getattr(before, k) for k in new},
+                "new": new,
+                "limits": {**(run.limits or {}), **new},
+            }
+            return await self.journal.signal_in(conn, run_id, LIMITS_CHANGED, data)
 
     async def fork(self, run_id: str, at_seq: int, *, agent_version: int | None = None) -> str:
         """A new run whose journal is a copy of the source's first `at_seq` events."""

@@ -19,6 +19,7 @@ from sqlalchemy.ext.asyncio import AsyncConnection
 
 from everruns.core.events import (
     CHILD_FINISHED,
+    LIMITS_CHANGED,
     MESSAGE_USER,
     RUN_CANCELLED,
     TERMINAL_EVENTS,
@@ -30,8 +31,9 @@ from everruns.core.projection import RowFacts, RowUpdate, project
 from everruns.errors import Fenced, Moved, RunNotFound, StoreError
 from everruns.metrics import JOURNAL_APPEND_SECONDS
 from everruns.store.backend import Backend
+from everruns.store.ledger import tree_ledgers
 from everruns.store.notify import notify_appended
-from everruns.store.records import dumps, usage_totals
+from everruns.store.records import RunRow, dumps
 from everruns.store.schema import events, runs
 from everruns.store.writer import AppendRequest, JournalWriter
 
@@ -197,7 +199,7 @@ class Journal:
         for key, value in values.items():
             if key == "result" and isinstance(value, str) and not self.db.is_sqlite:
                 value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
-            if key in ("error", "progress") and value is not None:
+            if key in ("error", "limits", "progress") and value is not None:
                 value = dumps(value)
             out[key] = str(value) if isinstance(value, StrEnum) else value
         return out
@@ -233,7 +235,14 @@ class Journal:
         ).first()
         if parent is None or parent.status in TERMINAL_STATUSES:
             return
-        usage = usage_totals(row.input_tokens, row.output_tokens, row.cost_usd)
+        # The child's tree (itself and its own sub-agents), so the parent's fold sees
+        # what the whole branch spent; `own` is what the child's own calls spent.
+        tree = (await tree_ledgers(conn, [run_id])).get(run_id)
+        usage = {
+            **(tree or RunRow.from_row(row).ledger).as_usage(),
+            "cost_usd": round(tree.cost_usd if tree else float(row.cost_usd), 6),
+            "own": RunRow.from_row(row).usage,
+        }
         await self.signal_in(
             conn,
             parent_id,
@@ -255,7 +264,9 @@ class Journal:
         if row is None:
             raise RunNotFound(run_id)
         status = str(row.status)
-        if status == RunStatus.CANCELLED or (status in TERMINAL_STATUSES and kind != MESSAGE_USER):
+        # A message starts a new turn; raised limits let `resume` continue a failed run.
+        after_end = kind in (MESSAGE_USER, LIMITS_CHANGED)
+        if status == RunStatus.CANCELLED or (status in TERMINAL_STATUSES and not after_end):
             raise StoreError(f"run {run_id} is {status}")
         current = RowFacts(status, row.lease_owner is not None, row.wake_at)
         (event,) = await self.append(run_id, None, [(kind, data)], conn=conn, current=current)

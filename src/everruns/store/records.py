@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 import secrets
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
+
+from everruns.core.budget import Ledger
 
 
 def dumps(value: Any) -> str:
@@ -24,16 +26,6 @@ def new_id(prefix: str = "run") -> str:
         chars.append(_B32[value & 31])
         value >>= 5
     return f"{prefix}_{''.join(reversed(chars))}"
-
-
-def usage_totals(input_tokens: int, output_tokens: int, cost_usd: float) -> dict[str, Any]:
-    """A run's usage as the API shows it and `child.finished` carries it."""
-    return {
-        "input_tokens": input_tokens,
-        "output_tokens": output_tokens,
-        "total_tokens": input_tokens + output_tokens,
-        "cost_usd": round(cost_usd, 6),
-    }
 
 
 @dataclass(frozen=True)
@@ -70,6 +62,9 @@ class RunRow:
     created_at: float
     updated_at: float
     progress: dict[str, Any] | None = None  # the latest journaled ctx.progress() of a tool
+    unpriced_calls: int = 0  # own calls of a model without a price
+    limits: dict[str, Any] | None = None  # overrides of the spec's limits (`everruns budget`)
+    tree: Ledger | None = None  # own + all descendants, when the store summed it
 
     @classmethod
     def from_row(cls, row: Any) -> RunRow:
@@ -97,8 +92,23 @@ class RunRow:
             created_at=m["created_at"],
             updated_at=m["updated_at"],
             progress=json.loads(m["progress"]) if m.get("progress") else None,
+            unpriced_calls=m.get("unpriced_calls") or 0,
+            limits=json.loads(m["limits"]) if m.get("limits") else None,
         )
 
     @property
+    def ledger(self) -> Ledger:
+        """What this run's own calls spent (the projection of its own journal)."""
+        return Ledger(self.input_tokens, self.output_tokens, self.cost_usd, self.unpriced_calls)
+
+    @property
     def usage(self) -> dict[str, Any]:
-        return usage_totals(self.input_tokens, self.output_tokens, self.cost_usd)
+        return self.ledger.as_usage()
+
+    @property
+    def tree_usage(self) -> dict[str, Any]:
+        """Own + all descendants (own alone when the tree was not summed: no children)."""
+        return (self.tree or self.ledger).as_usage()
+
+    def with_tree(self, tree: Ledger | None) -> RunRow:
+        return replace(self, tree=tree)

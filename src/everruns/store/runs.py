@@ -19,6 +19,7 @@ from everruns.errors import RunNotFound
 from everruns.spec import AgentSpec
 from everruns.store.agents import Agents
 from everruns.store.backend import Backend
+from everruns.store.ledger import tree_ledgers
 from everruns.store.records import Claim, RunRow, dumps, new_id
 from everruns.store.schema import events, runs, workers
 
@@ -104,11 +105,13 @@ class Runs:
         return run_id
 
     async def get_run(self, run_id: str) -> RunRow:
+        """The run with its tree ledger (own + all descendants)."""
         async with self.db.reads.connect() as conn:
             row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
-        if row is None:
-            raise RunNotFound(run_id)
-        return RunRow.from_row(row)
+            if row is None:
+                raise RunNotFound(run_id)
+            trees = await tree_ledgers(conn, [run_id])
+        return RunRow.from_row(row).with_tree(trees.get(run_id))
 
     async def list_runs(
         self,
@@ -142,7 +145,8 @@ class Runs:
             )
         async with self.db.reads.connect() as conn:
             rows = (await conn.execute(query)).all()
-        return [RunRow.from_row(r) for r in rows]
+            trees = await tree_ledgers(conn, [r.id for r in rows])
+        return [RunRow.from_row(r).with_tree(trees.get(r.id)) for r in rows]
 
     async def family(self, run_ids: list[str]) -> list[str]:
         """The runs and all their descendants (sub-agents, recursively)."""

@@ -52,6 +52,10 @@ runs = sa.Table(
     sa.Column("input_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("output_tokens", sa.BigInteger, nullable=False, server_default="0"),
     sa.Column("cost_usd", sa.Float, nullable=False, server_default="0"),
+    # Budgets (0009): own calls without a price (cost unknown when > 0), and the limits
+    # `everruns budget` set over the spec's (JSON), as the latest `limits.changed` says.
+    sa.Column("unpriced_calls", sa.Integer, nullable=False, server_default="0"),
+    sa.Column("limits", sa.Text, nullable=True),
     sa.Column("input", sa.Text, nullable=True),
     sa.Column("result", sa.Text, nullable=True),
     sa.Column("error", sa.Text, nullable=True),
@@ -63,6 +67,7 @@ runs = sa.Table(
     sa.Index("ix_runs_status", "status", "created_at"),
     sa.Index("ix_runs_lease_owner", "lease_owner"),
     sa.Index("ix_runs_created", "created_at", "id"),
+    sa.Index("ix_runs_parent", "parent_id"),
 )
 
 events = sa.Table(

@@ -24,6 +24,7 @@ from everruns.store.control import Control
 from everruns.store.fleet import Fleet
 from everruns.store.health import Health
 from everruns.store.journal import Journal
+from everruns.store.ledger import Ledgers
 from everruns.store.memory import Memory
 from everruns.store.runs import Runs
 from everruns.store.schedules import Schedules
@@ -47,6 +48,7 @@ class Store:
         self.memory = memory = Memory(self.db)
         self.fleet = fleet = Fleet(self.db)
         self.blobs = blobs = Blobs(self.db)
+        self.ledgers = ledgers = Ledgers(self.db)
         self.health = Health(self.db, journal)
 
         # journal
@@ -107,6 +109,10 @@ class Store:
         self.charge_tokens = fleet.charge_tokens
         self.acquire_slot = fleet.acquire_slot
         self.release_slot = fleet.release_slot
+        # budgets: tree sums, ancestries
+        self.tree_ledgers = ledgers.tree_ledgers
+        self.ancestry = ledgers.ancestry
+        self.change_limits = control.change_limits
         # blobs
         self.put_blobs = blobs.put_blobs
         self.get_blobs = blobs.get_blobs

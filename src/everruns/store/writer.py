@@ -54,9 +54,11 @@ SETTABLE = frozenset(
         "input_tokens",
         "output_tokens",
         "cost_usd",
+        "unpriced_calls",
+        "limits",
     }
 )
-ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd"})
+ADDABLE = frozenset({"steps", "input_tokens", "output_tokens", "cost_usd", "unpriced_calls"})
 SEQ_MARKS = frozenset({"progress_seq", "claim_seq"})  # set to last_seq + offset
 MAX_BATCH = 256
 

@@ -1,8 +1,9 @@
 // The Agents page: stored agents, their spec as YAML, a YAML editor that creates a
 // new agent or a new version (POST /v1/agents: the CLI's validation, the field named),
 // a form to start a run, and the agent's memory (list, delete one, clear all).
-import { h, put, api, act, toast, ApiError, fmtAge, fmtDateTime, timeEl, focusHeading, main } from "./app.js";
+import { h, put, api, act, toast, ApiError, fmtAge, fmtDateTime, fmtCost, fmtInt, timeEl, focusHeading, main } from "./app.js";
 import { toYaml } from "./yaml.js";
+import { agentCost } from "./budgets.js";
 
 const TEMPLATE = `name: my-agent
 system_prompt: You are a helpful assistant.
@@ -153,6 +154,8 @@ export function agentsPage(selected, params) {
       h("div", { class: "row spread" }, h("h3", {}, `Spec (v${agent.version})`), edit),
       h("pre", { class: "spec", id: "agent-spec", "aria-label": `Spec of ${name} v${agent.version}` }, yaml),
       memoryPanel(name),
+      h("h3", {}, "Cost of its runs"),
+      await agentCost({ h, api, fmtCost, fmtInt }, name).catch((e) => h("p", { class: "muted" }, e.message)),
     );
   };
 

@@ -4,6 +4,7 @@ import { agentsPage } from "./agents.js";
 import { childrenPanel, costText, fetchPages, renderRunRows } from "./tree.js";
 import { approvalsBar, boundaryTracker, countdown, failedOutput, follower, startCountdowns } from "./live.js";
 import { attentionPanel } from "./health.js";
+import { budgetCard } from "./budgets.js";
 
 const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
@@ -489,6 +490,7 @@ function runPage(runId) {
   const timeline = h("ol", { class: "timeline", id: "timeline", "aria-label": "Journal events" });
   const message = h("textarea", { id: "message", name: "content", rows: 2, required: true, placeholder: "Ask a follow-up or give new instructions" });
   const sendBtn = h("button", { type: "submit", class: "primary" }, "Send");
+  const budget = budgetCard({ h, api, toast, fmtCost, fmtInt }, runId);
   const pending = approvalsBar();
   // The run's own share of its tree's totals: what the page shows, which is fresher than the row.
   const children = childrenPanel(runId, () => st.row && { ...st.row, usage: st.shown || st.row.usage });
@@ -542,6 +544,7 @@ function runPage(runId) {
           h("h2", { id: "actions-title" }, "Actions"),
           h("div", { class: "actions" }, btnPause, btnResume, btnCancel),
         ),
+        budget.card,
       ),
     ),
   );
@@ -577,6 +580,7 @@ function runPage(runId) {
       cost_usd: usage.cost,
       cost_known: row?.usage?.cost_known,
     };
+    if (row) budget.update(row);
     stats.tokens.textContent = fmtInt(usage.input + usage.output);
     stats.tokens.title = `${fmtInt(usage.input)} input + ${fmtInt(usage.output)} output`;
     stats.steps.textContent = fmtInt(Math.max(st.steps, row && row.last_seq > st.lastSeq ? row.steps : 0));
@@ -964,7 +968,7 @@ function runPage(runId) {
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
     if (d.progress && ev.type.startsWith("tool.")) st.progress = d.progress;
     const u = d.usage;
-    if (u && ["llm.completed", "llm.failed", "context.compacted"].includes(ev.type)) {
+    if (u && ["llm.completed", "llm.failed", "llm.charged", "context.compacted"].includes(ev.type)) {
       st.usage.input += Number(u.input_tokens || 0);
       st.usage.output += Number(u.output_tokens || 0);
       st.usage.cost += Number(u.cost_usd || 0);

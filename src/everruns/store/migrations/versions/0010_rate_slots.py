@@ -5,14 +5,14 @@ A slot expires on its own (`expires_at`), so a worker killed while holding one
 gives it back after the tool's timeout at the latest.
 
 Revision ID: 0010
-Revises: 0012
+Revises: 0009
 """
 
 import sqlalchemy as sa
 from alembic import op
 
 revision = "0010"
-down_revision = "0012"
+down_revision = "0009"
 
 
 def upgrade() -> None:
