@@ -174,6 +174,73 @@ def openai_stream(text: str, prompt_tokens: int, completion_tokens: int) -> byte
     return ("".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n").encode()
 
 
+class FakeOpenAI:
+    """A real HTTP server (a thread) speaking OpenAI chat completions, non-streamed: each
+    request's answer is `answer(body)` (a dict with `content` and/or `tool_calls`
+    `[{id, name, arguments}]`), so it can depend on the conversation sent. Counts requests."""
+
+    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], usage: tuple[int, int]):
+        import http.server
+        import threading
+
+        fake = self
+        self.requests: list[dict[str, Any]] = []
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                fake.requests.append(body)
+                out = answer(body)
+                calls = [
+                    {
+                        "id": c["id"],
+                        "type": "function",
+                        "function": {"name": c["name"], "arguments": json.dumps(c["arguments"])},
+                    }
+                    for c in out.get("tool_calls") or []
+                ]
+                message: dict[str, Any] = {"role": "assistant", "content": out.get("content")}
+                if calls:
+                    message["tool_calls"] = calls
+                data = json.dumps(
+                    {
+                        "id": "chatcmpl-1",
+                        "object": "chat.completion",
+                        "created": 0,
+                        "model": body.get("model", "gpt-4.1"),
+                        "choices": [
+                            {
+                                "index": 0,
+                                "message": message,
+                                "finish_reason": "tool_calls" if calls else "stop",
+                            }
+                        ],
+                        "usage": {
+                            "prompt_tokens": usage[0],
+                            "completion_tokens": usage[1],
+                            "total_tokens": sum(usage),
+                        },
+                    }
+                ).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: Any) -> None:
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+        self.thread.start()
+
+    def close(self) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+
+
 class OtlpReceiver:
     """An OTLP/HTTP trace receiver on a free loopback port: a real HTTP server in a thread
     that decodes `ExportTraceServiceRequest` protobufs (opentelemetry-proto) into dicts."""

@@ -50,8 +50,8 @@ def check_models(spec: AgentSpec, origin: str, settings: Settings) -> None:
         return
     policy = settings.api_specs
     for field, model in models_of(spec):
-        if model.provider != "python":
-            continue
+        if model.provider != "python" or (spec.agent is not None and field == "model"):
+            continue  # a framework agent's `model` is a label; `check_framework` judges it
         if "python" not in policy.allow_tools:
             raise PolicyError(
                 f"{field}.function",
@@ -66,6 +66,28 @@ def check_models(spec: AgentSpec, origin: str, settings: Settings) -> None:
                 f"module {module!r} is not one the operator allows API specs to import "
                 f"code from (settings `api_specs.python_modules`: {listed})",
             )
+
+
+def check_framework(spec: AgentSpec, origin: str, settings: Settings) -> None:
+    """A framework agent (`agent: {python: ...}`) is Python code the worker imports: API
+    specs need the operator's leave, exactly as for Python tools."""
+    if origin == "local" or spec.agent is None:
+        return
+    policy = settings.api_specs
+    if "python" not in policy.allow_tools:
+        raise PolicyError(
+            "agent.python",
+            "a framework agent is Python code and is not allowed in specs submitted through "
+            "the API (the operator can allow it: settings `api_specs.allow_tools: [python]`)",
+        )
+    module = spec.agent.python.partition(":")[0]
+    if not _module_allowed(module, policy.python_modules):
+        listed = ", ".join(policy.python_modules) or "none"
+        raise PolicyError(
+            "agent.python",
+            f"module {module!r} is not one the operator allows API specs to import "
+            f"code from (settings `api_specs.python_modules`: {listed})",
+        )
 
 
 def check_tools(spec: AgentSpec, origin: str, settings: Settings) -> None:
@@ -112,6 +134,7 @@ def check_spec(
     `stored`: stored secrets' names and the URL patterns each may be sent to.
     """
     check_tools(spec, origin, settings)
+    check_framework(spec, origin, settings)
     check_models(spec, origin, settings)
     unpriced = check_unpriced(spec, settings.prices)
     if unpriced is not None:

@@ -319,10 +319,38 @@ class WorkspacePolicy(_Strict):
     exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
 
 
+FRAMEWORKS: tuple[str, ...] = ("pydantic_ai", "openai_agents")
+# The `model` of a framework run: the framework's agent calls its own model, this is a label.
+FRAMEWORK_MODEL = "everruns.engine.framework:framework_model"
+
+
+class FrameworkAgent(_Strict):
+    """An agent written in another framework, run durably (see engine/framework.py)."""
+
+    python: str = Field(description="`package.module:attribute` of the framework's agent object")
+    framework: Literal["pydantic_ai", "openai_agents"]
+    effects: dict[str, Effect] = Field(
+        default_factory=dict, description="effect class per tool name (default at_most_once)"
+    )
+
+    @field_validator("python")
+    @classmethod
+    def _reference(cls, value: str) -> str:
+        module, sep, attribute = value.partition(":")
+        if not sep or not module or not attribute:
+            raise ValueError(f"{value!r} is not `package.module:attribute`")
+        return value
+
+
 class AgentSpec(_Strict):
     name: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,127}$")
     description: str | None = None
     model: ModelSpec
+    agent: FrameworkAgent | None = Field(
+        default=None,
+        description="run an agent of another framework: {python: module:attr, framework: "
+        "pydantic_ai | openai_agents}; its loop, model and tools replace model/tools here",
+    )
     system_prompt: str = "You are a helpful assistant."
     tools: list[ToolSpec] = Field(default_factory=list)
     limits: Limits = Field(default_factory=Limits)
@@ -341,6 +369,28 @@ class AgentSpec(_Strict):
         description="when the previous scheduled run is still active: skip (default), "
         "queue, or cancel_previous",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _framework_model(cls, value: Any) -> Any:
+        """A framework agent brings its own model: `model` may be left out."""
+        if isinstance(value, dict) and value.get("agent") is not None and "model" not in value:
+            agent = value["agent"]
+            name = agent.get("framework") if isinstance(agent, dict) else None
+            return {
+                **value,
+                "model": {"provider": "python", "function": FRAMEWORK_MODEL, "name": name},
+            }
+        return value
+
+    @model_validator(mode="after")
+    def _framework_alone(self) -> AgentSpec:
+        if self.agent is not None and self.tools:
+            raise ValueError(
+                "a framework agent (`agent`) brings its own tools: leave `tools` out "
+                "(declare effects under `agent.effects`)"
+            )
+        return self
 
     @field_validator("schedule")
     @classmethod

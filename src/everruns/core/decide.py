@@ -73,7 +73,8 @@ Atom = Reason | Act | Compact | Complete | Fail | Wait | Idle
 def limit_breach(state: State, spec: AgentSpec, now: float) -> Fail | None:
     """The run's own limits (the spec's, overridden by `limits.changed`) against its
     journal: its own usage and its finished children's. The engine checks the whole
-    live tree, ancestors included, before each call (engine/budgets.py)."""
+    live tree, ancestors included, before each call (engine/budgets.py); framework runs
+    check it before each model request (engine/framework.py)."""
     limits = effective_limits(spec.limits, state.limits)
     if limits.deadline is not None and now - state.created_ts >= limits.deadline:
         return Fail("deadline_exceeded", f"deadline of {limits.deadline:g}s reached")

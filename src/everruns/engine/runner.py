@@ -19,6 +19,7 @@ from typing import Any
 from everruns.core.decide import Act, Compact, Complete, Fail, Reason, Wait, decide
 from everruns.core.events import EventType
 from everruns.core.state import State
+from everruns.engine import framework
 from everruns.engine.broker import Broker
 from everruns.engine.keys import bindings
 from everruns.engine.llm_step import LLMStep, lost_attempt_charge
@@ -164,6 +165,9 @@ class RunRunner:
             )
             return
         settings = self.options.settings
+        if self.spec.agent is not None:
+            await self._framework_run(self.spec)
+            return
         try:
             self.origin = await self.store.get_agent_origin(
                 self.claim.agent_name, self.claim.agent_version
@@ -276,6 +280,83 @@ class RunRunner:
                 await self.log.flush()
                 await self.log.release(wake_at=None, status="waiting", seen_seq=self.state.last_seq)
                 return
+
+    async def _framework_run(self, spec: AgentSpec) -> None:
+        """A run whose loop is another framework's (engine/framework.py)."""
+        settings = self.options.settings
+        self.origin = await self.store.get_agent_origin(
+            self.claim.agent_name, self.claim.agent_version
+        )
+        try:
+            check_spec(spec, self.origin, settings, await bindings(self.store, settings, spec))
+        except (ToolSpecError, ValueError) as exc:
+            await self.fail("invalid_spec", str(exc))
+            return
+        await self.log.append(
+            EventType.RUN_STARTED,
+            {
+                "worker": self.options.worker_id,
+                "epoch": self.epoch,
+                "takeover": self.claim.crashes > 0,
+                "resumed": self.state.starts > 0,
+                "crashes": self.claim.crashes,
+                "framework": spec.agent.framework if spec.agent else None,
+            },
+        )
+        while True:
+            events = await self.store.load_events(self.run_id)
+            try:
+                result = await framework.execute_run(
+                    self.log, events, spec, settings, self._framework_interrupt
+                )
+            except Exception as exc:
+                if not await self._framework_stopped(exc):
+                    continue
+                return
+            try:
+                await self.log.append(
+                    EventType.RUN_COMPLETED, {"result": result}, if_unchanged=True
+                )
+            except Moved:  # a user message arrived: replay, then answer it
+                await self.log.refold()
+                continue
+            return
+
+    def _framework_interrupt(self) -> str | None:
+        if self.draining:
+            return "drain"
+        return "pause" if self.pause_requested else None
+
+    async def _framework_stopped(self, exc: Exception) -> bool:
+        """Journal why a framework run's loop stopped. False: execute it again."""
+        lost = framework.find(exc, Fenced)
+        if lost is not None:
+            raise lost
+        if framework.find(exc, framework.Parked) is not None:
+            pending = [c.id for c in self.state.calls if c.approval == "requested"]
+            if not await self._journal_waiting({"reason": "approval", "calls": pending}):
+                return False
+            await self.log.release(wake_at=None, status="waiting", seen_seq=self.state.last_seq)
+            return True
+        interrupted = framework.find(exc, framework.Interrupted)
+        stop = framework.find(exc, framework.RunStop)
+        replay = framework.find(exc, framework.NonDeterministicReplay)
+        if isinstance(interrupted, framework.Interrupted):
+            if interrupted.why == "pause":
+                await self.log.append(EventType.RUN_PAUSED, {"by": "user"})
+            else:
+                await self.log.flush()
+                await self.log.release(wake_at=time.time(), status="queued")
+        elif isinstance(stop, framework.RunStop):
+            await self.fail(stop.reason, stop.message)
+        elif replay is not None:
+            await self.fail("non_deterministic_replay", str(replay))
+        elif isinstance(exc, ValueError) and str(exc).startswith("agent."):
+            await self.fail("invalid_spec", str(exc))
+        else:
+            log.info("run %s: the framework agent raised", self.run_id, exc_info=exc)
+            await self.fail("framework_error", f"the agent raised {type(exc).__name__}: {exc}")
+        return True
 
     async def _journal_waiting(self, data: dict[str, Any]) -> bool:
         """Append run.waiting only if nothing was journaled since the decision to park.

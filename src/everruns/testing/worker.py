@@ -17,7 +17,7 @@ import sys
 from typing import Any
 
 from everruns import journal as j
-from everruns.engine import llm_step, runner
+from everruns.engine import framework, llm_step, runner
 from everruns.providers.base import DeltaCallback, LLMRequest, LLMResponse, Provider
 from everruns.spec import AgentSpec, ModelSpec
 from everruns.testing import effects
@@ -69,6 +69,7 @@ def install_hooks() -> None:
 
     runner.build_tools = counted_tools
     llm_step.get_provider = mid_call_provider
+    framework.prepare_tool = counted  # a framework agent's tools (engine/framework.py)
 
 
 async def serve(url: str, run_id: str, lease_ttl: float, poll: float) -> None:

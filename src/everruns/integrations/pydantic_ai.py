@@ -1,0 +1,291 @@
+"""Pydantic AI agents, run durably on everruns.
+
+    from everruns.integrations.pydantic_ai import EverrunsAgent
+    durable = EverrunsAgent(agent, ref="myapp.agents:agent")
+    result = await durable.run("...")        # an everruns run; result.output as usual
+
+Built on Pydantic AI's public capability hooks: `wrap_model_request` and
+`wrap_tool_execute` of a capability added to each run send every model request and
+tool call through `everruns.engine.framework.FrameworkSession`, which journals them
+(or serves them from the journal when the run is resumed). The model's response is
+journaled in Pydantic AI's own serialized form, so a replayed run sees exactly the
+objects it saw; a tool's return value is journaled as JSON, and the agent gets that
+JSON back (live too, so the first execution and a replay agree).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from pydantic_ai.agent import AbstractAgent, WrapperAgent
+from pydantic_ai.capabilities import AbstractCapability
+from pydantic_ai.exceptions import ModelRetry, ToolRetryError
+from pydantic_ai.messages import (
+    ModelMessagesTypeAdapter,
+    ModelResponse,
+    TextPart,
+    ToolCallPart,
+)
+from pydantic_ai.toolsets import FunctionToolset
+from pydantic_core import to_json, to_jsonable_python
+
+from everruns.engine import framework
+from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
+from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
+from everruns.spec import AgentSpec, FrameworkAgent, Limits
+from everruns.tools.base import ToolContext
+
+__all__ = ["EverrunsAgent", "EverrunsRunError", "everruns_tool", "execute"]
+
+# Keys of Pydantic AI's serialized messages that change between executions of the
+# same request (clocks, generated ids): left out of the request's digest.
+VOLATILE = frozenset(
+    {
+        "timestamp",
+        "request_timestamp",
+        "duration",
+        "run_id",
+        "conversation_id",
+        "model_id",
+        "provider_response_id",
+    }
+)
+
+
+def _stable(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _stable(v) for k, v in value.items() if k not in VOLATILE}
+    if isinstance(value, list):
+        return [_stable(v) for v in value]
+    return value
+
+
+def _answer(response: ModelResponse, label: str) -> ModelAnswer:
+    text = "".join(p.content for p in response.parts if isinstance(p, TextPart))
+    calls = [
+        {"id": p.tool_call_id, "name": p.tool_name, "arguments": p.args_as_dict()}
+        for p in response.parts
+        if isinstance(p, ToolCallPart)
+    ]
+    message: dict[str, Any] = {"role": "assistant", "content": text or None}
+    if calls:
+        message["tool_calls"] = calls
+    usage = response.usage
+    return ModelAnswer(
+        message=message,
+        usage={
+            "input_tokens": usage.input_tokens,
+            "output_tokens": usage.output_tokens,
+            "cached_input_tokens": usage.cache_read_tokens,
+        },
+        model=label,
+        payload=ModelMessagesTypeAdapter.dump_python([response], mode="json")[0],
+        stop_reason=response.finish_reason,
+    )
+
+
+class _Journal(AbstractCapability[Any]):
+    """The capability each framework run gets: model requests and tool executions go
+    through the session (journaled, or served from the journal)."""
+
+    def __init__(self, session: FrameworkSession, effects: dict[str, str]):
+        self.session = session
+        self.effects = effects
+
+    async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
+        messages = _stable(
+            ModelMessagesTypeAdapter.dump_python(request_context.messages, mode="json")
+        )
+        params = request_context.model_request_parameters
+        tools = [t.name for t in [*params.function_tools, *params.output_tools]]
+        model = request_context.model
+        label = f"{model.system}:{model.model_name}"
+
+        async def call() -> ModelAnswer:
+            return _answer(await handler(request_context), label)
+
+        payload = await self.session.model_request(messages, tools, label, call)
+        response: ModelResponse = ModelMessagesTypeAdapter.validate_python([payload])[0]  # type: ignore[assignment]
+        return response
+
+    async def wrap_tool_execute(
+        self, ctx: Any, *, call: ToolCallPart, tool_def: Any, args: Any, handler: Any
+    ) -> Any:
+        metadata = tool_def.metadata or {}
+        effect = (
+            self.effects.get(call.tool_name) or metadata.get("everruns_effect") or "at_most_once"
+        )
+
+        live_retry: list[ToolRetryError] = []
+
+        async def run(_ctx: ToolContext) -> ToolResult:
+            try:
+                value = await handler(args)
+            except ToolRetryError as exc:  # the tool raised ModelRetry (already counted)
+                live_retry.append(exc)
+                content = exc.tool_retry.content
+                text = content if isinstance(content, str) else to_json(content).decode()
+                return ToolResult(kind="retry", error=text)
+            return ToolResult(value=to_jsonable_python(value, fallback=str))
+
+        result = await self.session.tool_call(
+            call.tool_call_id, call.tool_name, call.args_as_dict(), effect, run
+        )
+        if result.kind == "ok":
+            return result.value
+        if result.kind == "retry":
+            if live_retry:
+                raise live_retry[0]
+            raise ModelRetry(result.error or "try again")  # replayed: counted as live was
+        if result.kind == "error":
+            raise RuntimeError(result.error)
+        return result.error  # interrupted / denied: the model is told
+
+
+def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str]]:
+    effects: dict[str, str] = {}
+    if isinstance(target, EverrunsAgent):
+        effects.update(target.effects)
+        target = target.wrapped
+    if not isinstance(target, AbstractAgent):
+        raise ValueError(
+            f"agent.python: {type(target).__name__} is not a Pydantic AI agent "
+            "(pydantic_ai.Agent or EverrunsAgent)"
+        )
+    return target, effects
+
+
+def tool_effects(agent: AbstractAgent[Any, Any]) -> dict[str, str]:
+    """Effects declared with `@everruns_tool(effect=...)` on the agent's function tools."""
+    found: dict[str, str] = {}
+    for toolset in agent.toolsets:
+        if isinstance(toolset, FunctionToolset):
+            for name, tool in toolset.tools.items():
+                effect = declared_effect(tool.function)
+                if effect is not None:
+                    found[name] = effect
+    return found
+
+
+async def execute(target: Any, session: FrameworkSession) -> str:
+    """The loop of a framework run (called by the worker): one agent run per user
+    message, each continuing the conversation of the previous ones."""
+    agent, wrapper_effects = _inner(target)
+    assert session.spec.agent is not None
+    effects = {**tool_effects(agent), **session.spec.agent.effects, **wrapper_effects}
+    history: list[Any] | None = None
+    result: Any = None
+    for turn, prompt in enumerate(session.inputs):
+        run_id = session.run_id if turn == 0 else f"{session.run_id}.{turn}"
+        result = await agent.run(
+            prompt,
+            message_history=history,
+            run_id=run_id,
+            conversation_id=session.run_id,
+            capabilities=[_Journal(session, effects)],
+        )
+        history = result.all_messages()
+    session.output = result
+    if result is None:
+        return ""
+    output = result.output
+    return output if isinstance(output, str) else to_json(output).decode()
+
+
+class EverrunsAgent(WrapperAgent[Any, Any]):
+    """A Pydantic AI agent whose runs are everruns runs (journaled, resumable, budgeted).
+
+    `ref`: `module:attribute` where workers can import the agent (needed for a run to be
+    resumed by another process); without it the agent is registered in this process
+    only. `effects`: effect class per tool name (see `everruns_tool`). `approvals`:
+    tools that wait durably for a human. `limits`: everruns limits (max_steps,
+    max_cost_usd, ...). `db`: database URL (default: EVERRUNS_DATABASE_URL or the CLI's).
+    """
+
+    def __init__(
+        self,
+        wrapped: AbstractAgent[Any, Any],
+        *,
+        name: str | None = None,
+        ref: str | None = None,
+        effects: dict[str, str] | None = None,
+        approvals: list[str] | None = None,
+        limits: Limits | dict[str, Any] | None = None,
+        db: str | None = None,
+    ):
+        super().__init__(wrapped)
+        self.agent_name = name or wrapped.name or "pydantic-ai-agent"
+        self.ref = ref or f"everruns.local:{self.agent_name}"
+        self.effects = dict(effects or {})
+        self.approvals = list(approvals or [])
+        self.limits = Limits.model_validate(limits or {})
+        self.db = db
+        if ref is None:
+            framework.register(self.ref, self)
+
+    def spec(self) -> AgentSpec:
+        """The everruns spec of this agent's runs."""
+        return AgentSpec.model_validate(
+            {
+                "name": self.agent_name,
+                "agent": FrameworkAgent(
+                    python=self.ref,
+                    framework="pydantic_ai",
+                    effects=self.effects,  # type: ignore[arg-type]
+                ),
+                "limits": self.limits,
+                "approvals": {"require_for": self.approvals},
+            }
+        )
+
+    async def run(  # type: ignore[override]
+        self,
+        user_prompt: str | None = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **unsupported: Any,
+    ) -> Any:
+        """Execute the agent as an everruns run in this process; returns Pydantic AI's
+        result. `run_id` makes it idempotent: an existing run is resumed (replayed)."""
+        _refuse(unsupported)
+        return await run_in_process(
+            self.spec(), user_prompt, run_id=run_id, db=self.db, timeout=timeout, execute=execute
+        )
+
+    def run_sync(  # type: ignore[override]
+        self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
+    ) -> Any:
+        return asyncio.run(self.run(user_prompt, run_id=run_id, **kwargs))
+
+    # Streaming and step-by-step iteration would run the wrapped agent outside the journal:
+    # refused rather than silently non-durable.
+    def iter(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("iter")
+
+    def run_stream(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream")
+
+    def run_stream_sync(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream_sync")
+
+    def run_stream_events(self, *args: Any, **kwargs: Any) -> Any:
+        raise _not_durable("run_stream_events")
+
+
+def _not_durable(method: str) -> NotImplementedError:
+    return NotImplementedError(
+        f"EverrunsAgent.{method} is not durable yet: use `await durable.run(...)` (the run's "
+        "events stream through `everruns watch` and the API); see docs/integrations/pydantic-ai.md"
+    )
+
+
+# Arguments of Pydantic AI's run() a durable run cannot honour yet (all must be unset).
+def _refuse(kwargs: dict[str, Any]) -> None:
+    given = sorted(k for k, v in kwargs.items() if v is not None and k != "infer_name")
+    if given:
+        raise TypeError(
+            f"EverrunsAgent.run does not support {', '.join(given)} yet "
+            "(docs/integrations/pydantic-ai.md lists what is covered)"
+        )
