@@ -16,6 +16,9 @@ install: $(STAMP)
 
 demo: install sandbox
 	$(PY) examples/demo.py
+	@echo
+	@echo "Next (README, Quickstart): put everruns on PATH with  . $(VENV)/bin/activate  (or call $(VENV)/bin/everruns), then"
+	@echo "  everruns run examples/agents/researcher.yaml --input 'Survey durable execution'"
 
 lint: install
 	$(VENV)/bin/ruff check src tests bench examples

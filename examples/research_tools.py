@@ -1,9 +1,10 @@
 """Tools for the researcher example agent (examples/agents/researcher.yaml).
 
-The spec refers to them as `research_tools:<function>`, so this folder must be
-importable: run from `examples/`, or put it on PYTHONPATH, e.g. from the repo root
+The spec refers to them as `research_tools:<function>` and says `python_path: [..]`
+(relative to the spec file), so the CLI imports them from this folder whatever the
+working directory, e.g. from the repo root
 
-    PYTHONPATH=examples .venv/bin/everruns run examples/agents/researcher.yaml
+    .venv/bin/everruns run examples/agents/researcher.yaml
 
 Each tool declares its effect class, which tells the engine what it may do after
 a crash: `pure` and `idempotent` calls are simply run again if their result was

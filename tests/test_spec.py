@@ -89,3 +89,32 @@ def test_spec_round_trips() -> None:
     spec = parse_spec(_scripted(limits={"deadline": "1h"}))
     again = AgentSpec.model_validate(spec.to_dict())
     assert again == spec
+
+
+@pytest.mark.parametrize(
+    ("yaml_fields", "field", "words"),
+    [
+        ("limits: {deadline: .nan}", "limits.deadline", "finite"),
+        ("limits: {deadline: .inf}", "limits.deadline", "finite"),
+        ("limits: {deadline: -5}", "limits.deadline", "negative"),
+        ("limits: {deadline: -5m}", "limits.deadline", "not a duration"),
+        ("limits: {max_cost_usd: .inf}", "limits.max_cost_usd", "finite"),
+        ("limits: {max_cost_usd: .nan}", "limits.max_cost_usd", "finite"),
+        ("limits: {max_cost_usd: -1}", "limits.max_cost_usd", "greater than 0"),
+        ("limits: {max_steps: .inf}", "limits.max_steps", "finite"),
+        ("limits: {max_tokens: -1}", "limits.max_tokens", "greater than or equal to 1"),
+        ("retry: {max_backoff: -.inf}", "retry.max_backoff", "finite"),
+        ("retry: {multiplier: .nan}", "retry.multiplier", "finite"),
+        ("tools: [{builtin: sleep, timeout: .inf}]", "tools[0].timeout", "finite"),
+    ],
+)
+def test_limits_and_durations_refuse_nan_infinity_and_negatives(
+    tmp_path: Path, yaml_fields: str, field: str, words: str
+) -> None:
+    path = tmp_path / "a.yaml"
+    path.write_text(
+        f"name: x\nmodel: {{provider: scripted, responses: [{{text: hi}}]}}\n{yaml_fields}\n"
+    )
+    with pytest.raises(SpecError) as info:
+        load_spec(path)
+    assert f"{path}: {field}: " in str(info.value) and words in str(info.value), str(info.value)

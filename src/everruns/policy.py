@@ -93,6 +93,12 @@ def check_framework(spec: AgentSpec, origin: str, settings: Settings) -> None:
 def check_tools(spec: AgentSpec, origin: str, settings: Settings) -> None:
     if origin == "local":
         return
+    if spec.python_path is not None:
+        raise PolicyError(
+            "python_path",
+            "only specs loaded from local files may name directories to import code from "
+            "(API specs import from the server's PYTHONPATH and `api_specs.python_modules`)",
+        )
     policy = settings.api_specs
     for index, entry in enumerate(spec.tools):
         kind = tool_kind(entry)

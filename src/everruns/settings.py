@@ -41,7 +41,7 @@ ToolKind = Literal["shell", "python", "mcp_stdio"]
 
 
 class RateLimit(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
     match: str
     rpm: float | None = Field(default=None, gt=0)
     tpm: float | None = Field(default=None, gt=0)

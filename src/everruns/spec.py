@@ -33,7 +33,9 @@ EFFECTS: tuple[str, ...] = ("pure", "idempotent", "at_most_once")
 
 
 class _Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+    # No NaN or infinity anywhere in a spec: `deadline: .nan` would be silently ignored
+    # and `max_cost_usd: .inf` is no limit; both are refused, naming the field.
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
 
 class ScriptedToolCall(_Strict):
@@ -360,6 +362,11 @@ class AgentSpec(_Strict):
     # Unset stays out of to_dict() (stored versions of older specs keep their hash).
     workspace: WorkspacePolicy | None = Field(default=None, description="exclude: [...]")
     max_parallel_tools: int = Field(default=4, ge=1)
+    python_path: list[str] | None = Field(
+        default=None,
+        description="directories Python tools are imported from, relative to the spec file "
+        "(default: the spec file's own directory); only in specs loaded from local files",
+    )
     # Scheduled runs (see everruns.core.schedule): cron (5 fields, or 6 with seconds
     # first) or `every <duration>`, in UTC. Unset fields stay out of to_dict().
     schedule: str | None = Field(default=None, description="cron or `every <duration>` (UTC)")
@@ -429,12 +436,30 @@ def parse_spec(data: Any, source: str = "<spec>") -> AgentSpec:
         raise SpecError(source, [("", "the spec must be a mapping of fields (name, model, ...)")])
     try:
         return AgentSpec.model_validate(data)
+    except RecursionError:
+        raise SpecError(source, [("", "the spec is nested too deeply")]) from None
     except ValidationError as exc:
         problems = []
         for err in exc.errors():
             msg = err["msg"].removeprefix("Value error, ")
             problems.append((_field_path(tuple(err["loc"])), msg))
         raise SpecError(source, problems) from None
+
+
+def load_yaml(text: str, source: str) -> Any:
+    """The data of a YAML document, or SpecError naming the line (or the nesting)."""
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"line {mark.line + 1}" if mark is not None else ""
+        raise SpecError(
+            source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
+        ) from None
+    except RecursionError:
+        raise SpecError(
+            source, [("", "the YAML is nested too deeply to be a spec (a few levels suffice)")]
+        ) from None
 
 
 def load_spec(path: str | Path) -> AgentSpec:
@@ -445,23 +470,38 @@ def load_spec(path: str | Path) -> AgentSpec:
         text = path.read_text(encoding="utf-8")
     except FileNotFoundError:
         raise SpecError(source, [("", "file not found")]) from None
+    except IsADirectoryError:
+        raise SpecError(source, [("", "is a directory; give the spec's YAML file")]) from None
+    except UnicodeDecodeError as exc:
+        raise SpecError(
+            source,
+            [
+                (
+                    "",
+                    f"not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset {exc.start}); "
+                    "save the spec as UTF-8",
+                )
+            ],
+        ) from None
     except OSError as exc:
         raise SpecError(source, [("", f"cannot read: {exc.strerror}")]) from None
-    return spec_from_yaml(text, source)
+    return with_python_path(spec_from_yaml(text, source), path.parent)
 
 
 def spec_from_yaml(text: str, source: str = "<spec>") -> AgentSpec:
     """An agent spec from YAML text; SpecError names the line of a YAML error (the CLI
     and `POST /v1/agents {yaml}`, hence the web UI's editor, report the same errors)."""
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f"line {mark.line + 1}" if mark is not None else ""
-        raise SpecError(
-            source, [(where, f"invalid YAML: {getattr(exc, 'problem', exc)}")]
-        ) from None
-    return parse_spec(data, source)
+    return parse_spec(load_yaml(text, source), source)
+
+
+def with_python_path(spec: AgentSpec, directory: Path) -> AgentSpec:
+    """A spec loaded from `directory` imports its Python tools from there (or from its
+    `python_path`, relative to there): absolute paths, so any worker on this machine, in
+    any working directory, finds the same modules."""
+    if not any(t.python is not None for t in spec.tools):
+        return spec
+    dirs = [str((directory / d).resolve()) for d in (spec.python_path or ["."])]
+    return spec.model_copy(update={"python_path": dirs})
 
 
 # ---------------------------------------------------------------- model.parameters

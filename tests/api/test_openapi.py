@@ -5,7 +5,8 @@ Schemathesis (its CLI, as a subprocess) then generates requests for every operat
 from that committed document, with a fixed seed and a bounded number of examples,
 against a real `everruns server` (embedded worker) whose database already holds
 runs in several states; run ids, agent names and tool call ids are drawn from those
-most of the time, so the run routes are exercised beyond 404s. Any 5xx fails.
+most of the time, so the run routes are exercised beyond 404s. Any 5xx fails, and so
+does any response the document does not describe (status, content type, headers, body).
 """
 
 from __future__ import annotations
@@ -128,7 +129,10 @@ def test_schemathesis_finds_no_server_errors(db_url: str, tmp_path: Path) -> Non
                 "--url",
                 server.url,
                 "--checks",
-                "not_a_server_error",
+                # No 5xx, and every response as documented: its status, content type,
+                # headers and body schema (problem+json for every error).
+                "not_a_server_error,status_code_conformance,content_type_conformance,"
+                "response_headers_conformance,response_schema_conformance",
                 "--seed",
                 "1",
                 "--max-examples",
@@ -156,3 +160,32 @@ def test_schemathesis_finds_no_server_errors(db_url: str, tmp_path: Path) -> Non
     assert alive, "the server died under the fuzzer"
     output = log.read_text()
     assert "Traceback" not in output, output[-4000:]
+
+
+def test_every_operation_documents_its_problems(tmp_path: Path) -> None:
+    doc = document()
+    problem = {"$ref": "#/components/schemas/Problem"}
+    for path, operations in doc["paths"].items():
+        for method, operation in operations.items():
+            responses = operation["responses"]
+            assert "503" in responses, (method, path)
+            if "{" in path:
+                for status in ("404", "409", "422"):
+                    content = responses[status]["content"]
+                    assert content == {"application/problem+json": {"schema": problem}}
+            if "requestBody" in operation:
+                assert {"400", "413", "422"} <= set(responses), (method, path)
+    assert "HTTPValidationError" not in json.dumps(doc)
+
+
+def test_405_names_the_allowed_methods(tmp_path: Path) -> None:
+    from fastapi.testclient import TestClient
+
+    from everruns.api import ApiConfig, create_app
+
+    config = ApiConfig(database_url=f"sqlite:///{tmp_path / 'e.db'}", embedded_worker=False)
+    with TestClient(create_app(config), base_url="http://127.0.0.1") as http:
+        r = http.delete("/v1/runs")
+        assert r.status_code == 405
+        assert r.headers["content-type"] == "application/problem+json"
+        assert set(r.headers["allow"].replace(" ", "").split(",")) == {"GET", "POST"}

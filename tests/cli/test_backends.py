@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from cryptography.fernet import Fernet
 
 from conftest import new_pg_database
 from helpers import Server, cli, env_for, start_worker, stop, write_agent
@@ -22,8 +23,8 @@ pytestmark = pytest.mark.timeout(480)  # ~40 CLI processes on a 2-core machine
 Cli = Callable[..., subprocess.CompletedProcess[str]]
 DATE = re.compile(r"\d{4}-\d\d-\d\d")
 CLOCK = re.compile(r"\d\d:\d\d:\d\d")
-SHORT_ID = re.compile(r"run_[0-9a-z]+…")  # `ls` cuts ids at 80 columns
-TIMES = ("ts", "created_at", "updated_at", "wake_at")
+WALL = re.compile(r"\d+\.\ds\b")  # `run`'s wall time
+TIMES = ("ts", "created_at", "updated_at", "wake_at", "next_fire_at", "last_fired_at")
 
 
 @pytest.fixture
@@ -52,7 +53,7 @@ def _normalise_json(value: Any, workers: set[str]) -> Any:
     return value
 
 
-def _scenario(run: Cli, spec: Path) -> list[tuple[str, int, str, str]]:
+def _scenario(run: Cli, spec: Path, scheduled: Path) -> list[tuple[str, int, str, str]]:
     """(command, exit code, stdout, stderr) of each step."""
     steps: list[tuple[str, int, str, str]] = []
 
@@ -83,10 +84,23 @@ def _scenario(run: Cli, spec: Path) -> list[tuple[str, int, str, str]]:
     step("status", "run_nope")
     step("approve", run_id, "call_9_9")
     step("deny", run_id, "call_9_9", "--reason", "no")
-    return [_normalise(run_id, s) for s in steps]
+    step("status", run_id[:12])  # a unique prefix
+    # `run` executes here with --db and on the server's workers with --server.
+    second = json.loads(step("run", str(spec), "--input", "again", "--json").splitlines()[0])
+    step("schedule", "add", str(scheduled), "--json")
+    step("schedule", "ls", "--json")
+    step("schedule", "pause", "nightly")
+    step("schedule", "rm", "nightly")
+    step("schedule", "rm", "nightly")
+    step("memory", "ls", "echo", "--json")
+    step("memory", "rm", "echo", "note_nope")
+    step("secret", "set", "team-key", "--value", "s3cret", "--allow-url", "https://api.x.dev/*")
+    names = {run_id: "RUN", second["run_id"]: "RUN2", run_id[:12]: "PREFIX"}
+    return [_normalise(names, s) for s in steps]
 
 
-def _normalise(run_id: str, step: tuple[str, int, str, str]) -> tuple[str, int, str, str]:
+def _normalise(names: dict[str, str], step: tuple[str, int, str, str]) -> tuple[str, int, str, str]:
+    """Ids (`names`, longest first), worker ids, times and wall times made comparable."""
     command, code, stdout, stderr = step
     workers: set[str] = set()
     lines = []
@@ -101,7 +115,9 @@ def _normalise(run_id: str, step: tuple[str, int, str, str]) -> tuple[str, int, 
     text = re.sub(r"worker \S+ epoch", "worker WORKER epoch", text)
 
     def clean(s: str) -> str:
-        s = SHORT_ID.sub("RUN…", s.replace(run_id, "RUN"))
+        for name, token in names.items():  # full ids before the prefix
+            s = s.replace(name, token)
+        s = WALL.sub("WALL", s)
         return CLOCK.sub("TIME", DATE.sub("DATE", s))
 
     return clean(command), code, clean(text), clean(stderr)
@@ -115,22 +131,35 @@ def test_the_same_scenario_prints_the_same_on_both_back_ends(
         [{"text": "first answer"}, {"text": "never", "delay": 60}],
         name="echo",
     )
-    local_env = env_for(db_url)
+    scheduled = write_agent(
+        tmp_path / "nightly.yaml", [{"text": "tick"}], name="nightly", schedule="every 1h"
+    )
+    key = Fernet.generate_key().decode()  # `secret set` encrypts with it, here or on the server
+    local_env = env_for(db_url, EVERRUNS_MASTER_KEY=key)
     local_env.pop("EVERRUNS_DATABASE_URL")
     worker = start_worker(local_env, "--db", db_url, "--lease-ttl", "2", "--poll-interval", "0.1")
     try:
-        local = _scenario(lambda *a: cli(*a, "--db", db_url, env=local_env, cwd=tmp_path), spec)
+        local = _scenario(
+            lambda *a: cli(*a, "--db", db_url, env=local_env, cwd=tmp_path), spec, scheduled
+        )
     finally:
         stop(worker)
 
-    server = Server(env_for(server_db_url), "--lease-ttl", "2", log=tmp_path / "server.log")
+    server = Server(
+        env_for(server_db_url, EVERRUNS_MASTER_KEY=key),
+        "--lease-ttl",
+        "2",
+        log=tmp_path / "server.log",
+    )
     remote_cwd = tmp_path / "remote"
     remote_cwd.mkdir()
     remote_env = env_for(server_db_url)
     remote_env.pop("EVERRUNS_DATABASE_URL")
     try:
         remote = _scenario(
-            lambda *a: cli(*a, "--server", server.url, env=remote_env, cwd=remote_cwd), spec
+            lambda *a: cli(*a, "--server", server.url, env=remote_env, cwd=remote_cwd),
+            spec,
+            scheduled,
         )
     finally:
         server.stop()
@@ -158,5 +187,17 @@ def test_the_same_scenario_prints_the_same_on_both_back_ends(
     assert "no pending approval for call 'call_9_9'" in by_command["approve RUN call_9_9"][2]
     assert json.loads(by_command["ls --status failed --json"][1]) == []
     assert [r["status"] for r in json.loads(by_command["ls --json"][1])] == ["completed"]
+    assert "status   cancelled" in by_command["status PREFIX"][1]
+    ran = by_command[f"run {spec} --input again --json"]
+    assert ran[0] == 0 and json.loads(ran[1].splitlines()[-1])["type"] == "run.completed"
+    assert "completed: 1 step" in ran[2] and "result: first answer" in ran[2]
+    assert json.loads(by_command[f"schedule add {scheduled} --json"][1])["agent"] == "nightly"
+    assert by_command["schedule pause nightly"][1].startswith("paused nightly")
+    assert by_command["schedule rm nightly"][0] == 1  # the second time: gone
+    assert "no schedule for agent 'nightly'" in by_command["schedule rm nightly"][2]
+    assert json.loads(by_command["memory ls echo --json"][1]) == []
+    assert "agent 'echo' has no note 'note_nope'" in by_command["memory rm echo note_nope"][2]
+    stored = by_command["secret set team-key --value s3cret --allow-url https://api.x.dev/*"]
+    assert stored[:2] == (0, "stored secret team-key (may be sent to: https://api.x.dev/*)")
     for _command, _code, _out, err in local:
         assert "Traceback" not in err

@@ -32,9 +32,9 @@ def test_bad_spec_exits_2_and_names_the_field(tmp_path: Path, sqlite_url: str) -
     assert result.returncode == 2, result.stderr
     assert "limits.max_steps" in result.stderr
     assert str(bad) in result.stderr
-    # Nothing was created.
+    # Nothing was created, not even the database.
     listed = cli("ls", "--json", env=env_for(sqlite_url))
-    assert json.loads(listed.stdout) == []
+    assert listed.returncode == 3 and "no database at" in listed.stderr
 
 
 def test_unloadable_tool_exits_2(tmp_path: Path, sqlite_url: str) -> None:
@@ -46,6 +46,7 @@ def test_unloadable_tool_exits_2(tmp_path: Path, sqlite_url: str) -> None:
 
 
 def test_unknown_run_id_is_a_clear_error(sqlite_url: str) -> None:
+    assert cli("db", "upgrade", env=env_for(sqlite_url)).returncode == 0
     for command in (["status", "run_nope"], ["events", "run_nope"], ["cancel", "run_nope"]):
         result = cli(*command, env=env_for(sqlite_url))
         assert result.returncode == 1

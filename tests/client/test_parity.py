@@ -30,10 +30,11 @@ def _namespaces() -> Iterator[tuple[str, type, type]]:
     sync, aio = Client("http://127.0.0.1:9"), AsyncClient("http://127.0.0.1:9")
     try:
         yield "client", type(sync), type(aio)
-        for attr in ("agents", "runs"):
+        for attr in ("agents", "runs", "schedules", "secrets"):
             yield attr, type(getattr(sync, attr)), type(getattr(aio, attr))
-        assert {k for k in vars(sync) if not k.startswith("_")} == {"agents", "runs"}
-        assert {k for k in vars(aio) if not k.startswith("_")} == {"agents", "runs"}
+        shells = {"agents", "runs", "schedules", "secrets"}
+        assert {k for k in vars(sync) if not k.startswith("_")} == shells
+        assert {k for k in vars(aio) if not k.startswith("_")} == shells
     finally:
         sync.close()
 

@@ -16,7 +16,7 @@ from fastapi.responses import PlainTextResponse, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from everruns.api import problems
+from everruns.api import documented, problems
 from everruns.api.feed import EventFeed
 from everruns.api.files import add_file_routes, input_manifest
 from everruns.api.metrics import exposition as metrics_text
@@ -181,6 +181,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
         lifespan=lifespan,
     )
     problems.install(app)
+    documented.install(app)
     app.add_middleware(BodyLimit, limit=config.max_body_bytes)
     sink = tracing.sink()
     if sink is not None:  # request spans linked to the runs they touch (OTEL_* set)
@@ -279,6 +280,9 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
                 "give exactly one of `spec` (JSON) or `yaml` (text)",
             )
         spec = spec_from_yaml(text, "spec") if text is not None else parse_spec(spec_data, "spec")
+        # `python_path` names directories on the machine of a local spec file: an API spec
+        # imports only from the server's path (and `api_specs.python_modules`), so it is dropped.
+        spec = spec.model_copy(update={"python_path": None})
         await _allowed(store, spec)  # before build_tools imports any module
         try:
             build_tools(spec, allow_private_networks=settings.allow_private_networks)

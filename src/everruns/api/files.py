@@ -86,7 +86,13 @@ def add_file_routes(app: FastAPI, auth: list[Any]) -> None:
         """What each event changed in the workspace (the per-step diff of the timeline)."""
         return [vars(c) for c in await changes(request, run_id)]
 
-    @app.get("/v1/runs/{run_id}/files.zip", tags=["files"], dependencies=auth)
+    @app.get(
+        "/v1/runs/{run_id}/files.zip",
+        tags=["files"],
+        dependencies=auth,
+        response_class=Response,
+        responses={200: {"content": {"application/zip": {}}, "description": "The files."}},
+    )
     async def files_zip(run_id: str, request: Request) -> Response:
         await changes(request, run_id)  # 404 for no such run
         contents = await run_file_contents(store_of(request), run_id)
@@ -100,7 +106,18 @@ def add_file_routes(app: FastAPI, auth: list[Any]) -> None:
             headers={"Content-Disposition": f'attachment; filename="{run_id}-files.zip"'},
         )
 
-    @app.get("/v1/runs/{run_id}/files/{path:path}", tags=["files"], dependencies=auth)
+    @app.get(
+        "/v1/runs/{run_id}/files/{path:path}",
+        tags=["files"],
+        dependencies=auth,
+        response_class=Response,
+        responses={
+            200: {
+                "content": {"application/octet-stream": {}, "text/plain": {}},
+                "description": "The content.",
+            }
+        },
+    )
     async def get_file(run_id: str, path: str, request: Request) -> Response:
         """One file's content as the journal last recorded it (`?sha256=` for an earlier
         version named by a change)."""

@@ -7,11 +7,13 @@ from typing import Any
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
-from sqlalchemy.exc import DataError
+from sqlalchemy.exc import DataError, InterfaceError, OperationalError
 from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.routing import Match
 
 from everruns.spec import SpecError
 from everruns.store import RunNotFound, StoreError
+from everruns.store.database import DatabaseUnavailable
 
 BASE = "https://everruns.dev/problems/"
 
@@ -37,6 +39,17 @@ def problem_response(
 def _field(loc: tuple[Any, ...]) -> str:
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
     return ".".join(parts)
+
+
+def _allowed_methods(request: Request) -> str:
+    """Every method some route serves at this path (Starlette names only the first
+    route's, and GET and POST of one path are two routes)."""
+    methods: set[str] = set()
+    for route in request.app.router.routes:
+        match, _ = route.matches(request.scope)
+        if match != Match.NONE:
+            methods |= set(getattr(route, "methods", None) or ())
+    return ", ".join(sorted(methods))
 
 
 def install(app: FastAPI) -> None:
@@ -68,6 +81,16 @@ def install(app: FastAPI) -> None:
     async def _not_found(request: Request, exc: RunNotFound) -> JSONResponse:
         return problem_response(404, "run-not-found", "Run not found", str(exc), request.url.path)
 
+    @app.exception_handler(DatabaseUnavailable)
+    @app.exception_handler(OperationalError)
+    @app.exception_handler(InterfaceError)
+    async def _database(request: Request, exc: Exception) -> JSONResponse:
+        # The database went away under a request: the server is not broken, only waiting.
+        reason = " ".join(str(getattr(exc, "orig", None) or exc).split())
+        return problem_response(
+            503, "database-unavailable", "Database unavailable", reason, request.url.path
+        )
+
     @app.exception_handler(StoreError)
     async def _store(request: Request, exc: StoreError) -> JSONResponse:
         return problem_response(409, "conflict", "Conflict", str(exc), request.url.path)
@@ -94,6 +117,10 @@ def install(app: FastAPI) -> None:
             405: "method-not-allowed",
             413: "too-large",
         }.get(exc.status_code, "http-error")
-        return problem_response(
+        response = problem_response(
             exc.status_code, kind, str(exc.detail), str(exc.detail), request.url.path
         )
+        response.headers.update(exc.headers or {})
+        if exc.status_code == 405:
+            response.headers["Allow"] = _allowed_methods(request)
+        return response

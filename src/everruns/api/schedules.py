@@ -21,7 +21,7 @@ class ScheduleCreate(BaseModel):
     stored and pinned). `schedule`, `input` and `overlap` default to the spec's
     `schedule`, `schedule_input` and `schedule_overlap`."""
 
-    model_config = ConfigDict(extra="forbid")
+    model_config = ConfigDict(extra="forbid", allow_inf_nan=False)
 
     agent: str | None = Field(default=None, max_length=128)
     version: int | None = Field(default=None, ge=1, le=2**31 - 1)

@@ -9,7 +9,17 @@ from typing import Annotated
 
 import typer
 
-from everruns.cli.common import CliError, DbOption, err, out, run_async, usage_error
+from everruns.cli.backend import open_backend
+from everruns.cli.common import (
+    CliError,
+    DbOption,
+    ServerOption,
+    TokenOption,
+    err,
+    out,
+    run_async,
+    usage_error,
+)
 from everruns.cli.local import LocalBackend
 
 token_app = typer.Typer(help="API tokens.", no_args_is_help=True)
@@ -23,7 +33,7 @@ def token_create(
     """Create an API token; it is shown once (only its hash is stored)."""
 
     async def go() -> None:
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=True) as local:
             token_id, plaintext = await local.store.create_token(name)
         err.print(f"token {token_id} ({name}); store it now, it is not shown again:")
         out.print(plaintext)
@@ -78,12 +88,14 @@ def secret_set(
         ),
     ] = None,
     db: DbOption = None,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
     """Store a secret for `model.credential: NAME`, bound to the --allow-url patterns.
 
-    A spec can use it only at a matching URL; it is encrypted with EVERRUNS_MASTER_KEY.
+    A spec can use it only at a matching URL; it is encrypted with EVERRUNS_MASTER_KEY
+    (the server's, with --server).
     """
-    from everruns.secretbox import SecretsUnavailable, encrypt
     from everruns.settings import check_url_pattern
 
     if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_.-]{0,127}", name):
@@ -102,25 +114,25 @@ def secret_set(
         raise usage_error("the secret is empty (give --value or pipe it on standard input)")
 
     async def go() -> None:
-        try:
-            ciphertext = encrypt(secret)
-        except SecretsUnavailable as exc:
-            raise CliError(str(exc)) from None
-        async with LocalBackend.open(db) as local:
-            await local.store.put_secret(name, ciphertext, patterns)
+        async with open_backend(db, server, token, create=True) as backend:
+            await backend.put_secret(name, secret, patterns)
         out.print(f"stored secret {name} (may be sent to: {', '.join(patterns)})")
 
     run_async(go)
 
 
 @secret_app.command("ls")
-def secret_ls(db: DbOption = None) -> None:
-    """List stored secrets and their allowed URLs (never their values)."""
+def secret_ls(db: DbOption = None, server: ServerOption = None, token: TokenOption = None) -> None:
+    """List stored secrets and their allowed URLs (never their values; a server gives
+    names only)."""
 
     async def go() -> None:
-        async with LocalBackend.open(db) as local:
-            bindings = await local.store.secret_bindings()
+        async with open_backend(db, server, token) as backend:
+            bindings = await backend.list_secrets()
         for name, urls in sorted(bindings.items()):
-            out.print(f"{name}  {' '.join(urls) or '(bound to no URL: unusable)'}")
+            if urls is None:
+                out.print(name)
+            else:
+                out.print(f"{name}  {' '.join(urls) or '(bound to no URL: unusable)'}")
 
     run_async(go)

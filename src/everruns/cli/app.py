@@ -11,7 +11,8 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, budgets, doctor, files, maintenance, runs, schedules, serve
+from everruns.cli import access, budgets, doctor, files, maintenance, memory, runs, schedules, serve
+from everruns.cli.common import Debug
 from everruns.testing.cli import register as register_testing
 
 app = typer.Typer(
@@ -38,8 +39,15 @@ def _root(
             "--version", help="Show the version and exit.", is_eager=True, callback=_print_version
         ),
     ] = False,
+    debug: Annotated[
+        bool,
+        typer.Option(
+            "--debug", envvar="EVERRUNS_DEBUG", help="Print the traceback behind an error."
+        ),
+    ] = False,
 ) -> None:
     """Durable execution for long-lived AI agents."""
+    Debug.enabled = debug
 
 
 app.add_typer(maintenance.db_app, name="db")
@@ -62,6 +70,7 @@ app.command()(doctor.doctor)
 app.add_typer(access.token_app, name="token")
 app.add_typer(access.secret_app, name="secret")
 app.add_typer(schedules.schedule_app, name="schedule")
+app.add_typer(memory.memory_app, name="memory", no_args_is_help=True)
 register_testing(app)  # test, export, import, replay, diff
 
 

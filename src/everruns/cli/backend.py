@@ -11,11 +11,21 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any, Protocol
 
+from everruns.cli.common import EXIT_USAGE, CliError
 from everruns.cli.views import RunView
+from everruns.client import MemoryItem
 from everruns.spec import AgentSpec
+from everruns.store import RunNotFound
+
+#: How many candidates an ambiguous prefix lists.
+SHOWN_CANDIDATES = 10
 
 
 class Backend(Protocol):
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        """Ids of runs that start with `prefix` (a few; the exact id among them if it exists)."""
+        ...
+
     async def start_run(
         self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
     ) -> str:
@@ -64,12 +74,43 @@ class Backend(Protocol):
         """Resume a paused run, or one that failed on a limit since raised; its status."""
         ...
 
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        """Store the agent and schedule its `schedule` (pinned, or its latest version)."""
+        ...
+
+    async def list_schedules(self) -> list[dict[str, Any]]: ...
+
+    async def delete_schedule(self, agent: str) -> None:
+        """An error naming the agent when it has no schedule."""
+        ...
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]: ...
+
+    async def put_secret(self, name: str, value: str, allow_urls: list[str]) -> None: ...
+
+    async def list_secrets(self) -> dict[str, list[str] | None]:
+        """name -> the URL patterns it may be sent to (None: a server does not say)."""
+        ...
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        """The notes `agent` keeps across runs, oldest first."""
+        ...
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        """Forget one note; an error naming it when there is none."""
+        ...
+
+    async def clear_memory(self, agent: str) -> int:
+        """Forget every note of `agent`; how many there were."""
+        ...
+
 
 @asynccontextmanager
 async def open_backend(
-    db: str | None, server: str | None, token: str | None
+    db: str | None, server: str | None, token: str | None, *, create: bool = False
 ) -> AsyncIterator[Backend]:
-    """The server's back end with --server, else the database's."""
+    """The server's back end with --server, else the database's. Only commands that
+    write pass `create=True`: the others never leave an empty database behind a typo."""
     if server:
         from everruns.cli.remote import RemoteBackend
 
@@ -78,5 +119,27 @@ async def open_backend(
     else:
         from everruns.cli.local import LocalBackend
 
-        async with LocalBackend.open(db) as local:
+        async with LocalBackend.open(db, create=create) as local:
             yield local
+
+
+async def resolve_run(backend: Backend, run_id: str) -> str:
+    """The full id of the run `run_id` names: itself, or the one run whose id starts with
+    it (`run_` may be left out). None: `RunNotFound`; several: an error listing them."""
+    prefix = run_id.strip()
+    if not prefix:
+        raise CliError("give a run id (or the start of one)", EXIT_USAGE)
+    ids = await backend.run_ids_starting(prefix)
+    if not ids and not prefix.startswith("run_"):
+        ids = await backend.run_ids_starting("run_" + prefix)
+    if prefix in ids:
+        return prefix
+    if len(ids) == 1:
+        return ids[0]
+    if not ids:
+        raise RunNotFound(run_id)
+    shown = ", ".join(ids[:SHOWN_CANDIDATES]) + (", ..." if len(ids) > SHOWN_CANDIDATES else "")
+    raise CliError(
+        f"{run_id!r} is the start of several run ids ({shown}); give more characters",
+        EXIT_USAGE,
+    )

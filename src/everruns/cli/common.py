@@ -1,5 +1,9 @@
 """What every command shares: the options, the two consoles, and one place that turns
-errors into a message and an exit code (never a traceback)."""
+errors into a message and an exit code (never a traceback, unless `everruns --debug`).
+
+Exit codes: 0 ok, 1 a failed operation (a failed run, an unknown id, a refused request),
+2 a usage or spec error, 3 the database cannot be reached or opened.
+"""
 
 from __future__ import annotations
 
@@ -7,11 +11,13 @@ import asyncio
 import json
 import signal
 import sys
+import traceback
 from collections.abc import Callable, Coroutine
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
 import httpx
+import sqlalchemy as sa
 import typer
 from rich.console import Console
 from rich.markup import escape
@@ -19,7 +25,7 @@ from rich.markup import escape
 from everruns.client import ApiError
 from everruns.spec import AgentSpec, SpecError, load_spec
 from everruns.store import RunNotFound, StoreError
-from everruns.store.database import DatabaseURLError
+from everruns.store.database import DatabaseUnavailable, DatabaseURLError
 from everruns.tools.registry import ToolSpecError, build_tools
 
 out = Console(soft_wrap=True, markup=False, highlight=False)
@@ -49,36 +55,75 @@ TokenOption = Annotated[
 ]
 InputOption = Annotated[str | None, typer.Option("--input", "-i", help="The user message.")]
 LeaseOption = Annotated[float, typer.Option("--lease-ttl", help="Lease time-to-live, seconds.")]
-RunIdArgument = Annotated[str, typer.Argument(help="Run id.")]
+RunIdArgument = Annotated[
+    str, typer.Argument(help="Run id, or any unique start of one (`run_` may be left out).")
+]
 SpecArgument = Annotated[Path, typer.Argument(help="Agent spec (YAML).")]
 
 
+EXIT_FAILED, EXIT_USAGE, EXIT_DATABASE = 1, 2, 3
+
+
 class CliError(Exception):
-    def __init__(self, message: str, code: int = 1):
+    def __init__(self, message: str, code: int = EXIT_FAILED):
         super().__init__(message)
         self.code = code
 
 
+def no_schedule(agent: str) -> CliError:
+    """Both back ends' words for a missing schedule."""
+    return CliError(f"no schedule for agent {agent!r}")
+
+
+class Debug:
+    """`everruns --debug` (or EVERRUNS_DEBUG=1): print the traceback behind an error."""
+
+    enabled = False
+
+
+def _failure(exc: BaseException) -> tuple[int, str]:
+    """(exit code, message) for an error a command ended with."""
+    if isinstance(exc, SpecError):
+        return EXIT_USAGE, f"invalid agent spec\n{exc}"
+    if isinstance(exc, DatabaseURLError):
+        return EXIT_USAGE, str(exc)
+    if isinstance(exc, DatabaseUnavailable):
+        return EXIT_DATABASE, str(exc)
+    if isinstance(exc, RunNotFound | StoreError):
+        return EXIT_FAILED, str(exc)
+    if isinstance(exc, CliError):
+        return exc.code, str(exc)
+    if isinstance(exc, ApiError):
+        return (EXIT_USAGE if exc.status == 422 else EXIT_FAILED), exc.detail or str(exc)
+    if isinstance(exc, httpx.TransportError):
+        return EXIT_FAILED, f"cannot reach the server: {exc}; check --server and that it runs"
+    if isinstance(exc, sa.exc.OperationalError | sa.exc.InterfaceError):
+        reason = " ".join(str(exc.orig or exc).split())
+        return EXIT_DATABASE, f"the database failed: {reason}; check that it is running"
+    return EXIT_FAILED, (
+        f"unexpected {type(exc).__name__}: {exc}\n"
+        "run `everruns --debug ...` for the traceback, and please report it"
+    )
+
+
+def fail(exc: BaseException) -> typer.Exit:
+    """Print what went wrong (and, with --debug, the traceback); the exit to raise."""
+    code, message = _failure(exc)
+    if Debug.enabled:
+        traceback.print_exception(exc, file=sys.stderr)
+    err.print(f"[red]error:[/] {escape(message)}")
+    return typer.Exit(code)
+
+
 def run_async(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
-    """Run a command's coroutine; every expected failure becomes one line and an exit code
-    (2: a bad spec or request, 1: anything else)."""
+    """Run a command's coroutine; every failure becomes a message and an exit code
+    (see the module's docstring), never a traceback."""
     try:
         return asyncio.run(factory())
-    except SpecError as exc:
-        err.print(f"[red]error:[/] invalid agent spec\n{escape(str(exc))}")
-        raise typer.Exit(2) from None
-    except (RunNotFound, StoreError, DatabaseURLError) as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(1) from None
-    except CliError as exc:
-        err.print(f"[red]error:[/] {escape(str(exc))}")
-        raise typer.Exit(exc.code) from None
-    except ApiError as exc:
-        err.print(f"[red]error:[/] {escape(exc.detail or str(exc))}")
-        raise typer.Exit(2 if exc.status == 422 else 1) from None
-    except httpx.TransportError as exc:
-        err.print(f"[red]error:[/] cannot reach the server: {escape(str(exc))}")
-        raise typer.Exit(1) from None
+    except (typer.Exit, typer.Abort, KeyboardInterrupt):
+        raise
+    except Exception as exc:
+        raise fail(exc) from None
 
 
 async def load_checked(path: Path, db: str | None = None) -> AgentSpec:
@@ -116,7 +161,7 @@ async def load_checked(path: Path, db: str | None = None) -> AgentSpec:
 def usage_error(message: str) -> typer.Exit:
     """A bad command line: the message, exit code 2."""
     err.print(f"[red]error:[/] {escape(message)}")
-    return typer.Exit(2)
+    return typer.Exit(EXIT_USAGE)
 
 
 def print_json(value: Any) -> None:

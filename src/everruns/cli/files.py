@@ -11,7 +11,7 @@ from typing import Annotated
 
 import typer
 
-from everruns.cli.backend import open_backend
+from everruns.cli.backend import open_backend, resolve_run
 from everruns.cli.common import (
     CliError,
     DbOption,
@@ -22,6 +22,7 @@ from everruns.cli.common import (
     out,
     print_json,
     run_async,
+    usage_error,
 )
 from everruns.spec import AgentSpec
 from everruns.tools.workspace import collect_inputs, confine, replace_file
@@ -83,10 +84,14 @@ def workspace(
 ) -> None:
     """List a run's workspace files (as journaled), or export them into a directory."""
 
+    if export is not None and export.exists() and not export.is_dir():
+        raise usage_error(f"--export {export}: a file is there; give a directory (new or existing)")
+
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
+            full = await resolve_run(backend, run_id)  # an id prefix, or a clear error
             if export is None:
-                entries = await backend.files(run_id)
+                entries = await backend.files(full)
                 if json_out:
                     print_json(entries)
                     return
@@ -97,7 +102,7 @@ def workspace(
                         highlight=False,
                     )
                 return
-            contents = await backend.file_contents(run_id)
+            contents = await backend.file_contents(full)
         write_export(export, contents, force)
         out.print(f"exported {len(contents)} files to {export}")
 

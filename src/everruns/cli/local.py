@@ -8,8 +8,9 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 from everruns.api.wire import run_to_api
-from everruns.cli.common import CliError
+from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
+from everruns.client import MemoryItem
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
 from everruns.engine.artifacts import run_file_contents, run_files, start_with_files
@@ -18,6 +19,8 @@ from everruns.store import RunRow, Store
 
 #: How often `follow` looks for new events in the database.
 FOLLOW_POLL = 0.2
+#: How many runs an id prefix is looked for among (the search also matches input and result).
+PREFIX_SCAN = 500
 
 
 def view(row: RunRow) -> RunView:
@@ -30,12 +33,16 @@ class LocalBackend:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, db: str | None) -> AsyncIterator[LocalBackend]:
-        store = await Store.open(db)
+    async def open(cls, db: str | None, *, create: bool = False) -> AsyncIterator[LocalBackend]:
+        store = await Store.open(db, create=create)
         try:
             yield cls(store)
         finally:
             await store.close()
+
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        rows = await self.store.list_runs(search=prefix, limit=PREFIX_SCAN)
+        return [r.id for r in rows if r.id.startswith(prefix)]
 
     async def start_run(
         self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
@@ -109,3 +116,47 @@ class LocalBackend:
 
     async def resume(self, run_id: str) -> str:
         return await self.store.resume(run_id, by="cli")
+
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        return await self.store.save_schedule(spec, pin=not latest)
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return await self.store.list_schedules()
+
+    async def delete_schedule(self, agent: str) -> None:
+        if not await self.store.delete_schedule(agent):
+            raise no_schedule(agent)
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]:
+        found = await self.store.set_schedule_enabled(agent, enabled)
+        if found is None:
+            raise no_schedule(agent)
+        return found
+
+    async def put_secret(self, name: str, value: str, allow_urls: list[str]) -> None:
+        from everruns.secretbox import SecretsUnavailable, encrypt
+
+        try:
+            ciphertext = encrypt(value)
+        except SecretsUnavailable as exc:
+            raise CliError(str(exc)) from None
+        await self.store.put_secret(name, ciphertext, allow_urls)
+
+    async def list_secrets(self) -> dict[str, list[str] | None]:
+        return dict(await self.store.secret_bindings())
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        await self.store.get_agent(agent)  # "no agent 'x'"
+        return [
+            MemoryItem(key=n["id"], value=n["text"], updated_at=n["ts"], run_id=n["run_id"])
+            for n in await self.store.recall(agent, limit=None)
+        ]
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        await self.store.get_agent(agent)
+        if not await self.store.forget(agent, key):
+            raise CliError(f"agent {agent!r} has no note {key!r}")
+
+    async def clear_memory(self, agent: str) -> int:
+        await self.store.get_agent(agent)
+        return await self.store.forget(agent)

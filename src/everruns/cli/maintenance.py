@@ -27,7 +27,7 @@ def db_upgrade(db: DbOption = None) -> None:
     """Apply database migrations (the CLI also does this on every start)."""
 
     async def go() -> None:
-        async with LocalBackend.open(db):
+        async with LocalBackend.open(db, create=True):
             pass
         out.print("database is up to date")
 

@@ -4,14 +4,25 @@ from __future__ import annotations
 
 import io
 import zipfile
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 from typing import Any
 
-from everruns.cli.common import CliError
+from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
-from everruns.client import AsyncClient, Event, Run
+from everruns.client import ApiError, AsyncClient, Event, MemoryItem, Run
 from everruns.spec import AgentSpec
+
+
+@contextmanager
+def _missing_schedule(agent: str) -> Iterator[None]:
+    """The server's 404 for a schedule, as the database back end words it."""
+    try:
+        yield
+    except ApiError as exc:
+        if exc.status == 404:
+            raise no_schedule(agent) from None
+        raise
 
 
 def view(run: Run) -> RunView:
@@ -32,10 +43,16 @@ class RemoteBackend:
         async with AsyncClient(server, token) as client:
             yield cls(client)
 
+    async def run_ids_starting(self, prefix: str) -> list[str]:
+        items, _ = await self.client.runs.list(q=prefix, limit=500)
+        return [r.id for r in items if r.id.startswith(prefix)]
+
     async def start_run(
         self, spec: AgentSpec, input: str | None, files: dict[str, bytes] | None = None
     ) -> str:
-        return (await self.client.runs.start(spec=spec.to_dict(), input=input, files=files)).id
+        # The server imports tools from its own path: a local file's directories stay here.
+        body = spec.model_copy(update={"python_path": None}).to_dict()
+        return (await self.client.runs.start(spec=body, input=input, files=files)).id
 
     async def files(self, run_id: str) -> list[dict[str, Any]]:
         return await self.client.runs.files(run_id)
@@ -82,3 +99,42 @@ class RemoteBackend:
 
     async def resume(self, run_id: str) -> str:
         return await self.client.runs.resume(run_id)
+
+    async def add_schedule(self, spec: AgentSpec, *, latest: bool) -> dict[str, Any]:
+        body = spec.model_copy(update={"python_path": None}).to_dict()
+        if latest:  # store the agent, schedule its name: each fire runs its newest version
+            agent = await self.client.agents.create(body)
+            saved = await self.client.schedules.create(agent.name)
+        else:
+            saved = await self.client.schedules.create(spec=body)
+        return saved.model_dump()
+
+    async def list_schedules(self) -> list[dict[str, Any]]:
+        return [s.model_dump() for s in await self.client.schedules.list()]
+
+    async def delete_schedule(self, agent: str) -> None:
+        with _missing_schedule(agent):
+            await self.client.schedules.delete(agent)
+
+    async def set_schedule_enabled(self, agent: str, enabled: bool) -> dict[str, Any]:
+        with _missing_schedule(agent):
+            if enabled:
+                return (await self.client.schedules.resume(agent)).model_dump()
+            return (await self.client.schedules.pause(agent)).model_dump()
+
+    async def put_secret(self, name: str, value: str, allow_urls: list[str]) -> None:
+        await self.client.secrets.put(name, value, allow_urls)
+
+    async def list_secrets(self) -> dict[str, list[str] | None]:
+        return dict.fromkeys(await self.client.secrets.list())
+
+    async def list_memory(self, agent: str) -> list[MemoryItem]:
+        return await self.client.agents.list_memory(agent)
+
+    async def delete_memory(self, agent: str, key: str) -> None:
+        await self.client.agents.delete_memory(agent, key)
+
+    async def clear_memory(self, agent: str) -> int:
+        count = len(await self.client.agents.list_memory(agent))
+        await self.client.agents.clear_memory(agent)
+        return count

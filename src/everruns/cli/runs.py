@@ -11,8 +11,9 @@ import time
 from typing import Annotated, Any
 
 import typer
+from rich.console import Console
 
-from everruns.cli.backend import open_backend
+from everruns.cli.backend import Backend, open_backend, resolve_run
 from everruns.cli.common import (
     DbOption,
     InputOption,
@@ -30,10 +31,19 @@ from everruns.cli.common import (
     run_async,
 )
 from everruns.cli.files import DirOption, FileOption, read_inputs
-from everruns.cli.local import LocalBackend
+from everruns.cli.local import LocalBackend, view
 from everruns.cli.progressbar import ToolProgressBar
-from everruns.cli.views import runs_table, status_table, totals_line
-from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES
+from everruns.cli.views import (
+    RunView,
+    approval_hint,
+    event_record,
+    pending_approvals,
+    run_summary,
+    runs_table,
+    status_table,
+    totals_line,
+)
+from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.engine.worker import Worker
 from everruns.render import format_event
 from everruns.store import Store
@@ -41,6 +51,10 @@ from everruns.store import Store
 CallIdArgument = Annotated[str, typer.Argument(help="Tool call id (see `everruns events`).")]
 STATUSES = ("queued", "running", "waiting", "paused", "completed", "failed", "cancelled")
 CANCEL_POLL = 0.2
+JOURNAL_POLL = 0.5  # `run`: how often the journal is read besides the live events
+_NO_INPUT = (
+    "note: no --input, so run {run_id} waits for its first message: everruns message {run_id} TEXT"
+)
 
 
 def start(
@@ -53,17 +67,22 @@ def start(
     server: ServerOption = None,
     token: TokenOption = None,
 ) -> None:
-    """Queue a new run and print its id; a worker executes it."""
+    """Queue a new run and print its id; a worker executes it.
+
+    Without --input the run waits for its first message (`everruns message RUN TEXT`).
+    """
 
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
         inputs = read_inputs(loaded, file, dir)
-        async with open_backend(db, server, token) as backend:
+        async with open_backend(db, server, token, create=True) as backend:
             run_id = await backend.start_run(loaded, input, inputs)
         if json_out:
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:
             out.print(run_id, highlight=False)
+        if input is None:
+            err.print(_NO_INPUT.format(run_id=run_id), highlight=False)
 
     run_async(go)
 
@@ -76,17 +95,26 @@ def run(
     db: DbOption = None,
     json_out: JsonOption = False,
     lease_ttl: LeaseOption = 15.0,
+    server: ServerOption = None,
+    token: TokenOption = None,
 ) -> None:
-    """Run an agent in this process and show its progress live.
+    """Run an agent and show its progress live: its id first, a summary last.
 
-    The run is durable like any other: if this process dies, `everruns worker`
-    continues it. Exit code 0 when it completes, 1 when it fails or is cancelled.
+    Locally it executes in this process, and is durable like any other run: if this
+    process dies, `everruns worker` continues it. With --server the server's workers
+    execute it and this command follows it. Exit code 0 when it completes, 1 when it
+    fails or is cancelled.
     """
 
     async def go() -> int:
-        loaded = await load_checked(spec, db)
+        loaded = await load_checked(spec, None if server else db)
         inputs = read_inputs(loaded, file, dir)
-        async with LocalBackend.open(db) as local:
+        if server:
+            async with open_backend(db, server, token) as backend:
+                return await _follow_to_end(
+                    backend, await backend.start_run(loaded, input, inputs), json_out
+                )
+        async with LocalBackend.open(db, create=True) as local:
             run_id = await local.start_run(loaded, input, inputs)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)
 
@@ -101,39 +129,65 @@ def _show(record: dict[str, Any], json_out: bool) -> None:
         out.print(format_event(record), highlight=False)
 
 
+def _announce(run: RunView, json_out: bool) -> Console:
+    """`run`'s first line (its id), on the console its notes go to (stderr with --json)."""
+    note = err if json_out else out
+    note.print(f"run {run.id} (agent {run.agent} v{run.agent_version})", highlight=False)
+    if run.input is None:
+        err.print(_NO_INPUT.format(run_id=run.id), highlight=False)
+    return note
+
+
 async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: float) -> int:
+    """Execute the run here, printing its events; its id first and a summary last (on
+    standard error with --json, so standard output stays one JSON event a line)."""
+    started = time.monotonic()
+    note = _announce(view(await store.get_run(run_id)), json_out)
     worker = Worker(store, concurrency=8, lease_ttl=lease_ttl, only=[run_id], poll_interval=0.2)
     queue = worker.broker.subscribe(run_id)
     install_stop_handlers(worker.stop)
     worker_task = asyncio.create_task(worker.run())
-    for created in await store.load_events(run_id):
-        _show({"run_id": run_id, **created.to_dict()}, json_out)
     streaming = False
     status = "queued"
+    last = 0
+
     bar = ToolProgressBar(out, enabled=not json_out)
+
+    def show(record: dict[str, Any]) -> None:
+        nonlocal streaming, status, last
+        if record["seq"] is None or record["seq"] <= last:
+            return  # seen already (from the broker, or from the journal)
+        if record["type"] in ("tool.completed", "tool.retrying"):
+            bar.update(record["data"].get("progress"), record["data"].get("name"))
+        if streaming and not json_out:
+            out.print()
+            streaming = False
+        _show(record, json_out)
+        last = record["seq"]
+        if record["type"] == EventType.APPROVAL_REQUESTED:
+            note.print(f"waiting for {approval_hint(run_id, record['data'])}", highlight=False)
+        if record["type"] in TERMINAL_EVENTS:
+            status = record["type"].split(".")[1]
+
     try:
-        while True:
-            get = asyncio.create_task(queue.get())
-            done, _ = await asyncio.wait({get, worker_task}, return_when=asyncio.FIRST_COMPLETED)
-            if get not in done:
-                get.cancel()
-                break
-            event = get.result()
-            if event["type"] in ("tool.progress", "tool.completed", "tool.retrying"):
-                data = event["data"]
-                bar.update(data if event.get("ephemeral") else data.get("progress"), data["name"])
+        # Events come live from this process's worker; the journal is read too, so a run
+        # that another worker (`everruns worker` on the same database) took is followed.
+        while status == "queued" and not worker_task.done():
+            try:
+                event = await asyncio.wait_for(queue.get(), JOURNAL_POLL)
+            except TimeoutError:
+                for e in await store.load_events(run_id, after=last):
+                    show(event_record(run_id, e.seq, e.type, e.ts, e.data))
+                continue
             if event.get("ephemeral"):
+                if event["type"] == "tool.progress":
+                    bar.update(event["data"], event["data"].get("name"))
                 if not json_out and event["type"] == "llm.delta":
                     out.print(event["data"]["text"], end="", style="cyan", highlight=False)
                     streaming = True
                 continue
-            if streaming and not json_out:
-                out.print()
-                streaming = False
-            _show(event, json_out)
-            if event["type"] in TERMINAL_EVENTS:
-                status = event["type"].split(".")[1]
-                break
+            for e in await store.load_events(run_id, after=last):  # in order, none skipped
+                show(event_record(run_id, e.seq, e.type, e.ts, e.data))
     finally:
         bar.stop()
         worker.stop()
@@ -142,7 +196,24 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
         if not json_out:
             err.print(f"stopped; the run continues on any worker: everruns status {run_id}")
         return 130
+    summary = run_summary(view(await store.get_run(run_id)), time.monotonic() - started)
+    for line in summary:
+        note.print(line, highlight=False)
     return 0 if status == "completed" else 1
+
+
+async def _follow_to_end(backend: Backend, run_id: str, json_out: bool) -> int:
+    """Print a run's events until it ends, between its id and its summary."""
+    started = time.monotonic()
+    note = _announce(await backend.get_run(run_id), json_out)
+    async for record in backend.follow(run_id, 0):
+        _show(record, json_out)
+        if record["type"] == EventType.APPROVAL_REQUESTED:
+            note.print(f"waiting for {approval_hint(run_id, record['data'])}", highlight=False)
+    final = await backend.get_run(run_id)
+    for line in run_summary(final, time.monotonic() - started):
+        note.print(line, highlight=False)
+    return 0 if final.status == "completed" else 1
 
 
 def status(
@@ -156,11 +227,14 @@ def status(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            found = await backend.get_run(run_id)
+            found = await backend.get_run(await resolve_run(backend, run_id))
+            waits_for = []
+            if found.status == "waiting" and not json_out:
+                waits_for = pending_approvals(await backend.events(found.id, 0))
         if json_out:
             print_json(found.to_dict())
         else:
-            out.print(status_table(found))
+            out.print(status_table(found, waits_for))
 
     run_async(go)
 
@@ -180,17 +254,17 @@ def events(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.get_run(run_id)  # a clear error for an unknown id
+            full = await resolve_run(backend, run_id)  # a clear error for an unknown id
             if follow:
                 last = after
                 while True:  # a message after the end started a new turn: follow on
-                    async for record in backend.follow(run_id, last):
+                    async for record in backend.follow(full, last):
                         _show(record, json_out)
                         last = record["seq"]
-                    if (await backend.get_run(run_id)).last_seq <= last:
+                    if (await backend.get_run(full)).last_seq <= last:
                         break
             else:
-                for record in await backend.events(run_id, after):
+                for record in await backend.events(full, after):
                     _show(record, json_out)
 
     run_async(go)
@@ -216,7 +290,7 @@ def list_runs(
         if json_out:
             print_json([r.to_dict() for r in found])
         else:
-            out.print(runs_table(found))
+            out.print(runs_table(found, out.width))
             if agent is not None:
                 out.print(totals_line(found), highlight=False)
 
@@ -234,24 +308,25 @@ def cancel(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            outcome = await backend.cancel(run_id)
+            full = await resolve_run(backend, run_id)
+            outcome = await backend.cancel(full)
             if outcome in ("completed", "failed"):
-                out.print(f"run {run_id} already {outcome}")
+                out.print(f"run {full} already {outcome}")
                 return
             deadline = time.monotonic() + wait
             while outcome == "requested" and time.monotonic() < deadline:
                 await asyncio.sleep(CANCEL_POLL)
-                current = await backend.get_run(run_id)
+                current = await backend.get_run(full)
                 if current.status in TERMINAL_STATUSES:
                     outcome = current.status
                 elif current.lease_owner is None or (
                     current.lease_expires_at is not None and current.lease_expires_at < time.time()
                 ):
-                    outcome = await backend.cancel(run_id)  # its worker is gone: cancel now
+                    outcome = await backend.cancel(full)  # its worker is gone: cancel now
         if outcome == "requested":
-            out.print(f"cancel requested for {run_id}; its worker will stop it")
+            out.print(f"cancel requested for {full}; its worker will stop it")
         else:
-            out.print(f"run {run_id} {outcome}")
+            out.print(f"run {full} {outcome}")
 
     run_async(go)
 
@@ -267,8 +342,9 @@ def approve(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.approve(run_id, call_id)
-        out.print(f"approved {call_id} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            await backend.approve(full, call_id)
+        out.print(f"approved {call_id} of {full}")
 
     run_async(go)
 
@@ -285,8 +361,9 @@ def deny(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            await backend.deny(run_id, call_id, reason)
-        out.print(f"denied {call_id} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            await backend.deny(full, call_id, reason)
+        out.print(f"denied {call_id} of {full}")
 
     run_async(go)
 
@@ -302,7 +379,8 @@ def message(
 
     async def go() -> None:
         async with open_backend(db, server, token) as backend:
-            seq = await backend.message(run_id, text)
-        out.print(f"message journaled as seq {seq} of {run_id}")
+            full = await resolve_run(backend, run_id)
+            seq = await backend.message(full, text)
+        out.print(f"message journaled as seq {seq} of {full}")
 
     run_async(go)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import sys
 from typing import Annotated
@@ -18,6 +19,7 @@ from everruns.cli.common import (
     usage_error,
 )
 from everruns.engine.worker import Worker
+from everruns.render import format_status_time
 from everruns.spec import SpecError
 from everruns.store import Store
 
@@ -71,6 +73,13 @@ def worker(
 
     async def go() -> None:
         store = await Store.open(db)
+        reports: set[asyncio.Task[None]] = set()
+
+        def finished(run_id: str) -> None:
+            task = asyncio.get_running_loop().create_task(_report(store, run_id, log))
+            reports.add(task)
+            task.add_done_callback(reports.discard)
+
         w = Worker(
             store,
             concurrency=concurrency,
@@ -79,6 +88,7 @@ def worker(
             max_crashes=max_crashes,
             shutdown_grace=shutdown_grace,
             on_claim=lambda c: log.info("claimed %s (epoch %d)", c.run_id, c.epoch),
+            on_finish=finished,
         )
         install_stop_handlers(w.stop)
         log.info(
@@ -86,6 +96,7 @@ def worker(
         )
         try:
             await w.run()
+            await asyncio.gather(*reports, return_exceptions=True)
         finally:
             await store.close()
         log.info("worker %s stopped", w.worker_id)
@@ -150,6 +161,7 @@ def server(
     except SpecError as exc:
         err.print(f"[red]error:[/] invalid settings\n{escape(str(exc))}")
         raise typer.Exit(2) from None
+    run_async(lambda: _check_database(db))  # a bad --db: a message now, not a traceback later
     config = ApiConfig(
         database_url=db,
         auth_required=auth or not loopback,
@@ -170,3 +182,30 @@ def server(
 
     harden()  # the embedded worker's keys, and the master key, leave os.environ
     uvicorn.run(create_app(config), host=host, port=port, log_level="warning")
+
+
+async def _report(store: Store, run_id: str, log: logging.Logger) -> None:
+    """One log line when this worker lets go of a run: how it ended, or why it waits."""
+    try:
+        row = await store.get_run(run_id)
+    except Exception as exc:  # the database went away: the run itself is safe in it
+        log.warning("released %s (its status could not be read: %s)", run_id, exc)
+        return
+    usage = f"{row.steps} steps, {row.input_tokens + row.output_tokens} tokens"
+    if row.status == "completed":
+        log.info("completed %s (%s)", run_id, usage)
+    elif row.status == "failed":
+        error = row.error or {}
+        log.warning(
+            "failed %s: %s: %s (%s)", run_id, error.get("reason"), error.get("message"), usage
+        )
+    elif row.status == "waiting":
+        why = f"until {format_status_time(row.wake_at)}" if row.wake_at else "for a signal"
+        log.info("released %s: waiting %s (everruns status %s)", run_id, why, run_id)
+    else:
+        log.info("released %s: %s", run_id, row.status)
+
+
+async def _check_database(db: str | None) -> None:
+    store = await Store.open(db)
+    await store.close()

@@ -6,10 +6,12 @@ from __future__ import annotations
 from typing import Any
 
 from pydantic import Field
-from rich.table import Table
+from rich import box
+from rich.table import Column, Table
 
 from everruns.client import Run
 from everruns.client.models import Usage
+from everruns.core.events import EventType
 from everruns.render import format_cost, format_status_time
 
 
@@ -30,13 +32,45 @@ def event_record(
     return {"run_id": run_id, "seq": seq, "type": type, "ts": ts, "data": data}
 
 
-def status_table(run: RunView) -> Table:
+def pending_approvals(records: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The tool calls of a journal that wait for a human (requested, not yet decided)."""
+    pending: dict[str, dict[str, Any]] = {}
+    for record in records:
+        call_id = record["data"].get("call_id")
+        if record["type"] == EventType.APPROVAL_REQUESTED:
+            pending[call_id] = record["data"]
+        elif record["type"] in (EventType.APPROVAL_GRANTED, EventType.APPROVAL_DENIED):
+            pending.pop(call_id, None)
+    return list(pending.values())
+
+
+def approval_hint(run_id: str, call: dict[str, Any]) -> str:
+    """What a run waiting for a human waits for, and the commands that decide it."""
+    call_id = call["call_id"]
+    return (
+        f"approval of {call.get('name', 'a tool')} ({call_id}): "
+        f"everruns approve {run_id} {call_id}  |  everruns deny {run_id} {call_id} --reason ..."
+    )
+
+
+def _usage(run: Run) -> str:
+    return usage_line(run.usage)
+
+
+def status_table(run: RunView, waits_for: list[dict[str, Any]] | None = None) -> Table:
     table = Table(show_header=False, box=None)
     table.add_row("id", run.id)
     table.add_row("agent", f"{run.agent} v{run.agent_version}")
     table.add_row("status", run.status)
-    if run.status == "waiting":
-        table.add_row("wakes", format_status_time(run.wake_at) if run.wake_at else "on a signal")
+    for call in waits_for or []:
+        table.add_row("waits for", approval_hint(run.id, call))
+    if run.status == "waiting" and not waits_for:
+        table.add_row(
+            "wakes",
+            format_status_time(run.wake_at)
+            if run.wake_at
+            else f"on a message: everruns message {run.id} TEXT",
+        )
     table.add_row("steps", str(run.steps))
     if run.progress:
         table.add_row("progress", format_progress(run.progress))
@@ -64,20 +98,58 @@ def format_progress(progress: dict[str, Any]) -> str:
     return text
 
 
-def runs_table(runs: list[RunView]) -> Table:
-    table = Table("id", "agent", "status", "steps", "tokens", "cost", "tree cost", "created")
-    for r in runs:
-        table.add_row(
-            r.id,
-            r.agent,
-            r.status,
-            str(r.steps),
-            str(r.usage.total_tokens),
-            format_cost(r.usage.cost_usd, r.usage.cost_known),
-            format_cost(r.tree_usage.cost_usd, r.tree_usage.cost_known),
-            format_status_time(r.created_at),
-        )
+def run_summary(run: Run, wall: float) -> list[str]:
+    """`everruns run`'s closing lines: status, steps, tokens, cost, wall time, result."""
+    steps = f"{run.steps} step" + ("" if run.steps == 1 else "s")
+    lines = [f"run {run.id} {run.status}: {steps}, {_usage(run)}, {wall:.1f}s"]
+    if run.result is not None:
+        lines.append(f"result: {run.result}")
+    if run.error:
+        lines.append(f"error: {run.error.get('reason')}: {run.error.get('message')}")
+    return lines
+
+
+#: `ls` columns in display order, and most wanted first (a narrow terminal drops the last).
+RUN_COLUMNS = ("id", "agent", "status", "steps", "tokens", "cost", "tree cost", "created")
+RUN_PRIORITY = ("id", "status", "agent", "created", "steps", "tokens", "cost", "tree cost")
+
+
+def _run_cells(r: RunView) -> dict[str, str]:
+    return {
+        "id": r.id,
+        "agent": r.agent,
+        "status": r.status,
+        "steps": str(r.steps),
+        "tokens": str(r.usage.total_tokens),
+        "cost": format_cost(r.usage.cost_usd, r.usage.cost_known),
+        "tree cost": format_cost(r.tree_usage.cost_usd, r.tree_usage.cost_known),
+        "created": format_status_time(r.created_at),
+    }
+
+
+def fitted_table(
+    rows: list[dict[str, str]], order: tuple[str, ...], priority: tuple[str, ...], width: int
+) -> Table:
+    """A table whose cells are never cut (ids are what a user copies): when the terminal
+    is too narrow for every column, the least wanted ones (end of `priority`) are left out."""
+    shown: dict[str, int] = {}
+    used = 0
+    for name in priority:
+        need = max([len(name), *(len(row[name]) for row in rows)])
+        if shown and used + need + 3 > width + 1:  # 3: padding and gap
+            break
+        shown[name] = need
+        used += need + 3
+    names = [c for c in order if c in shown]
+    columns = [Column(c, no_wrap=True, min_width=shown[c]) for c in names]
+    table = Table(*columns, box=box.SIMPLE_HEAD, pad_edge=False)
+    for row in rows:
+        table.add_row(*(row[c] for c in names))
     return table
+
+
+def runs_table(runs: list[RunView], width: int = 80) -> Table:
+    return fitted_table([_run_cells(r) for r in runs], RUN_COLUMNS, RUN_PRIORITY, width)
 
 
 def usage_line(usage: Usage) -> str:

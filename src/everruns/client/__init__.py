@@ -23,7 +23,9 @@ from everruns.client.models import (
     Agent,
     ApiError,
     Event,
+    MemoryItem,
     Run,
+    Schedule,
     Usage,
 )
 from everruns.client.sync import Client
@@ -36,6 +38,8 @@ __all__ = [
     "AsyncClient",
     "Client",
     "Event",
+    "MemoryItem",
     "Run",
+    "Schedule",
     "Usage",
 ]

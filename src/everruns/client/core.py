@@ -20,7 +20,15 @@ from urllib.parse import quote
 
 import httpx
 
-from everruns.client.models import TERMINAL_EVENTS, Agent, ApiError, Event, Run
+from everruns.client.models import (
+    TERMINAL_EVENTS,
+    Agent,
+    ApiError,
+    Event,
+    MemoryItem,
+    Run,
+    Schedule,
+)
 
 T = TypeVar("T")
 
@@ -61,7 +69,9 @@ class Call(Generic[T]):
 
     def result(self, response: httpx.Response) -> T:
         raise_for(response)
-        return self.parse(response.content if self.raw else response.json())
+        if self.raw:
+            return self.parse(response.content)
+        return self.parse(None if response.status_code == 204 else response.json())
 
     @property
     def send_kwargs(self) -> dict[str, Any]:
@@ -120,6 +130,63 @@ def get_agent(name: str, version: int | None) -> Call[Agent]:
     return Call("GET", path, Agent.model_validate)
 
 
+def _schedules(items: Any) -> list[Schedule]:
+    return [Schedule.model_validate(s) for s in items]
+
+
+def _nothing(_reply: Any) -> None:
+    return None
+
+
+def create_schedule(
+    agent: str | None, spec: dict[str, Any] | None, schedule: str | None, version: int | None
+) -> Call[Schedule]:
+    body = _no_none({"agent": agent, "spec": spec, "schedule": schedule, "version": version})
+    return Call("POST", "/v1/schedules", Schedule.model_validate, body=body)
+
+
+def list_schedules() -> Call[list[Schedule]]:
+    return Call("GET", "/v1/schedules", _schedules)
+
+
+def delete_schedule(agent: str) -> Call[None]:
+    return Call("DELETE", f"/v1/schedules/{agent}", _nothing)
+
+
+def set_schedule(agent: str, action: str) -> Call[Schedule]:
+    """pause or resume."""
+    return Call("POST", f"/v1/schedules/{agent}/{action}", Schedule.model_validate)
+
+
+def _names(items: Any) -> list[str]:
+    return [str(n) for n in items]
+
+
+def put_secret(name: str, value: str, allow_urls: list[str]) -> Call[None]:
+    body = {"value": value, "allow_urls": allow_urls}
+    return Call("PUT", f"/v1/secrets/{name}", _nothing, body=body)
+
+
+def list_secrets() -> Call[list[str]]:
+    return Call("GET", "/v1/secrets", _names)
+
+
+def _memory(page: Any) -> list[MemoryItem]:
+    return [MemoryItem.model_validate(m) for m in page["items"]]
+
+
+def list_memory(agent: str) -> Call[list[MemoryItem]]:
+    return Call("GET", f"/v1/agents/{agent}/memory", _memory)
+
+
+def delete_memory(agent: str, key: str) -> Call[None]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory/{key}", _nothing)
+
+
+def clear_memory(agent: str) -> Call[None]:
+    return Call("DELETE", f"/v1/agents/{agent}/memory", _nothing)
+
+
 def start_run(
     agent: str | None,
     input: str | None,
@@ -156,9 +223,9 @@ def get_run(run_id: str) -> Call[Run]:
 
 
 def list_runs(
-    status: str | None, agent: str | None, limit: int, cursor: str | None
+    status: str | None, agent: str | None, limit: int, cursor: str | None, q: str | None = None
 ) -> Call[tuple[list[Run], str | None]]:
-    params = _no_none({"status": status, "agent": agent, "limit": limit, "cursor": cursor})
+    params = _no_none({"status": status, "agent": agent, "limit": limit, "cursor": cursor, "q": q})
     return Call("GET", "/v1/runs", _run_page, params=params)
 
 

@@ -73,3 +73,28 @@ class Event(BaseModel):
     seq: int | None = None  # None for ephemeral events (token deltas)
     ts: float | None = None
     ephemeral: bool = False
+
+
+class Schedule(BaseModel):
+    """An agent's schedule: `agent_version` is a number (pinned) or "latest"."""
+
+    agent: str
+    expression: str
+    agent_version: int | str
+    overlap: str
+    input: str | None = None
+    enabled: bool = True
+    next_fire_at: float
+    last_fired_at: float | None = None
+    last_run_id: str | None = None
+    created_at: float = 0.0
+    updated_at: float = 0.0
+
+
+class MemoryItem(BaseModel):
+    """One note an agent keeps across runs (its `memory` tool): `key` is the note's id."""
+
+    key: str
+    value: str
+    updated_at: float
+    run_id: str | None = None

@@ -12,7 +12,7 @@ from typing import Any, TypeVar
 import httpx
 
 from everruns.client import core
-from everruns.client.models import Agent, Event, Run
+from everruns.client.models import Agent, Event, MemoryItem, Run, Schedule
 
 T = TypeVar("T")
 
@@ -38,6 +38,54 @@ class Agents(_Shell):
 
     def get(self, name: str, version: int | None = None) -> Agent:
         return self._send(core.get_agent(name, version))
+
+    def list_memory(self, agent: str) -> builtins.list[MemoryItem]:
+        """The notes `agent` keeps across runs, oldest first."""
+        return self._send(core.list_memory(agent))
+
+    def delete_memory(self, agent: str, key: str) -> None:
+        """Forget one note (ApiError 404 if there is none)."""
+        self._send(core.delete_memory(agent, key))
+
+    def clear_memory(self, agent: str) -> None:
+        """Forget every note of `agent`."""
+        self._send(core.clear_memory(agent))
+
+
+class Schedules(_Shell):
+    def create(
+        self,
+        agent: str | None = None,
+        *,
+        spec: dict[str, Any] | None = None,
+        schedule: str | None = None,
+        version: int | None = None,
+    ) -> Schedule:
+        """Schedule a stored agent (its latest version at each fire, or `version`) or an
+        inline spec (stored and pinned); replaces the agent's schedule."""
+        return self._send(core.create_schedule(agent, spec, schedule, version))
+
+    def list(self) -> builtins.list[Schedule]:
+        return self._send(core.list_schedules())
+
+    def delete(self, agent: str) -> None:
+        self._send(core.delete_schedule(agent))
+
+    def pause(self, agent: str) -> Schedule:
+        return self._send(core.set_schedule(agent, "pause"))
+
+    def resume(self, agent: str) -> Schedule:
+        return self._send(core.set_schedule(agent, "resume"))
+
+
+class Secrets(_Shell):
+    def put(self, name: str, value: str, allow_urls: builtins.list[str]) -> None:
+        """Store a secret for `model.credential: NAME`, sent only to `allow_urls` patterns."""
+        self._send(core.put_secret(name, value, allow_urls))
+
+    def list(self) -> builtins.list[str]:
+        """The stored secrets' names (never their values)."""
+        return self._send(core.list_secrets())
 
 
 class Runs(_Shell):
@@ -78,8 +126,10 @@ class Runs(_Shell):
         agent: str | None = None,
         limit: int = 50,
         cursor: str | None = None,
+        q: str | None = None,
     ) -> tuple[builtins.list[Run], str | None]:
-        return self._send(core.list_runs(status, agent, limit, cursor))
+        """Runs newest first, a page at a time; `q` searches ids, inputs and results."""
+        return self._send(core.list_runs(status, agent, limit, cursor, q))
 
     def cancel(self, run_id: str) -> str:
         return self._send(core.control(run_id, "cancel"))
@@ -191,6 +241,8 @@ class Client:
         )
         self._meta = _Shell(self._http)
         self.agents = Agents(self._http)
+        self.schedules = Schedules(self._http)
+        self.secrets = Secrets(self._http)
         self.runs = Runs(self._http, core.RetryPolicy(delay=reconnect_delay))
 
     def health(self) -> dict[str, Any]:

@@ -46,6 +46,7 @@ class Worker:
         broker: Broker | None = None,
         worker_id: str | None = None,
         on_claim: Callable[[Claim], None] | None = None,
+        on_finish: Callable[[str], None] | None = None,
         only: list[str] | None = None,
         settings: Settings | None = None,
         control_interval: float = 0.2,
@@ -73,6 +74,7 @@ class Worker:
         _configure_sandbox(self.options.settings, store.url)
         tracing.sink()  # configured now, so a bad OTEL_* setting is logged at start
         self.on_claim = on_claim
+        self.on_finish = on_finish  # this worker stopped executing the run (ended, waits, lost)
         self.only = only  # restrict to these runs (`everruns run` executes just its own)
         self.active: dict[str, tuple[asyncio.Task[None], RunRunner]] = {}
         self._inflight = metrics.INFLIGHT.labels(self.worker_id)
@@ -189,6 +191,8 @@ class Worker:
             self._inflight.set(len(self.active))
         if not task.cancelled() and task.exception() is not None:
             log.error("run %s crashed in the engine", run_id, exc_info=task.exception())
+        if self.on_finish is not None:
+            self.on_finish(run_id)
         self._wakeup.set()
 
     async def _clock_skew(self) -> float | None:

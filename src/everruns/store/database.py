@@ -10,8 +10,10 @@ from typing import TYPE_CHECKING, Any
 
 import sqlalchemy as sa
 from sqlalchemy import event
-from sqlalchemy.engine import make_url
+from sqlalchemy.engine import URL, make_url
 from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from everruns.errors import StoreError
 
 if TYPE_CHECKING:
     from everruns.store.writer import JournalWriter
@@ -19,10 +21,23 @@ if TYPE_CHECKING:
 DEFAULT_SQLITE_PATH = Path(".everruns") / "everruns.db"
 MIGRATIONS_DIR = Path(__file__).parent / "migrations"
 _PG_MIGRATION_LOCK = 0x65766572  # "ever"
+PG_CONNECT_TIMEOUT = 10  # seconds: an unreachable host is an error, not a hang
 
 
 class DatabaseURLError(ValueError):
-    pass
+    """A database URL that names no database we can use (a usage error)."""
+
+
+class DatabaseUnavailable(StoreError):
+    """The database cannot be reached or opened; the message names the cause and the fix."""
+
+
+class DatabaseMissing(DatabaseUnavailable):
+    """A command that only reads found no SQLite file (it never creates one)."""
+
+    def __init__(self, path: str):
+        super().__init__(f"no database at {path}; run `everruns start` or pass --db")
+        self.path = path
 
 
 def resolve_url(url: str | None = None) -> str:
@@ -35,9 +50,82 @@ def resolve_url(url: str | None = None) -> str:
     return url
 
 
+def _parse(url: str) -> URL:
+    try:
+        parsed = make_url(url)
+    except (ValueError, sa.exc.ArgumentError):
+        raise DatabaseURLError(
+            f"{url!r} is not a database URL: use sqlite:///path or postgresql://user@host/db"
+        ) from None
+    if parsed.get_backend_name() == "sqlite" and parsed.host:
+        # sqlite://relative.db: the name went into the host part and no file is named.
+        path = parsed.host + (f"/{parsed.database}" if parsed.database else "")
+        raise DatabaseURLError(
+            f"{url!r} names no file: write sqlite:///{path} (three slashes) for a "
+            f"relative path, sqlite:////abs/path.db (four) for an absolute one"
+        )
+    return parsed
+
+
+def display_url(url: str) -> str:
+    """The URL as shown in messages: never the password."""
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except (ValueError, sa.exc.ArgumentError):
+        return url
+
+
+def sqlite_path(url: str) -> str | None:
+    """The file of a SQLite URL (None: not SQLite, or in memory)."""
+    parsed = _parse(url)
+    if parsed.get_backend_name() != "sqlite":
+        return None
+    if not parsed.database or parsed.database == ":memory:":
+        return None
+    return parsed.database
+
+
+def check_url(url: str, *, create: bool) -> None:
+    """Refuse a URL we cannot use before touching anything; a reading command
+    (`create=False`) gets an error for a missing SQLite file instead of a new empty one."""
+    _driver_urls(url)
+    path = sqlite_path(url)
+    if path is not None and not create and not Path(path).is_file():
+        raise DatabaseMissing(path)
+
+
+def unavailable(url: str, exc: BaseException) -> DatabaseUnavailable:
+    """One or two lines for a database that could not be opened: the cause and the fix."""
+    shown = display_url(url)
+    if isinstance(exc, OSError):
+        reason = exc.strerror or str(exc)
+        if isinstance(exc, FileExistsError):
+            reason = "a file is in the way of its directory"
+        where = f" ({exc.filename})" if getattr(exc, "filename", None) else ""
+        return DatabaseUnavailable(
+            f"cannot create the database {shown}: {reason}{where}; "
+            "pass --db with a path in a writable directory"
+        )
+    orig = getattr(exc, "orig", None) or exc
+    text = " ".join(str(orig).split())
+    lowered = text.lower()
+    if "does not exist" in lowered and "database" in lowered:
+        fix = "create it (e.g. `createdb NAME`) or pass another --db"
+    elif "password" in lowered or "role" in lowered or "authentication" in lowered:
+        fix = "check the user and password in --db"
+    elif "unable to open database file" in lowered:
+        fix = "pass --db with a path in a writable directory"
+    elif "not a database" in lowered:
+        fix = "the file is not an everruns database; pass another --db"
+    else:
+        fix = "check that the database server is running and --db is right"
+    reason = text.removeprefix("connection failed: ").split(" Is the server running")[0]
+    return DatabaseUnavailable(f"cannot open the database {shown}: {reason}; {fix}")
+
+
 def _driver_urls(url: str) -> tuple[str, str]:
     """(async URL, sync URL) for a user-facing URL."""
-    parsed = make_url(url)
+    parsed = _parse(url)
     backend = parsed.get_backend_name()
     if backend == "sqlite":
         return (
@@ -53,7 +141,7 @@ def _driver_urls(url: str) -> tuple[str, str]:
 
 
 def is_sqlite(url: str) -> bool:
-    return make_url(url).get_backend_name() == "sqlite"
+    return _parse(url).get_backend_name() == "sqlite"
 
 
 def _sqlite_setup(engine: sa.Engine) -> None:
@@ -92,6 +180,7 @@ def create_engine(url: str, *, pool_size: int = 10) -> AsyncEngine:
         max_overflow=pool_size,
         pool_pre_ping=True,
         pool_timeout=3600,
+        connect_args={"connect_timeout": PG_CONNECT_TIMEOUT},
     )
 
 
@@ -131,9 +220,15 @@ def _upgrade_locked(url: str) -> None:
     from alembic.config import Config
 
     _, sync_url = _driver_urls(url)
-    engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
     if is_sqlite(url):
+        engine = sa.create_engine(sync_url, poolclass=sa.pool.NullPool)
         _sqlite_setup(engine)
+    else:
+        engine = sa.create_engine(
+            sync_url,
+            poolclass=sa.pool.NullPool,
+            connect_args={"connect_timeout": PG_CONNECT_TIMEOUT},
+        )
     try:
         with engine.begin() as conn:
             if not is_sqlite(url):

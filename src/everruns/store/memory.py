@@ -75,17 +75,17 @@ class Memory:
         assert row is not None
         return _note_dict(row)
 
-    async def recall(self, agent: str, *, limit: int = 50) -> list[dict[str, Any]]:
-        """The newest `limit` notes of `agent`, oldest first."""
+    async def recall(self, agent: str, *, limit: int | None = 50) -> list[dict[str, Any]]:
+        """The newest `limit` notes of `agent` (None: all), oldest first."""
+        query = (
+            sa.select(agent_notes)
+            .where(agent_notes.c.agent_name == agent)
+            .order_by(agent_notes.c.ts.desc(), agent_notes.c.id.desc())
+        )
+        if limit is not None:
+            query = query.limit(max(0, limit))
         async with self.db.reads.connect() as conn:
-            rows = (
-                await conn.execute(
-                    sa.select(agent_notes)
-                    .where(agent_notes.c.agent_name == agent)
-                    .order_by(agent_notes.c.ts.desc(), agent_notes.c.id.desc())
-                    .limit(max(0, limit))
-                )
-            ).all()
+            rows = (await conn.execute(query)).all()
         return [_note_dict(r) for r in reversed(rows)]
 
     async def forget(self, agent: str, note_id: str | None = None) -> int:

@@ -120,12 +120,24 @@ class Store:
 
     @classmethod
     async def open(
-        cls, url: str | None = None, *, migrate: bool = True, pool_size: int = 10
+        cls,
+        url: str | None = None,
+        *,
+        migrate: bool = True,
+        pool_size: int = 10,
+        create: bool = True,
     ) -> Store:
+        """Open (and migrate) a database. `create=False` is for commands that only read:
+        a missing SQLite file is `DatabaseMissing` rather than a new empty database. A
+        database that cannot be reached or opened is `DatabaseUnavailable`."""
         url = database.resolve_url(url)
-        if migrate:
-            await database.upgrade(url)
-        return cls(database.create_engine(url, pool_size=pool_size), url)
+        database.check_url(url, create=create)
+        try:
+            if migrate:
+                await database.upgrade(url)
+            return cls(database.create_engine(url, pool_size=pool_size), url)
+        except (OSError, sa.exc.OperationalError, sa.exc.InterfaceError) as exc:
+            raise database.unavailable(url, exc) from exc
 
     @property
     def writer(self) -> JournalWriter | None:

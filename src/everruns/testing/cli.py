@@ -17,7 +17,7 @@ from rich.table import Table
 from everruns.journal import Event
 from everruns.spec import SpecError, load_spec
 from everruns.store import RunNotFound, Store, StoreError
-from everruns.store.database import DatabaseURLError
+from everruns.store.database import DatabaseUnavailable, DatabaseURLError
 from everruns.testing import journalfile
 from everruns.testing.diff import diff_runs
 from everruns.testing.matrix import CrashMatrixError, acrash_matrix
@@ -49,6 +49,9 @@ def _run(factory: Callable[[], Coroutine[Any, Any, T]]) -> T:
     except (journalfile.JournalFileError, CrashMatrixError, ValueError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(2) from None
+    except DatabaseUnavailable as exc:
+        err.print(f"[red]error:[/] {escape(str(exc))}")
+        raise typer.Exit(3) from None
     except (RunNotFound, StoreError, DatabaseURLError) as exc:
         err.print(f"[red]error:[/] {escape(str(exc))}")
         raise typer.Exit(1) from None

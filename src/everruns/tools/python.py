@@ -126,16 +126,22 @@ def from_function(
     )
 
 
-def load_function(path: str) -> Callable[..., Any]:
-    """Import `package.module:function`, from the working directory or PYTHONPATH."""
+def load_function(path: str, search: list[str] | None = None) -> Callable[..., Any]:
+    """Import `package.module:function` from the `search` directories (a spec file's
+    `python_path`), the working directory or PYTHONPATH."""
     module_name, _, attr = path.partition(":")
     cwd = os.getcwd()
-    if cwd not in sys.path:
-        sys.path.insert(0, cwd)
+    for directory in [*(search or []), cwd][::-1]:
+        if directory not in sys.path:
+            sys.path.insert(0, directory)
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
-        raise ToolLoadError(f"cannot import module {module_name!r}: {exc}") from None
+        where = ", ".join([*(search or []), f"the working directory ({cwd})"])
+        raise ToolLoadError(
+            f"cannot import module {module_name!r}: {exc} (looked in {where} and PYTHONPATH; "
+            "a spec's `python_path` names directories relative to the spec file)"
+        ) from None
     obj: Any = module
     for part in attr.split("."):
         obj = getattr(obj, part, None)

@@ -34,7 +34,7 @@ def build_tools(spec: AgentSpec, *, allow_private_networks: bool = False) -> dic
         field = f"tools[{index}]"
         if entry.python is not None:
             try:
-                fn = load_function(entry.python)
+                fn = load_function(entry.python, spec.python_path)
             except ToolLoadError as exc:
                 raise ToolSpecError(f"{field}.python", str(exc)) from None
             loaded = [from_function(fn, effect=entry.effect, timeout=entry.timeout)]
