@@ -8,7 +8,9 @@
     │   ├── Fenced           the caller's epoch is stale (another worker holds the run)
     │   └── Moved            a conditional append found events the caller has not seen
     ├── ProviderError        a failed LLM call, classified for retry decisions
-    └── ToolError            a tool's failure, reported to the model (not a crash)
+    ├── ToolError            a tool's failure, reported to the model (not a crash)
+    │   └── TransientToolError  a failure worth retrying (5xx, connection), if the effect allows
+    └── RetryLater           raised by a tool: this attempt did not take effect, retry later
 
 Other modules subclass these (tools: `SSRFError`, `PathEscape`, `MCPConnectionError`;
 client: `ApiError`; secrets: `SecretsUnavailable`), and the classes stay importable
@@ -77,3 +79,23 @@ class ProviderError(EverrunsError):
 
 class ToolError(EverrunsError):
     """Raise from a tool to report a failure to the model (not a crash)."""
+
+
+class TransientToolError(ToolError):
+    """A failure that may pass (a 5xx, a dropped connection): retried with back-off per the
+    tool's `retry:` block, unless the tool is `at_most_once` (the attempt may have acted)."""
+
+
+class RetryLater(EverrunsError):
+    """Raise from a tool: this attempt did not take effect; run the call again later.
+
+    `after` is the least wait in seconds (a `Retry-After`); None lets the tool's `retry:`
+    block choose (exponential back-off). The engine journals `tool.retrying`, waits
+    durably and calls the tool again with the same idempotency key — even an
+    `at_most_once` tool, since the tool itself says nothing happened.
+    """
+
+    def __init__(self, after: float | None = None, reason: str = "retry later"):
+        super().__init__(reason)
+        self.after = None if after is None else max(0.0, float(after))
+        self.reason = reason

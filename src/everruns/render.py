@@ -98,6 +98,11 @@ def _describe(kind: str, data: dict[str, Any]) -> str:
         return f"messages before #{data.get('until')} summarized ({len(data.get('summary') or '')} chars)"
     if kind == "tool.waiting":
         return f"{call} sleeps until {format_status_time(data.get('wake_at'))}"
+    if kind == "tool.retrying":
+        return (
+            f"{call} attempt {data.get('attempt')}: "
+            f"{_short(data.get('reason') or '')}; again at {format_status_time(data.get('retry_at'))}"
+        )
     if kind == "llm.fallback":
         return f"{data.get('from')} → {data.get('to')} ({data.get('reason')})"
     if kind == "outcome.graded":

@@ -24,6 +24,7 @@ from pydantic import (
 )
 
 from everruns.core.durations import parse_duration
+from everruns.core.files import DEFAULT_EXCLUDE
 from everruns.core.schedule import parse_schedule
 from everruns.errors import SpecError
 
@@ -204,6 +205,36 @@ class ModelSpec(_Strict):
         return f"{self.provider}:{self.name or 'script'}"
 
 
+class ToolRetry(_Strict):
+    """Retries of one tool's calls: on `RetryLater` (any effect) and on transient
+    failures (5xx, connection; not for `at_most_once` tools). Back-off as for LLM calls."""
+
+    max_attempts: int = Field(default=5, ge=1, description="attempts of one call in all")
+    initial_backoff: float = Field(default=1.0, ge=0)
+    max_backoff: float = Field(default=60.0, ge=0)
+    multiplier: float = Field(default=2.0, ge=1)
+
+    @field_validator("initial_backoff", "max_backoff", mode="before")
+    @classmethod
+    def _durations(cls, value: Any) -> Any:
+        return parse_duration(value)
+
+
+class ToolRateLimit(_Strict):
+    """A fleet-wide budget for a tool's calls, shared by every worker through the database
+    (the token buckets of the provider rate limits). Tools with the same `key` share it."""
+
+    key: str = Field(min_length=1, max_length=200)
+    rpm: float | None = Field(default=None, gt=0, description="calls per minute")
+    concurrency: int | None = Field(default=None, ge=1, description="calls at once")
+
+    @model_validator(mode="after")
+    def _some_limit(self) -> ToolRateLimit:
+        if self.rpm is None and self.concurrency is None:
+            raise ValueError("a rate_limit needs `rpm`, `concurrency` or both")
+        return self
+
+
 class ToolSpec(_Strict):
     """One tool source: a Python function, a built-in, or an MCP server."""
 
@@ -213,6 +244,8 @@ class ToolSpec(_Strict):
     effect: Effect | None = None
     timeout: float | None = None
     options: dict[str, Any] = Field(default_factory=dict)
+    retry: ToolRetry | None = None
+    rate_limit: ToolRateLimit | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -348,6 +381,14 @@ class OutcomeSpec(_Strict):
     max_iterations: int = Field(default=3, ge=1, le=20)
 
 
+class WorkspacePolicy(_Strict):
+    """The run's workspace: files matching `exclude` are neither handed in (--file,
+    --dir) nor journaled when a tool writes them. `name/` is a folder anywhere;
+    other patterns match a file name or a whole path (fnmatch)."""
+
+    exclude: list[str] = Field(default_factory=lambda: list(DEFAULT_EXCLUDE))
+
+
 FRAMEWORKS: tuple[str, ...] = ("pydantic_ai", "openai_agents")
 # The `model` of a framework run: the framework's agent calls its own model, this is a label.
 FRAMEWORK_MODEL = "everruns.engine.framework:framework_model"
@@ -386,6 +427,8 @@ class AgentSpec(_Strict):
     retry: RetryPolicy = Field(default_factory=RetryPolicy)
     approvals: Approvals = Field(default_factory=Approvals)
     context: ContextPolicy = Field(default_factory=ContextPolicy)
+    # Unset stays out of to_dict() (stored versions of older specs keep their hash).
+    workspace: WorkspacePolicy | None = Field(default=None, description="exclude: [...]")
     max_parallel_tools: int = Field(default=4, ge=1)
     python_path: list[str] | None = Field(
         default=None,
@@ -436,6 +479,10 @@ class AgentSpec(_Strict):
         if value is None:
             return None
         return parse_schedule(value).expression
+
+    @property
+    def workspace_exclude(self) -> list[str]:
+        return (self.workspace or WorkspacePolicy()).exclude
 
     @property
     def overlap(self) -> str:

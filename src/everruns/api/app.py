@@ -19,6 +19,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from everruns.api import documented, idempotency, problems
 from everruns.api.deps import StoreDep, store_of
 from everruns.api.feed import EventFeed
+from everruns.api.files import add_file_routes, input_manifest
 from everruns.api.idempotency import IdempotencyKeys
 from everruns.api.metrics import exposition as metrics_text
 from everruns.api.models import (
@@ -350,10 +351,12 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
             await _allowed(store, spec, origin)
         for hook in body.webhooks:
             await _webhook_url(hook.url)
+        manifest = await input_manifest(store, body.files)
+        created = {"files": manifest} if manifest else None
         run_id = new_id()  # the run's webhooks exist before the run can send anything
         for hook in body.webhooks:
             await store.webhooks.create(hook.url, hook.events, hook.secret_ref, run_id=run_id)
-        await store.create_run(spec, body.input, origin=origin, run_id=run_id)
+        await store.create_run(spec, body.input, origin=origin, run_id=run_id, created_data=created)
         _wake(request_app=app)
         return _run_out(await store.get_run(run_id))
 
@@ -540,6 +543,7 @@ def create_app(config: ApiConfig | None = None) -> FastAPI:
     add_secret_routes(app, auth)
     add_verb_routes(app, auth, lambda: _wake(app))
     add_webhook_routes(app, auth, _webhook_url)
+    add_file_routes(app, auth)
     from everruns.api.schedules import add_schedule_routes
 
     add_schedule_routes(app, auth, _checked)

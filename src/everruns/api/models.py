@@ -36,6 +36,11 @@ class RunCreate(_In):
     webhooks: list[WebhookSpec] = Field(
         default_factory=list, max_length=20, description="Webhooks told about this run."
     )
+    files: dict[str, str] | None = Field(
+        default=None,
+        description="Workspace files of the run before its first step: path -> the sha256 "
+        "of a blob uploaded with POST /v1/blobs.",
+    )
 
 
 class Usage(BaseModel):
@@ -67,6 +72,9 @@ class RunOut(BaseModel):
     input: str | None
     result: str | None
     error: dict[str, Any] | None
+    progress: dict[str, Any] | None = Field(
+        default=None, description="The latest ctx.progress() of a tool: done, total, note."
+    )
     epoch: int
     lease_owner: str | None
     wake_at: float | None

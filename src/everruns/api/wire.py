@@ -51,6 +51,7 @@ def _run_dict(row: RunRow) -> dict[str, Any]:
         "created_at": row.created_at,
         "updated_at": row.updated_at,
         "outcome": row.verdict,
+        "progress": row.progress,
         "truncated": False,
     }
 
@@ -83,6 +84,7 @@ def run_from_api(run: dict[str, Any]) -> RunRow:
         created_at=run.get("created_at", 0.0),
         updated_at=run.get("updated_at", 0.0),
         verdict=run.get("outcome"),
+        progress=run.get("progress"),
         unpriced_calls=usage.unpriced_calls,
         limits=run.get("limits"),
         tree=usage_ledger(tree) if tree else None,

@@ -11,7 +11,18 @@ from typing import Annotated
 import typer
 
 from everruns import __version__
-from everruns.cli import access, budgets, doctor, maintenance, memory, runs, schedules, serve, verbs
+from everruns.cli import (
+    access,
+    budgets,
+    doctor,
+    files,
+    maintenance,
+    memory,
+    runs,
+    schedules,
+    serve,
+    verbs,
+)
 from everruns.cli.common import Debug
 from everruns.testing.cli import register as register_testing
 
@@ -67,7 +78,7 @@ app.command()(verbs.steer)
 app.command()(verbs.interrupt)
 app.command()(budgets.budget)
 app.command()(budgets.resume)
-app.command()(runs.workspace)
+app.command()(files.workspace)
 app.command()(serve.server)
 app.command()(doctor.doctor)
 app.add_typer(access.token_app, name="token")

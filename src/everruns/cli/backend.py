@@ -27,10 +27,23 @@ class Backend(Protocol):
         ...
 
     async def start_run(
-        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+        self,
+        spec: AgentSpec,
+        input: str | None,
+        idempotency_key: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> str:
-        """Queue a run of `spec`; its id. A repeat with the same `idempotency_key` (and the
-        same spec and input) returns the first run's id instead of starting another."""
+        """Queue a run of `spec` (its workspace starting with `files`); its id. A repeat with
+        the same `idempotency_key` (and the same spec and input) returns the first run's id
+        instead of starting another."""
+        ...
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        """The run's workspace files: path, size, sha256, seq, step, call_id."""
+        ...
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        """path -> content of each file of the run's workspace."""
         ...
 
     async def get_run(self, run_id: str) -> RunView: ...

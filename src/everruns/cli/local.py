@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import asyncio
+import hashlib
 import json
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from pathlib import Path
 from typing import Any
 
 from everruns.api.idempotency import fingerprint
@@ -17,6 +17,7 @@ from everruns.cli.views import RunView, event_record
 from everruns.client import MemoryItem
 from everruns.core.events import TERMINAL_EVENTS, TERMINAL_STATUSES, EventType
 from everruns.core.state import fold
+from everruns.engine.artifacts import run_file_contents, run_files, start_with_files
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
 from everruns.store.idempotency import Busy, Mismatch, Replay
@@ -28,10 +29,17 @@ FOLLOW_POLL = 0.2
 PREFIX_SCAN = 500
 
 
-async def started_once(store: Store, key: str, spec: AgentSpec, input: str | None) -> str:
+async def started_once(
+    store: Store,
+    key: str,
+    spec: AgentSpec,
+    input: str | None,
+    files: dict[str, bytes] | None = None,
+) -> str:
     """`everruns start --idempotency-key` on a database: the run of the first start with
     this key (same table and rules as the API's keys, in the scope `local`)."""
-    body = dumps({"spec": spec.to_dict(), "input": input}).encode()
+    hashes = {p: hashlib.sha256(d).hexdigest() for p, d in sorted((files or {}).items())}
+    body = dumps({"spec": spec.to_dict(), "input": input, "files": hashes or None}).encode()
     print_ = fingerprint("CLI", "start", b"", body)
     begun = await store.idempotency.begin("local", key, print_)
     if isinstance(begun, Replay):
@@ -41,7 +49,7 @@ async def started_once(store: Store, key: str, spec: AgentSpec, input: str | Non
     if isinstance(begun, Busy):
         raise CliError(f"another start with idempotency key {key!r} is still in progress")
     try:
-        run_id = await store.create_run(spec, input)
+        run_id = await start_with_files(store, spec, input, files)
     except BaseException:
         await store.idempotency.abandon("local", key)
         raise
@@ -71,11 +79,21 @@ class LocalBackend:
         return [r.id for r in rows if r.id.startswith(prefix)]
 
     async def start_run(
-        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+        self,
+        spec: AgentSpec,
+        input: str | None,
+        idempotency_key: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> str:
         if idempotency_key is None:
-            return await self.store.create_run(spec, input)
-        return await started_once(self.store, idempotency_key, spec, input)
+            return await start_with_files(self.store, spec, input, files)
+        return await started_once(self.store, idempotency_key, spec, input, files)
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        return await run_files(self.store, run_id)
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        return await run_file_contents(self.store, run_id)
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.store.get_run(run_id))
@@ -193,17 +211,3 @@ class LocalBackend:
     async def clear_memory(self, agent: str) -> int:
         await self.store.get_agent(agent)
         return await self.store.forget(agent)
-
-    # Local only: the journaled workspace lives in the database's blobs.
-
-    async def workspace_files(self, run_id: str) -> dict[str, str]:
-        """path -> sha256 of each file in the run's workspace, as journaled."""
-        await self.store.get_run(run_id)
-        return dict(fold(await self.store.load_events(run_id)).files)
-
-    async def export_workspace(self, run_id: str, target: Path) -> int:
-        from everruns.tools.workspace import export_files
-
-        files = await self.workspace_files(run_id)
-        await asyncio.to_thread(target.mkdir, parents=True, exist_ok=True)
-        return await export_files(self.store, files, target)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+import zipfile
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from typing import Any
@@ -46,12 +48,25 @@ class RemoteBackend:
         return [r.id for r in items if r.id.startswith(prefix)]
 
     async def start_run(
-        self, spec: AgentSpec, input: str | None, idempotency_key: str | None = None
+        self,
+        spec: AgentSpec,
+        input: str | None,
+        idempotency_key: str | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> str:
         # The server imports tools from its own path: a local file's directories stay here.
         body = spec.model_copy(update={"python_path": None}).to_dict()
-        run = await self.client.runs.start(spec=body, input=input, idempotency_key=idempotency_key)
+        run = await self.client.runs.start(
+            spec=body, input=input, idempotency_key=idempotency_key, files=files
+        )
         return run.id
+
+    async def files(self, run_id: str) -> list[dict[str, Any]]:
+        return await self.client.runs.files(run_id)
+
+    async def file_contents(self, run_id: str) -> dict[str, bytes]:
+        archive = zipfile.ZipFile(io.BytesIO(await self.client.runs.files_zip(run_id)))
+        return {name: archive.read(name) for name in archive.namelist()}
 
     async def get_run(self, run_id: str) -> RunView:
         return view(await self.client.runs.get(run_id))

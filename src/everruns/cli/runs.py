@@ -1,4 +1,4 @@
-"""Run commands: start, run, status, events, ls, cancel, approve, deny, message, workspace.
+"""Run commands: start, run, status, events, ls, cancel, approve, deny, message.
 
 Each is written once against `Backend`; --server only changes which back end
 `open_backend` returns. `run` executes in this process and so needs the database.
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import time
-from pathlib import Path
 from typing import Annotated, Any
 
 import typer
@@ -30,9 +29,10 @@ from everruns.cli.common import (
     out,
     print_json,
     run_async,
-    usage_error,
 )
+from everruns.cli.files import DirOption, FileOption, read_inputs
 from everruns.cli.local import LocalBackend, view
+from everruns.cli.progressbar import ToolProgressBar
 from everruns.cli.views import (
     RunView,
     approval_hint,
@@ -60,6 +60,8 @@ _NO_INPUT = (
 def start(
     spec: SpecArgument,
     input: InputOption = None,
+    file: FileOption = None,
+    dir: DirOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
     server: ServerOption = None,
@@ -79,8 +81,9 @@ def start(
 
     async def go() -> None:
         loaded = await load_checked(spec, None if server else db)
+        inputs = read_inputs(loaded, file, dir)
         async with open_backend(db, server, token, create=True) as backend:
-            run_id = await backend.start_run(loaded, input, idempotency_key)
+            run_id = await backend.start_run(loaded, input, idempotency_key, inputs)
         if json_out:
             print_json({"id": run_id, "status": "queued", "agent": loaded.name})
         else:
@@ -94,6 +97,8 @@ def start(
 def run(
     spec: SpecArgument,
     input: InputOption = None,
+    file: FileOption = None,
+    dir: DirOption = None,
     db: DbOption = None,
     json_out: JsonOption = False,
     lease_ttl: LeaseOption = 15.0,
@@ -110,13 +115,14 @@ def run(
 
     async def go() -> int:
         loaded = await load_checked(spec, None if server else db)
+        inputs = read_inputs(loaded, file, dir)
         if server:
             async with open_backend(db, server, token) as backend:
                 return await _follow_to_end(
-                    backend, await backend.start_run(loaded, input), json_out
+                    backend, await backend.start_run(loaded, input, files=inputs), json_out
                 )
         async with LocalBackend.open(db, create=True) as local:
-            run_id = await local.start_run(loaded, input)
+            run_id = await local.start_run(loaded, input, files=inputs)
             return await _run_in_process(local.store, run_id, json_out, lease_ttl)
 
     code = run_async(go)
@@ -152,10 +158,14 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
     status = "queued"
     last = 0
 
+    bar = ToolProgressBar(out, enabled=not json_out)
+
     def show(record: dict[str, Any]) -> None:
         nonlocal streaming, status, last
         if record["seq"] is None or record["seq"] <= last:
             return  # seen already (from the broker, or from the journal)
+        if record["type"] in ("tool.completed", "tool.retrying"):
+            bar.update(record["data"].get("progress"), record["data"].get("name"))
         if streaming and not json_out:
             out.print()
             streaming = False
@@ -177,6 +187,8 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                     show(event_record(run_id, e.seq, e.type, e.ts, e.data))
                 continue
             if event.get("ephemeral"):
+                if event["type"] == "tool.progress":
+                    bar.update(event["data"], event["data"].get("name"))
                 if not json_out and event["type"] == "llm.delta":
                     out.print(event["data"]["text"], end="", style="cyan", highlight=False)
                     streaming = True
@@ -184,6 +196,7 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
             for e in await store.load_events(run_id, after=last):  # in order, none skipped
                 show(event_record(run_id, e.seq, e.type, e.ts, e.data))
     finally:
+        bar.stop()
         worker.stop()
         await worker_task
     if status == "queued":  # stopped by a signal before the run ended
@@ -376,30 +389,5 @@ def message(
             full = await resolve_run(backend, run_id)
             seq = await backend.message(full, text)
         out.print(f"message journaled as seq {seq} of {full}")
-
-    run_async(go)
-
-
-def workspace(
-    run_id: RunIdArgument,
-    export: Annotated[
-        Path | None, typer.Option("--export", help="Write the files into DIR.")
-    ] = None,
-    db: DbOption = None,
-) -> None:
-    """List a run's workspace files (as journaled), or export them into a directory."""
-
-    if export is not None and export.exists() and not export.is_dir():
-        raise usage_error(f"--export {export}: a file is there; give a directory (new or existing)")
-
-    async def go() -> None:
-        async with LocalBackend.open(db) as local:
-            full = await resolve_run(local, run_id)
-            if export is None:
-                for path, sha in sorted((await local.workspace_files(full)).items()):
-                    out.print(f"{sha[:12]}  {path}")
-                return
-            count = await local.export_workspace(full, export)
-        out.print(f"exported {count} files to {export}")
 
     run_async(go)

@@ -72,6 +72,8 @@ def status_table(run: RunView, waits_for: list[dict[str, Any]] | None = None) ->
             else f"on a message: everruns message {run.id} TEXT",
         )
     table.add_row("steps", str(run.steps))
+    if run.progress:
+        table.add_row("progress", format_progress(run.progress))
     table.add_row("usage", usage_line(run.usage))
     if run.tree_usage != run.usage:
         table.add_row("tree usage", usage_line(run.tree_usage) + " (with its sub-agents)")
@@ -91,6 +93,17 @@ def status_table(run: RunView, waits_for: list[dict[str, Any]] | None = None) ->
     if run.error:
         table.add_row("error", f"{run.error.get('reason')}: {run.error.get('message')}")
     return table
+
+
+def format_progress(progress: dict[str, Any]) -> str:
+    """`412 of 10000 (4%) · note` from a ctx.progress() value."""
+    done, total = progress.get("done"), progress.get("total")
+    text = f"{done:g}" if isinstance(done, int | float) else str(done)
+    if isinstance(total, int | float) and total:
+        text += f" of {total:g} ({100 * float(done or 0) / total:.0f}%)"
+    if progress.get("note"):
+        text += f" · {progress['note']}"
+    return text
 
 
 def run_summary(run: Run, wall: float) -> list[str]:

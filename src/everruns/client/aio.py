@@ -43,11 +43,7 @@ class _Shell:
             attempt += 1
             try:
                 response = await self._http.request(
-                    call.method,
-                    call.path,
-                    params=call.params,
-                    json=call.body,
-                    headers=call.headers(),
+                    call.method, call.path, headers=call.headers(), **call.send_kwargs
                 )
             except core.RETRYABLE:
                 delay = self._send_policy.retry_after(attempt, None)
@@ -162,12 +158,25 @@ class Runs(_Shell):
         version: int | None = None,
         idempotency_key: str | None = None,
         webhooks: builtins.list[dict[str, Any]] | None = None,
+        files: dict[str, bytes] | None = None,
     ) -> Run:
         """Start a run. `idempotency_key`: a repeat with the same key returns this run;
-        `webhooks`: [{url, events, secret_ref}] told about this run's events."""
+        `webhooks`: [{url, events, secret_ref}] told about this run's events; `files`: the
+        run's workspace before its first step (path -> content)."""
+        shas = {p: await self._send(core.upload_blob(data)) for p, data in (files or {}).items()}
         return await self._send(
-            core.start_run(agent, input, spec, version, idempotency_key, webhooks)
+            core.start_run(agent, input, spec, version, idempotency_key, webhooks, shas or None)
         )
+
+    async def files(self, run_id: str) -> builtins.list[dict[str, Any]]:
+        """The run's workspace files: path, size, sha256, and the seq/step that changed each."""
+        return await self._send(core.list_files(run_id))
+
+    async def file(self, run_id: str, path: str) -> bytes:
+        return await self._send(core.get_file(run_id, path))
+
+    async def files_zip(self, run_id: str) -> bytes:
+        return await self._send(core.files_zip(run_id))
 
     async def get(self, run_id: str) -> Run:
         return await self._send(core.get_run(run_id))

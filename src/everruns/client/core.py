@@ -17,6 +17,7 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Generic, TypeVar
+from urllib.parse import quote
 
 import httpx
 
@@ -73,6 +74,8 @@ class Call(Generic[T]):
     parse: Callable[[Any], T]
     params: dict[str, Any] | None = None
     body: Any = None
+    content: bytes | None = None  # a raw request body (a blob upload), instead of `body`
+    raw: bool = False  # parse the reply's bytes, not its JSON (a file download)
     key: str | None = None
 
     def __post_init__(self) -> None:
@@ -84,7 +87,16 @@ class Call(Generic[T]):
 
     def result(self, response: httpx.Response) -> T:
         raise_for(response)
+        if self.raw:
+            return self.parse(response.content)
         return self.parse(None if response.status_code == 204 else response.json())
+
+    @property
+    def send_kwargs(self) -> dict[str, Any]:
+        """What the shells pass to httpx's request() besides method and path."""
+        if self.content is not None:
+            return {"params": self.params, "content": self.content}
+        return {"params": self.params, "json": self.body}
 
 
 @dataclass(frozen=True)
@@ -224,11 +236,37 @@ def start_run(
     version: int | None,
     idempotency_key: str | None = None,
     webhooks: list[dict[str, Any]] | None = None,
+    files: dict[str, str] | None = None,
 ) -> Call[Run]:
+    """`files`: workspace path -> the sha256 of an uploaded blob (`upload_blob`)."""
     body = _no_none(
-        {"agent": agent, "spec": spec, "input": input, "version": version, "webhooks": webhooks}
+        {
+            "agent": agent,
+            "spec": spec,
+            "input": input,
+            "version": version,
+            "webhooks": webhooks,
+            "files": files,
+        }
     )
     return Call("POST", "/v1/runs", Run.model_validate, body=body, key=idempotency_key)
+
+
+def upload_blob(data: bytes) -> Call[str]:
+    """Store a file's bytes on the server; its sha256 (for `start_run`'s files)."""
+    return Call("POST", "/v1/blobs", lambda reply: str(reply["sha256"]), content=data)
+
+
+def list_files(run_id: str) -> Call[list[dict[str, Any]]]:
+    return Call("GET", f"/v1/runs/{run_id}/files", lambda items: [dict(i) for i in items])
+
+
+def get_file(run_id: str, path: str) -> Call[bytes]:
+    return Call("GET", f"/v1/runs/{run_id}/files/{quote(path)}", bytes, raw=True)
+
+
+def files_zip(run_id: str) -> Call[bytes]:
+    return Call("GET", f"/v1/runs/{run_id}/files.zip", bytes, raw=True)
 
 
 def get_run(run_id: str) -> Call[Run]:

@@ -46,6 +46,7 @@ class Run(BaseModel):
     input: str | None = None
     result: str | None = None
     error: dict[str, Any] | None = None
+    progress: dict[str, Any] | None = None  # the latest ctx.progress(): done, total, note
     epoch: int = 0
     lease_owner: str | None = None
     wake_at: float | None = None

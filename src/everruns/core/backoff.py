@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import random
+from typing import Protocol
 
-from everruns.spec import RetryPolicy
+
+class Backoff(Protocol):
+    """The fields of a retry policy that shape its back-off (LLM calls and tools alike)."""
+
+    initial_backoff: float
+    max_backoff: float
+    multiplier: float
 
 
 def backoff_delay(
-    policy: RetryPolicy,
+    policy: Backoff,
     failures: int,
     retry_after: float | None = None,
     rng: random.Random | None = None,

@@ -111,6 +111,9 @@ def _plan_calls(
             if ready:
                 plans.append(CallPlan(call, call.attempt, "wake"))
             continue  # parked until a child.finished signal
+        if call.retry_at is not None and now < call.retry_at:
+            wakes.append(call.retry_at)  # a retry not due yet (tool.retrying)
+            continue
         if call.wake_at is not None:
             if now < call.wake_at:
                 wakes.append(call.wake_at)
@@ -135,7 +138,8 @@ def _plan_calls(
     if plans:
         return Act(plans)
     if wakes:
-        return Wait(until=min(wakes), reason="sleep")
+        retrying = any(c.retry_at == min(wakes) for c in state.calls)
+        return Wait(until=min(wakes), reason="tool_retry" if retrying else "sleep")
     return Idle()
 
 

@@ -46,6 +46,8 @@ class EventType(StrEnum):
     RUN_INTERRUPTED = "run.interrupted"  # the in-flight atom was cut; waits for a message
     OUTCOME_GRADING = "outcome.grading"  # the grader call started (an atom, like llm.started)
     OUTCOME_GRADED = "outcome.graded"  # its verdict, feedback and usage
+    # tool retries and progress (issue 12)
+    TOOL_RETRYING = "tool.retrying"  # an attempt did not take effect; the call runs again later
     # budgets (issue 11)
     LLM_CHARGED = "llm.charged"  # the charge of an attempt that ended with no answer of its own
     LIMITS_CHANGED = "limits.changed"  # a run's limits raised (or lowered) from outside
@@ -100,6 +102,7 @@ APPROVAL_DENIED = EventType.APPROVAL_DENIED
 RUN_INTERRUPTED = EventType.RUN_INTERRUPTED
 OUTCOME_GRADING = EventType.OUTCOME_GRADING
 OUTCOME_GRADED = EventType.OUTCOME_GRADED
+TOOL_RETRYING = EventType.TOOL_RETRYING
 # budgets (issue 11)
 LLM_CHARGED = EventType.LLM_CHARGED
 LIMITS_CHANGED = EventType.LIMITS_CHANGED
@@ -311,6 +314,7 @@ class ToolCompleted(TypedDict):
     note: NotRequired[str]
     files: NotRequired[dict[str, str | None]]  # path -> blob sha256 (None: deleted)
     child: NotRequired[str]
+    progress: NotRequired[dict[str, Any]]  # the latest ctx.progress(): done, total, note
 
 
 class ToolFailed(TypedDict):
@@ -430,6 +434,20 @@ class LimitsChanged(TypedDict):
     limits: dict[str, Any]
 
 
+class ToolRetrying(TypedDict):
+    """A call runs again at `retry_at`: its tool said `RetryLater` (a 429, a 503 ...), it
+    failed transiently, or its fleet-wide rate limit is exhausted (`attempt` not used up)."""
+
+    call_id: str
+    name: str
+    attempt: int  # the attempt that did not take effect (0: none started yet)
+    reason: str
+    retry_at: float
+    error: NotRequired[str]
+    progress: NotRequired[dict[str, Any]]  # the latest ctx.progress() of the attempt
+    files: NotRequired[dict[str, str | None]]
+
+
 PAYLOADS: dict[EventType, type] = {
     RUN_CREATED: RunCreated,
     RUN_STARTED: RunStarted,
@@ -459,6 +477,7 @@ PAYLOADS: dict[EventType, type] = {
     RUN_INTERRUPTED: RunInterrupted,
     OUTCOME_GRADING: OutcomeGrading,
     OUTCOME_GRADED: OutcomeGraded,
+    TOOL_RETRYING: ToolRetrying,
     LLM_CHARGED: LLMCharged,
     LIMITS_CHANGED: LimitsChanged,
 }

@@ -39,6 +39,9 @@ from everruns.core.events import (
     RUN_STARTED,
     SIGNALS,
     TERMINAL_STATUSES,
+    TOOL_COMPLETED,
+    TOOL_FAILED,
+    TOOL_RETRYING,
     RunStatus,
 )
 
@@ -154,6 +157,8 @@ def project(
                 update.set.update(pause_requested=False, error=None)
         elif kind == LIMITS_CHANGED:
             update.set["limits"] = dict(data.get("limits") or {})
+        elif kind in (TOOL_COMPLETED, TOOL_FAILED, TOOL_RETRYING) and data.get("progress"):
+            update.set["progress"] = data["progress"]  # the latest ctx.progress()
         if kind in SIGNALS and current is not None:
             _signal(update, kind, now, current)
     if "progress_seq" in update.seq:

@@ -37,6 +37,7 @@ from everruns.core.events import (
     TERMINAL_STATUSES,
     TOOL_COMPLETED,
     TOOL_FAILED,
+    TOOL_RETRYING,
     TOOL_STARTED,
     TOOL_WAITING,
     TOOLS_LISTED,
@@ -62,6 +63,7 @@ class CallState:
     wait_mode: str = "all"
     approval: str | None = None  # None | requested | granted | denied
     denial: str | None = None
+    retry_at: float | None = None  # set while the call waits to be retried (tool.retrying)
 
 
 @dataclass
@@ -112,6 +114,7 @@ class State:
     truncated: bool = False  # the latest answer was cut off at max_tokens
     continuations: int = 0  # continuations asked for the latest truncated answer
     tool_listings: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
+    progress: dict[str, Any] | None = None  # the latest journaled ctx.progress() of a tool
     # Running prefix sums of the messages' sizes (core/context.py): the context estimate
     # costs O(1) per LLM call however long the run. Messages never change once folded.
     char_prefix: list[int] = field(default_factory=lambda: [0], repr=False, compare=False)
@@ -225,6 +228,7 @@ def apply(state: State, event: Event) -> State:
         state.depth = int(data.get("depth", 0))
         if data.get("input") is not None:
             state.inbox.append({"role": "user", "content": data["input"]})
+        _apply_effects(state, data)  # files handed in with the run (--file, --dir)
     elif kind == RUN_STARTED:
         state.status = RunStatus.RUNNING
         state.epoch = int(data.get("epoch", state.epoch))
@@ -292,7 +296,18 @@ def apply(state: State, event: Event) -> State:
             call.status = CallStatus.STARTED
             call.attempt = int(data.get("attempt", call.attempt + 1))
             call.effect = data.get("effect")
+            call.retry_at = None
+    elif kind == TOOL_RETRYING:
+        _apply_effects(state, data)
+        call = _call(state, data["call_id"])
+        if call is not None:
+            call.status = CallStatus.PENDING  # not done: runs again, whatever its effect
+            call.retry_at = data.get("retry_at")
+        if data.get("progress"):
+            state.progress = data["progress"]
     elif kind == TOOL_COMPLETED:
+        if data.get("progress"):
+            state.progress = data["progress"]
         output = model_output(data.get("output", ""), data.get("max_output"))
         _tool_result(state, data, output, is_error=False)
     elif kind == TOOL_WAITING:

@@ -15,7 +15,7 @@ from everruns.core.events import EventType
 from everruns.engine.runlog import RunLog
 from everruns.spec import AgentSpec
 from everruns.tools.base import Tool, ToolError
-from everruns.tools.registry import MCPPool, ToolSpecError, mcp_config
+from everruns.tools.registry import MCPPool, ToolSpecError, mcp_config, with_policies
 
 if TYPE_CHECKING:
     from everruns.tools.mcp import MCPServerConfig
@@ -51,7 +51,7 @@ async def load_mcp_tools(
         except ValueError as exc:
             await log.fail("invalid_spec", f"tools[{index}].mcp: {exc}")
             return False
-        for tool in found:
+        for tool in with_policies(found, entry):
             if tool.name in tools:
                 await log.fail("invalid_spec", f"duplicate tool name {tool.name!r}")
                 return False

@@ -49,14 +49,33 @@ async def acquire_rate_limits(
     caller parks the run durably).
     """
     for limit in settings.rate_limits_for(model):
-        while True:
-            wait = await store.acquire_rate(limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens)
-            if wait == 0.0:
-                break
-            durable = wait > max_sleep
-            metrics.RATE_LIMIT_WAITS.labels(limit.key, str(durable).lower()).inc()
-            metrics.RATE_LIMIT_WAIT_SECONDS.labels(limit.key).inc(wait)
-            if durable:
-                return wait
-            await asyncio.sleep(wait)
+        wait = await take_from_bucket(
+            store, limit.key, rpm=limit.rpm, tpm=limit.tpm, tokens=tokens, max_sleep=max_sleep
+        )
+        if wait:
+            return wait
     return 0.0
+
+
+async def take_from_bucket(
+    store: Store,
+    key: str,
+    *,
+    rpm: float | None,
+    tpm: float | None = None,
+    tokens: float = 0,
+    burst: float | None = None,
+    max_sleep: float,
+) -> float:
+    """Take from one fleet-wide bucket, sleeping in memory up to `max_sleep`; 0.0 when
+    granted, else the seconds until a retry may succeed (the caller waits durably)."""
+    while True:
+        wait = await store.acquire_rate(key, rpm=rpm, tpm=tpm, tokens=tokens, burst=burst)
+        if wait == 0.0:
+            return 0.0
+        durable = wait > max_sleep
+        metrics.RATE_LIMIT_WAITS.labels(key, str(durable).lower()).inc()
+        metrics.RATE_LIMIT_WAIT_SECONDS.labels(key).inc(wait)
+        if durable:
+            return wait
+        await asyncio.sleep(wait)

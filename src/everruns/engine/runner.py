@@ -217,7 +217,9 @@ class RunRunner:
         except (ToolSpecError, ValueError) as exc:
             await self.fail("invalid_spec", str(exc))
             return
-        self.workspace = Workspace(self.store, self.run_id, self.state.files)
+        self.workspace = Workspace(
+            self.store, self.run_id, self.state.files, exclude=self.spec.workspace_exclude
+        )
         started: dict[str, Any] = {
             "worker": self.options.worker_id,
             "epoch": self.epoch,
@@ -251,6 +253,7 @@ class RunRunner:
             subagents,
             agent=self.claim.agent_name,
             max_parallel=spec.max_parallel_tools,
+            max_sleep=spec.retry.durable_wait_after,
         )
         effects = {name: t.effect for name, t in self.tools.items()}
         while True:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import time
 from datetime import UTC, datetime
 from typing import Any
 
@@ -18,6 +19,8 @@ from everruns.core.events import INTERRUPTED_MESSAGE, SKIPPED_MESSAGE, EventType
 from everruns.core.state import CallState
 from everruns.engine.runlog import RunLog
 from everruns.engine.subagents import Subagents
+from everruns.engine.tool_limits import RateLimiter, give_up_message, retry_delay
+from everruns.errors import RetryLater
 from everruns.providers.base import INVALID_ARGUMENTS
 from everruns.store import Store
 from everruns.tools.base import (
@@ -46,6 +49,7 @@ class ToolStep:
         *,
         agent: str,
         max_parallel: int,
+        max_sleep: float = 5.0,
     ):
         self.log = log
         self.store = store
@@ -55,6 +59,7 @@ class ToolStep:
         self.agent = agent
         self.max_parallel = max_parallel
         self._ws_lock = asyncio.Lock()
+        self.limiter = RateLimiter(store, max_sleep)
 
     async def act(self, atom: Act) -> None:
         limit = asyncio.Semaphore(self.max_parallel)
@@ -107,10 +112,32 @@ class ToolStep:
             await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": problem})
             return
         key = f"{self.log.run_id}:{call.id}"
+        wait = await self.limiter.acquire(tool, key)
+        if wait:
+            await self._retry(base, plan.attempt - 1, "rate_limited", wait)
+            return
+        try:
+            await self._run_call(tool, plan, base, key)
+        finally:
+            await self.limiter.release(tool, key)
+
+    async def _run_call(self, tool: Tool, plan: CallPlan, base: dict[str, Any], key: str) -> None:
+        call = plan.call
         started = await self.log.append(
             EventType.TOOL_STARTED,
             {**base, "attempt": plan.attempt, "effect": tool.effect, "idempotency_key": key},
         )
+        progress: dict[str, Any] = {}
+        published = [0.0]
+
+        def on_progress(value: dict[str, Any]) -> None:
+            progress.clear()
+            progress.update(value)
+            now = time.monotonic()  # at most ten live ticks a second, and the last one
+            if now - published[0] >= 0.1 or value.get("done") == value.get("total"):
+                published[0] = now
+                self.log.publish_ephemeral("tool.progress", {**base, **value})
+
         # Calls that touch the workspace run one at a time, so the file changes journaled
         # with a call's result are exactly that call's (not a parallel call's half-done writes).
         uses_ws = tool.uses_workspace and self.workspace is not None
@@ -126,6 +153,7 @@ class ToolStep:
                 notes=tuple(self.log.state.notes),
                 agent=self.agent,
                 store=self.store,
+                on_progress=on_progress,
                 trace=self.log.trace_headers(started),
             )
             try:
@@ -135,15 +163,33 @@ class ToolStep:
                     output = await tool.invoke(call.arguments, ctx)
             except TimeoutError:
                 error = f"timed out after {tool.timeout:g}s" if tool.timeout else "TimeoutError"
-            except ToolError as exc:
+            except (ToolError, RetryLater) as exc:
                 error = str(exc)
+                delay = retry_delay(tool, plan.attempt, exc)
+                if delay is not None:
+                    changes = await self._changes() if uses_ws else {}
+                    data = {**base, **changes, **_latest(progress)}
+                    await self._retry(data, plan.attempt, error, delay)
+                    return
+                error = give_up_message(tool, plan.attempt, error)
             except Exception as exc:
                 error = f"{type(exc).__name__}: {exc}"
             else:
-                await self._tool_result(tool, base, output, uses_ws, ctx.trace)
+                await self._tool_result(
+                    tool, {**base, **_latest(progress)}, output, uses_ws, ctx.trace
+                )
                 return
             changes = await self._changes() if uses_ws else {}
-            await self._resolve_call(EventType.TOOL_FAILED, {**base, "error": error, **changes})
+            await self._resolve_call(
+                EventType.TOOL_FAILED, {**base, "error": error, **changes, **_latest(progress)}
+            )
+
+    async def _retry(self, base: dict[str, Any], attempt: int, reason: str, delay: float) -> None:
+        """Journal that the call runs again after `delay` seconds (decide parks the run)."""
+        await self.log.append(
+            EventType.TOOL_RETRYING,
+            {**base, "attempt": attempt, "reason": reason, "retry_at": time.time() + delay},
+        )
 
     async def _changes(self) -> dict[str, Any]:
         """Workspace changes since the last journaled result, to journal with this one."""
@@ -230,6 +276,11 @@ class ToolStep:
         return render_output(
             [{k: r.get(k) for k in ("run_id", "status", "result", "error")} for r in results]
         )
+
+
+def _latest(progress: dict[str, Any]) -> dict[str, Any]:
+    """The call's latest ctx.progress(), journaled with its result (absent when none)."""
+    return {"progress": dict(progress)} if progress else {}
 
 
 def _iso(ts: float | None) -> str:

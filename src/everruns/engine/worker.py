@@ -29,7 +29,7 @@ from everruns.engine.webhooks import Deliverer
 from everruns.settings import Settings, load_settings
 from everruns.store import Claim, Store, new_id
 from everruns.tools import sandbox
-from everruns.tools.workspace import DEFAULT_ROOT
+from everruns.tools.workspace import workspace_root
 
 log = logging.getLogger("everruns.worker")
 
@@ -313,7 +313,7 @@ def _version() -> str:
 def _configure_sandbox(settings: Settings, database_url: str) -> None:
     """The tool sandbox of this process: the operator's mode and extra paths, and what
     it must hide even inside shared paths (the workspaces, the SQLite file)."""
-    hidden = [os.path.abspath(os.environ.get("EVERRUNS_WORKSPACE_ROOT", DEFAULT_ROOT))]
+    hidden = [str(workspace_root(database_url))]
     url = make_url(database_url)
     if url.get_backend_name() == "sqlite" and url.database not in (None, "", ":memory:"):
         db = os.path.abspath(url.database)

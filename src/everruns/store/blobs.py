@@ -39,3 +39,15 @@ class Blobs:
         if missing:
             raise LookupError(f"workspace blobs missing from the database: {sorted(missing)[:3]}")
         return found
+
+    async def blob_sizes(self, shas: list[str]) -> dict[str, int]:
+        """sha256 -> size of the stored blobs among `shas` (missing ones are absent)."""
+        if not shas:
+            return {}
+        async with self.db.reads.connect() as conn:
+            rows = (
+                await conn.execute(
+                    sa.select(blobs.c.sha256, blobs.c.size).where(blobs.c.sha256.in_(shas))
+                )
+            ).all()
+        return {r.sha256: int(r.size) for r in rows}

@@ -14,7 +14,7 @@ from typing import Any
 import sqlalchemy as sa
 
 from everruns.store.backend import Backend
-from everruns.store.schema import breakers, rate_buckets, runs, workers
+from everruns.store.schema import breakers, rate_buckets, rate_slots, runs, workers
 
 
 class Fleet:
@@ -65,12 +65,19 @@ class Fleet:
         return None
 
     async def acquire_rate(
-        self, key: str, *, rpm: float | None, tpm: float | None, tokens: float
+        self,
+        key: str,
+        *,
+        rpm: float | None,
+        tpm: float | None,
+        tokens: float,
+        burst: float | None = None,
     ) -> float:
         """Take one request and `tokens` from the bucket; 0.0 when granted, else the
-        seconds to wait before asking again (nothing is taken then)."""
+        seconds to wait before asking again (nothing is taken then). `burst`: the most
+        requests the bucket holds (default `rpm`; 1 spaces requests evenly)."""
         now = time.time()
-        rpm_cap = rpm or float("inf")
+        rpm_cap = min(burst, rpm) if burst and rpm else rpm or float("inf")
         tpm_cap = tpm or float("inf")
         async with self.db.engine.begin() as conn:
             await self.db.ensure_row(
@@ -88,7 +95,7 @@ class Fleet:
                 query = query.with_for_update()
             row = (await conn.execute(query)).one()
             elapsed = max(0.0, now - row.updated_at)
-            requests = min(rpm_cap, row.requests + elapsed * rpm_cap / 60) if rpm else 1e12
+            requests = min(rpm_cap, row.requests + elapsed * rpm / 60) if rpm else 1e12
             have_tokens = min(tpm_cap, row.tokens + elapsed * tpm_cap / 60) if tpm else 1e15
             need_tokens = min(
                 tokens, tpm_cap
@@ -109,6 +116,42 @@ class Fleet:
                 .values(requests=requests, tokens=have_tokens, updated_at=max(now, row.updated_at))
             )
             return wait
+
+    async def acquire_slot(self, key: str, holder: str, *, limit: int, ttl: float) -> bool:
+        """Take one of `limit` concurrent slots of `key` for `holder` (until released or
+        `ttl` seconds pass); False when all are taken. Taking it again is a no-op."""
+        now = time.time()
+        async with self.db.engine.begin() as conn:
+            # The bucket row of the key serializes the takers (SQLite: the write lock).
+            await self.db.ensure_row(
+                conn, rate_buckets, {"key": key, "requests": 0, "tokens": 0, "updated_at": now}
+            )
+            lock = sa.select(rate_buckets.c.key).where(rate_buckets.c.key == key)
+            await conn.execute(lock if self.db.is_sqlite else lock.with_for_update())
+            await conn.execute(
+                sa.delete(rate_slots).where(rate_slots.c.key == key, rate_slots.c.expires_at <= now)
+            )
+            holders = set(
+                (
+                    await conn.execute(
+                        sa.select(rate_slots.c.holder).where(rate_slots.c.key == key)
+                    )
+                ).scalars()
+            )
+            if holder in holders:
+                return True
+            if len(holders) >= limit:
+                return False
+            await conn.execute(
+                rate_slots.insert().values(key=key, holder=holder, expires_at=now + ttl)
+            )
+            return True
+
+    async def release_slot(self, key: str, holder: str) -> None:
+        async with self.db.engine.begin() as conn:
+            await conn.execute(
+                sa.delete(rate_slots).where(rate_slots.c.key == key, rate_slots.c.holder == holder)
+            )
 
     async def charge_tokens(self, key: str, tokens: float) -> None:
         """Correct a bucket after a call: debit (or credit) the difference to the estimate."""

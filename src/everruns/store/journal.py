@@ -208,7 +208,7 @@ class Journal:
         for key, value in values.items():
             if key == "result" and isinstance(value, str) and not self.db.is_sqlite:
                 value = value.replace("\x00", "\ufffd")  # PostgreSQL text cannot hold NUL
-            if key in ("error", "limits") and value is not None:
+            if key in ("error", "limits", "progress") and value is not None:
                 value = dumps(value)
             out[key] = str(value) if isinstance(value, StrEnum) else value
         return out

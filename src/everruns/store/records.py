@@ -63,6 +63,7 @@ class RunRow:
     created_at: float
     updated_at: float
     verdict: str | None = None  # the grader's (an agent with `outcome:`)
+    progress: dict[str, Any] | None = None  # the latest journaled ctx.progress() of a tool
     unpriced_calls: int = 0  # own calls of a model without a price
     limits: dict[str, Any] | None = None  # overrides of the spec's limits (`everruns budget`)
     tree: Ledger | None = None  # own + all descendants, when the store summed it
@@ -76,6 +77,7 @@ class RunRow:
         values["error"] = json.loads(m["error"]) if m["error"] else None
         values["unpriced_calls"] = m.get("unpriced_calls") or 0
         values["limits"] = json.loads(m["limits"]) if m.get("limits") else None
+        values["progress"] = json.loads(m["progress"]) if m.get("progress") else None
         return cls(**values)
 
     @property

@@ -67,6 +67,8 @@ runs = sa.Table(
     sa.Column("error", sa.Text, nullable=True),
     # The grader's verdict (`outcome:` on the agent): satisfied | not_satisfied | revising.
     sa.Column("verdict", sa.String(16), nullable=True),
+    # The latest ctx.progress() of a tool call, journaled with its result (JSON).
+    sa.Column("progress", sa.Text, nullable=True),
     sa.Column("created_at", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
     sa.Index("ix_runs_claim", "wake_at"),
@@ -117,6 +119,15 @@ rate_buckets = sa.Table(
     sa.Column("requests", sa.Float, nullable=False),
     sa.Column("tokens", sa.Float, nullable=False),
     sa.Column("updated_at", sa.Float, nullable=False),
+)
+
+# Concurrency slots of fleet-wide tool rate limits (one row per call holding one).
+rate_slots = sa.Table(
+    "rate_slots",
+    metadata,
+    sa.Column("key", sa.String(255), primary_key=True),
+    sa.Column("holder", sa.String(255), primary_key=True),
+    sa.Column("expires_at", sa.Float, nullable=False),
 )
 
 blobs = sa.Table(

@@ -116,6 +116,8 @@ class Store:
         self.record_outcome = fleet.record_outcome
         self.acquire_rate = fleet.acquire_rate
         self.charge_tokens = fleet.charge_tokens
+        self.acquire_slot = fleet.acquire_slot
+        self.release_slot = fleet.release_slot
         # budgets: tree sums, ancestries
         self.tree_ledgers = ledgers.tree_ledgers
         self.ancestry = ledgers.ancestry
@@ -123,6 +125,7 @@ class Store:
         # blobs
         self.put_blobs = blobs.put_blobs
         self.get_blobs = blobs.get_blobs
+        self.blob_sizes = blobs.blob_sizes
 
     @classmethod
     async def open(

@@ -47,6 +47,7 @@ SETTABLE = frozenset(
         "wake_at",
         "result",
         "error",
+        "progress",
         "lease_owner",
         "lease_expires_at",
         "cancel_requested",

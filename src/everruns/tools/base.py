@@ -10,6 +10,7 @@ from typing import Any
 
 from everruns.errors import ToolError as ToolError  # defined in everruns.errors
 from everruns.providers.base import ToolSchema
+from everruns.spec import ToolRateLimit, ToolRetry
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,16 @@ class ToolContext:
     # W3C trace context of this call's span ({"traceparent": ...}; empty when tracing is
     # off): send it along with requests so the callee's spans join the run's trace.
     trace: dict[str, str] = field(default_factory=dict)
+    on_progress: Callable[[dict[str, Any]], None] | None = None  # set by the engine
+
+    def progress(self, done: float, total: float | None = None, note: str = "") -> None:
+        """Report how far the call got ("412 of 10,000 records"): streamed live to
+        watchers; the latest value is journaled with the call's result."""
+        if self.on_progress is not None:
+            value: dict[str, Any] = {"done": done, "total": total}
+            if note:
+                value["note"] = note
+            self.on_progress(value)
 
 
 @dataclass(frozen=True)
@@ -81,6 +92,8 @@ class Tool:
     timeout: float | None = None
     max_output: int | None = 20_000  # characters the model sees; the journal keeps all
     uses_workspace: bool = False
+    retry: ToolRetry | None = None  # the spec entry's `retry:` block
+    rate_limit: ToolRateLimit | None = None  # the spec entry's fleet-wide `rate_limit:`
 
     @property
     def schema(self) -> ToolSchema:

@@ -251,7 +251,7 @@ def _private_allowed(requested: Any, operator_allows: bool) -> bool:
 
 
 def _web_tools(
-    options: dict[str, Any], allow_private: bool
+    options: dict[str, Any], allow_private: bool, retry_5xx: bool = False
 ) -> tuple[Callable[..., Any], Callable[..., Any]]:
     allow = _private_allowed(options.get("allow_private"), allow_private)
     timeout = float(options.get("timeout", 30))
@@ -299,6 +299,7 @@ def _web_tools(
             allow_private=allow,
             timeout=timeout,
             max_bytes=max_bytes,
+            retry_5xx=retry_5xx,
         )
 
     return web_fetch, http
@@ -320,7 +321,10 @@ def build_builtin(entry: ToolSpec, *, allow_private_networks: bool = False) -> l
     elif name == "shell":
         fns = [(_shell_tool(options), "at_most_once")]
     elif name in ("web_fetch", "http"):
-        fetch, http = _web_tools(options, allow_private_networks)
+        # A 5xx is retried only where a repeat is safe: an entry that declares http
+        # idempotent (or pure); 429 and 503 always are (nothing was done).
+        repeatable = entry.effect in ("pure", "idempotent")
+        fetch, http = _web_tools(options, allow_private_networks, retry_5xx=repeatable)
         fns = [(fetch, "idempotent")] if name == "web_fetch" else [(http, "at_most_once")]
     elif name == "sleep":
         fns = [(sleep, "idempotent")]

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import json
 from typing import TYPE_CHECKING, Any
 
 from pydantic import ValidationError
 
 from everruns.errors import EverrunsError
-from everruns.spec import AgentSpec, ToolSpec
+from everruns.spec import AgentSpec, ToolRetry, ToolSpec
 from everruns.tools.base import Tool
 from everruns.tools.builtins import build_builtin
 from everruns.tools.python import ToolLoadError, from_function, load_function
@@ -45,11 +46,20 @@ def build_tools(spec: AgentSpec, *, allow_private_networks: bool = False) -> dic
         else:
             mcp_config(entry, field)  # validated here; listed asynchronously by the runner
             continue
-        for tool in loaded:
+        for tool in with_policies(loaded, entry):
             if tool.name in tools:
                 raise ToolSpecError(field, f"duplicate tool name {tool.name!r}")
             tools[tool.name] = tool
     return tools
+
+
+def with_policies(loaded: list[Tool], entry: ToolSpec) -> list[Tool]:
+    """The entry's `retry:` and `rate_limit:` on each of its tools (the http built-in
+    retries by default: a 429 or a 503 says nothing was done)."""
+    retry = entry.retry
+    if retry is None and entry.builtin == "http":
+        retry = ToolRetry()
+    return [dataclasses.replace(t, retry=retry, rate_limit=entry.rate_limit) for t in loaded]
 
 
 def mcp_config(entry: ToolSpec, field: str) -> MCPServerConfig:

@@ -50,6 +50,7 @@ from typing import Any, cast
 import httpcore
 import httpx
 
+from everruns.errors import RetryLater, TransientToolError
 from everruns.tools.base import ToolError
 
 MAX_REDIRECTS = 5
@@ -428,7 +429,9 @@ async def _exchange(
                     finally:
                         await response.aclose()
     except TimeoutError:
-        raise ToolError(f"timed out after {timeout:g}s: {method} {url}") from None
+        raise TransientToolError(f"timed out after {timeout:g}s: {method} {url}") from None
+    except httpx.TransportError as exc:
+        raise TransientToolError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
     except httpx.HTTPError as exc:
         raise ToolError(f"{method} {url} failed: {type(exc).__name__}: {exc}") from None
 
@@ -748,8 +751,12 @@ async def http_request(
     max_bytes: int = 2_000_000,
     follow_redirects: bool = True,
     allow_hosts: Collection[str] = (),
+    retry_5xx: bool = False,
 ) -> dict[str, Any]:
     """Send one HTTP request; return {"url", "status", "headers", "body", "truncated"}.
+
+    A 429 or 503 raises `RetryLater` (the server did not process it); another 5xx raises
+    `TransientToolError` when `retry_5xx` (a tool that may repeat), else is returned.
 
     `headers` of the response are a selection (content type, caching, location,
     rate limits...). `body` is the response text, cut at `max_bytes` with a note;
@@ -771,6 +778,7 @@ async def http_request(
         content=body,
         follow_redirects=follow_redirects,
     )
+    _raise_retryable(verb, result, retry_5xx)
     mime = _mime(result.content_type)
     binary = (mime and not _is_textual(mime) and mime not in _HTML_TYPES) or (
         not mime and _looks_binary(result.body)
@@ -789,3 +797,18 @@ async def http_request(
         "body": text,
         "truncated": result.truncated,
     }
+
+
+def _raise_retryable(method: str, result: _Result, retry_5xx: bool) -> None:
+    """429 and 503 say the request was not processed: retry after the server's
+    `Retry-After` (any effect). Another 5xx may have acted: a transient failure,
+    retried only for tools that are not `at_most_once` (`retry_5xx`)."""
+    from everruns.providers.errors import retry_after_from_headers
+
+    status = result.status
+    if status in (429, 503):
+        after = retry_after_from_headers(dict(result.headers), rate_limited=status == 429)
+        raise RetryLater(after=after, reason=f"HTTP {status} from {method} {result.url}")
+    if status >= 500 and retry_5xx:
+        snippet = result.body[:300].decode("utf-8", "replace")
+        raise TransientToolError(f"HTTP {status} from {method} {result.url}: {snippet}")

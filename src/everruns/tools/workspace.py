@@ -15,13 +15,33 @@ import contextlib
 import hashlib
 import os
 import shutil
+from collections.abc import Iterable
 from pathlib import Path
 
+from everruns.core.files import DEFAULT_EXCLUDE, excluded
 from everruns.store import Store
 from everruns.tools.base import ToolError
 
-DEFAULT_ROOT = Path(".everruns") / "workspaces"
 MAX_FILE_BYTES = 50_000_000
+
+
+def workspace_root(db_url: str | None) -> Path:
+    """Where a worker lays out its runs' workspaces: `EVERRUNS_WORKSPACE_ROOT`, else
+    `$EVERRUNS_HOME/workspaces`, else `workspaces/` next to a SQLite database file, else
+    `~/.everruns/workspaces` — never the current directory of whatever command runs."""
+    explicit = os.environ.get("EVERRUNS_WORKSPACE_ROOT")
+    if explicit:
+        return Path(explicit).absolute()
+    home = os.environ.get("EVERRUNS_HOME")
+    if home:
+        return Path(home).absolute() / "workspaces"
+    if db_url:
+        from sqlalchemy.engine import make_url
+
+        parsed = make_url(db_url)
+        if parsed.get_backend_name() == "sqlite" and parsed.database not in (None, "", ":memory:"):
+            return Path(parsed.database).absolute().parent / "workspaces"
+    return Path.home() / ".everruns" / "workspaces"
 
 
 class PathEscape(ToolError):
@@ -90,9 +110,17 @@ def _sha(data: bytes) -> str:
 
 
 class Workspace:
-    def __init__(self, store: Store, run_id: str, files: dict[str, str], root: Path | None = None):
-        base = root or Path(os.environ.get("EVERRUNS_WORKSPACE_ROOT", DEFAULT_ROOT))
+    def __init__(
+        self,
+        store: Store,
+        run_id: str,
+        files: dict[str, str],
+        root: Path | None = None,
+        exclude: Iterable[str] = DEFAULT_EXCLUDE,
+    ):
+        base = root or workspace_root(getattr(store, "url", None))
         self.store = store
+        self.exclude = tuple(exclude)
         self.path = (base / run_id).absolute()
         self.manifest: dict[str, str] = dict(files)
         self._stats: dict[str, tuple[int, int]] = {}
@@ -131,6 +159,8 @@ class Workspace:
                 if os.path.islink(full) or not os.path.isfile(full):
                     continue
                 rel = os.path.relpath(full, self.path).replace(os.sep, "/")
+                if excluded(rel, self.exclude) and rel not in self.manifest:
+                    continue  # build litter (__pycache__/ ...) is never journaled
                 seen.add(rel)
                 st = os.stat(full)
                 if self._stats.get(rel) == (st.st_size, st.st_mtime_ns) and rel in self.manifest:
@@ -175,3 +205,51 @@ async def export_files(store: Store, files: dict[str, str], target: Path) -> int
     for rel, sha in files.items():
         replace_file(rel, confine(target, rel), blobs[sha])
     return len(files)
+
+
+def collect_inputs(
+    files: Iterable[Path], dirs: Iterable[Path], exclude: Iterable[str] = DEFAULT_EXCLUDE
+) -> dict[str, bytes]:
+    """The files handed to a new run: each `--file` at its name, the contents of each
+    `--dir` at the workspace root (the exclude patterns applied). Raises ValueError
+    naming a missing path, a file too large, or two inputs with one name."""
+    patterns = tuple(exclude)
+    found: dict[str, bytes] = {}
+
+    def add(rel: str, source: Path) -> None:
+        if rel in found:
+            raise ValueError(f"two input files would be {rel!r} in the workspace")
+        size = source.stat().st_size
+        if size > MAX_FILE_BYTES:
+            raise ValueError(f"{source}: {size} bytes is over the {MAX_FILE_BYTES}-byte limit")
+        found[rel] = source.read_bytes()
+
+    for file in files:
+        if not file.is_file():
+            raise ValueError(f"--file {file}: not a file")
+        add(file.name, file)
+    for folder in dirs:
+        if not folder.is_dir():
+            raise ValueError(f"--dir {folder}: not a directory")
+        for source in sorted(folder.rglob("*")):
+            rel = source.relative_to(folder).as_posix()
+            if source.is_symlink() or not source.is_file() or excluded(rel, patterns):
+                continue
+            add(rel, source)
+    return found
+
+
+async def store_inputs(store: Store, contents: dict[str, bytes]) -> dict[str, str]:
+    """Store input files as blobs; the `{path: sha256}` manifest for run.created."""
+    manifest = {rel: _sha(data) for rel, data in contents.items()}
+    await store.put_blobs({manifest[rel]: data for rel, data in contents.items()})
+    return manifest
+
+
+def check_input_path(rel: str) -> str:
+    """A workspace path given by a client: relative, no `..`, no NUL (ValueError else)."""
+    clean = rel.strip()
+    parts = clean.split("/")
+    if not clean or clean.startswith("/") or "\x00" in clean or ".." in parts or "" in parts:
+        raise ValueError(f"{rel!r} is not a relative workspace path (a/b.txt)")
+    return clean

@@ -18,7 +18,7 @@ const EVENT_TYPES = [
   "run.paused", "run.resumed", "run.forked", "message.user", "llm.started", "llm.completed",
   "llm.failed", "llm.fallback", "tool.started", "tool.completed", "tool.failed", "tool.waiting",
   "approval.requested", "approval.granted", "approval.denied", "compaction.started",
-  "context.compacted", "child.finished",
+  "context.compacted", "child.finished", "tool.retrying",
 ];
 const LIST_POLL_MS = 2000;
 const LONG_OUTPUT_CHARS = 400;
@@ -514,6 +514,7 @@ function runPage(runId) {
         resultCard,
         children.card,
         h("section", { class: "card", "aria-labelledby": "tl-title" }, h("h2", { id: "tl-title" }, "Timeline"), timeline),
+        window.everrunsFiles ? window.everrunsFiles.card(runId, { h, token }) : null,
         h(
           "section",
           { class: "card composer", "aria-labelledby": "composer-title" },
@@ -565,7 +566,7 @@ function runPage(runId) {
   const renderHead = () => {
     const row = st.row;
     const status = st.status || row?.status || "queued";
-    put(statusBox, badge(status));
+    put(statusBox, badge(status), window.everrunsProgress?.bar(st.progress || row?.progress, h));
     if (row) {
       put(title, row.agent, h("span", { class: "muted" }, ` v${row.agent_version}`));
       document.title = `${row.agent} · ${status} · everruns`;
@@ -807,7 +808,8 @@ function runPage(runId) {
         return {
           cls: "tool ok",
           title: ["Tool ", h("span", { class: "mono" }, d.name), " returned"],
-          body: [collapsible(d.output, "Result"), d.note ? h("p", { class: "muted" }, `Note: ${d.note}`) : null],
+          body: [collapsible(d.output, "Result"), d.note ? h("p", { class: "muted" }, `Note: ${d.note}`) : null,
+            d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
         };
       }
       case "tool.failed":
@@ -824,6 +826,13 @@ function runPage(runId) {
             d.reason ? `${d.reason}. ` : "",
             d.wake_at ? ["Wakes at ", timeEl(d.wake_at, fmtTime(d.wake_at)), " (", countdown(d.wake_at, fmtIn), ")"] : "Until a signal.",
             d.wait_for?.length ? h("div", {}, "Child runs: ", d.wait_for.map((id, i) => [i ? ", " : "", h("a", { href: `#/runs/${encodeURIComponent(id)}`, class: "mono" }, id)])) : null),
+        };
+      case "tool.retrying":
+        return {
+          cls: "wait",
+          title: ["Tool ", h("span", { class: "mono" }, d.name), ` retrying (attempt ${d.attempt} did not take effect)`],
+          body: h("div", { class: "callout warn" }, `${d.reason}. `,
+            d.retry_at ? ["Retries at ", timeEl(d.retry_at, fmtTime(d.retry_at)), ` (${fmtIn(d.retry_at)})`] : ""),
         };
       case "approval.requested": {
         // The decision is taken in the bar at the top of the page (sticky on phones).
@@ -973,6 +982,7 @@ function runPage(runId) {
     }
     // A run-level event while a call streams (takeover, failure, pause): that attempt is over.
     if (st.llm.inFlight && ev.type.startsWith("run.")) endStream(true);
+    if (d.progress && ev.type.startsWith("tool.")) st.progress = d.progress;
     const u = d.usage;
     if (u && ["llm.completed", "llm.failed", "llm.charged", "context.compacted", "outcome.graded"].includes(ev.type)) {
       st.usage.input += Number(u.input_tokens || 0);

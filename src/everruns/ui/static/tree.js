@@ -109,7 +109,7 @@ export function renderRunRows(tbody, items, collapsed, emptyText, rerender) {
           run.input ? h("div", { class: "input", title: run.truncated ? "(shortened in the list)" : run.input }, run.input) : null,
           orphan)),
       h("td", { "data-label": "Agent" }, run.agent, h("span", { class: "muted" }, ` v${run.agent_version}`)),
-      h("td", { "data-label": "Status" }, badge(run.status)),
+      h("td", { "data-label": "Status" }, badge(run.status), window.everrunsProgress?.bar(run.progress, h)),
       h("td", { "data-label": "Age" }, timeEl(run.created_at, fmtAge(run.created_at))),
       h("td", { class: "num", "data-label": "Steps" }, fmtInt(run.steps)),
       h("td", { class: "num", "data-label": "Tokens" }, fmtInt(tokensOf(run.usage))),

@@ -1,0 +1,1 @@
+"""A small inventory package, in the middle of a naming migration."""
