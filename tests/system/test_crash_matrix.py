@@ -569,7 +569,13 @@ async def test_crash_point(
     assert len(starts) == 2, [e.to_dict() for e in starts]
     assert starts[1].data["epoch"] > starts[0].data["epoch"]
     assert [e.data["takeover"] for e in starts] == [False, True]
-    assert starts[1].seq == len(before) + 1, "the takeover is the first thing worker 2 journals"
+    # Worker 2's first write is the takeover: the charge of the call worker 1 lost (if one
+    # was in flight), then run.started, in one commit (engine/runner.py).
+    lost = events[len(before) : starts[1].seq - 1]
+    assert all(e.type == EventType.LLM_CHARGED for e in lost), [e.type for e in lost]
+    assert [e.data["reason"] for e in lost] == ["lost"] * expect.llm_in_flight
+    assert all(e.ts == starts[1].ts for e in lost), "the charge rides with the takeover"
+    assert starts[1].seq == len(before) + len(lost) + 1, "the takeover is worker 2's first write"
 
     # Worker 1 died exactly at the point: after the n-th event of that type, or before it.
     dead = events[: len(before)]
