@@ -604,8 +604,8 @@ def test_bad_mcp_config_is_rejected_before_the_run(sqlite_url: str, tmp_path: Pa
         "tools[0].mcp: an MCP server needs exactly one of `command` (stdio) or `url` "
         "(streamable HTTP)" in message
     ), done.stderr
-    listed = cli("ls", "--json", env=env)
-    assert listed.returncode == 0 and json.loads(listed.stdout) == [], listed.stdout
+    listed = cli("ls", "--json", env=env)  # the refused spec left no database behind
+    assert listed.returncode == 3 and "no database at" in listed.stderr, listed.stderr
 
     # The same check (`everruns run/start/validate` share it), in process, on other mistakes.
     cases = {

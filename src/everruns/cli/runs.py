@@ -183,8 +183,10 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
             try:
                 event = await asyncio.wait_for(queue.get(), JOURNAL_POLL)
             except TimeoutError:
-                for e in await store.load_events(run_id, after=last):
-                    show(event_record(run_id, e.seq, e.type, e.ts, e.data))
+                found = await store.load_events(run_id, after=last)
+                if queue.empty():  # else the live events lead, so deltas keep their place
+                    for e in found:
+                        show(event_record(run_id, e.seq, e.type, e.ts, e.data))
                 continue
             if event.get("ephemeral"):
                 if event["type"] == "tool.progress":
@@ -193,7 +195,11 @@ async def _run_in_process(store: Store, run_id: str, json_out: bool, lease_ttl: 
                     out.print(event["data"]["text"], end="", style="cyan", highlight=False)
                     streaming = True
                 continue
-            for e in await store.load_events(run_id, after=last):  # in order, none skipped
+            # In order, none skipped, and none past this live event: deltas queued after it
+            # belong after it.
+            for e in await store.load_events(run_id, after=last):
+                if e.seq > event["seq"]:
+                    break
                 show(event_record(run_id, e.seq, e.type, e.ts, e.data))
     finally:
         bar.stop()
