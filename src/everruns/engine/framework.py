@@ -192,6 +192,10 @@ class FrameworkSession:
         # Asked before each live model request: "pause" / "drain" stops the run there.
         self.interrupt: Callable[[], str | None] = lambda: None
         self.output: Any = None  # the framework's result object, set by the adapter
+        # An in-process caller's consumer of the framework's own stream events
+        # (EverrunsAgent.run_stream_events, EverrunsRunner.run_streamed); None otherwise.
+        self.listener: Callable[[Any], Awaitable[None]] | None = None
+        self.attempt = 0  # the attempt of the live model request (its deltas carry it)
 
     # ------------------------------------------------------------ model requests
 
@@ -222,7 +226,7 @@ class FrameworkSession:
         breach = limit_breach(log.state, self.spec, time.time())
         if breach is not None:
             raise RunStop(breach.reason, breach.message)
-        attempt = log.state.attempt + 1
+        attempt = self.attempt = log.state.attempt + 1
         await log.append(
             EventType.LLM_STARTED,
             {"attempt": attempt, "step": n, "model": model, "request": request},
@@ -255,6 +259,18 @@ class FrameworkSession:
             },
         )
         return answer.payload
+
+    def delta(self, text: str) -> None:
+        """A live text delta of the model request in flight: streamed to `everruns watch`,
+        the API's live feed and the UI exactly as a native run's (ephemeral, never
+        journaled; the answer is journaled whole with `llm.completed`)."""
+        if self.log is not None and text:
+            self.log.publish_ephemeral("llm.delta", {"attempt": self.attempt, "text": text})
+
+    async def emit(self, event: Any) -> None:
+        """Hand one of the framework's own stream events to the in-process caller, if any."""
+        if self.listener is not None:
+            await self.listener(event)
 
     def _price(self, label: str) -> Any:
         if self.spec.model.pricing is not None:
@@ -420,6 +436,17 @@ def find(exc: BaseException, kind: type[BaseException]) -> BaseException | None:
 # only those, so a long-lived worker keeps nothing.
 outputs: dict[str, Any] = {}
 _expected: set[str] = set()
+# The stream consumer of each run an in-process caller streams (`listen`).
+_listeners: dict[str, Callable[[Any], Awaitable[None]]] = {}
+
+
+def listen(run_id: str, listener: Callable[[Any], Awaitable[None]] | None) -> None:
+    """Give the framework's stream events of `run_id`, when it executes in this process,
+    to `listener` (None: stop)."""
+    if listener is None:
+        _listeners.pop(run_id, None)
+    else:
+        _listeners[run_id] = listener
 
 
 def expect(run_id: str) -> None:
@@ -447,6 +474,7 @@ async def execute_run(
     target = resolve(spec.agent.python)
     session = FrameworkSession(log, log.run_id, spec, settings, events)
     session.interrupt = interrupt
+    session.listener = _listeners.get(log.run_id)
     text = await execute(target, session)
     if log.run_id in _expected:
         outputs[log.run_id] = session.output
