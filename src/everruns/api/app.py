@@ -40,7 +40,7 @@ from everruns.api.models import (
 from everruns.api.origin import OriginGuard
 from everruns.api.problems import Problem
 from everruns.api.tracing import TraceRequests
-from everruns.api.verbs import add_verb_routes, wait_for_event
+from everruns.api.verbs import add_verb_routes
 from everruns.api.webhooks import add_webhook_routes, url_checker
 from everruns.api.wire import run_to_api
 from everruns.core.budget import check_change
@@ -54,6 +54,7 @@ from everruns.secretbox import SecretsUnavailable, encrypt
 from everruns.settings import Settings, load_settings
 from everruns.spec import AgentSpec, parse_spec, spec_from_yaml
 from everruns.store import Store, StoreError, new_id
+from everruns.store.waits import wait_for_event
 from everruns.tools.registry import ToolSpecError, build_tools
 from everruns.ui import mount_ui
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import asyncio
 import hashlib
-import json
 import time
 from typing import Any
 
@@ -22,25 +21,13 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from everruns.api import problems
-from everruns.store.idempotency import Busy, Claimed, Idempotency, Mismatch, Replay
+from everruns.store.idempotency import Busy, Claimed, Idempotency, Mismatch, Replay, fingerprint
 
 HEADER = b"idempotency-key"
 METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 MAX_KEY = 255
 WAIT = 30.0
 NOT_KEPT = frozenset({401, 403, 429})
-
-
-def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
-    """The request a key stands for; JSON bodies compare by value, not by layout."""
-    try:
-        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
-    except ValueError:
-        canonical = body
-    digest = hashlib.sha256()
-    for part in (method.encode(), path.encode(), query, canonical):
-        digest.update(len(part).to_bytes(8, "big") + part)
-    return digest.hexdigest()
 
 
 def _problem(scope: Scope, status: int, kind: str, title: str, detail: str) -> ASGIApp:

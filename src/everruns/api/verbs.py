@@ -9,8 +9,6 @@ not come yet.
 
 from __future__ import annotations
 
-import asyncio
-import time
 from collections.abc import Callable
 from typing import Any
 
@@ -19,24 +17,7 @@ from fastapi import FastAPI
 from everruns.api.deps import StoreDep
 from everruns.api.models import MessageCreate, Receipt
 from everruns.core.events import RUN_INTERRUPTED, TERMINAL_EVENTS
-from everruns.store import Store
-
-RECEIPT_WAIT = 5.0
-
-
-async def wait_for_event(
-    store: Store, run_id: str, after: int, kinds: frozenset[str], timeout: float = RECEIPT_WAIT
-) -> int | None:
-    """The seq of the first event of `kinds` after `after`, or None within `timeout`."""
-    deadline = time.monotonic() + timeout
-    while True:
-        for event in await store.load_events(run_id, after=after):
-            if event.type in kinds:
-                return event.seq
-            after = event.seq
-        if time.monotonic() >= deadline:
-            return None
-        await asyncio.sleep(0.1)
+from everruns.store.waits import wait_for_event
 
 
 def add_verb_routes(app: FastAPI, auth: list[Any], wake: Callable[[], None]) -> None:

@@ -9,8 +9,6 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
-from everruns.api.idempotency import fingerprint
-from everruns.api.verbs import wait_for_event
 from everruns.api.wire import run_to_api
 from everruns.cli.common import CliError, no_schedule
 from everruns.cli.views import RunView, event_record
@@ -20,8 +18,9 @@ from everruns.core.state import fold
 from everruns.engine.artifacts import run_file_contents, run_files, start_with_files
 from everruns.spec import AgentSpec
 from everruns.store import RunRow, Store
-from everruns.store.idempotency import Busy, Mismatch, Replay
+from everruns.store.idempotency import Busy, Mismatch, Replay, fingerprint
 from everruns.store.records import dumps
+from everruns.store.waits import wait_for_event
 
 #: How often `follow` looks for new events in the database.
 FOLLOW_POLL = 0.2

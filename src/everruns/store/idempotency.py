@@ -10,6 +10,8 @@ key is never stuck. Rows are kept `TTL` seconds (24 h) and purged afterwards.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import time
 from dataclasses import dataclass
 
@@ -109,3 +111,15 @@ class Idempotency:
         async with self.db.engine.begin() as conn:
             done = await conn.execute(sa.delete(keys).where(keys.c.expires_at < now))
         return int(done.rowcount or 0)
+
+
+def fingerprint(method: str, path: str, query: bytes, body: bytes) -> str:
+    """The request a key stands for; JSON bodies compare by value, not by layout."""
+    try:
+        canonical = json.dumps(json.loads(body), sort_keys=True, separators=(",", ":")).encode()
+    except ValueError:
+        canonical = body
+    digest = hashlib.sha256()
+    for part in (method.encode(), path.encode(), query, canonical):
+        digest.update(len(part).to_bytes(8, "big") + part)
+    return digest.hexdigest()
