@@ -11,22 +11,40 @@ tool call through `everruns.engine.framework.FrameworkSession`, which journals t
 journaled in Pydantic AI's own serialized form, so a replayed run sees exactly the
 objects it saw; a tool's return value is journaled as JSON, and the agent gets that
 JSON back (live too, so the first execution and a replay agree).
+
+Live requests are streamed (`get_wrapper_model`: the model's `request` consumes its
+`request_stream`), their text deltas published to everruns' live stream; an
+in-process caller that streams (`run_stream_events`, `event_stream_handler`) gets
+Pydantic AI's own events of the execution (`framework.listen`). Tools declared with
+`requires_approval=True` park the run for a human (`handle_deferred_tool_calls`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
+from dataclasses import dataclass
 from typing import Any
 
+import anyio
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ModelRetry, ToolRetryError
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolRetryError
 from pydantic_ai.messages import (
     ModelMessagesTypeAdapter,
     ModelResponse,
+    PartDeltaEvent,
+    PartStartEvent,
     TextPart,
+    TextPartDelta,
     ToolCallPart,
 )
+from pydantic_ai.models import Model
+from pydantic_ai.models.function import FunctionModel
+from pydantic_ai.models.wrapper import WrapperModel
+from pydantic_ai.run import AgentRunResultEvent
+from pydantic_ai.tools import DeferredToolResults, ToolDenied
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_json, to_jsonable_python
 
@@ -34,6 +52,7 @@ from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
 from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
+from everruns.store.records import new_id
 from everruns.tools.base import ToolContext
 
 __all__ = ["EverrunsAgent", "EverrunsRunError", "everruns_tool", "execute"]
@@ -85,6 +104,51 @@ def _answer(response: ModelResponse, label: str) -> ModelAnswer:
     )
 
 
+def _text(event: Any) -> str:
+    """The text a model stream event adds to the answer ("" for any other event)."""
+    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
+        return event.part.content
+    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
+        return event.delta.content_delta
+    return ""
+
+
+def _streams(model: Model) -> bool:
+    """Whether `model` can answer with `request_stream` (not every model implements it)."""
+    if isinstance(model, FunctionModel):
+        return model.stream_function is not None
+    if isinstance(model, WrapperModel):
+        return _streams(model.wrapped)
+    return type(model).request_stream is not Model.request_stream
+
+
+class _Live(WrapperModel):
+    """The model of a live request of a non-streamed run: it asks the wrapped model for a
+    stream when it can, sends the text deltas to everruns' live stream as they come, and
+    answers with the whole response (journaled once, with its usage)."""
+
+    def __init__(self, wrapped: Model, session: FrameworkSession):
+        super().__init__(wrapped)
+        self.session = session
+
+    async def request(self, messages: Any, model_settings: Any, parameters: Any) -> ModelResponse:
+        if not _streams(self.wrapped):
+            return await super().request(messages, model_settings, parameters)
+        async with self.wrapped.request_stream(messages, model_settings, parameters) as stream:
+            async for event in stream:
+                self.session.delta(_text(event))
+        return stream.get()
+
+
+@dataclass
+class NodeEvents:
+    """What an execution hands to the in-process listener (`session.emit`): one node's
+    stream of Pydantic AI events and its run context, as an `event_stream_handler` gets them."""
+
+    ctx: Any
+    events: AsyncIterable[Any]
+
+
 class _Journal(AbstractCapability[Any]):
     """The capability each framework run gets: model requests and tool executions go
     through the session (journaled, or served from the journal)."""
@@ -92,6 +156,10 @@ class _Journal(AbstractCapability[Any]):
     def __init__(self, session: FrameworkSession, effects: dict[str, str]):
         self.session = session
         self.effects = effects
+        self.live = False  # a live model request is in flight (its stream events are new)
+
+    def get_wrapper_model(self, model: Model) -> Model | None:
+        return _Live(model, self.session)
 
     async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
         messages = _stable(
@@ -103,7 +171,11 @@ class _Journal(AbstractCapability[Any]):
         label = f"{model.system}:{model.model_name}"
 
         async def call() -> ModelAnswer:
-            return _answer(await handler(request_context), label)
+            self.live = True
+            try:
+                return _answer(await handler(request_context), label)
+            finally:
+                self.live = False
 
         payload = await self.session.model_request(messages, tools, label, call)
         response: ModelResponse = ModelMessagesTypeAdapter.validate_python([payload])[0]  # type: ignore[assignment]
@@ -127,6 +199,12 @@ class _Journal(AbstractCapability[Any]):
                 content = exc.tool_retry.content
                 text = content if isinstance(content, str) else to_json(content).decode()
                 return ToolResult(kind="retry", error=text)
+            except (ApprovalRequired, CallDeferred) as exc:
+                raise RuntimeError(
+                    f"tool {call.tool_name!r} raised {type(exc).__name__}: deferring a call from "
+                    "inside the tool is not durable on everruns; declare the tool with "
+                    "requires_approval=True or list it under approvals"
+                ) from None
             return ToolResult(value=to_jsonable_python(value, fallback=str))
 
         result = await self.session.tool_call(
@@ -141,6 +219,42 @@ class _Journal(AbstractCapability[Any]):
         if result.kind == "error":
             raise RuntimeError(result.error)
         return result.error  # interrupted / denied: the model is told
+
+    async def handle_deferred_tool_calls(self, ctx: Any, *, requests: Any) -> Any:
+        """Tools declared with `requires_approval=True`: a human decides through everruns
+        (`everruns approve/deny`); the run parks durably until then. Other deferred calls
+        (external tools) are left to the agent."""
+        if not requests.approvals:
+            return None
+        asked = [(c.tool_call_id, c.tool_name, c.args_as_dict()) for c in requests.approvals]
+        decided = await self.session.approvals(asked)  # raises Parked while one is undecided
+        results = DeferredToolResults()
+        for call_id, denial in decided.items():
+            results.approvals[call_id] = True if denial is None else ToolDenied(denial.error or "")
+        return results
+
+
+def _forward(session: FrameworkSession, journal: _Journal) -> Any:
+    """The `event_stream_handler` of an execution an in-process caller streams: each node's
+    events go to the caller (`session.emit`); a live request's text also to everruns'
+    live stream (a replayed one is not streamed again)."""
+
+    async def handler(ctx: Any, events: AsyncIterable[Any]) -> None:
+        async def tee() -> AsyncGenerator[Any]:
+            async for event in events:
+                if journal.live:
+                    session.delta(_text(event))
+                yield event
+
+        stream = tee()
+        try:
+            await session.emit(NodeEvents(ctx, stream))
+            async for _ in stream:  # what the caller left unread
+                pass
+        finally:
+            await stream.aclose()
+
+    return handler
 
 
 def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str]]:
@@ -174,6 +288,8 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     agent, wrapper_effects = _inner(target)
     assert session.spec.agent is not None
     effects = {**tool_effects(agent), **session.spec.agent.effects, **wrapper_effects}
+    journal = _Journal(session, effects)
+    streamed = _forward(session, journal) if session.listener is not None else None
     history: list[Any] | None = None
     result: Any = None
     for turn, prompt in enumerate(session.inputs):
@@ -183,7 +299,8 @@ async def execute(target: Any, session: FrameworkSession) -> str:
             message_history=history,
             run_id=run_id,
             conversation_id=session.run_id,
-            capabilities=[_Journal(session, effects)],
+            capabilities=[journal],
+            event_stream_handler=streamed,
         )
         history = result.all_messages()
     session.output = result
@@ -245,22 +362,60 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        event_stream_handler: Callable[[Any, AsyncIterable[Any]], Awaitable[None]] | None = None,
         **unsupported: Any,
     ) -> Any:
         """Execute the agent as an everruns run in this process; returns Pydantic AI's
-        result. `run_id` makes it idempotent: an existing run is resumed (replayed)."""
+        result. `run_id` makes it idempotent: an existing run is resumed (replayed).
+        `event_stream_handler` gets Pydantic AI's events of this process's execution, node
+        by node, as the wrapped agent's handler would (a resumed run's replayed steps
+        included, rebuilt from the journal)."""
         _refuse(unsupported)
-        return await run_in_process(
-            self.spec(), user_prompt, run_id=run_id, db=self.db, timeout=timeout, execute=execute
-        )
+        rid = run_id or new_id()
+        if event_stream_handler is not None:
+            handler = event_stream_handler
+
+            async def listener(item: Any) -> None:
+                if isinstance(item, NodeEvents):
+                    await handler(item.ctx, item.events)
+
+            framework.listen(rid, listener)
+        try:
+            return await run_in_process(
+                self.spec(), user_prompt, run_id=rid, db=self.db, timeout=timeout, execute=execute
+            )
+        finally:
+            if event_stream_handler is not None:
+                framework.listen(rid, None)
 
     def run_sync(  # type: ignore[override]
         self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
     ) -> Any:
         return asyncio.run(self.run(user_prompt, run_id=run_id, **kwargs))
 
-    # Streaming and step-by-step iteration would run the wrapped agent outside the journal:
-    # refused rather than silently non-durable.
+    def run_stream_events(  # type: ignore[override]
+        self,
+        user_prompt: str | None = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **unsupported: Any,
+    ) -> contextlib.AbstractAsyncContextManager[RunEvents]:
+        """`async with durable.run_stream_events("...") as events: async for event in
+        events:` Pydantic AI's events of the durable run as they happen, then one
+        `AgentRunResultEvent`. Leaving early stops waiting, not the run: it stays durable
+        (resumed by any worker, or by calling again with the same `run_id`)."""
+        _refuse(unsupported)
+
+        def start(handler: Any) -> Awaitable[Any]:
+            return self.run(
+                user_prompt, run_id=run_id, timeout=timeout, event_stream_handler=handler
+            )
+
+        return _events(start)
+
+    # Step-by-step iteration and run_stream's early end at the first output would hand the
+    # agent's loop to the caller; everruns drives that loop (and replays it after a crash).
     def iter(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_durable("iter")
 
@@ -270,14 +425,68 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
     def run_stream_sync(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_durable("run_stream_sync")
 
-    def run_stream_events(self, *args: Any, **kwargs: Any) -> Any:
-        raise _not_durable("run_stream_events")
+
+class RunEvents:
+    """The events of a durable run as they happen (what `run_stream_events` yields): Pydantic
+    AI's `AgentStreamEvent`s, then one `AgentRunResultEvent` with the result. The run's
+    failure (EverrunsRunError) is raised where the result would be."""
+
+    def __init__(self, start: Callable[[Any], Awaitable[Any]]):
+        self._start = start
+        self._send, self._receive = anyio.create_memory_object_stream[Any]()
+        self._task: asyncio.Task[Any] | None = None
+        self._ended = False
+        self.result: Any = None
+
+    def __aiter__(self) -> RunEvents:
+        return self
+
+    async def __anext__(self) -> Any:
+        if self._ended:
+            raise StopAsyncIteration
+        if self._task is None:
+            self._task = asyncio.create_task(self._run())
+        try:
+            return await self._receive.receive()
+        except anyio.EndOfStream:
+            self._ended = True
+            self.result = await self._task
+            return AgentRunResultEvent(self.result)
+
+    async def _run(self) -> Any:
+        async def handler(ctx: Any, events: AsyncIterable[Any]) -> None:
+            async for event in events:
+                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
+                    await self._send.send(event)  # the caller stopped reading: the run goes on
+
+        async with self._send:
+            return await self._start(handler)
+
+    async def aclose(self) -> None:
+        """Stop waiting for the run (it stays durable) and release the stream."""
+        self._ended = True
+        self._receive.close()
+        if self._task is not None and not self._task.done():
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await self._task
+
+
+@contextlib.asynccontextmanager
+async def _events(start: Callable[[Any], Awaitable[Any]]) -> AsyncGenerator[RunEvents]:
+    events = RunEvents(start)
+    try:
+        yield events
+    finally:
+        await events.aclose()
 
 
 def _not_durable(method: str) -> NotImplementedError:
     return NotImplementedError(
-        f"EverrunsAgent.{method} is not durable yet: use `await durable.run(...)` (the run's "
-        "events stream through `everruns watch` and the API); see docs/integrations/pydantic-ai.md"
+        f"EverrunsAgent.{method} cannot be durable: everruns drives the agent's loop (and "
+        "replays it after a crash), so it cannot hand the loop to the caller. Use "
+        "`async with durable.run_stream_events(...) as events` (every event, live) or "
+        "`await durable.run(..., event_stream_handler=...)`; see docs/integrations/pydantic-ai.md"
     )
 
 
