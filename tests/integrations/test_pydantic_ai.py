@@ -377,7 +377,7 @@ async def test_requires_approval_parks_durably_across_a_worker_restart(
     spec = AgentSpec.model_validate(
         {
             "name": "hotel-booker",
-            "agent": {"python": "pai_agents:booker", "framework": "pydantic_ai"},
+            "agent": {"python": "pai_booker:booker", "framework": "pydantic_ai"},
         }
     )
     ledger, log = tmp_path / "ledger.jsonl", tmp_path / "worker.log"

@@ -47,15 +47,3 @@ def book_hotel(city: str, nights: int) -> str:
     """Book a hotel (at_most_once: it charges a card)."""
     record_effect("charge")
     return f"booked {nights} nights in {city}"
-
-
-# Pydantic AI's own human approval: `requires_approval=True` parks the everruns run.
-booker = Agent(model(), instructions="You book hotels.", name="hotel-booker")
-booker.tool_plain(weather)
-
-
-@booker.tool_plain(requires_approval=True)
-def book(city: str, nights: int) -> str:
-    """Book a hotel once a human approved it."""
-    record_effect("charge")
-    return f"booked {nights} nights in {city}"
