@@ -23,27 +23,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncGenerator, AsyncIterable, Awaitable, Callable
-from dataclasses import dataclass
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
-import anyio
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
 from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolRetryError
-from pydantic_ai.messages import (
-    ModelMessagesTypeAdapter,
-    ModelResponse,
-    PartDeltaEvent,
-    PartStartEvent,
-    TextPart,
-    TextPartDelta,
-    ToolCallPart,
-)
+from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models import Model
-from pydantic_ai.models.function import FunctionModel
-from pydantic_ai.models.wrapper import WrapperModel
-from pydantic_ai.run import AgentRunResultEvent
 from pydantic_ai.tools import DeferredToolResults, ToolDenied
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_json, to_jsonable_python
@@ -51,11 +38,25 @@ from pydantic_core import to_json, to_jsonable_python
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
 from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
+from everruns.integrations.pydantic_ai_streaming import (
+    LiveModel,
+    NodeEvents,
+    RunEvents,
+    events_of,
+    forward,
+)
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
 from everruns.store.records import new_id
 from everruns.tools.base import ToolContext
 
-__all__ = ["EverrunsAgent", "EverrunsRunError", "everruns_tool", "execute"]
+__all__ = [
+    "EverrunsAgent",
+    "EverrunsRunError",
+    "NodeEvents",
+    "RunEvents",
+    "everruns_tool",
+    "execute",
+]
 
 # Keys of Pydantic AI's serialized messages that change between executions of the
 # same request (clocks, generated ids): left out of the request's digest.
@@ -104,51 +105,6 @@ def _answer(response: ModelResponse, label: str) -> ModelAnswer:
     )
 
 
-def _text(event: Any) -> str:
-    """The text a model stream event adds to the answer ("" for any other event)."""
-    if isinstance(event, PartStartEvent) and isinstance(event.part, TextPart):
-        return event.part.content
-    if isinstance(event, PartDeltaEvent) and isinstance(event.delta, TextPartDelta):
-        return event.delta.content_delta
-    return ""
-
-
-def _streams(model: Model) -> bool:
-    """Whether `model` can answer with `request_stream` (not every model implements it)."""
-    if isinstance(model, FunctionModel):
-        return model.stream_function is not None
-    if isinstance(model, WrapperModel):
-        return _streams(model.wrapped)
-    return type(model).request_stream is not Model.request_stream
-
-
-class _Live(WrapperModel):
-    """The model of a live request of a non-streamed run: it asks the wrapped model for a
-    stream when it can, sends the text deltas to everruns' live stream as they come, and
-    answers with the whole response (journaled once, with its usage)."""
-
-    def __init__(self, wrapped: Model, session: FrameworkSession):
-        super().__init__(wrapped)
-        self.session = session
-
-    async def request(self, messages: Any, model_settings: Any, parameters: Any) -> ModelResponse:
-        if not _streams(self.wrapped):
-            return await super().request(messages, model_settings, parameters)
-        async with self.wrapped.request_stream(messages, model_settings, parameters) as stream:
-            async for event in stream:
-                self.session.delta(_text(event))
-        return stream.get()
-
-
-@dataclass
-class NodeEvents:
-    """What an execution hands to the in-process listener (`session.emit`): one node's
-    stream of Pydantic AI events and its run context, as an `event_stream_handler` gets them."""
-
-    ctx: Any
-    events: AsyncIterable[Any]
-
-
 class _Journal(AbstractCapability[Any]):
     """The capability each framework run gets: model requests and tool executions go
     through the session (journaled, or served from the journal)."""
@@ -159,7 +115,7 @@ class _Journal(AbstractCapability[Any]):
         self.live = False  # a live model request is in flight (its stream events are new)
 
     def get_wrapper_model(self, model: Model) -> Model | None:
-        return _Live(model, self.session)
+        return LiveModel(model, self.session)
 
     async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
         messages = _stable(
@@ -234,29 +190,6 @@ class _Journal(AbstractCapability[Any]):
         return results
 
 
-def _forward(session: FrameworkSession, journal: _Journal) -> Any:
-    """The `event_stream_handler` of an execution an in-process caller streams: each node's
-    events go to the caller (`session.emit`); a live request's text also to everruns'
-    live stream (a replayed one is not streamed again)."""
-
-    async def handler(ctx: Any, events: AsyncIterable[Any]) -> None:
-        async def tee() -> AsyncGenerator[Any]:
-            async for event in events:
-                if journal.live:
-                    session.delta(_text(event))
-                yield event
-
-        stream = tee()
-        try:
-            await session.emit(NodeEvents(ctx, stream))
-            async for _ in stream:  # what the caller left unread
-                pass
-        finally:
-            await stream.aclose()
-
-    return handler
-
-
 def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str]]:
     effects: dict[str, str] = {}
     if isinstance(target, EverrunsAgent):
@@ -289,7 +222,7 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     assert session.spec.agent is not None
     effects = {**tool_effects(agent), **session.spec.agent.effects, **wrapper_effects}
     journal = _Journal(session, effects)
-    streamed = _forward(session, journal) if session.listener is not None else None
+    streamed = forward(session, lambda: journal.live) if session.listener is not None else None
     history: list[Any] | None = None
     result: Any = None
     for turn, prompt in enumerate(session.inputs):
@@ -412,7 +345,7 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
                 user_prompt, run_id=run_id, timeout=timeout, event_stream_handler=handler
             )
 
-        return _events(start)
+        return events_of(start)
 
     # Step-by-step iteration and run_stream's early end at the first output would hand the
     # agent's loop to the caller; everruns drives that loop (and replays it after a crash).
@@ -424,61 +357,6 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
 
     def run_stream_sync(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_durable("run_stream_sync")
-
-
-class RunEvents:
-    """The events of a durable run as they happen (what `run_stream_events` yields): Pydantic
-    AI's `AgentStreamEvent`s, then one `AgentRunResultEvent` with the result. The run's
-    failure (EverrunsRunError) is raised where the result would be."""
-
-    def __init__(self, start: Callable[[Any], Awaitable[Any]]):
-        self._start = start
-        self._send, self._receive = anyio.create_memory_object_stream[Any]()
-        self._task: asyncio.Task[Any] | None = None
-        self._ended = False
-        self.result: Any = None
-
-    def __aiter__(self) -> RunEvents:
-        return self
-
-    async def __anext__(self) -> Any:
-        if self._ended:
-            raise StopAsyncIteration
-        if self._task is None:
-            self._task = asyncio.create_task(self._run())
-        try:
-            return await self._receive.receive()
-        except anyio.EndOfStream:
-            self._ended = True
-            self.result = await self._task
-            return AgentRunResultEvent(self.result)
-
-    async def _run(self) -> Any:
-        async def handler(ctx: Any, events: AsyncIterable[Any]) -> None:
-            async for event in events:
-                with contextlib.suppress(anyio.BrokenResourceError, anyio.ClosedResourceError):
-                    await self._send.send(event)  # the caller stopped reading: the run goes on
-
-        async with self._send:
-            return await self._start(handler)
-
-    async def aclose(self) -> None:
-        """Stop waiting for the run (it stays durable) and release the stream."""
-        self._ended = True
-        self._receive.close()
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await self._task
-
-
-@contextlib.asynccontextmanager
-async def _events(start: Callable[[Any], Awaitable[Any]]) -> AsyncGenerator[RunEvents]:
-    events = RunEvents(start)
-    try:
-        yield events
-    finally:
-        await events.aclose()
 
 
 def _not_durable(method: str) -> NotImplementedError:
