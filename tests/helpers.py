@@ -10,7 +10,7 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -174,12 +174,53 @@ def openai_stream(text: str, prompt_tokens: int, completion_tokens: int) -> byte
     return ("".join(f"data: {json.dumps(p)}\n\n" for p in parts) + "data: [DONE]\n\n").encode()
 
 
-class FakeOpenAI:
-    """A real HTTP server (a thread) speaking OpenAI chat completions, non-streamed: each
-    request's answer is `answer(body)` (a dict with `content` and/or `tool_calls`
-    `[{id, name, arguments}]`), so it can depend on the conversation sent. Counts requests."""
+def openai_chat_sse(
+    out: dict[str, Any], usage: tuple[int, int], gates: Sequence[Any] = ()
+) -> Iterator[bytes]:
+    """The server-sent events of a streamed chat completion answering `out` (`content`
+    and/or `tool_calls`), usage in the last chunk. The content goes word by word: the first
+    word once `gates[0]` is set, the others once `gates[1]` is (threading.Events, if given)."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": "gpt-4.1"}
 
-    def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], usage: tuple[int, int]):
+    def event(delta: dict[str, Any] | None, finish: str | None = None, **extra: Any) -> bytes:
+        choices = [] if delta is None else [{"index": 0, "delta": delta, "finish_reason": finish}]
+        return f"data: {json.dumps({**base, 'choices': choices, **extra})}\n\n".encode()
+
+    yield event({"role": "assistant", "content": ""})
+    words = out["content"].split(" ") if out.get("content") else []
+    for i, word in enumerate(words):
+        if i < 2 and i < len(gates):
+            gates[i].wait(30)
+        yield event({"content": word if i == 0 else " " + word})
+    for i, call in enumerate(out.get("tool_calls") or []):
+        function = {"name": call["name"], "arguments": json.dumps(call["arguments"])}
+        yield event(
+            {
+                "tool_calls": [
+                    {"index": i, "id": call["id"], "type": "function", "function": function}
+                ]
+            }
+        )
+    yield event({}, "tool_calls" if out.get("tool_calls") else "stop")
+    counts = {"prompt_tokens": usage[0], "completion_tokens": usage[1]}
+    yield event(None, usage={**counts, "total_tokens": sum(usage)})
+    yield b"data: [DONE]\n\n"
+
+
+class FakeOpenAI:
+    """A real HTTP server (a thread) speaking OpenAI chat completions: each request's answer
+    is `answer(body)` (a dict with `content` and/or `tool_calls` `[{id, name, arguments}]`),
+    so it can depend on the conversation sent. Counts requests. A request with
+    `"stream": true` gets the answer as server-sent events (`openai_chat_sse`): the content
+    word by word, its first word only once `gates[0]` is set and the others once `gates[1]`
+    is (threading.Events; a test subscribes first, then sees the first word live)."""
+
+    def __init__(
+        self,
+        answer: Callable[[dict[str, Any]], dict[str, Any]],
+        usage: tuple[int, int],
+        gates: Sequence[Any] = (),  # threading.Events
+    ):
         import http.server
         import threading
 
@@ -191,6 +232,15 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
                 out = answer(body)
+                if body.get("stream"):
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for chunk in openai_chat_sse(out, usage, gates):
+                        self.wfile.write(chunk)
+                        self.wfile.flush()
+                    self.close_connection = True
+                    return
                 calls = [
                     {
                         "id": c["id"],

@@ -1,15 +1,20 @@
 """Pydantic AI agents run durably: journaled, replayed after a crash, budgeted, visible.
 
 The agent (tests/tooling/pai_agents.py) uses Pydantic AI's own OpenAI chat model
-against a real loopback HTTP server (helpers.FakeOpenAI) whose answer depends on the
-conversation it is sent: look up the weather (idempotent), book a hotel (at_most_once,
-it records a charge), then answer with both results.
+against a real loopback HTTP server (helpers.FakeOpenAI, streamed: a worker asks for a
+stream to publish live deltas) whose answer depends on the conversation it is sent: look
+up the weather (idempotent), book a hotel (at_most_once, it records a charge), find a
+table and reserve it through a real stdio MCP server (tests/tooling/pai_mcp.py; the
+reservation is at_most_once and counted in the ledger), then answer with the results.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import re
+import sys
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +22,7 @@ from typing import Any
 import pytest
 from pydantic_ai import Agent
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
-from pydantic_ai.models.function import AgentInfo, FunctionModel
+from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from everruns.client import Client
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
@@ -27,34 +32,55 @@ from everruns.policy import PolicyError, check_spec
 from everruns.settings import Settings
 from everruns.spec import AgentSpec
 from everruns.store import Store
+from everruns.testing._procs import worker_env
 from everruns.testing.matrix import acrash_matrix, assert_exactly_once
 from everruns.testing.runs import run_to_end
-from helpers import TOOLING, FakeOpenAI, Server, cli, env_for, wait_until
+from helpers import TOOLING, FakeOpenAI, Server, cli, env_for, read_ledger, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
-SPEC = {"name": "trip-planner", "agent": {"python": "pai_agents:trip", "framework": "pydantic_ai"}}
+SPEC = {
+    "name": "trip-planner",
+    "agent": {
+        "python": "pai_agents:trip",
+        "framework": "pydantic_ai",
+        "effects": {"find_table": "idempotent"},  # an MCP tool's effect class, by name
+    },
+}
+WEATHER = json.dumps({"city": "Lisbon", "forecast": "sunny", "celsius": 24}, separators=(",", ":"))
+TABLE = "Tasca do Chico, Lisbon"
 
 
 def trip_answer(body: dict[str, Any]) -> dict[str, Any]:
     results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
-    if not results:
-        return {
-            "tool_calls": [{"id": "call_w", "name": "weather", "arguments": {"city": "Lisbon"}}]
-        }
-    if len(results) == 1:
-        call = {"id": "call_b", "name": "book_hotel", "arguments": {"city": "Lisbon", "nights": 2}}
-        return {"tool_calls": [call]}
-    return {"content": f"Done. Weather: {results[0]} Booking: {results[1]}"}
+    calls = [
+        ("call_w", "weather", {"city": "Lisbon"}),
+        ("call_b", "book_hotel", {"city": "Lisbon", "nights": 2}),
+        ("call_f", "find_table", {"city": "Lisbon"}),
+        ("call_r", "reserve_table", {"restaurant": TABLE, "people": 2}),
+    ]
+    if len(results) < len(calls):
+        call_id, name, arguments = calls[len(results)]
+        return {"tool_calls": [{"id": call_id, "name": name, "arguments": arguments}]}
+    return {"content": f"Done. Weather: {results[0]} Booking: {results[1]} Table: {results[3]}"}
 
 
-# A handful of boundaries (each costs two worker processes): all on SQLite; on PostgreSQL
-# the two tool crashes, where the effect classes decide (the takeover path is the same).
-POINTS = (
-    "after:llm.completed#1",  # the first answer journaled, its tool call not started
-    "before:tool.completed#1",  # weather (idempotent) ran, its result not journaled
-    "before:tool.completed#2",  # book_hotel (at_most_once) charged, result not journaled
-    "before:run.completed",  # everything journaled but the end
+# A handful of boundaries (each costs two worker processes, ~3 s of imports and an MCP
+# server each), every effect class of a Python tool and of an MCP tool crashed once, split
+# over the two databases (the takeover path is the same on both), and the full replay.
+# Left out as equivalent: `after:llm.completed#1` (the replay-then-live path of
+# `before:tool.completed#1`), `after:tool.started#N` (an at_most_once call started and never
+# finished: what `before:tool.completed#N` checks, minus the call having happened) and
+# `after:tool.completed#N` (served from the journal, as every call is in
+# `before:run.completed`).
+SQLITE_POINTS = (
+    "before:tool.completed#1",  # weather (Python, idempotent) ran, its result not journaled
+    "before:tool.completed#4",  # reserve_table (MCP, at_most_once) reserved, not journaled
+    "before:run.completed",  # everything journaled but the end: a full replay
+)
+POSTGRES_POINTS = (
+    "before:tool.completed#2",  # book_hotel (Python, at_most_once) charged, not journaled
+    "before:tool.completed#3",  # find_table (MCP, idempotent) answered, not journaled
 )
 
 
@@ -73,42 +99,57 @@ async def test_crash_matrix_same_output_and_no_completed_call_repeated(
     db_url: str, tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     """Workers SIGKILLed at a few boundaries: same final output as the uncrashed run, no
-    completed model request or tool call executed again, the at_most_once booking never
-    twice (an interrupted booking becomes "outcome unknown")."""
-    only = list(POINTS if db_url.startswith("sqlite") else POINTS[1:3])
+    completed model request or tool call executed again, at_most_once calls (a Python
+    tool, an MCP tool) never twice (an interrupted one becomes "outcome unknown"), the
+    idempotent ones (a Python tool, an MCP tool) run again with the same key."""
+    only = list(SQLITE_POINTS if db_url.startswith("sqlite") else POSTGRES_POINTS)
     report = await acrash_matrix(SPEC, "Plan Lisbon", db=db_url, only=only, tmp=tmp_path)
     assert_exactly_once(report)
     assert sorted(c.point for c in report.cases) == sorted(only)
     assert all(c.reached for c in report.cases), report.format()
     reference = report.reference
     assert reference.status == "completed"
-    want = "Done. Weather: " + json.dumps(
-        {"city": "Lisbon", "forecast": "sunny", "celsius": 24}, separators=(",", ":")
-    )
     result = reference.events[-1].data["result"]
-    assert result.startswith(want) and result.endswith("Booking: booked 2 nights in Lisbon")
+    assert result == (
+        f"Done. Weather: {WEATHER} Booking: booked 2 nights in Lisbon "
+        f"Table: table for 2 reserved at {TABLE}"
+    )
     completed = [e for e in reference.events if e.type == EventType.LLM_COMPLETED]
-    assert len(completed) == 3  # a multi-step conversation
+    assert len(completed) == 5  # a multi-step conversation
+    # Every live request was streamed, and its usage and cost journaled once.
+    assert fake_openai.requests and all(r.get("stream") for r in fake_openai.requests)
+    assert all(e.data["usage"]["input_tokens"] == 100 for e in completed)
     assert all(e.data["usage"]["cost_usd"] > 0 for e in completed)  # openai:gpt-4.1 prices
     assert {
         e.data["name"]: e.data["effect"] for e in reference.events if e.type == "tool.started"
     } == {
         "weather": "idempotent",
         "book_hotel": "at_most_once",
+        "find_table": "idempotent",
+        "reserve_table": "at_most_once",
     }
     for case in report.cases:
         charges = [x for x in case.ledger if x["kind"] == "effect" and x["tool"] == "book_hotel"]
-        assert len(charges) == 1, (case.point, case.ledger)
+        reserved = [x for x in case.ledger if x["kind"] == "mcp"]
+        assert len(charges) == 1 and len(reserved) == 1, (case.point, case.ledger)
         final = case.events[-1]
         assert final.type == EventType.RUN_COMPLETED, (case.point, final)
+        interrupted = [e.data["name"] for e in case.events if e.data.get("interrupted")]
         if case.point == "before:tool.completed#2":
-            assert final.data["result"].endswith("Booking: " + INTERRUPTED_MESSAGE)
+            assert interrupted == ["book_hotel"]
+            assert f"Booking: {INTERRUPTED_MESSAGE} Table:" in final.data["result"]
+        elif case.point == "before:tool.completed#4":
+            assert interrupted == ["reserve_table"]
+            assert final.data["result"].endswith(f"Table: {INTERRUPTED_MESSAGE}")
         else:
-            assert final.data["result"] == result, case.point
-    weather = next(x for x in report.cases if x.point == "before:tool.completed#1")
-    runs = [x for x in weather.ledger if x["kind"] == "exec" and x["tool"] == "weather"]
-    assert [r["attempt"] for r in runs] == [1, 2]  # idempotent: run again, same key
-    assert len({r["idempotency_key"] for r in runs}) == 1
+            assert interrupted == [] and final.data["result"] == result, case.point
+    for point, tool in (("#1", "weather"), ("#3", "find_table")):
+        case = next((x for x in report.cases if x.point.endswith(point)), None)
+        if case is None:
+            continue
+        runs = [x for x in case.ledger if x["kind"] == "exec" and x["tool"] == tool]
+        assert [r["attempt"] for r in runs] == [1, 2]  # idempotent: run again, same key
+        assert len({r["idempotency_key"] for r in runs}) == 1
 
 
 # ---------------------------------------------------------------- in-process runs
@@ -220,31 +261,48 @@ def test_api_specs_need_the_operators_leave_for_the_agent_module() -> None:
         AgentSpec.model_validate({**SPEC, "tools": ["ledgertools:charge"]})
 
 
-def test_started_through_the_api_and_seen_through_events(
-    pg_url: str, tmp_path: Path, fake_openai: FakeOpenAI
+def test_started_through_the_api_streamed_live_and_seen_through_events(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """`agent: {python: ..., framework: pydantic_ai}` through the HTTP API (an embedded
-    worker imports and runs it), its journal through the API and `everruns events`.
-    PostgreSQL only: the framework path is the same on both (the matrix runs on both)."""
-    db_url = pg_url
-    env = env_for(db_url, PAI_OPENAI_URL=fake_openai.url)
+    worker imports and runs it): the answer's tokens reach the API's live feed as
+    `llm.delta` before the `llm.completed` that journals it whole; its journal through the
+    API and `everruns events` (MCP calls with their effect classes). PostgreSQL only: the
+    framework path is the same on both (the matrix runs on both)."""
+    gate = threading.Event()  # the answer streams once this test is subscribed
+    fake = FakeOpenAI(trip_answer, usage=(100, 10), gates=(gate,))
+    env = env_for(pg_url, PAI_OPENAI_URL=fake.url)
     server = Server(env, "--lease-ttl", "2", log=tmp_path / "server.log")
     try:
         with Client(server.url) as client:
             run = client.runs.start(spec=SPEC, input="Plan Lisbon")
-            done = client.runs.wait(run.id, timeout=60)
+            seen: list[tuple[str, Any]] = []
+            for event in client.runs.stream(run.id):
+                seen.append((event.type, event.data))
+                gate.set()  # subscribed: the first event came through the feed
+            done = client.runs.wait(run.id, timeout=10)
             assert done.status == "completed", (tmp_path / "server.log").read_text()[-3000:]
-            assert done.result and done.result.startswith("Done. Weather:")
-            assert done.steps == 3 and done.usage.total_tokens == 330
+            assert done.steps == 5 and done.usage.total_tokens == 550
             types = [e.type for e in client.runs.events(run.id)]
     finally:
         server.stop()
+        fake.close()
+    deltas = [i for i, (kind, _) in enumerate(seen) if kind == "llm.delta"]
+    answer = [i for i, (kind, _) in enumerate(seen) if kind == "llm.completed"][-1]
+    text = "".join(seen[i][1]["text"] for i in deltas)
+    assert len(deltas) > 5 and max(deltas) < answer  # word by word, before the journal
+    assert text == seen[answer][1]["message"]["content"] == done.result
     assert types[:2] == ["run.created", "run.started"] and types[-1] == "run.completed"
-    assert types.count("llm.completed") == 3 and types.count("tool.completed") == 2
-    shown = cli("events", run.id, "--db", db_url, env=env)
+    assert types.count("llm.completed") == 5 and types.count("tool.completed") == 4
+    shown = cli("events", run.id, "--db", pg_url, env=env)
     assert shown.returncode == 0, shown.stderr
-    assert "book_hotel" in shown.stdout and "(at_most_once)" in shown.stdout
-    assert "weather" in shown.stdout and "(idempotent)" in shown.stdout
+    for name, effect in (
+        ("weather", "idempotent"),
+        ("book_hotel", "at_most_once"),
+        ("find_table", "idempotent"),
+        ("reserve_table", "at_most_once"),
+    ):
+        assert re.search(rf"{name} \[call_\w\] attempt 1 \({effect}\)", shown.stdout), name
 
 
 async def test_structured_output_retries_and_what_is_refused(db_url: str) -> None:
@@ -288,10 +346,237 @@ async def test_structured_output_retries_and_what_is_refused(db_url: str) -> Non
     assert failed == [
         {"call_id": "n1", "name": "nights", "error": "at least one night", "retry": True}
     ]
-    with pytest.raises(NotImplementedError, match="not durable yet"):
+    with pytest.raises(NotImplementedError, match=r"cannot be durable.*run_stream_events"):
         durable.run_stream("Plan Rome")
     with pytest.raises(TypeError, match="does not support deps"):
         await durable.run("Plan Rome", deps=object())
+
+
+def booker_answer(body: dict[str, Any]) -> dict[str, Any]:
+    results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+    if not results:
+        return {
+            "tool_calls": [
+                {"id": "call_lis", "name": "book", "arguments": {"city": "Lisbon", "nights": 2}},
+                {"id": "call_opo", "name": "book", "arguments": {"city": "Porto", "nights": 1}},
+            ]
+        }
+    return {"content": "Results: " + " | ".join(results)}
+
+
+async def test_requires_approval_parks_durably_across_a_worker_restart(
+    db_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Pydantic AI's own `requires_approval=True` tool, two calls in one answer: both asked
+    for at once, the run parks (run.waiting, nothing executed, no worker held: the worker
+    is killed); `everruns approve` and `everruns deny` decide; a new worker process replays
+    the first answer, runs the approved call once, tells the model the denial."""
+    fake = FakeOpenAI(booker_answer, usage=(50, 5))
+    monkeypatch.setenv("PAI_OPENAI_URL", fake.url)
+    monkeypatch.syspath_prepend(str(TOOLING))
+    spec = AgentSpec.model_validate(
+        {
+            "name": "hotel-booker",
+            "agent": {"python": "pai_booker:booker", "framework": "pydantic_ai"},
+        }
+    )
+    ledger, log = tmp_path / "ledger.jsonl", tmp_path / "worker.log"
+    try:
+        async with await Store.open(db_url) as store:
+            run_id = await store.create_run(spec, "Book Lisbon and Porto")
+            first = await _testing_worker(db_url, run_id, ledger, log)
+
+            async def parked() -> bool:
+                return (await store.get_run(run_id)).status == "waiting"
+
+            await wait_until(parked, timeout=60, what="the run parked")
+            first.kill()  # the parked run needs no worker: this one is gone for good
+            await first.wait()
+            events = await store.load_events(run_id)
+            asked = [e.data["call_id"] for e in events if e.type == EventType.APPROVAL_REQUESTED]
+            assert asked == ["call_lis", "call_opo"] and events[-1].type == EventType.RUN_WAITING
+            assert not [e for e in events if e.type == EventType.TOOL_STARTED]
+            env = env_for(db_url)
+            approved, denied = await asyncio.gather(
+                asyncio.to_thread(cli, "approve", run_id, "call_lis", env=env),
+                asyncio.to_thread(cli, "deny", run_id, "call_opo", "--reason", "too far", env=env),
+            )
+            assert approved.returncode == 0 and denied.returncode == 0, denied.stderr
+            second = await _testing_worker(db_url, run_id, ledger, log)
+            assert await asyncio.wait_for(second.wait(), 60) == 0, log.read_text()[-3000:]
+            row = await store.get_run(run_id)
+            events = await store.load_events(run_id)
+    finally:
+        fake.close()
+    assert row.status == "completed", row.error
+    assert row.result == "Results: booked 2 nights in Lisbon | denied by a human: too far"
+    started = [e.data["call_id"] for e in events if e.type == EventType.TOOL_STARTED]
+    failed = [e.data for e in events if e.type == EventType.TOOL_FAILED]
+    assert started == ["call_lis"] and [f["call_id"] for f in failed] == ["call_opo"]
+    assert failed[0]["denied"] is True
+    steps = [e.data["step"] for e in events if e.type == EventType.LLM_STARTED]
+    assert steps == [1, 2]  # the first answer was replayed, not asked again
+    assert len(fake.requests) == 2
+    runs = [x["call_id"] for x in read_ledger(ledger) if x["kind"] == "exec"]
+    charges = [x["call_id"] for x in read_ledger(ledger) if x["kind"] == "effect"]
+    assert runs == charges == ["call_lis"]
+
+
+async def _testing_worker(
+    db_url: str, run_id: str, ledger: Path, log: Path
+) -> asyncio.subprocess.Process:
+    """A real worker process for one run (everruns.testing.worker: it counts each tool
+    execution in `ledger` and exits once the run is terminal)."""
+    out = await asyncio.to_thread(open, log, "ab")
+    with out:
+        return await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "everruns.testing.worker",
+            db_url,
+            run_id,
+            "--lease-ttl",
+            "1",
+            "--poll-interval",
+            "0.1",
+            env=worker_env(ledger),
+            stdout=out,
+            stderr=out,
+        )
+
+
+def _streamed(steps: list[list[str]]) -> Any:
+    """A streaming FunctionModel answer: two `book` calls needing approval, then the text."""
+
+    async def stream(messages: list[Any], info: AgentInfo) -> Any:
+        results = [p.content for m in messages for p in m.parts if p.part_kind == "tool-return"]
+        prompt = next(p.content for p in messages[0].parts if p.part_kind == "user-prompt")
+        if prompt == "Say hi":
+            for word in ("Hi", " there"):
+                yield word
+            return
+        if not results:
+            yield "Let me book."
+            yield {
+                0: DeltaToolCall("book", '{"city": "Oslo"}', tool_call_id="b1"),
+                1: DeltaToolCall("book", '{"city": "Bergen"}', tool_call_id="b2"),
+            }
+            return
+        text = f"Booked: {results[0]}; {results[1]}."
+        steps.append(text.split(" "))
+        for i, word in enumerate(text.split(" ")):
+            yield word if i == 0 else " " + word
+
+    return stream
+
+
+async def test_streaming_events_deltas_and_pydantic_ai_approval_in_process(db_url: str) -> None:
+    """`run_stream_events` yields Pydantic AI's own events of the durable execution; the
+    `requires_approval` tool parks it (the stream ends with the run waiting). Approved and
+    denied, the resumed execution hands its events to the in-process listener (the
+    replayed first answer too) but streams to everruns' live stream only the live answer,
+    word by word, journaled whole once. `run(event_stream_handler=...)` gets live events."""
+    from pydantic_ai.messages import (
+        FinalResultEvent,
+        FunctionToolCallEvent,
+        FunctionToolResultEvent,
+        PartDeltaEvent,
+        PartStartEvent,
+        TextPartDelta,
+    )
+    from pydantic_ai.run import AgentRunResultEvent
+
+    from everruns.engine import framework
+    from everruns.engine.broker import Broker
+    from everruns.integrations.pydantic_ai import NodeEvents
+
+    words: list[list[str]] = []
+    booked: list[str] = []
+    agent: Agent[None, str] = Agent(FunctionModel(stream_function=_streamed(words)))
+
+    @agent.tool_plain(requires_approval=True)
+    def book(city: str) -> str:
+        booked.append(city)
+        return f"booked {city}"
+
+    durable = EverrunsAgent(agent, name="streamer", db=db_url)
+    first: list[Any] = []
+    with pytest.raises(EverrunsRunError) as parked:
+        async with durable.run_stream_events("Book Oslo and Bergen", run_id="stream-1") as events:
+            async for event in events:
+                first.append(event)
+    assert parked.value.status == "waiting" and booked == []
+    calls = [e.part.tool_call_id for e in first if isinstance(e, FunctionToolCallEvent)]
+    assert calls == ["b1", "b2"] and first[0] == PartStartEvent(
+        index=0, part=TextPart("Let me book.")
+    )
+
+    async with await Store.open(db_url) as store:
+        await store.signal("stream-1", EventType.APPROVAL_GRANTED, {"call_id": "b1"})
+        await store.signal(
+            "stream-1", EventType.APPROVAL_DENIED, {"call_id": "b2", "reason": "too wet"}
+        )
+        broker = Broker()
+        live = broker.subscribe("stream-1")
+        seen: list[Any] = []
+
+        async def listener(item: Any) -> None:
+            assert isinstance(item, NodeEvents)
+            async for event in item.events:
+                seen.append(event)
+
+        framework.listen("stream-1", listener)
+        worker = Worker(store, concurrency=1, lease_ttl=2, poll_interval=0.05, only=["stream-1"])
+        worker.broker = broker
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def done() -> bool:
+                return (await store.get_run("stream-1")).status == "completed"
+
+            await wait_until(done, timeout=30, what="the resumed run completed")
+        finally:
+            worker.stop()
+            await task
+            framework.listen("stream-1", None)
+        events_ = await store.load_events("stream-1")
+    text = "Booked: booked Oslo; denied by a human: too wet."
+    assert booked == ["Oslo"] and words == [text.split(" ")]
+    published = [live.get_nowait() for _ in range(live.qsize())]
+    deltas = [e for e in published if e["type"] == "llm.delta"]
+    assert "".join(d["data"]["text"] for d in deltas) == text and len(deltas) == len(words[0])
+    # ... after this execution's first model request: the replayed one was not streamed.
+    second = next(i for i, e in enumerate(published) if e["type"] == "llm.started")
+    assert published[second]["data"]["step"] == 2 and published.index(deltas[0]) > second
+    answers = [e.data["message"]["content"] for e in events_ if e.type == EventType.LLM_COMPLETED]
+    assert answers == ["Let me book.", text]
+    # The listener saw the replayed first answer and tool results, then the live answer.
+    results = [e.part.content for e in seen if isinstance(e, FunctionToolResultEvent)]
+    assert sorted(results) == ["booked Oslo", "denied by a human: too wet"]
+    assert any(isinstance(e, FinalResultEvent) for e in seen)
+    streamed = "".join(
+        e.part.content if isinstance(e, PartStartEvent) else e.delta.content_delta
+        for e in seen
+        if (isinstance(e, PartStartEvent) and isinstance(e.part, TextPart))
+        or (isinstance(e, PartDeltaEvent) and isinstance(e.delta, TextPartDelta))
+    )
+    assert streamed == "Let me book." + text
+
+    got: list[Any] = []
+
+    async def handler(ctx: Any, stream: Any) -> None:
+        async for event in stream:
+            got.append(event)
+
+    hi = await durable.run("Say hi", run_id="stream-2", event_stream_handler=handler)
+    assert hi.output == "Hi there"
+    assert [type(e).__name__ for e in got] == [
+        "PartStartEvent",
+        "FinalResultEvent",
+        "PartDeltaEvent",
+        "PartEndEvent",
+    ]
+    assert not isinstance(got[-1], AgentRunResultEvent)
 
 
 async def test_cancel_interrupts_the_in_flight_model_request(db_url: str) -> None:

@@ -1,11 +1,16 @@
-"""Pydantic AI agents for tests/integrations: pydantic-ai's own OpenAI chat model, sent to
-the loopback fake server named by PAI_OPENAI_URL (tests/helpers.FakeOpenAI)."""
+"""Pydantic AI agents for tests/integrations and the UI tests: pydantic-ai's own OpenAI
+chat model, sent to the loopback fake server named by PAI_OPENAI_URL
+(tests/helpers.FakeOpenAI), which streams when asked to."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
+from fastmcp.client.transports import StdioTransport
 from pydantic_ai import Agent
+from pydantic_ai.mcp import MCPToolset
 from pydantic_ai.models.openai import OpenAIChatModel
 from pydantic_ai.providers.openai import OpenAIProvider
 
@@ -18,7 +23,16 @@ def model() -> OpenAIChatModel:
     return OpenAIChatModel("gpt-4.1", provider=OpenAIProvider(base_url=url, api_key="test"))
 
 
-trip = Agent(model(), instructions="You plan trips.", name="trip-planner")
+# The reservations MCP server (pai_mcp.py), started by the toolset over stdio; it inherits
+# this process's environment (the crash matrix's ledger).
+reservations = MCPToolset(
+    StdioTransport(
+        sys.executable, [str(Path(__file__).with_name("pai_mcp.py"))], env=dict(os.environ)
+    ),
+    id="reservations",
+)
+
+trip = Agent(model(), instructions="You plan trips.", name="trip-planner", toolsets=[reservations])
 
 
 @trip.tool_plain

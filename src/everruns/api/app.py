@@ -571,15 +571,19 @@ async def _follow(
     idle = 0.0
     try:
         yield b": connected\n\n"
+        upto: int | None = None  # the durable event the live ones queued so far lead up to
         while True:
             wake.clear()
             for event in await store.load_events(run_id, after=last):
+                if upto is not None and event.seq > upto:
+                    break  # deltas queued after `upto` belong after it: forward them first
                 yield _sse({"run_id": run_id, **event.to_dict()})
                 last = event.seq
                 if event.type in TERMINAL_EVENTS:
                     return
+            upto = None
             row = await store.get_run(run_id)
-            if row.status in TERMINAL_STATUSES and row.last_seq <= last:
+            if row.status in TERMINAL_STATUSES and row.last_seq <= last and queue.empty():
                 return
             # Sleep until a durable event is signalled, forwarding live deltas meanwhile.
             deadline = feed.wait_cap
@@ -596,8 +600,11 @@ async def _follow(
                     if item.get("ephemeral"):
                         yield _sse(item, with_id=False)
                         continue
-                    break  # a durable event: read it from the journal
+                    upto = item.get("seq")
+                    break  # a durable event: read the journal up to it
                 if waiter in done:
+                    if not queue.empty():
+                        continue  # live events published before the wake lead
                     break
                 idle += deadline
                 if idle >= keepalive:

@@ -377,23 +377,61 @@ class FrameworkSession:
         """Tools the spec lists under `approvals.require_for` wait for a human (durably)."""
         if name not in self.spec.approvals.require_for:
             return None
-        call = next((c for c in log.state.calls if c.id == call_id), None)
-        status = call.approval if call is not None else None
-        if status == "granted":
-            return None
-        if status == "denied":
-            error = f"denied by a human: {(call.denial if call else None) or 'no reason given'}"
-            await log.append(
-                EventType.TOOL_FAILED,
-                {"call_id": call_id, "name": name, "error": error, "denied": True},
-            )
-            return ToolResult(kind="denied", error=error)
-        if status is None:
-            await log.append(
-                EventType.APPROVAL_REQUESTED,
-                {"call_id": call_id, "name": name, "arguments": arguments},
-            )
-        raise Parked(call_id)
+        decided = await self._decide(log, [(call_id, name, arguments)])
+        if call_id not in decided:
+            raise Parked(call_id)
+        return decided[call_id]
+
+    async def approvals(
+        self, calls: list[tuple[str, str, dict[str, Any]]]
+    ) -> dict[str, ToolResult | None]:
+        """Calls the framework itself holds for a human (`(call id, name, arguments)`, e.g.
+        Pydantic AI's `requires_approval=True` tools): each call's decision, None when
+        granted or its denial (journaled once; the model gets `error`). While any call is
+        undecided, every undecided one is asked for (`approval.requested`, once) and the
+        run parks (Parked)."""
+        decided: dict[str, ToolResult | None] = {}
+        todo = []
+        for call_id, name, arguments in calls:
+            done = self.results.get(call_id)
+            if done is None:
+                todo.append((call_id, name, arguments))
+            elif done.data.get("denied"):  # replayed
+                decided[call_id] = ToolResult(kind="denied", error=str(done.data.get("error")))
+            else:
+                decided[call_id] = None
+        if todo:
+            log = self._live(self.step, f"the approval of tool call {todo[0][0]} ({todo[0][1]})")
+            decided.update(await self._decide(log, todo))
+            if len(decided) < len(calls):
+                raise Parked(", ".join(c for c, _, _ in calls if c not in decided))
+        return decided
+
+    async def _decide(
+        self, log: RunLog, calls: list[tuple[str, str, dict[str, Any]]]
+    ) -> dict[str, ToolResult | None]:
+        """The decided calls among `calls` (None: granted; a denial is journaled); the
+        others are asked for once."""
+        decided: dict[str, ToolResult | None] = {}
+        for call_id, name, arguments in calls:
+            call = next((c for c in log.state.calls if c.id == call_id), None)
+            status = call.approval if call is not None else None
+            if status == "granted":
+                decided[call_id] = None
+            elif status == "denied":
+                reason = (call.denial if call else None) or "no reason given"
+                error = f"denied by a human: {reason}"
+                await log.append(
+                    EventType.TOOL_FAILED,
+                    {"call_id": call_id, "name": name, "error": error, "denied": True},
+                )
+                decided[call_id] = ToolResult(kind="denied", error=error)
+            elif status is None:
+                await log.append(
+                    EventType.APPROVAL_REQUESTED,
+                    {"call_id": call_id, "name": name, "arguments": arguments},
+                )
+        return decided
 
 
 Execute = Callable[[Any, FrameworkSession], Awaitable[str]]

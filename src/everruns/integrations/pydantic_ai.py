@@ -11,32 +11,52 @@ tool call through `everruns.engine.framework.FrameworkSession`, which journals t
 journaled in Pydantic AI's own serialized form, so a replayed run sees exactly the
 objects it saw; a tool's return value is journaled as JSON, and the agent gets that
 JSON back (live too, so the first execution and a replay agree).
+
+Live requests are streamed (`get_wrapper_model`: the model's `request` consumes its
+`request_stream`), their text deltas published to everruns' live stream; an
+in-process caller that streams (`run_stream_events`, `event_stream_handler`) gets
+Pydantic AI's own events of the execution (`framework.listen`). Tools declared with
+`requires_approval=True` park the run for a human (`handle_deferred_tool_calls`).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+from collections.abc import AsyncIterable, Awaitable, Callable
 from typing import Any
 
 from pydantic_ai.agent import AbstractAgent, WrapperAgent
 from pydantic_ai.capabilities import AbstractCapability
-from pydantic_ai.exceptions import ModelRetry, ToolRetryError
-from pydantic_ai.messages import (
-    ModelMessagesTypeAdapter,
-    ModelResponse,
-    TextPart,
-    ToolCallPart,
-)
+from pydantic_ai.exceptions import ApprovalRequired, CallDeferred, ModelRetry, ToolRetryError
+from pydantic_ai.messages import ModelMessagesTypeAdapter, ModelResponse, TextPart, ToolCallPart
+from pydantic_ai.models import Model
+from pydantic_ai.tools import DeferredToolResults, ToolDenied
 from pydantic_ai.toolsets import FunctionToolset
 from pydantic_core import to_json, to_jsonable_python
 
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
 from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
+from everruns.integrations.pydantic_ai_streaming import (
+    LiveModel,
+    NodeEvents,
+    RunEvents,
+    events_of,
+    forward,
+)
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
+from everruns.store.records import new_id
 from everruns.tools.base import ToolContext
 
-__all__ = ["EverrunsAgent", "EverrunsRunError", "everruns_tool", "execute"]
+__all__ = [
+    "EverrunsAgent",
+    "EverrunsRunError",
+    "NodeEvents",
+    "RunEvents",
+    "everruns_tool",
+    "execute",
+]
 
 # Keys of Pydantic AI's serialized messages that change between executions of the
 # same request (clocks, generated ids): left out of the request's digest.
@@ -92,6 +112,10 @@ class _Journal(AbstractCapability[Any]):
     def __init__(self, session: FrameworkSession, effects: dict[str, str]):
         self.session = session
         self.effects = effects
+        self.live = False  # a live model request is in flight (its stream events are new)
+
+    def get_wrapper_model(self, model: Model) -> Model | None:
+        return LiveModel(model, self.session)
 
     async def wrap_model_request(self, ctx: Any, *, request_context: Any, handler: Any) -> Any:
         messages = _stable(
@@ -103,7 +127,11 @@ class _Journal(AbstractCapability[Any]):
         label = f"{model.system}:{model.model_name}"
 
         async def call() -> ModelAnswer:
-            return _answer(await handler(request_context), label)
+            self.live = True
+            try:
+                return _answer(await handler(request_context), label)
+            finally:
+                self.live = False
 
         payload = await self.session.model_request(messages, tools, label, call)
         response: ModelResponse = ModelMessagesTypeAdapter.validate_python([payload])[0]  # type: ignore[assignment]
@@ -127,6 +155,12 @@ class _Journal(AbstractCapability[Any]):
                 content = exc.tool_retry.content
                 text = content if isinstance(content, str) else to_json(content).decode()
                 return ToolResult(kind="retry", error=text)
+            except (ApprovalRequired, CallDeferred) as exc:
+                raise RuntimeError(
+                    f"tool {call.tool_name!r} raised {type(exc).__name__}: deferring a call from "
+                    "inside the tool is not durable on everruns; declare the tool with "
+                    "requires_approval=True or list it under approvals"
+                ) from None
             return ToolResult(value=to_jsonable_python(value, fallback=str))
 
         result = await self.session.tool_call(
@@ -141,6 +175,19 @@ class _Journal(AbstractCapability[Any]):
         if result.kind == "error":
             raise RuntimeError(result.error)
         return result.error  # interrupted / denied: the model is told
+
+    async def handle_deferred_tool_calls(self, ctx: Any, *, requests: Any) -> Any:
+        """Tools declared with `requires_approval=True`: a human decides through everruns
+        (`everruns approve/deny`); the run parks durably until then. Other deferred calls
+        (external tools) are left to the agent."""
+        if not requests.approvals:
+            return None
+        asked = [(c.tool_call_id, c.tool_name, c.args_as_dict()) for c in requests.approvals]
+        decided = await self.session.approvals(asked)  # raises Parked while one is undecided
+        results = DeferredToolResults()
+        for call_id, denial in decided.items():
+            results.approvals[call_id] = True if denial is None else ToolDenied(denial.error or "")
+        return results
 
 
 def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str]]:
@@ -174,6 +221,8 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     agent, wrapper_effects = _inner(target)
     assert session.spec.agent is not None
     effects = {**tool_effects(agent), **session.spec.agent.effects, **wrapper_effects}
+    journal = _Journal(session, effects)
+    streamed = forward(session, lambda: journal.live) if session.listener is not None else None
     history: list[Any] | None = None
     result: Any = None
     for turn, prompt in enumerate(session.inputs):
@@ -183,7 +232,8 @@ async def execute(target: Any, session: FrameworkSession) -> str:
             message_history=history,
             run_id=run_id,
             conversation_id=session.run_id,
-            capabilities=[_Journal(session, effects)],
+            capabilities=[journal],
+            event_stream_handler=streamed,
         )
         history = result.all_messages()
     session.output = result
@@ -245,22 +295,60 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         *,
         run_id: str | None = None,
         timeout: float | None = None,
+        event_stream_handler: Callable[[Any, AsyncIterable[Any]], Awaitable[None]] | None = None,
         **unsupported: Any,
     ) -> Any:
         """Execute the agent as an everruns run in this process; returns Pydantic AI's
-        result. `run_id` makes it idempotent: an existing run is resumed (replayed)."""
+        result. `run_id` makes it idempotent: an existing run is resumed (replayed).
+        `event_stream_handler` gets Pydantic AI's events of this process's execution, node
+        by node, as the wrapped agent's handler would (a resumed run's replayed steps
+        included, rebuilt from the journal)."""
         _refuse(unsupported)
-        return await run_in_process(
-            self.spec(), user_prompt, run_id=run_id, db=self.db, timeout=timeout, execute=execute
-        )
+        rid = run_id or new_id()
+        if event_stream_handler is not None:
+            handler = event_stream_handler
+
+            async def listener(item: Any) -> None:
+                if isinstance(item, NodeEvents):
+                    await handler(item.ctx, item.events)
+
+            framework.listen(rid, listener)
+        try:
+            return await run_in_process(
+                self.spec(), user_prompt, run_id=rid, db=self.db, timeout=timeout, execute=execute
+            )
+        finally:
+            if event_stream_handler is not None:
+                framework.listen(rid, None)
 
     def run_sync(  # type: ignore[override]
         self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
     ) -> Any:
         return asyncio.run(self.run(user_prompt, run_id=run_id, **kwargs))
 
-    # Streaming and step-by-step iteration would run the wrapped agent outside the journal:
-    # refused rather than silently non-durable.
+    def run_stream_events(  # type: ignore[override]
+        self,
+        user_prompt: str | None = None,
+        *,
+        run_id: str | None = None,
+        timeout: float | None = None,
+        **unsupported: Any,
+    ) -> contextlib.AbstractAsyncContextManager[RunEvents]:
+        """`async with durable.run_stream_events("...") as events: async for event in
+        events:` Pydantic AI's events of the durable run as they happen, then one
+        `AgentRunResultEvent`. Leaving early stops waiting, not the run: it stays durable
+        (resumed by any worker, or by calling again with the same `run_id`)."""
+        _refuse(unsupported)
+
+        def start(handler: Any) -> Awaitable[Any]:
+            return self.run(
+                user_prompt, run_id=run_id, timeout=timeout, event_stream_handler=handler
+            )
+
+        return events_of(start)
+
+    # Step-by-step iteration and run_stream's early end at the first output would hand the
+    # agent's loop to the caller; everruns drives that loop (and replays it after a crash).
     def iter(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_durable("iter")
 
@@ -270,14 +358,13 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
     def run_stream_sync(self, *args: Any, **kwargs: Any) -> Any:
         raise _not_durable("run_stream_sync")
 
-    def run_stream_events(self, *args: Any, **kwargs: Any) -> Any:
-        raise _not_durable("run_stream_events")
-
 
 def _not_durable(method: str) -> NotImplementedError:
     return NotImplementedError(
-        f"EverrunsAgent.{method} is not durable yet: use `await durable.run(...)` (the run's "
-        "events stream through `everruns watch` and the API); see docs/integrations/pydantic-ai.md"
+        f"EverrunsAgent.{method} cannot be durable: everruns drives the agent's loop (and "
+        "replays it after a crash), so it cannot hand the loop to the caller. Use "
+        "`async with durable.run_stream_events(...) as events` (every event, live) or "
+        "`await durable.run(..., event_stream_handler=...)`; see docs/integrations/pydantic-ai.md"
     )
 
 

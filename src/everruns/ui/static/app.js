@@ -12,6 +12,8 @@ const TOKEN_KEY = "everruns.token";
 const STATUSES = ["queued", "running", "waiting", "paused", "completed", "failed", "cancelled"];
 const TERMINAL = new Set(["completed", "failed", "cancelled"]);
 const TERMINAL_EVENTS = new Set(["run.completed", "run.failed", "run.cancelled"]);
+// A framework run's loop is the framework's (engine/framework.py): named on its run.started.
+const FRAMEWORKS = { pydantic_ai: "Pydantic AI", openai_agents: "OpenAI Agents SDK" };
 // SSE `event:` names; unknown future types are still filled in from the JSON journal (seq gaps).
 const EVENT_TYPES = [
   "run.created", "run.started", "run.waiting", "run.completed", "run.failed", "run.cancelled",
@@ -743,7 +745,8 @@ function runPage(runId) {
         }
         return {
           compact: true,
-          title: [d.resumed ? "Resumed by worker " : "Started by worker ", h("strong", { class: "mono" }, d.worker), ` · epoch ${d.epoch}`],
+          title: [d.resumed ? "Resumed by worker " : "Started by worker ", h("strong", { class: "mono" }, d.worker), ` · epoch ${d.epoch}`,
+            d.framework ? ` · ${FRAMEWORKS[d.framework] || d.framework} agent` : ""],
         };
       }
       case "llm.started":
