@@ -175,9 +175,12 @@ def openai_stream(text: str, prompt_tokens: int, completion_tokens: int) -> byte
 
 
 class FakeOpenAI:
-    """A real HTTP server (a thread) speaking OpenAI chat completions, non-streamed: each
-    request's answer is `answer(body)` (a dict with `content` and/or `tool_calls`
-    `[{id, name, arguments}]`), so it can depend on the conversation sent. Counts requests."""
+    """A real HTTP server (a thread) speaking OpenAI chat completions: each request's answer
+    is `answer(body)` (a dict with `content` and/or `tool_calls` `[{id, name, arguments}]`),
+    so it can depend on the conversation sent. Counts requests. A request with `stream:
+    true` gets the answer as server-sent chunks (the content word by word, each tool call
+    whole, usage last); while `hold` is cleared, streamed answers wait for it (a test can
+    open its live feed first)."""
 
     def __init__(self, answer: Callable[[dict[str, Any]], dict[str, Any]], usage: tuple[int, int]):
         import http.server
@@ -185,12 +188,25 @@ class FakeOpenAI:
 
         fake = self
         self.requests: list[dict[str, Any]] = []
+        self.hold = threading.Event()
+        self.hold.set()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
                 out = answer(body)
+                if body.get("stream"):
+                    fake.hold.wait(30)
+                    chunks = _chat_chunks(out, body.get("model", "gpt-4.1"), usage)
+                    self.send_response(200)
+                    self.send_header("Content-Type", "text/event-stream")
+                    self.end_headers()
+                    for chunk in chunks:
+                        self.wfile.write(f"data: {json.dumps(chunk)}\n\n".encode())
+                        self.wfile.flush()
+                    self.wfile.write(b"data: [DONE]\n\n")
+                    return
                 calls = [
                     {
                         "id": c["id"],
@@ -239,6 +255,25 @@ class FakeOpenAI:
     def close(self) -> None:
         self.httpd.shutdown()
         self.httpd.server_close()
+
+
+def _chat_chunks(out: dict[str, Any], model: str, usage: tuple[int, int]) -> list[dict[str, Any]]:
+    """A streamed chat completion of `out` (see FakeOpenAI), as its chunks."""
+    base = {"id": "chatcmpl-1", "object": "chat.completion.chunk", "created": 0, "model": model}
+
+    def chunk(delta: dict[str, Any], finish: str | None = None) -> dict[str, Any]:
+        return {**base, "choices": [{"index": 0, "delta": delta, "finish_reason": finish}]}
+
+    chunks = [chunk({"role": "assistant"})]
+    words = (out.get("content") or "").split(" ")
+    chunks += [chunk({"content": w if i == 0 else " " + w}) for i, w in enumerate(words) if w]
+    for i, c in enumerate(out.get("tool_calls") or []):
+        function = {"name": c["name"], "arguments": json.dumps(c["arguments"])}
+        call = {"index": i, "id": c["id"], "type": "function", "function": function}
+        chunks.append(chunk({"tool_calls": [call]}))
+    chunks.append(chunk({}, "tool_calls" if out.get("tool_calls") else "stop"))
+    total = {"prompt_tokens": usage[0], "completion_tokens": usage[1], "total_tokens": sum(usage)}
+    return [*chunks, {**base, "choices": [], "usage": total}]
 
 
 class OtlpReceiver:
