@@ -344,7 +344,8 @@ async def _stream(result: Any, session: FrameworkSession) -> None:
 
 async def execute(target: Any, session: FrameworkSession) -> str:
     """The loop of a framework run (called by the worker): one streamed run per user
-    message, each continuing the conversation of the previous ones."""
+    message, each continuing the conversation of the previous ones with the agent that
+    answered last (as the SDK's chat loops do)."""
     agent, extra = _target(target)
     assert session.spec.agent is not None
     copies: dict[int, Agent[Any]] = {}
@@ -359,6 +360,7 @@ async def execute(target: Any, session: FrameworkSession) -> str:
             result = Runner.run_streamed(durable, [*history, user], run_config=config)
             await _stream(result, session)
             history = result.to_input_list()
+            durable = result.last_agent  # the conversation goes on with the agent that answered
     session.output = result
     if result is None:
         return ""
