@@ -8,6 +8,7 @@ the API with live deltas and an approval across a server restart."""
 
 from __future__ import annotations
 
+import asyncio
 import importlib
 import json
 import time
@@ -22,15 +23,16 @@ from pydantic import BaseModel
 
 from everruns.client import Client
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
+from everruns.engine.worker import Worker
 from everruns.integrations import EverrunsRunError
 from everruns.integrations.openai_agents import EverrunsRunner, everruns_tool
 from everruns.spec import AgentSpec
 from everruns.store import Store
 from everruns.testing._procs import KILLED, run_worker, worker_env
 from everruns.testing.effects import read as read_ledger
-from everruns.testing.matrix import acrash_matrix, assert_exactly_once
+from everruns.testing.matrix import CaseResult, check_case
 from everruns.testing.runs import run_to_end
-from helpers import TOOLING, FakeOpenAI, Server, cli, env_for
+from helpers import TOOLING, FakeOpenAI, Server, cli, env_for, wait_until
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -175,6 +177,8 @@ def test_run_sync_and_what_is_refused(sqlite_url: str, fake_openai: FakeOpenAI) 
         EverrunsRunner.run_sync(oa_agents.triage, "x", session=object())
     with pytest.raises(TypeError, match="max_turns=: the everruns spec's limits"):
         EverrunsRunner.run_streamed(oa_agents.triage, "x", max_turns=3)
+    with pytest.raises(TypeError, match="takes the user's message as a string"):
+        EverrunsRunner.run_sync(oa_agents.triage, [{"role": "user", "content": "x"}])
 
 
 async def test_needs_approval_parks_the_run_and_a_denial_tells_the_model(
@@ -353,41 +357,88 @@ async def test_a_budget_limit_stops_the_run(db_url: str, fake_openai: FakeOpenAI
     assert len(fake_openai.requests) == 2
 
 
+async def test_cancel_interrupts_the_in_flight_streamed_request(
+    db_url: str, fake_openai: FakeOpenAI
+) -> None:
+    """The model's stream is held open: a cancel ends the run at once (the streamed request
+    and the SDK's own run task are cancelled), nothing journaled after llm.started."""
+    _agents()
+    spec = AgentSpec.model_validate(SPEC)
+    fake_openai.hold.clear()
+    async with await Store.open(db_url) as store:
+        run_id = await store.create_run(spec, "Plan Rome")
+        worker = Worker(store, concurrency=1, lease_ttl=2, poll_interval=0.05, only=[run_id])
+        task = asyncio.create_task(worker.run())
+        try:
+
+            async def asked() -> bool:
+                return len(fake_openai.requests) == 1
+
+            async def cancelled() -> bool:
+                return (await store.get_run(run_id)).status == "cancelled"
+
+            await wait_until(asked, timeout=30, what="the model asked")
+            await store.cancel(run_id)
+            await wait_until(cancelled, timeout=30, what="the run cancelled")
+        finally:
+            fake_openai.hold.set()
+            worker.stop()
+            await task
+        types = [e.type for e in await store.load_events(run_id)]
+    assert types[-2:] == [EventType.LLM_STARTED, EventType.RUN_CANCELLED]
+
+
 # ---------------------------------------------------------------- worker processes
 
 
 async def test_crash_matrix_with_a_handoff(
     db_url: str, tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
-    """SIGKILL where each tool ran and its result was not journaled: the idempotent one runs
-    again, the at_most_once booking never (outcome unknown); nothing completed repeats.
-    Every resumed worker replays the handoff (the first journaled answer) and the
-    streamed answers: a crash right after the handoff's answer would take the same path."""
-    only = ["before:tool.completed#1", "before:tool.completed#2"]
-    report = await acrash_matrix(SPEC, "Plan Rome", db=db_url, only=only, tmp=tmp_path)
-    assert_exactly_once(report)
-    assert sorted(c.point for c in report.cases) == only and all(c.reached for c in report.cases)
-    assert report.reference.events[-1].data["result"] == WANT
-    for case in report.cases:
-        charges = [x for x in case.ledger if x["kind"] == "effect" and x["tool"] == "book_hotel"]
-        assert len(charges) == 1, (case.point, case.ledger)
-        final = case.events[-1].data["result"]
-        if case.point == "before:tool.completed#2":
-            assert final == "Weather: Rome: sunny, 24C Booking: " + INTERRUPTED_MESSAGE
-        else:
-            assert final == WANT
-            runs = [x for x in case.ledger if x["kind"] == "exec" and x["tool"] == "weather"]
-            assert [r["attempt"] for r in runs] == [1, 2]  # idempotent: run again, same key
-            assert len({r["idempotency_key"] for r in runs}) == 1
+    """The crash matrix's two tool boundaries, chained in one run to save worker processes:
+    the first worker is SIGKILLed after the idempotent weather ran (its result not
+    journaled); the second takes over (replaying the handoff and the streamed answers),
+    runs the weather again with the same idempotency key, and is SIGKILLed after the
+    at_most_once booking charged; the third answers "outcome unknown" for the booking and
+    finishes. Checked against the uncrashed run (executed in this process) with the
+    matrix's own checks: the same transcript, no completed call repeated, at_most_once
+    never twice, one charge."""
+    _agents()
+    spec = AgentSpec.model_validate(SPEC)
+    ledger = tmp_path / "ledger.jsonl"
+    async with await Store.open(db_url) as store:
+        reference_id = await store.create_run(spec, "Plan Rome")
+        await run_to_end(store, reference_id)
+        run_id = await store.create_run(spec, "Plan Rome")
+        for n, point in enumerate(["before:tool.completed#1", "before:tool.completed#2", None]):
+            log = tmp_path / f"worker-{n}.log"
+            code = await run_worker(db_url, run_id, worker_env(ledger, point), log, 0.5, 60)
+            assert code == (KILLED if point else 0), log.read_text()[-3000:]
+        reference = await store.load_events(reference_id)
+        events = await store.load_events(run_id)
+        status = (await store.get_run(run_id)).status
+    assert reference[-1].data["result"] == WANT
+    case = CaseResult("chained", run_id, True, status, events, read_ledger(ledger))
+    uncrashed = CaseResult("reference", reference_id, False, "completed", reference, [])
+    assert check_case(uncrashed, case) == []
+    assert events[-1].data["result"] == "Weather: Rome: sunny, 24C Booking: " + INTERRUPTED_MESSAGE
+    assert [e.data["takeover"] for e in events if e.type == "run.started"] == [False, True, True]
+    weather = [x for x in case.ledger if x["kind"] == "exec" and x["tool"] == "weather"]
+    assert [r["attempt"] for r in weather] == [1, 2]  # idempotent: run again, same key
+    assert len({r["idempotency_key"] for r in weather}) == 1
+    charges = [x for x in case.ledger if x["kind"] == "effect" and x["tool"] == "book_hotel"]
+    assert len(charges) == 1
 
 
 async def test_mcp_tools_are_journaled_and_an_at_most_once_call_is_not_repeated(
-    db_url: str, tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+    sqlite_url: str, tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The concierge's tools come from a real stdio MCP server the worker connects: a
     worker SIGKILLed after the server made the reservation (not journaled yet); the next
     worker reconnects, replays the lookup and answers "outcome unknown" for the
-    reservation, which the server made exactly once."""
+    reservation, which the server made exactly once. SQLite only, to save two worker
+    processes: MCP calls are journaled by the same session code as function tools, whose
+    crash matrix runs on both databases (the API test below runs on PostgreSQL)."""
+    db_url = sqlite_url
     reservations = tmp_path / "reservations.jsonl"
     monkeypatch.setenv("OA_MCP_LEDGER", str(reservations))
     spec = {
@@ -420,13 +471,16 @@ async def test_mcp_tools_are_journaled_and_an_at_most_once_call_is_not_repeated(
 
 
 def test_started_by_reference_streams_live_and_an_approval_survives_a_restart(
-    db_url: str, tmp_path: Path, fake_openai: FakeOpenAI
+    pg_url: str, tmp_path: Path, fake_openai: FakeOpenAI
 ) -> None:
     """`agent: {python: "oa_agents:careful", framework: openai_agents}` through the HTTP API
     (the server's embedded worker imports it): the SDK's needs_approval parks the run with
     no worker held; the server is SIGKILLed and restarted; `everruns approve` resumes it;
     the final answer streams to the API's live feed as llm.delta events while the model
-    answers; the journal is visible through the API and `everruns events`."""
+    answers; the journal is visible through the API and `everruns events`. PostgreSQL
+    only (two server processes): the approval's park and resume run on both databases in
+    process, above."""
+    db_url = pg_url
     ledger = tmp_path / "ledger.jsonl"
     env = env_for(db_url, PAI_OPENAI_URL=fake_openai.url, EVERRUNS_TESTING_LEDGER=str(ledger))
     spec = {
