@@ -11,6 +11,8 @@ from __future__ import annotations
 import asyncio
 import importlib
 import json
+import os
+import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -468,6 +470,37 @@ async def test_mcp_tools_are_journaled_and_an_at_most_once_call_is_not_repeated(
     assert [(f["name"], f.get("interrupted")) for f in failed] == [("reserve", True)]
     runs = [(x["tool"], x["attempt"]) for x in read_ledger(ledger) if x["kind"] == "exec"]
     assert runs == [("lookup", 1), ("reserve", 1)]
+
+
+async def test_an_mcp_servers_require_approval_parks_the_run(
+    sqlite_url: str, tmp_path: Path, fake_openai: FakeOpenAI, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """In process, with a server the run connects itself (and closes): the MCP server's
+    `require_approval` parks the run before the reservation; granted, the run resumes
+    (the server started again) and the server reserves once. SQLite only: the park and
+    the grant are the function tools' path, tested on both databases above."""
+    from agents.mcp import MCPServerStdio
+
+    reservations = tmp_path / "reservations.jsonl"
+    monkeypatch.setenv("OA_MCP_LEDGER", str(reservations))
+    params: Any = {
+        "command": sys.executable,
+        "args": [str(TOOLING / "oa_mcp.py")],
+        "env": dict(os.environ),
+    }
+    server = MCPServerStdio(params, require_approval={"always": {"tool_names": ["reserve"]}})
+    agent = _agents().concierge.clone(mcp_servers=[server])
+    with pytest.raises(EverrunsRunError) as parked:
+        await EverrunsRunner.run(agent, "Dinner in Rome", run_id="m-1", db=sqlite_url)
+    assert parked.value.status == "waiting" and not reservations.exists()
+    assert server.session is None  # closed with the run
+    async with await Store.open(sqlite_url) as store:
+        asked = [e.data for e in await store.load_events("m-1") if e.type == "approval.requested"]
+        assert [(a["name"], a["call_id"]) for a in asked] == [("reserve", "call_r")]
+        await store.signal("m-1", EventType.APPROVAL_GRANTED, {"call_id": "call_r"})
+    result = await EverrunsRunner.run(agent, "Dinner in Rome", run_id="m-1", db=sqlite_url)
+    assert result.final_output == "Table: table for 4 at Trattoria Rome"
+    assert len(reservations.read_text().splitlines()) == 1
 
 
 def test_started_by_reference_streams_live_and_an_approval_survives_a_restart(
