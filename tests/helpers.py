@@ -213,7 +213,8 @@ class FakeOpenAI:
     so it can depend on the conversation sent. Counts requests. A request with
     `"stream": true` gets the answer as server-sent events (`openai_chat_sse`): the content
     word by word, its first word only once `gates[0]` is set and the others once `gates[1]`
-    is (threading.Events; a test subscribes first, then sees the first word live)."""
+    is (threading.Events; a test subscribes first, then sees the first word live). While
+    `hold` is cleared, streamed answers wait for it (a test can open its live feed first)."""
 
     def __init__(
         self,
@@ -226,6 +227,8 @@ class FakeOpenAI:
 
         fake = self
         self.requests: list[dict[str, Any]] = []
+        self.hold = threading.Event()
+        self.hold.set()
 
         class Handler(http.server.BaseHTTPRequestHandler):
             def do_POST(self) -> None:
@@ -233,6 +236,7 @@ class FakeOpenAI:
                 fake.requests.append(body)
                 out = answer(body)
                 if body.get("stream"):
+                    fake.hold.wait(30)
                     self.send_response(200)
                     self.send_header("Content-Type", "text/event-stream")
                     self.end_headers()

@@ -1,12 +1,17 @@
 """OpenAI Agents SDK agents for tests/integrations: a triage agent that hands off to a
-booking agent with two tools, on the SDK's chat-completions model sent to the loopback fake
-server named by PAI_OPENAI_URL (tests/helpers.FakeOpenAI)."""
+booking agent with two tools, a variant whose booking needs a human's approval (the SDK's
+own `needs_approval`), and a concierge whose tools are a real stdio MCP server
+(tests/tooling/oa_mcp.py); all on the SDK's chat-completions model sent to the loopback
+fake server named by PAI_OPENAI_URL (tests/helpers.FakeOpenAI)."""
 
 from __future__ import annotations
 
 import os
+import sys
+from pathlib import Path
 
 from agents import Agent, OpenAIChatCompletionsModel, function_tool
+from agents.mcp import MCPServerStdio
 from openai import AsyncOpenAI
 
 from everruns.integrations import everruns_tool
@@ -25,14 +30,46 @@ def weather(city: str) -> str:
     return f"{city}: sunny, 24C"
 
 
+def _book(city: str, nights: int) -> str:
+    record_effect("charge")
+    return f"booked {nights} nights in {city}"
+
+
 @function_tool
 def book_hotel(city: str, nights: int) -> str:
     """Book a hotel (at_most_once: it charges a card)."""
-    record_effect("charge")
-    return f"booked {nights} nights in {city}"
+    return _book(city, nights)
+
+
+@function_tool(name_override="book_hotel", needs_approval=True)
+def book_hotel_approved(city: str, nights: int) -> str:
+    """Book a hotel, once a human approved it."""
+    return _book(city, nights)
 
 
 booking = Agent(
     name="Booking agent", instructions="You book trips.", model=model(), tools=[weather, book_hotel]
 )
 triage = Agent(name="Triage", instructions="Route the user.", model=model(), handoffs=[booking])
+careful = Agent(
+    name="Careful",
+    instructions="You book trips.",
+    model=model(),
+    tools=[weather, book_hotel_approved],
+)
+
+concierge = Agent(
+    name="Concierge",
+    instructions="You reserve tables.",
+    model=model(),
+    mcp_servers=[
+        MCPServerStdio(
+            {
+                "command": sys.executable,
+                "args": [str(Path(__file__).with_name("oa_mcp.py"))],
+                "env": dict(os.environ),  # OA_MCP_LEDGER
+            },
+            name="concierge",
+        )
+    ],
+)

@@ -194,7 +194,7 @@ class FrameworkSession:
         self.output: Any = None  # the framework's result object, set by the adapter
         # An in-process caller's consumer of the framework's own stream events
         # (EverrunsAgent.run_stream_events, EverrunsRunner.run_streamed); None otherwise.
-        self.listener: Callable[[Any], Awaitable[None]] | None = None
+        self.listener: Callable[[Any], Awaitable[None]] | None = _listeners.get(run_id)
         self.attempt = 0  # the attempt of the live model request (its deltas carry it)
 
     # ------------------------------------------------------------ model requests
@@ -296,14 +296,17 @@ class FrameworkSession:
         arguments: dict[str, Any],
         effect: str,
         run: Callable[[ToolContext], Awaitable[ToolResult]],
+        approval: bool = False,
     ) -> ToolResult:
-        """The result of one tool call: journaled, or run now (by its effect class)."""
+        """The result of one tool call: journaled, or run now (by its effect class).
+        `approval`: this call waits for a human even if the spec does not list the tool
+        (the framework's own "needs approval" flag)."""
         done = self.results.get(call_id)
         if done is not None:
             return self._replayed(done, call_id, name, arguments)
         log = self._live(self.step, f"tool call {call_id} ({name})")
         base = {"call_id": call_id, "name": name}
-        denied = await self._approval(log, call_id, name, arguments)
+        denied = await self._approval(log, call_id, name, arguments, approval)
         if denied is not None:
             return denied
         previous = self.started.get(call_id)
@@ -372,10 +375,10 @@ class FrameworkSession:
         return ToolResult(kind="retry" if data.get("retry") else "error", error=data.get("error"))
 
     async def _approval(
-        self, log: RunLog, call_id: str, name: str, arguments: dict[str, Any]
+        self, log: RunLog, call_id: str, name: str, arguments: dict[str, Any], required: bool
     ) -> ToolResult | None:
         """Tools the spec lists under `approvals.require_for` wait for a human (durably)."""
-        if name not in self.spec.approvals.require_for:
+        if not required and name not in self.spec.approvals.require_for:
             return None
         decided = await self._decide(log, [(call_id, name, arguments)])
         if call_id not in decided:

@@ -2,178 +2,34 @@
 
     from everruns.integrations.openai_agents import EverrunsRunner
     result = await EverrunsRunner.run(agent, "...")     # a drop-in for Runner.run
+    streamed = EverrunsRunner.run_streamed(agent, "...")  # ... and for Runner.run_streamed
 
-The agent graph (the agent and every agent it can hand off to) is copied with each
-agent's model wrapped in a `Model` whose `get_response` goes through
-`everruns.engine.framework.FrameworkSession`, and each `FunctionTool`'s `on_invoke_tool`
-wrapped the same way, so every model request and tool call of every agent is journaled
-(and served from the journal when the run is resumed). Handoffs are the SDK's own: the
-transfer is a tool call in a journaled model answer, replayed like any other.
+The agent graph is copied so that every model request and tool call of every agent is
+journaled (and served from the journal when the run is resumed): see
+`openai_agents_graph`. Handoffs are the SDK's own: the transfer is a tool call in a
+journaled model answer, replayed like any other. The loop always runs streamed, so text
+deltas reach `everruns watch`, the API's live feed and the UI while a model answers, and
+an in-process `run_streamed` caller gets the SDK's own stream events.
 """
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
-import json
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
-from agents import Agent, FunctionTool, Handoff, RunConfig, Runner
-from agents.items import ModelResponse, TResponseOutputItem
-from agents.models.interface import Model, ModelProvider
-from agents.models.multi_provider import MultiProvider
-from agents.usage import Usage
-from pydantic import TypeAdapter
-from pydantic_core import to_json, to_jsonable_python
+from agents import Agent, RunConfig, Runner
+from pydantic_core import to_json
 
 from everruns.engine import framework
-from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
-from everruns.integrations import declared_effect, everruns_tool, run_in_process
+from everruns.engine.framework import FrameworkSession
+from everruns.integrations import EverrunsRunError, everruns_tool, run_in_process
+from everruns.integrations.mcp_servers import connected
+from everruns.integrations.openai_agents_graph import JournalProvider, durable_copy
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
-from everruns.tools.base import ToolContext
 
-__all__ = ["EverrunsRunner", "everruns_tool", "execute"]
-
-_OUTPUT: TypeAdapter[Any] = TypeAdapter(TResponseOutputItem)
-
-
-def _label(model: Any) -> str:
-    name = getattr(model, "model", None)
-    return f"openai:{name}" if isinstance(name, str) else f"openai_agents:{type(model).__name__}"
-
-
-def _answer(response: ModelResponse, label: str) -> ModelAnswer:
-    items = [to_jsonable_python(item) for item in response.output]
-    text = "".join(
-        part.get("text", "")
-        for item in items
-        if item.get("type") == "message"
-        for part in item.get("content") or []
-        if part.get("type") == "output_text"
-    )
-    calls = [
-        {"id": i["call_id"], "name": i["name"], "arguments": json.loads(i.get("arguments") or "{}")}
-        for i in items
-        if i.get("type") == "function_call"
-    ]
-    message: dict[str, Any] = {"role": "assistant", "content": text or None}
-    if calls:
-        message["tool_calls"] = calls
-    usage = response.usage
-    details = getattr(usage, "input_tokens_details", None)
-    return ModelAnswer(
-        message=message,
-        usage={
-            "input_tokens": usage.input_tokens,
-            "output_tokens": usage.output_tokens,
-            "cached_input_tokens": int(getattr(details, "cached_tokens", 0) or 0),
-        },
-        model=label,
-        payload={"output": items, "usage": [usage.input_tokens, usage.output_tokens]},
-    )
-
-
-def _response(payload: dict[str, Any]) -> ModelResponse:
-    tokens_in, tokens_out = payload["usage"]
-    usage = Usage(
-        requests=1,
-        input_tokens=tokens_in,
-        output_tokens=tokens_out,
-        total_tokens=tokens_in + tokens_out,
-    )
-    output = [_OUTPUT.validate_python(item) for item in payload["output"]]
-    return ModelResponse(output=output, usage=usage, response_id=None)
-
-
-class _JournalModel(Model):
-    """A model whose answers are journaled (or served from the journal)."""
-
-    def __init__(self, inner: Model, session: FrameworkSession):
-        self.inner = inner
-        self.session = session
-
-    async def get_response(
-        self,
-        system_instructions: Any,
-        input: Any,
-        model_settings: Any,
-        tools: Any,
-        output_schema: Any,
-        handoffs: Any,
-        tracing: Any,
-        **kw: Any,
-    ) -> Any:
-        args = (model_settings, tools, output_schema, handoffs, tracing)
-        names = [t.name for t in tools] + [h.tool_name for h in handoffs]
-        items = input if isinstance(input, list) else [{"role": "user", "content": input}]
-        messages = [{"system": system_instructions}, *to_jsonable_python(items, fallback=str)]
-        label = _label(self.inner)
-
-        async def call() -> ModelAnswer:
-            response = await self.inner.get_response(system_instructions, input, *args, **kw)
-            return _answer(response, label)
-
-        payload = await self.session.model_request(messages, names, label, call)
-        return _response(payload)
-
-    def stream_response(self, *args: Any, **kwargs: Any) -> Any:
-        raise NotImplementedError(
-            "EverrunsRunner does not stream yet: use EverrunsRunner.run "
-            "(see docs/integrations/openai-agents.md)"
-        )
-
-
-class _JournalProvider(ModelProvider):
-    """Models named by string (agent.model = "gpt-4.1") get the same wrapper."""
-
-    def __init__(self, session: FrameworkSession, inner: ModelProvider | None = None):
-        self.session = session
-        self.inner = inner or MultiProvider()
-
-    def get_model(self, model_name: str | None) -> Model:
-        return _JournalModel(self.inner.get_model(model_name), self.session)
-
-
-def _tool(tool: FunctionTool, session: FrameworkSession, effects: dict[str, str]) -> FunctionTool:
-    effect = effects.get(tool.name) or declared_effect(tool) or "at_most_once"
-    original = tool.on_invoke_tool
-
-    async def on_invoke_tool(ctx: Any, raw: str) -> Any:
-        async def run(_ctx: ToolContext) -> ToolResult:
-            value = await original(ctx, raw)
-            return ToolResult(value=to_jsonable_python(value, fallback=str))
-
-        arguments = json.loads(raw or "{}")
-        result = await session.tool_call(ctx.tool_call_id, tool.name, arguments, effect, run)
-        return result.value if result.kind == "ok" else result.error
-
-    return dataclasses.replace(tool, on_invoke_tool=on_invoke_tool)
-
-
-def _durable(
-    agent: Agent[Any],
-    session: FrameworkSession,
-    effects: dict[str, str],
-    copies: dict[int, Agent[Any]],
-) -> Agent[Any]:
-    """A copy of the agent graph whose models and function tools are journaled."""
-    if id(agent) in copies:
-        return copies[id(agent)]
-    model = agent.model
-    if isinstance(model, Model):
-        model = _JournalModel(model, session)
-    tools = [_tool(t, session, effects) if isinstance(t, FunctionTool) else t for t in agent.tools]
-    copy = agent.clone(model=model, tools=tools, handoffs=[])
-    copies[id(agent)] = copy
-    handoffs: list[Any] = []
-    for target in agent.handoffs:
-        if isinstance(target, Handoff):
-            raise ValueError(
-                f"agent.python: agent {agent.name!r} hands off through a Handoff object; "
-                "EverrunsRunner supports handoffs to Agent objects (handoffs=[other_agent])"
-            )
-        handoffs.append(_durable(target, session, effects, copies))
-    copy.handoffs = handoffs
-    return copy
+__all__ = ["DurableRunStreaming", "EverrunsRunError", "EverrunsRunner", "everruns_tool", "execute"]
 
 
 def _target(target: Any) -> tuple[Agent[Any], dict[str, str]]:
@@ -184,20 +40,38 @@ def _target(target: Any) -> tuple[Agent[Any], dict[str, str]]:
     return target, {}
 
 
+async def _stream(result: Any, session: FrameworkSession) -> None:
+    """Drain a streamed run, handing each event to the in-process listener (if any)."""
+    events = result.stream_events()
+    try:
+        async for event in events:
+            await session.emit(event)
+    except BaseException:
+        result.cancel()
+        raise
+    finally:
+        await events.aclose()
+
+
 async def execute(target: Any, session: FrameworkSession) -> str:
-    """The loop of a framework run (called by the worker): one Runner.run per user message,
-    each continuing the conversation of the previous ones."""
+    """The loop of a framework run (called by the worker): one streamed run per user
+    message, each continuing the conversation of the previous ones with the agent that
+    answered last (as the SDK's chat loops do)."""
     agent, extra = _target(target)
     assert session.spec.agent is not None
-    durable = _durable(agent, session, {**session.spec.agent.effects, **extra}, {})
-    config = RunConfig(model_provider=_JournalProvider(session), tracing_disabled=True)
+    copies: dict[int, Agent[Any]] = {}
+    durable = durable_copy(agent, session, {**session.spec.agent.effects, **extra}, copies)
+    config = RunConfig(model_provider=JournalProvider(session), tracing_disabled=True)
     history: list[Any] = []
     result: Any = None
-    for prompt in session.inputs:
-        result = await Runner.run(
-            durable, [*history, {"role": "user", "content": prompt}], run_config=config
-        )
-        history = result.to_input_list()
+    servers = [s for copy in copies.values() for s in copy.mcp_servers]
+    async with connected(servers):
+        for prompt in session.inputs:
+            user: Any = {"role": "user", "content": prompt}
+            result = Runner.run_streamed(durable, [*history, user], run_config=config)
+            await _stream(result, session)
+            history = result.to_input_list()
+            durable = result.last_agent  # the conversation goes on with the agent that answered
     session.output = result
     if result is None:
         return ""
@@ -211,9 +85,69 @@ class _Registered:
     effects: dict[str, str]
 
 
+# What Runner.run takes and EverrunsRunner does not, and why: a resumed run is rebuilt on
+# any worker from the spec alone, so per-call objects cannot follow it.
+_REFUSED = {
+    "session": "the run's journal is its memory: continue a conversation by sending the run "
+    "another message (`everruns send RUN_ID ...`, or EverrunsRunner.run with the same "
+    "run_id after the message), not through an SDK Session",
+    "context": "a resumed run is rebuilt on any worker from the spec alone; read what your "
+    "tools need from the environment or your own store",
+    "max_turns": "the everruns spec's limits bound the run (limits={'max_steps': ...})",
+    "hooks": "hooks would run again on replay; watch the run's journal instead",
+    "run_config": "the durable run builds its own RunConfig (models by name use the default "
+    "provider)",
+    "error_handlers": "a resumed run is rebuilt on any worker from the spec alone",
+    "previous_response_id": "server-side conversation state is not replayable",
+    "auto_previous_response_id": "server-side conversation state is not replayable",
+    "conversation_id": "server-side conversation state is not replayable",
+}
+
+
+def _refuse(input: Any, kwargs: dict[str, Any]) -> None:
+    if not isinstance(input, str):
+        raise TypeError(
+            "EverrunsRunner takes the user's message as a string (the run's input); "
+            "continue a conversation by sending the run another message"
+        )
+    for name in kwargs:
+        why = _REFUSED.get(name, "it is not an argument of Runner.run")
+        raise TypeError(f"EverrunsRunner does not support {name}=: {why}")
+
+
+def _spec(
+    starting_agent: Agent[Any],
+    ref: str | None,
+    effects: dict[str, str] | None,
+    approvals: list[str] | None,
+    limits: Limits | dict[str, Any] | None,
+) -> AgentSpec:
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in starting_agent.name)
+    local = f"everruns.local:openai_agents.{name}"
+    if ref is None:
+        framework.register(local, _Registered(starting_agent, dict(effects or {})))
+    return AgentSpec.model_validate(
+        {
+            "name": name or "openai-agent",
+            "agent": FrameworkAgent(
+                python=ref or local,
+                framework="openai_agents",
+                effects=dict(effects or {}),  # type: ignore[arg-type]
+            ),
+            "limits": Limits.model_validate(limits or {}),
+            "approvals": {"require_for": list(approvals or [])},
+        }
+    )
+
+
 class EverrunsRunner:
     """`await EverrunsRunner.run(agent, input)` in place of `Runner.run`: the run is an
-    everruns run (journaled, resumable with the same `run_id`, budgeted)."""
+    everruns run (journaled, resumable with the same `run_id`, budgeted).
+
+    `ref`: `module:attribute` where workers can import the agent (so any worker can
+    resume the run); without it the agent is registered in this process only.
+    `effects`: tool name -> effect class; `approvals`: tools that wait for a human (the
+    SDK's `needs_approval` does too); `limits`: the spec's limits; `db`: the database."""
 
     @classmethod
     async def run(
@@ -228,25 +162,100 @@ class EverrunsRunner:
         limits: Limits | dict[str, Any] | None = None,
         db: str | None = None,
         timeout: float | None = None,
+        **unsupported: Any,
     ) -> Any:
-        """`ref`: `module:attribute` where workers can import the agent (so any worker can
-        resume the run); without it the agent is registered in this process only."""
-        name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in starting_agent.name)
-        local = f"everruns.local:openai_agents.{name}"
-        if ref is None:
-            framework.register(local, _Registered(starting_agent, dict(effects or {})))
-        spec = AgentSpec.model_validate(
-            {
-                "name": name or "openai-agent",
-                "agent": FrameworkAgent(
-                    python=ref or local,
-                    framework="openai_agents",
-                    effects=dict(effects or {}),  # type: ignore[arg-type]
-                ),
-                "limits": Limits.model_validate(limits or {}),
-                "approvals": {"require_for": list(approvals or [])},
-            }
-        )
+        _refuse(input, unsupported)
+        spec = _spec(starting_agent, ref, effects, approvals, limits)
         return await run_in_process(
             spec, input, run_id=run_id, db=db, timeout=timeout, execute=execute
         )
+
+    @classmethod
+    def run_sync(cls, starting_agent: Agent[Any], input: str, **kwargs: Any) -> Any:
+        """`run`, blocking (not from inside a running event loop), like `Runner.run_sync`."""
+        return asyncio.run(cls.run(starting_agent, input, **kwargs))
+
+    @classmethod
+    def run_streamed(
+        cls,
+        starting_agent: Agent[Any],
+        input: str,
+        *,
+        run_id: str | None = None,
+        ref: str | None = None,
+        effects: dict[str, str] | None = None,
+        approvals: list[str] | None = None,
+        limits: Limits | dict[str, Any] | None = None,
+        db: str | None = None,
+        timeout: float | None = None,
+        **unsupported: Any,
+    ) -> DurableRunStreaming:
+        """In place of `Runner.run_streamed` (call it inside a running event loop): the
+        durable run starts now; `stream_events()` yields the SDK's stream events."""
+        _refuse(input, unsupported)
+        from everruns.store.records import new_id
+
+        spec = _spec(starting_agent, ref, effects, approvals, limits)
+        rid = run_id or new_id()
+        return DurableRunStreaming(
+            rid,
+            input,
+            lambda: run_in_process(
+                spec, input, run_id=rid, db=db, timeout=timeout, execute=execute
+            ),
+        )
+
+
+class DurableRunStreaming:
+    """What `EverrunsRunner.run_streamed` returns: `stream_events()` yields the SDK's own
+    stream events of the durable run (on a resumed run the replayed part comes first,
+    each journaled answer as one `response.completed` raw event, no text deltas); once
+    the run is complete, the SDK's `RunResultStreaming` attributes (`final_output`,
+    `last_agent`, `new_items`, `raw_responses`, `to_input_list()`, ...) are those of the
+    last user message's run. A run that does not complete (failed, cancelled, parked on
+    an approval) raises EverrunsRunError from `stream_events()`."""
+
+    def __init__(self, run_id: str, input: str, start: Callable[[], Any]):
+        self.run_id = run_id
+        self.input = input
+        self._events: asyncio.Queue[Any] = asyncio.Queue()
+        self._end = object()
+        self._result: Any = None
+        self._error: BaseException | None = None
+        framework.listen(run_id, self._events.put)
+        self._task = asyncio.get_running_loop().create_task(self._run(start))
+
+    async def _run(self, start: Callable[[], Any]) -> None:
+        try:
+            self._result = await start()
+        except BaseException as exc:
+            self._error = exc
+            if not isinstance(exc, Exception):
+                raise
+        finally:
+            framework.listen(self.run_id, None)
+            self._events.put_nowait(self._end)
+
+    async def stream_events(self) -> AsyncIterator[Any]:
+        while (event := await self._events.get()) is not self._end:
+            yield event
+        self._events.put_nowait(self._end)  # a later stream_events() ends at once
+        if self._error is not None:
+            raise self._error
+
+    @property
+    def is_complete(self) -> bool:
+        return self._task.done() and self._error is None
+
+    @property
+    def final_output(self) -> Any:
+        return self._result.final_output if self._result is not None else None
+
+    def __getattr__(self, name: str) -> Any:
+        if name.startswith("_"):
+            raise AttributeError(name)
+        if self._result is None:
+            raise AttributeError(
+                f"{name} is available once the run is complete (iterate stream_events() first)"
+            )
+        return getattr(self._result, name)
