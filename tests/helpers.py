@@ -210,7 +210,8 @@ def openai_chat_sse(
 class FakeOpenAI:
     """A real HTTP server (a thread) speaking OpenAI chat completions: each request's answer
     is `answer(body)` (a dict with `content` and/or `tool_calls` `[{id, name, arguments}]`),
-    so it can depend on the conversation sent. Counts requests. A request with
+    so it can depend on the conversation sent, or `{"status": 500}` for an HTTP error. Counts
+    requests. A request with
     `"stream": true` gets the answer as server-sent events (`openai_chat_sse`): the content
     word by word, its first word only once `gates[0]` is set and the others once `gates[1]`
     is (threading.Events; a test subscribes first, then sees the first word live). While
@@ -235,6 +236,15 @@ class FakeOpenAI:
                 body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
                 fake.requests.append(body)
                 out = answer(body)
+                if "status" in out:  # an error answer: {"status": 500, "message": ...}
+                    error = {"error": {"message": out.get("message", "failed"), "type": "server"}}
+                    data = json.dumps(error).encode()
+                    self.send_response(out["status"])
+                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Length", str(len(data)))
+                    self.end_headers()
+                    self.wfile.write(data)
+                    return
                 if body.get("stream"):
                     fake.hold.wait(30)
                     self.send_response(200)

@@ -19,7 +19,15 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from agents import Agent, OpenAIChatCompletionsModel, function_tool, handoff
+from agents import (
+    Agent,
+    ModelSettings,
+    OpenAIChatCompletionsModel,
+    function_tool,
+    handoff,
+    retry_policies,
+)
+from agents.retry import ModelRetrySettings
 from openai import AsyncOpenAI
 from pydantic import BaseModel
 
@@ -344,6 +352,48 @@ async def test_changed_agent_is_reported_non_deterministic(
     assert failed.value.status == "failed" and error["reason"] == "non_deterministic_replay"
     assert error["message"].startswith("non-deterministic replay at step 1: message 1")
     assert "Route the user, politely." in error["message"]
+
+
+async def test_a_failed_request_the_sdk_retries_keeps_the_step_numbers(db_url: str) -> None:
+    """The SDK's own model retry (ModelSettings.retry): the failed attempt is journaled
+    (`llm.failed`) and its retry is the same step, so a second message replays the
+    conversation and the next live request is step 3 (no step is "called again")."""
+    sent: list[int] = []
+
+    def flaky(body: dict[str, Any]) -> dict[str, Any]:
+        sent.append(len(sent) + 1)
+        if len(sent) == 1:
+            return {"status": 500, "message": "overloaded"}
+        return {"content": f"answer {len(sent)}"}
+
+    server = FakeOpenAI(flaky, usage=(10, 2))
+    client = AsyncOpenAI(base_url=server.url, api_key="test", max_retries=0)
+    retry = ModelRetrySettings(max_retries=2, policy=retry_policies.http_status([500]))
+    agent = Agent(
+        name="Flaky",
+        instructions="Answer.",
+        model=OpenAIChatCompletionsModel("gpt-4.1", client),
+        model_settings=ModelSettings(retry=retry),
+    )
+    try:
+        first = await EverrunsRunner.run(agent, "hi", run_id="f-1", db=db_url)
+        assert first.final_output == "answer 2" and len(sent) == 2
+        async with await Store.open(db_url) as store:
+            await store.signal("f-1", EventType.MESSAGE_USER, {"content": "again"})
+        again = await EverrunsRunner.run(agent, "hi", run_id="f-1", db=db_url)
+        assert again.final_output == "answer 3" and len(sent) == 3  # step 1 replayed
+    finally:
+        server.close()
+    events = await _events(db_url, "f-1")
+    steps = [(e.type, e.data.get("step")) for e in events if e.type.startswith("llm.")]
+    assert steps == [
+        ("llm.started", 1),
+        ("llm.failed", None),
+        ("llm.started", 1),
+        ("llm.completed", None),
+        ("llm.started", 2),
+        ("llm.completed", None),
+    ]
 
 
 async def test_a_budget_limit_stops_the_run(db_url: str, fake_openai: FakeOpenAI) -> None:

@@ -187,7 +187,9 @@ class FrameworkSession:
                 self.started[e.data["call_id"]] = e.data
             elif e.type in (EventType.TOOL_COMPLETED, EventType.TOOL_FAILED):
                 self.results[e.data["call_id"]] = e
-        self.step = 0  # model requests of this execution so far
+        # Model requests answered in this execution so far (replayed or live). A failed
+        # attempt is not counted: the framework's retry of it is the same step.
+        self.step = 0
         self.replayed = 0
         # Asked before each live model request: "pause" / "drain" stops the run there.
         self.interrupt: Callable[[], str | None] = lambda: None
@@ -207,8 +209,7 @@ class FrameworkSession:
         call: Callable[[], Awaitable[ModelAnswer]],
     ) -> Any:
         """The framework's response payload for its next model request."""
-        self.step += 1
-        n = self.step
+        n = self.step + 1
         request = digest(messages, tools)
         if n <= len(self.steps):
             started, completed = self.steps[n - 1]
@@ -218,6 +219,7 @@ class FrameworkSession:
             if "framework" not in completed:
                 raise NonDeterministicReplay(n, "the journaled answer is not a framework answer")
             self.replayed += 1
+            self.step = n
             return completed["framework"]
         log = self._live(n, "a model request")
         why = self.interrupt()
@@ -246,6 +248,7 @@ class FrameworkSession:
                 },
             )
             raise
+        self.step = n
         usage = {**answer.usage, "cost_usd": cost_usd(answer.usage, self._price(answer.model))}
         await log.append(
             EventType.LLM_COMPLETED,
