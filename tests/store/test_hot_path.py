@@ -229,6 +229,29 @@ async def test_idle_worker_is_woken_by_notify(pg_url: str) -> None:
     assert waited < 60, "picked up by the poll, not by the notification"
 
 
+async def test_a_stop_during_a_claim_is_not_slept_through(db_url: str) -> None:
+    """`stop()` arriving while the claim query is awaited: the worker's idle wait must
+    return at once, not after its poll interval (60 s here)."""
+    store = await Store.open(db_url)
+    try:
+        worker = Worker(store, concurrency=1, lease_ttl=30, poll_interval=60)
+        claim = store.claim
+        claims = 0
+
+        async def claim_then_stop(*args: Any, **kwargs: Any) -> Any:
+            nonlocal claims
+            claims += 1
+            found = await claim(*args, **kwargs)
+            worker.stop()  # as a signal handler or a shutdown would, mid-claim
+            return found
+
+        store.claim = claim_then_stop  # type: ignore[method-assign]
+        await asyncio.wait_for(worker.run(), 20)
+    finally:
+        await store.close()
+    assert claims == 1
+
+
 async def test_cancel_reaches_the_running_call_before_renewal(db_url: str) -> None:
     """A long LLM call (20 s) is interrupted by a cancel from another store long before the
     worker's next lease renewal (lease_ttl 60 s: renewal every 20 s)."""

@@ -133,6 +133,10 @@ class Worker:
     async def _claim_loop(self) -> None:
         schedules_at = -1e9  # monotonic time due schedules were last fired
         while not self._stop.is_set():
+            # Cleared before this round's claim, not after it: a wake (stop, a finished
+            # run, a NOTIFY) that comes while the claim is awaited keeps the event set, so
+            # the wait below returns at once instead of sleeping a whole poll interval.
+            self._wakeup.clear()
             if self.only is None and time.monotonic() - schedules_at >= self.poll_interval:
                 schedules_at = time.monotonic()
                 await self._fire_schedules()
@@ -161,7 +165,6 @@ class Worker:
             if claims and len(claims) == free:
                 await asyncio.sleep(0)
                 continue
-            self._wakeup.clear()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._wakeup.wait(), self.poll_interval)
 
