@@ -802,7 +802,8 @@ function runPage(runId) {
           return {
             cls: "tool error",
             title: ["Tool ", h("span", { class: "mono" }, d.name), ` failed: ${failure}`],
-            body: h("div", { class: "callout" }, collapsible(d.output, "Result")),
+            body: [h("div", { class: "callout" }, collapsible(d.output, "Result")),
+              d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
           };
         }
         return {
@@ -816,7 +817,8 @@ function runPage(runId) {
         return {
           cls: "error",
           title: ["Tool ", h("span", { class: "mono" }, d.name), d.denied ? " denied" : d.interrupted ? " interrupted" : " failed"],
-          body: h("div", { class: "callout" }, collapsible(d.error, "Error")),
+          body: [h("div", { class: "callout" }, collapsible(d.error, "Error")),
+            d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
         };
       case "tool.waiting":
         return {
@@ -1036,6 +1038,7 @@ function runPage(runId) {
     }
     if (ev.type === "llm.delta" || ev.ephemeral) {
       if (ev.type === "llm.delta") onDelta(ev.data || {});
+      else if (ev.type === "tool.progress" && ev.data) { st.progress = ev.data; renderHead(); } // live, not journaled
       return;
     }
     apply(ev);
@@ -1066,7 +1069,7 @@ function runPage(runId) {
       setConn("live", "live");
     };
     es.onmessage = onEvent;
-    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta"]) es.addEventListener(type, onEvent);
+    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta", "tool.progress"]) es.addEventListener(type, onEvent);
     es.onerror = () => {
       if (st.es !== es) return;
       if (TERMINAL.has(st.status) && (!st.row || st.row.last_seq <= st.lastSeq)) {
