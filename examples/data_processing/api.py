@@ -3,8 +3,8 @@ works through. Run it with `python -m data_processing.api --port 8787` (PYTHONPA
 
 POST /enrich {"records": [{"id", "name", "city"}, ...]} with an `Idempotency-Key` header
 answers {"results": [...]} — each record enriched with a score and a region. It refuses a
-share of first attempts, deterministically per key: about one in four with 429 and
-`Retry-After: 1`, about one in eight with 503. A key it has answered is answered again
+share of first attempts, by the order the keys first come: two in eight with 429 and
+`Retry-After: 1`, one in eight with 503 (the same header). A key it has answered is answered again
 from its cache, so a client that retries (after a crash, say) never has a record
 processed twice. GET /stats says what happened: requests, 429s, 503s, and how many times
 each record was processed.
@@ -16,7 +16,8 @@ import argparse
 import hashlib
 import json
 import threading
-from collections import Counter
+import time
+from collections import Counter, defaultdict
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -32,7 +33,9 @@ class EnrichAPI(ThreadingHTTPServer):
         self.lock = threading.Lock()
         self.cache: dict[str, dict[str, Any]] = {}
         self.attempts: Counter[str] = Counter()
+        self.order: dict[str, int] = {}
         self.processed: Counter[str] = Counter()
+        self.arrivals: defaultdict[str, list[float]] = defaultdict(list)
         self.stats = Counter[str]()
 
     @property
@@ -42,11 +45,14 @@ class EnrichAPI(ThreadingHTTPServer):
     def answer(self, key: str, records: list[dict[str, Any]]) -> tuple[int, dict[str, Any]]:
         with self.lock:
             self.stats["requests"] += 1
+            self.arrivals[key].append(time.time())
             if key in self.cache:
                 self.stats["replayed"] += 1
                 return 200, self.cache[key]
+            if key not in self.attempts:
+                self.order[key] = len(self.order)
             self.attempts[key] += 1
-            bucket = int(hashlib.sha256(key.encode()).hexdigest(), 16) % 8
+            bucket = self.order[key] % 8  # by the order the keys first came: a steady share
             if self.attempts[key] == 1 and bucket in (0, 1):
                 self.stats["429"] += 1
                 return 429, {"error": "slow down"}
@@ -62,6 +68,11 @@ class EnrichAPI(ThreadingHTTPServer):
                 )
             self.cache[key] = {"results": results}
             return 200, self.cache[key]
+
+    def arrivals_by_key(self) -> dict[str, list[float]]:
+        """When each request arrived, by idempotency key (a retry comes after Retry-After)."""
+        with self.lock:
+            return {key: list(times) for key, times in self.arrivals.items()}
 
     def summary(self) -> dict[str, Any]:
         with self.lock:

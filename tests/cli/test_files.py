@@ -165,10 +165,10 @@ async def test_files_in_and_out_locally_and_through_the_server(tmp_path: Path, d
 
 
 def test_api_refuses_files_without_a_blob_or_outside_the_workspace(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, db_url: str
 ) -> None:
     spec = {"name": "f", "model": {"provider": "scripted", "responses": [{"text": "ok"}]}}
-    server = Server(env_for(sqlite_url), "--no-worker", log=tmp_path / "server.log")
+    server = Server(env_for(db_url), "--no-worker", log=tmp_path / "server.log")
     try:
         sha = httpx.post(f"{server.url}/v1/blobs", content=b"data").json()["sha256"]
         for files, words in (

@@ -198,7 +198,7 @@ class _Handler(BaseHTTPRequestHandler):
 
 
 async def test_http_builtin_honours_retry_after_and_the_model_sees_only_success(
-    tmp_path: Path, sqlite_url: str
+    tmp_path: Path, db_url: str
 ) -> None:
     server = Recorder([(429, {"Retry-After": "2"}), (503, {"Retry-After": "1"})])
     spec = write_agent(
@@ -206,8 +206,8 @@ async def test_http_builtin_honours_retry_after_and_the_model_sees_only_success(
         [{"tool_calls": [call("http", method="GET", url=f"{server.url}/item/1")]}, {"text": "ok"}],
         [{"builtin": "http", "retry": {"max_attempts": 4, "initial_backoff": 0.2}}],
     )
-    store = await Store.open(sqlite_url)
-    fleet = Fleet(tmp_path, sqlite_url, store)
+    store = await Store.open(db_url)
+    fleet = Fleet(tmp_path, db_url, store)
     try:
         run_id = fleet.start(spec)
         fleet.worker()

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import threading
 import time
 from datetime import UTC, datetime
 from typing import Any
@@ -129,6 +130,11 @@ class ToolStep:
         )
         progress: dict[str, Any] = {}
         published = [0.0]
+        loop = asyncio.get_running_loop()
+        loop_thread = threading.get_ident()
+
+        def publish(event: dict[str, Any]) -> None:
+            self.log.publish_ephemeral("tool.progress", event)
 
         def on_progress(value: dict[str, Any]) -> None:
             progress.clear()
@@ -136,7 +142,11 @@ class ToolStep:
             now = time.monotonic()  # at most ten live ticks a second, and the last one
             if now - published[0] >= 0.1 or value.get("done") == value.get("total"):
                 published[0] = now
-                self.log.publish_ephemeral("tool.progress", {**base, **value})
+                if threading.get_ident() == loop_thread:
+                    publish({**base, **value})
+                else:  # a plain function runs in a thread; the broker's queues are the loop's
+                    with contextlib.suppress(RuntimeError):  # the loop is gone (timed out)
+                        loop.call_soon_threadsafe(publish, {**base, **value})
 
         # Calls that touch the workspace run one at a time, so the file changes journaled
         # with a call's result are exactly that call's (not a parallel call's half-done writes).

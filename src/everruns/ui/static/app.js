@@ -805,7 +805,8 @@ function runPage(runId) {
           return {
             cls: "tool error",
             title: ["Tool ", h("span", { class: "mono" }, d.name), ` failed: ${failure}`],
-            body: h("div", { class: "callout" }, collapsible(d.output, "Result")),
+            body: [h("div", { class: "callout" }, collapsible(d.output, "Result")),
+              d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
           };
         }
         return {
@@ -819,7 +820,8 @@ function runPage(runId) {
         return {
           cls: "error",
           title: ["Tool ", h("span", { class: "mono" }, d.name), d.denied ? " denied" : d.interrupted ? " interrupted" : " failed"],
-          body: h("div", { class: "callout" }, collapsible(d.error, "Error")),
+          body: [h("div", { class: "callout" }, collapsible(d.error, "Error")),
+            d.files && window.everrunsFiles ? window.everrunsFiles.diffs(runId, ev.seq, d.files, { h, token }) : null],
         };
       case "tool.waiting":
         return {
@@ -1039,6 +1041,7 @@ function runPage(runId) {
     }
     if (ev.type === "llm.delta" || ev.ephemeral) {
       if (ev.type === "llm.delta") onDelta(ev.data || {});
+      else if (ev.type === "tool.progress" && ev.data) { st.progress = ev.data; renderHead(); } // live, not journaled
       return;
     }
     apply(ev);
@@ -1069,7 +1072,7 @@ function runPage(runId) {
       setConn("live", "live");
     };
     es.onmessage = onEvent;
-    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta"]) es.addEventListener(type, onEvent);
+    for (const type of [...EVENT_TYPES, ...VERB_EVENTS, "llm.delta", "tool.progress"]) es.addEventListener(type, onEvent);
     es.onerror = () => {
       if (st.es !== es) return;
       if (TERMINAL.has(st.status) && (!st.row || st.row.last_seq <= st.lastSeq)) {

@@ -128,9 +128,11 @@ function card(runId, { h, token }) {
 }
 
 // A line diff (longest common subsequence; files over 3000 lines are shown whole).
+// `null` is no file (a new file's before, a deleted file's after): every line is added
+// or removed, none is matched with the empty line of an empty text.
 function lineDiff(before, after) {
-  const a = before.split("\n");
-  const b = after.split("\n");
+  const a = before === null ? [] : before.split("\n");
+  const b = after === null ? [] : after.split("\n");
   if (a.length * b.length > 9e6) return [...a.map((l) => ["-", l]), ...b.map((l) => ["+", l])];
   const n = a.length;
   const m = b.length;
@@ -152,7 +154,7 @@ function lineDiff(before, after) {
 }
 
 async function textOf(runId, path, sha, token) {
-  if (!sha) return "";
+  if (!sha) return null;
   return (await fetchRaw(fileUrl(runId, path, sha), token)).text();
 }
 
