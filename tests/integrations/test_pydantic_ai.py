@@ -714,8 +714,15 @@ async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_ur
     assert again.output == same.output == result.output and len(seen) == 1
     with pytest.raises(ValueError, match=r"run deps-1 was created with deps .*Oslo.*Bergen"):
         await durable.run("Book", deps=Trip("Bergen", 2), run_id="deps-1")
-    with pytest.raises(TypeError, match=r"deps: a Trip cannot be journaled as JSON.*lock.*deps_factory=fn"):
+    async with durable.run_stream_events("Book", deps=Trip("Oslo", 2), run_id="deps-1") as events:
+        streamed = [e async for e in events]
+    assert streamed[-1].result.output == result.output and len(seen) == 1
+    with pytest.raises(
+        TypeError, match=r"deps: a Trip cannot be journaled as JSON.*deps_factory=fn"
+    ):
         await durable.run("Book", deps=Trip("Oslo", threading.Lock()))
+    with pytest.raises(TypeError, match=r"a Trip cannot be journaled as JSON \(.*lock"):
+        durable.run_stream_events("Book", deps=Trip("Oslo", threading.Lock()))
     assert len(seen) == 1
 
     untyped: Agent[Any, str] = Agent(FunctionModel(_deps_model))  # no deps_type
@@ -725,7 +732,9 @@ async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_ur
         seen.append(ctx.deps)
         return f"booked in {ctx.deps['city']}"
 
-    result = await EverrunsAgent(untyped, name="untyped", db=db_url).run("Book", deps=Trip("Rome", 1))
+    result = await EverrunsAgent(untyped, name="untyped", db=db_url).run(
+        "Book", deps=Trip("Rome", 1)
+    )
     assert result.output.startswith("booked in Rome") and seen[-1] == {"city": "Rome", "nights": 1}
 
 
