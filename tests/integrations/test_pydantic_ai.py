@@ -11,6 +11,7 @@ reservation is at_most_once and counted in the ledger), then answer with the res
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import re
 import sqlite3
@@ -22,6 +23,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from pydantic import SecretStr
 from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
@@ -29,10 +31,11 @@ from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 from everruns.client import Client
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
 from everruns.engine.worker import Worker
+from everruns.errors import SpecError
 from everruns.integrations.pydantic_ai import EverrunsAgent, EverrunsRunError
 from everruns.policy import PolicyError, check_spec
 from everruns.settings import Settings
-from everruns.spec import AgentSpec
+from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store
 from everruns.testing._procs import worker_env
 from everruns.testing.matrix import acrash_matrix, assert_exactly_once
@@ -261,6 +264,14 @@ def test_api_specs_need_the_operators_leave_for_the_agent_module() -> None:
     check_spec(spec, "local", Settings(), {})
     with pytest.raises(ValueError, match="brings its own tools"):
         AgentSpec.model_validate({**SPEC, "tools": ["ledgertools:charge"]})
+    # Static deps: JSON only, a problem named by field; unset, they stay out of the
+    # stored spec (existing versions keep their hash).
+    assert "deps" not in spec.to_dict()["agent"]
+    given = {"currency": "EUR", "rates": [1.5, None]}
+    assert parse_spec({**SPEC, "agent": {**SPEC["agent"], "deps": given}}).agent.deps == given
+    dated = {**SPEC, "agent": {**SPEC["agent"], "deps": {"when": datetime.date(2026, 12, 7)}}}
+    with pytest.raises(SpecError, match=r"agent\.deps: when is of type date, not a JSON value"):
+        parse_spec(dated)
 
 
 def test_started_through_the_api_streamed_live_and_seen_through_events(
@@ -689,8 +700,9 @@ async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_ur
     """`run(deps=Trip(...))`: journaled as JSON in run.created; the execution gets them
     validated back as the agent's deps_type (a Trip in the tool and the instructions). The
     same run again: from the journal (same or no deps); with other deps: refused. Deps
-    that are not JSON: refused, saying why. An agent that declares no deps_type gets the
-    JSON value (the first execution too, so a mistake shows at once)."""
+    that are not JSON, or that would not come back equal (a SecretStr is journaled masked;
+    a dataclass for an agent without deps_type would come back a dict): refused, saying
+    why. Plain JSON deps of an agent without deps_type are given back as they are."""
     seen: list[Any] = []
     agent: Agent[Trip, str] = Agent(FunctionModel(_deps_model), deps_type=Trip)
 
@@ -721,6 +733,8 @@ async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_ur
         TypeError, match=r"deps: a Trip cannot be journaled as JSON.*deps_factory=fn"
     ):
         await durable.run("Book", deps=Trip("Oslo", threading.Lock()))
+    with pytest.raises(TypeError, match=r"a Trip does not survive the journal.*SecretStr"):
+        await durable.run("Book", deps=Trip("Oslo", SecretStr("2")))  # journaled masked
     with pytest.raises(TypeError, match=r"a Trip cannot be journaled as JSON \(.*lock"):
         durable.run_stream_events("Book", deps=Trip("Oslo", threading.Lock()))
     assert len(seen) == 1
@@ -732,10 +746,11 @@ async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_ur
         seen.append(ctx.deps)
         return f"booked in {ctx.deps['city']}"
 
-    result = await EverrunsAgent(untyped, name="untyped", db=db_url).run(
-        "Book", deps=Trip("Rome", 1)
-    )
-    assert result.output.startswith("booked in Rome") and seen[-1] == {"city": "Rome", "nights": 1}
+    durable = EverrunsAgent(untyped, name="untyped", db=db_url)
+    with pytest.raises(TypeError, match=r"a Trip does not survive.*declares no type.*deps_type="):
+        await durable.run("Book", deps=Trip("Rome", 1))  # it would come back as a dict
+    result = await durable.run("Book", deps={"city": "Rome"})  # JSON: given back as it is
+    assert result.output.startswith("booked in Rome") and seen[-1] == {"city": "Rome"}
 
 
 async def test_a_deps_factory_builds_the_live_object_in_each_execution(

@@ -35,7 +35,8 @@ Factory = Callable[[str, Any], Any]
 def journaled(value: Any, what: str, rebuild: Any, hint: str) -> Any:
     """The JSON form of a caller's `value` (None if none was given) as it will be
     journaled. TypeError, naming the type and the problem, if it has none, or if it does
-    not validate back as `rebuild` (a type; None: not checked, a factory builds it)."""
+    not validate back as `rebuild` (a type; None: not checked, a factory builds it) into
+    an equal value."""
     if value is None:
         return None
     try:
@@ -45,9 +46,32 @@ def journaled(value: Any, what: str, rebuild: Any, hint: str) -> Any:
             f"{what}: a {type(value).__name__} cannot be journaled as JSON ({exc}); a resumed "
             f"run is rebuilt on any worker from what is stored. {hint}"
         ) from None
-    if rebuild is not None:
-        rebuilt(data, rebuild, what)
+    if rebuild is None:
+        return data
+    back = rebuilt(data, rebuild, what)
+    if not _survives(value, back):
+        why = (
+            f"the agent declares no type for it, so it would come back as its JSON (a "
+            f"{type(back).__name__}): declare it (Pydantic AI: Agent(..., deps_type=...))"
+            if rebuild is object
+            else "validated back from its JSON it differs from the given one (a SecretStr "
+            "is journaled masked, a field left out of serialization is lost)"
+        )
+        raise TypeError(
+            f"{what}: a {type(value).__name__} does not survive the journal: {why}. {hint}"
+        )
     return data
+
+
+def _survives(value: Any, back: Any) -> bool:
+    """Whether the value rebuilt from the JSON equals the given one, where the type
+    defines equality (a dataclass, a model); other objects are taken as they come."""
+    if type(value).__eq__ is object.__eq__:
+        return True
+    try:
+        return bool(back == value)
+    except Exception:
+        return True
 
 
 def rebuilt(data: Any, kind: Any, what: str) -> Any:
