@@ -8,6 +8,7 @@ continues with the configuration it started with.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any, Literal
@@ -402,6 +403,12 @@ class FrameworkAgent(_Strict):
     effects: dict[str, Effect] = Field(
         default_factory=dict, description="effect class per tool name (default at_most_once)"
     )
+    # Unset stays out of to_dict() (stored versions of older specs keep their hash).
+    deps: Any = Field(
+        default=None,
+        description="the runs' dependencies (Pydantic AI deps, the OpenAI Agents SDK's run "
+        "context) as JSON, for runs started without their own",
+    )
 
     @field_validator("python")
     @classmethod
@@ -410,6 +417,39 @@ class FrameworkAgent(_Strict):
         if not sep or not module or not attribute:
             raise ValueError(f"{value!r} is not `package.module:attribute`")
         return value
+
+    @field_validator("deps")
+    @classmethod
+    def _json(cls, value: Any) -> Any:
+        problem = json_problem(value)
+        if problem is not None:
+            raise ValueError(problem)
+        return value
+
+
+def json_problem(value: Any, where: str = "") -> str | None:
+    """Why `value` is not plain JSON (None if it is): the first offending part, named."""
+    at = f" at {where}" if where else ""
+    what = where or "the value"
+    if value is None or isinstance(value, str | bool | int):
+        return None
+    if isinstance(value, float):
+        return None if math.isfinite(value) else f"{what} is {value}, not a JSON number"
+    if isinstance(value, list):
+        for i, item in enumerate(value):
+            problem = json_problem(item, f"{where}[{i}]")
+            if problem is not None:
+                return problem
+        return None
+    if isinstance(value, dict):
+        for key, item in value.items():
+            if not isinstance(key, str):
+                return f"the key {key!r}{at} is not a string"
+            problem = json_problem(item, f"{where}.{key}" if where else key)
+            if problem is not None:
+                return problem
+        return None
+    return f"{what} is of type {type(value).__name__}, not a JSON value (quote it in YAML)"
 
 
 class AgentSpec(_Strict):

@@ -13,6 +13,7 @@ import importlib
 import json
 import os
 import sys
+import threading
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -70,6 +71,10 @@ def answer(body: dict[str, Any]) -> dict[str, Any]:
     tools = {t["function"]["name"] for t in body.get("tools") or []}
     if "transfer_to_booking_agent" in tools:
         return _call("call_t", "transfer_to_booking_agent")
+    if "greet" in tools:  # the greeter: greet, then answer with the greeting
+        greeted = _results(body, "call_g")
+        system = next(m["content"] for m in body["messages"] if m["role"] == "system")
+        return {"content": f"{greeted[0]} | {system}"} if greeted else _call("call_g", "greet")
     if "lookup" in tools:
         found = _results(body, "call_l", "call_r")
         if not found:
@@ -620,3 +625,104 @@ def wait_sync(predicate: Callable[[], bool], what: str, timeout: float = 60) -> 
             return
         time.sleep(0.1)
     raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+# ---------------------------------------------------------------- the run context
+
+
+async def test_the_run_context_travels_with_the_run(db_url: str, fake_openai: FakeOpenAI) -> None:
+    """`context=`: journaled as JSON in run.created; the execution gets it back as
+    `context_type` (a Traveller in the tool and the instructions), else as the JSON value
+    (a dict); a `context_factory` builds a context that cannot be JSON in each execution
+    from the journaled value. The same run again with another context: refused; a context
+    that is not JSON without a factory: refused, saying why; a ref whose agent lacks the
+    context_type: refused."""
+    oa_agents = _agents()
+    Traveller = oa_agents.Traveller
+    ada = Traveller("Ada", "Rome")
+    typed = await EverrunsRunner.run(
+        oa_agents.greeter, "Hi", context=ada, context_type=Traveller, run_id="c-1", db=db_url
+    )
+    assert typed.final_output == "hello Ada in Rome (Traveller) | You greet Ada."
+    events = await _events(db_url, "c-1")
+    assert events[0].data["deps"] == {"name": "Ada", "city": "Rome"}
+    sent = len(fake_openai.requests)
+    again = await EverrunsRunner.run(oa_agents.greeting, "Hi", context=ada, run_id="c-1", db=db_url)
+    assert again.final_output == typed.final_output and len(fake_openai.requests) == sent
+    streamed = EverrunsRunner.run_streamed(oa_agents.greeting, "Hi", run_id="c-1", db=db_url)
+    assert [
+        e async for e in streamed.stream_events()
+    ] and streamed.final_output == again.final_output
+    with pytest.raises(ValueError, match=r"run c-1 was created with context .*Ada.*Bob"):
+        await EverrunsRunner.run(
+            oa_agents.greeting, "Hi", context=Traveller("Bob", "Rome"), run_id="c-1", db=db_url
+        )
+    plain = await EverrunsRunner.run(oa_agents.greeter, "Hi", context=ada, run_id="c-2", db=db_url)
+    assert plain.final_output.startswith("hello Ada in Rome (dict)")  # no context_type
+
+    class Desk:  # a live object: cannot be JSON
+        def __init__(self, run_id: str, value: Any):
+            self.name, self.city = f"{value['name']} of {run_id}", value["city"]
+            self.lock = threading.Lock()
+
+    built: list[tuple[str, Any]] = []
+
+    def desk(run_id: str, value: Any) -> Desk:
+        built.append((run_id, value))
+        return Desk(run_id, value)
+
+    with pytest.raises(
+        TypeError, match=r"context: a Desk cannot be journaled as JSON.*context_factory=fn"
+    ):
+        await EverrunsRunner.run(
+            oa_agents.greeter, "Hi", context=Desk("x", {"name": "A", "city": "B"})
+        )
+    live = await EverrunsRunner.run(
+        oa_agents.greeter,
+        "Hi",
+        context={"name": "Cy", "city": "Oslo"},
+        context_factory=desk,
+        run_id="c-3",
+        db=db_url,
+    )
+    assert live.final_output == "hello Cy of c-3 in Oslo (Desk) | You greet Cy of c-3."
+    await EverrunsRunner.run(oa_agents.greeter, "Hi", context_factory=desk, run_id="c-3", db=db_url)
+    assert built == [("c-3", {"name": "Cy", "city": "Oslo"})] * 2  # each execution builds it
+    with pytest.raises(TypeError, match=r"context_type: ref 'oa_agents:greeter' names an agent"):
+        await EverrunsRunner.run(
+            oa_agents.greeter, "Hi", context=ada, context_type=Traveller, ref="oa_agents:greeter"
+        )
+
+
+async def test_a_taking_over_worker_process_rebuilds_the_context_from_the_journal(
+    sqlite_url: str, tmp_path: Path, fake_openai: FakeOpenAI
+) -> None:
+    """A by-reference run of a DurableAgent (tests/tooling/oa_agents.py: greeting, with its
+    context_type) with a context in run.created, as `EverrunsRunner.run(context=...)`
+    journals it: the first worker process is SIGKILLed after the idempotent tool ran (its
+    result not journaled); the next one rebuilds the context from the journal (the
+    instructions made from it match the journaled request: the first answer is replayed)
+    and its tool sees the same Traveller. SQLite only, to save two worker processes (the
+    in-process context tests run on both databases; Pydantic AI's crash case on PostgreSQL)."""
+    _agents()
+    spec = AgentSpec.model_validate(
+        {"name": "greeter", "agent": {"python": "oa_agents:greeting", "framework": "openai_agents"}}
+    )
+    ledger = tmp_path / "ledger.jsonl"
+    traveller = {"name": "Ada", "city": "Rome"}
+    async with await Store.open(sqlite_url) as store:
+        run_id = await store.create_run(spec, "Hi", created_data={"deps": traveller})
+        for n, point in enumerate(["before:tool.completed#1", None]):
+            log = tmp_path / f"worker-{n}.log"
+            code = await run_worker(sqlite_url, run_id, worker_env(ledger, point), log, 0.5, 60)
+            assert code == (KILLED if point else 0), log.read_text()[-3000:]
+        row = await store.get_run(run_id)
+        events = await store.load_events(run_id)
+    assert row.status == "completed", row.error
+    assert row.result == "hello Ada in Rome (Traveller) | You greet Ada."
+    seen = [x for x in read_ledger(ledger) if x["kind"] == "context"]
+    assert [(x["type"], x["name"]) for x in seen] == [("Traveller", "Ada")] * 2
+    assert len({x["pid"] for x in seen}) == 2  # two worker processes, each rebuilt it
+    assert [e.data["takeover"] for e in events if e.type == "run.started"] == [False, True]
+    assert [e.data["step"] for e in events if e.type == EventType.LLM_STARTED] == [1, 2]
+    assert len(fake_openai.requests) == 2  # the first answer was replayed, not asked again

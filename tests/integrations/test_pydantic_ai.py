@@ -11,26 +11,31 @@ reservation is at_most_once and counted in the ledger), then answer with the res
 from __future__ import annotations
 
 import asyncio
+import datetime
 import json
 import re
+import sqlite3
 import sys
 import threading
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import pytest
-from pydantic_ai import Agent
+from pydantic import SecretStr
+from pydantic_ai import Agent, RunContext
 from pydantic_ai.messages import ModelResponse, TextPart, ToolCallPart
 from pydantic_ai.models.function import AgentInfo, DeltaToolCall, FunctionModel
 
 from everruns.client import Client
 from everruns.core.events import INTERRUPTED_MESSAGE, EventType
 from everruns.engine.worker import Worker
+from everruns.errors import SpecError
 from everruns.integrations.pydantic_ai import EverrunsAgent, EverrunsRunError
 from everruns.policy import PolicyError, check_spec
 from everruns.settings import Settings
-from everruns.spec import AgentSpec
+from everruns.spec import AgentSpec, parse_spec
 from everruns.store import Store
 from everruns.testing._procs import worker_env
 from everruns.testing.matrix import acrash_matrix, assert_exactly_once
@@ -259,6 +264,14 @@ def test_api_specs_need_the_operators_leave_for_the_agent_module() -> None:
     check_spec(spec, "local", Settings(), {})
     with pytest.raises(ValueError, match="brings its own tools"):
         AgentSpec.model_validate({**SPEC, "tools": ["ledgertools:charge"]})
+    # Static deps: JSON only, a problem named by field; unset, they stay out of the
+    # stored spec (existing versions keep their hash).
+    assert "deps" not in spec.to_dict()["agent"]
+    given = {"currency": "EUR", "rates": [1.5, None]}
+    assert parse_spec({**SPEC, "agent": {**SPEC["agent"], "deps": given}}).agent.deps == given
+    dated = {**SPEC, "agent": {**SPEC["agent"], "deps": {"when": datetime.date(2026, 12, 7)}}}
+    with pytest.raises(SpecError, match=r"agent\.deps: when is of type date, not a JSON value"):
+        parse_spec(dated)
 
 
 def test_started_through_the_api_streamed_live_and_seen_through_events(
@@ -348,8 +361,8 @@ async def test_structured_output_retries_and_what_is_refused(db_url: str) -> Non
     ]
     with pytest.raises(NotImplementedError, match=r"cannot be durable.*run_stream_events"):
         durable.run_stream("Plan Rome")
-    with pytest.raises(TypeError, match="does not support deps"):
-        await durable.run("Plan Rome", deps=object())
+    with pytest.raises(TypeError, match="does not support message_history"):
+        await durable.run("Plan Rome", message_history=[])
 
 
 def booker_answer(body: dict[str, Any]) -> dict[str, Any]:
@@ -656,3 +669,187 @@ async def test_pause_takes_effect_before_the_next_model_request(db_url: str) -> 
     paused_at = types.index(EventType.RUN_PAUSED)
     assert types[paused_at - 1] == EventType.TOOL_COMPLETED  # no model request in between
     assert types.count(EventType.LLM_COMPLETED) == 3 and seen == ["Oslo"]
+
+
+# ---------------------------------------------------------------- deps
+
+
+@dataclass
+class Trip:
+    city: str
+    nights: Any
+
+
+class Till:
+    """Deps that cannot be JSON: a database connection, the run's id."""
+
+    def __init__(self, run_id: str, currency: str):
+        self.run_id, self.currency = run_id, currency
+        self.db = sqlite3.connect(":memory:", check_same_thread=False)
+
+
+def _deps_model(messages: list[Any], info: AgentInfo) -> ModelResponse:
+    """Book once, then answer with the booking and the instructions the agent was given."""
+    results = [p.content for m in messages for p in m.parts if p.part_kind == "tool-return"]
+    if not results:
+        return ModelResponse(parts=[ToolCallPart("book", {"amount": 90}, tool_call_id="k1")])
+    return ModelResponse(parts=[TextPart(f"{results[0]} ({info.instructions})")])
+
+
+async def test_deps_travel_with_the_run_as_json_and_come_back_as_deps_type(db_url: str) -> None:
+    """`run(deps=Trip(...))`: journaled as JSON in run.created; the execution gets them
+    validated back as the agent's deps_type (a Trip in the tool and the instructions). The
+    same run again: from the journal (same or no deps); with other deps: refused. Deps
+    that are not JSON, or that would not come back equal (a SecretStr is journaled masked;
+    a dataclass for an agent without deps_type would come back a dict): refused, saying
+    why. Plain JSON deps of an agent without deps_type are given back as they are."""
+    seen: list[Any] = []
+    agent: Agent[Trip, str] = Agent(FunctionModel(_deps_model), deps_type=Trip)
+
+    @agent.instructions
+    def plan(ctx: RunContext[Trip]) -> str:
+        return f"Plan {ctx.deps.city}"
+
+    @agent.tool
+    def book(ctx: RunContext[Trip], amount: int) -> str:
+        seen.append(ctx.deps)
+        return f"booked {ctx.deps.nights} nights in {ctx.deps.city} for {amount}"
+
+    durable = EverrunsAgent(agent, name="deps", db=db_url)
+    result = await durable.run("Book", deps=Trip("Oslo", 2), run_id="deps-1")
+    assert result.output == "booked 2 nights in Oslo for 90 (Plan Oslo)"
+    assert seen == [Trip("Oslo", 2)] and type(seen[0]) is Trip
+    events = await _events_of(db_url, "deps-1")
+    assert events[0].data["deps"] == {"city": "Oslo", "nights": 2}
+    again = await durable.run("Book", deps=Trip("Oslo", 2), run_id="deps-1")
+    same = await durable.run("Book", run_id="deps-1")  # none given: the journaled ones
+    assert again.output == same.output == result.output and len(seen) == 1
+    with pytest.raises(ValueError, match=r"run deps-1 was created with deps .*Oslo.*Bergen"):
+        await durable.run("Book", deps=Trip("Bergen", 2), run_id="deps-1")
+    async with durable.run_stream_events("Book", deps=Trip("Oslo", 2), run_id="deps-1") as events:
+        streamed = [e async for e in events]
+    assert streamed[-1].result.output == result.output and len(seen) == 1
+    with pytest.raises(
+        TypeError, match=r"deps: a Trip cannot be journaled as JSON.*deps_factory=fn"
+    ):
+        await durable.run("Book", deps=Trip("Oslo", threading.Lock()))
+    with pytest.raises(TypeError, match=r"a Trip does not survive the journal.*SecretStr"):
+        await durable.run("Book", deps=Trip("Oslo", SecretStr("2")))  # journaled masked
+    with pytest.raises(TypeError, match=r"a Trip cannot be journaled as JSON \(.*lock"):
+        durable.run_stream_events("Book", deps=Trip("Oslo", threading.Lock()))
+    assert len(seen) == 1
+
+    untyped: Agent[Any, str] = Agent(FunctionModel(_deps_model))  # no deps_type
+
+    @untyped.tool(name="book")
+    def book_(ctx: RunContext[Any], amount: int) -> str:
+        seen.append(ctx.deps)
+        return f"booked in {ctx.deps['city']}"
+
+    durable = EverrunsAgent(untyped, name="untyped", db=db_url)
+    with pytest.raises(TypeError, match=r"a Trip does not survive.*declares no type.*deps_type="):
+        await durable.run("Book", deps=Trip("Rome", 1))  # it would come back as a dict
+    result = await durable.run("Book", deps={"city": "Rome"})  # JSON: given back as it is
+    assert result.output.startswith("booked in Rome") and seen[-1] == {"city": "Rome"}
+
+
+async def test_a_deps_factory_builds_the_live_object_in_each_execution(
+    db_url: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`deps_factory=fn(run_id, value)` (async here) builds deps that cannot be JSON (a
+    database connection) in the executing worker from the journaled JSON value, in each
+    execution (the first and the replay). A by-reference spec's static `agent.deps` is the
+    value of a run that has none. Non-JSON deps, and a ref whose agent lacks the factory,
+    are refused."""
+    built: list[tuple[str, Any]] = []
+
+    async def open_till(run_id: str, value: Any) -> Till:
+        built.append((run_id, value))
+        return Till(run_id, value["currency"])
+
+    agent: Agent[Till, str] = Agent(FunctionModel(_deps_model), deps_type=Till)
+
+    @agent.tool
+    def book(ctx: RunContext[Till], amount: int) -> str:
+        total = ctx.deps.db.execute("select ? * 2", (amount,)).fetchone()[0]
+        return f"charged {total} {ctx.deps.currency} in {ctx.deps.run_id}"
+
+    durable = EverrunsAgent(agent, name="till", deps_factory=open_till, db=db_url)
+    result = await durable.run("Book", deps={"currency": "EUR"}, run_id="till-1")
+    assert result.output == "charged 180 EUR in till-1 (None)"
+    assert built == [("till-1", {"currency": "EUR"})]
+    await durable.run("Book", run_id="till-1")  # replayed: the factory builds it again
+    assert built == [("till-1", {"currency": "EUR"})] * 2
+
+    spec = durable.spec().to_dict()
+    spec["agent"]["deps"] = {"currency": "NOK"}
+    async with await Store.open(db_url) as store:
+        run_id = await store.create_run(AgentSpec.model_validate(spec), "Book")
+        await run_to_end(store, run_id)
+        row = await store.get_run(run_id)
+    assert row.status == "completed" and row.result == f"charged 180 NOK in {run_id} (None)"
+    assert built[-1] == (run_id, {"currency": "NOK"})
+
+    with pytest.raises(TypeError, match=r"a Till cannot be journaled.*factory's input"):
+        await durable.run("Book", deps=Till("x", "EUR"))
+    monkeypatch.syspath_prepend(str(TOOLING))
+    elsewhere = EverrunsAgent(agent, ref="pai_agents:trip", deps_factory=open_till, db=db_url)
+    with pytest.raises(TypeError, match=r"deps_factory: ref 'pai_agents:trip' names an agent"):
+        await elsewhere.run("Book", deps={"currency": "EUR"})
+    assert len(built) == 3
+
+
+async def _events_of(db_url: str, run_id: str) -> list[Any]:
+    async with await Store.open(db_url) as store:
+        return await store.load_events(run_id)
+
+
+def host_answer(body: dict[str, Any]) -> dict[str, Any]:
+    results = [m["content"] for m in body["messages"] if m["role"] == "tool"]
+    if not results:
+        return {"tool_calls": [{"id": "call_w", "name": "welcome", "arguments": {}}]}
+    system = next(m["content"] for m in body["messages"] if m["role"] == "system")
+    return {"content": f"{results[0]} | {system}"}
+
+
+async def test_a_taking_over_worker_process_rebuilds_the_deps_from_the_journal(
+    pg_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A by-reference run (tests/tooling/pai_agents.py: host, deps_type=Guest) with deps in
+    run.created, as `run(deps=...)` journals them: the first worker process is SIGKILLed
+    after the idempotent tool ran (its result not journaled); the next worker process
+    rebuilds the deps from the journal (the instructions made from them match the
+    journaled request, so the first answer is replayed) and its tool sees the same Guest.
+    PostgreSQL only, to save two worker processes: the deps are read from the journal by
+    the same code on both databases (the in-process deps tests run on both; the OpenAI
+    Agents SDK's crash case runs on SQLite)."""
+    from everruns.testing._procs import KILLED, run_worker
+
+    db_url = pg_url
+    fake = FakeOpenAI(host_answer, usage=(20, 5))
+    monkeypatch.setenv("PAI_OPENAI_URL", fake.url)
+    monkeypatch.syspath_prepend(str(TOOLING))
+    spec = AgentSpec.model_validate(
+        {"name": "host", "agent": {"python": "pai_agents:host", "framework": "pydantic_ai"}}
+    )
+    ledger = tmp_path / "ledger.jsonl"
+    guest = {"name": "Ada", "nights": 3}
+    try:
+        async with await Store.open(db_url) as store:
+            run_id = await store.create_run(spec, "Welcome", created_data={"deps": guest})
+            for n, point in enumerate(["before:tool.completed#1", None]):
+                log = tmp_path / f"worker-{n}.log"
+                code = await run_worker(db_url, run_id, worker_env(ledger, point), log, 0.5, 60)
+                assert code == (KILLED if point else 0), log.read_text()[-3000:]
+            row = await store.get_run(run_id)
+            events = await store.load_events(run_id)
+    finally:
+        fake.close()
+    assert row.status == "completed", row.error
+    assert row.result == "welcome Ada, 3 nights | You welcome Ada."
+    seen = [x for x in read_ledger(ledger) if x["kind"] == "deps"]
+    assert [(x["type"], x["deps"]) for x in seen] == [("Guest", guest)] * 2
+    assert len({x["pid"] for x in seen}) == 2  # two worker processes, each rebuilt them
+    assert [e.data["takeover"] for e in events if e.type == "run.started"] == [False, True]
+    assert [e.data["step"] for e in events if e.type == EventType.LLM_STARTED] == [1, 2]
+    assert len(fake.requests) == 2  # the first answer was replayed, not asked again

@@ -1,21 +1,25 @@
 """OpenAI Agents SDK agents for tests/integrations: a triage agent that hands off to a
 booking agent with two tools, a variant whose booking needs a human's approval (the SDK's
-own `needs_approval`), and a concierge whose tools are a real stdio MCP server
-(tests/tooling/oa_mcp.py); all on the SDK's chat-completions model sent to the loopback
+own `needs_approval`), a concierge whose tools are a real stdio MCP server
+(tests/tooling/oa_mcp.py), and a greeter that reads the run context (`greeting`: with its
+context_type, for workers); all on the SDK's chat-completions model sent to the loopback
 fake server named by PAI_OPENAI_URL (tests/helpers.FakeOpenAI)."""
 
 from __future__ import annotations
 
 import os
 import sys
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
-from agents import Agent, OpenAIChatCompletionsModel, function_tool
+from agents import Agent, OpenAIChatCompletionsModel, RunContextWrapper, function_tool
 from agents.mcp import MCPServerStdio
 from openai import AsyncOpenAI
 
 from everruns.integrations import everruns_tool
-from everruns.testing.effects import record_effect
+from everruns.integrations.openai_agents import DurableAgent
+from everruns.testing.effects import append, record_effect
 
 
 def model() -> OpenAIChatCompletionsModel:
@@ -73,3 +77,34 @@ concierge = Agent(
         )
     ],
 )
+
+
+# ---- the run context: a dataclass (with context_type), else its JSON (a dict).
+
+
+@dataclass
+class Traveller:
+    name: str
+    city: str
+
+
+def _field(context: Any, name: str) -> Any:
+    return context[name] if isinstance(context, dict) else getattr(context, name)
+
+
+def _greeting(ctx: RunContextWrapper[Any], agent: Agent[Any]) -> str:
+    return f"You greet {_field(ctx.context, 'name')}."  # in every request: replay checks it
+
+
+@everruns_tool(effect="idempotent")
+@function_tool
+def greet(ctx: RunContextWrapper[Any]) -> str:
+    """Greet the traveller (idempotent: run again after a crash, seeing the rebuilt context)."""
+    context = ctx.context
+    kind = type(context).__name__
+    append({"kind": "context", "type": kind, "name": _field(context, "name")})
+    return f"hello {_field(context, 'name')} in {_field(context, 'city')} ({kind})"
+
+
+greeter = Agent(name="Greeter", instructions=_greeting, model=model(), tools=[greet])
+greeting = DurableAgent(greeter, context_type=Traveller)

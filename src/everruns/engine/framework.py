@@ -173,8 +173,14 @@ class FrameworkSession:
         self.steps: list[tuple[dict[str, Any], dict[str, Any]]] = []
         self.started: dict[str, dict[str, Any]] = {}
         self.results: dict[str, Event] = {}
+        # The caller's per-run dependencies as JSON (Pydantic AI's deps, the OpenAI Agents
+        # SDK's context), journaled in run.created; None: none given (see
+        # everruns.integrations.deps, which rebuilds them).
+        self.deps: Any = None
         started: dict[str, Any] = {}
         for e in events:
+            if e.type == EventType.RUN_CREATED:
+                self.deps = e.data.get("deps")
             if e.type == EventType.RUN_CREATED and e.data.get("input") is not None:
                 self.inputs.append(str(e.data["input"]))
             elif e.type == EventType.MESSAGE_USER:

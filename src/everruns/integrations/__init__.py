@@ -71,17 +71,24 @@ async def run_in_process(
     db: str | None,
     timeout: float | None,
     execute: Callable[[Any, FrameworkSession], Awaitable[str]],
+    deps: Any = None,
+    what: str = "deps",
 ) -> Any:
     """Create (or find, by `run_id`) the run, execute it in this process until it ends,
     and return the framework's result object; a run that finished elsewhere is rebuilt
-    by replaying its journal (no model or tool is called)."""
+    by replaying its journal (no model or tool is called). `deps`: the caller's per-run
+    dependencies as JSON (see everruns.integrations.deps), journaled in run.created; an
+    existing run created with other ones is refused (ValueError)."""
+    from everruns.integrations.deps import check_resumed
     from everruns.settings import Settings
     from everruns.store import Store
     from everruns.testing.runs import run_to_end
 
     store = await Store.open(db or default_db())
     try:
-        rid = await store.create_run(spec, input, run_id=run_id)
+        created = {"deps": deps} if deps is not None else None
+        rid = await store.create_run(spec, input, run_id=run_id, created_data=created)
+        await check_resumed(store, rid, deps, what)
         framework.expect(rid)
         try:
             await run_to_end(store, rid, timeout=timeout or 3600)

@@ -25,19 +25,46 @@ from pydantic_core import to_json
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession
 from everruns.integrations import EverrunsRunError, everruns_tool, run_in_process
+from everruns.integrations.deps import Factory, build, journaled
 from everruns.integrations.mcp_servers import connected
 from everruns.integrations.openai_agents_graph import JournalProvider, durable_copy
 from everruns.spec import AgentSpec, FrameworkAgent, Limits
 
-__all__ = ["DurableRunStreaming", "EverrunsRunError", "EverrunsRunner", "everruns_tool", "execute"]
+__all__ = [
+    "DurableAgent",
+    "DurableRunStreaming",
+    "EverrunsRunError",
+    "EverrunsRunner",
+    "everruns_tool",
+    "execute",
+]
 
 
-def _target(target: Any) -> tuple[Agent[Any], dict[str, str]]:
-    if isinstance(target, _Registered):
-        return target.agent, target.effects
+@dataclasses.dataclass
+class DurableAgent:
+    """An SDK agent with what the worker that executes its runs needs besides the agent:
+    tool `effects` (name -> effect class), `context_type` (a pydantic-validatable type: the
+    run's journaled JSON context is validated back as it, so a dataclass context comes back
+    as that dataclass) and `context_factory` (`fn(run_id, value)`, sync or async: builds a
+    context that cannot be JSON, e.g. a client, in the executing worker from the journaled
+    JSON value). A by-reference spec's `agent.python` may name one in place of the Agent;
+    `EverrunsRunner.run` takes one too."""
+
+    agent: Agent[Any]
+    effects: dict[str, str] = dataclasses.field(default_factory=dict)
+    context_type: Any = None
+    context_factory: Factory | None = None
+
+
+def _target(target: Any) -> DurableAgent:
+    if isinstance(target, DurableAgent):
+        return target
     if not isinstance(target, Agent):
-        raise ValueError(f"agent.python: {type(target).__name__} is not an OpenAI Agents SDK Agent")
-    return target, {}
+        raise ValueError(
+            f"agent.python: {type(target).__name__} is not an OpenAI Agents SDK Agent "
+            "(agents.Agent or DurableAgent)"
+        )
+    return DurableAgent(target)
 
 
 async def _stream(result: Any, session: FrameworkSession) -> None:
@@ -57,10 +84,12 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     """The loop of a framework run (called by the worker): one streamed run per user
     message, each continuing the conversation of the previous ones with the agent that
     answered last (as the SDK's chat loops do)."""
-    agent, extra = _target(target)
+    found = _target(target)
     assert session.spec.agent is not None
+    context = await build(session, found.context_type, found.context_factory, "context")
     copies: dict[int, Agent[Any]] = {}
-    durable = durable_copy(agent, session, {**session.spec.agent.effects, **extra}, copies)
+    effects = {**session.spec.agent.effects, **found.effects}
+    durable = durable_copy(found.agent, session, effects, copies)
     config = RunConfig(model_provider=JournalProvider(session), tracing_disabled=True)
     history: list[Any] = []
     result: Any = None
@@ -68,7 +97,9 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     async with connected(servers):
         for prompt in session.inputs:
             user: Any = {"role": "user", "content": prompt}
-            result = Runner.run_streamed(durable, [*history, user], run_config=config)
+            result = Runner.run_streamed(
+                durable, [*history, user], context=context, run_config=config
+            )
             await _stream(result, session)
             history = result.to_input_list()
             durable = result.last_agent  # the conversation goes on with the agent that answered
@@ -79,20 +110,12 @@ async def execute(target: Any, session: FrameworkSession) -> str:
     return output if isinstance(output, str) else to_json(output, fallback=str).decode()
 
 
-@dataclasses.dataclass
-class _Registered:
-    agent: Agent[Any]
-    effects: dict[str, str]
-
-
 # What Runner.run takes and EverrunsRunner does not, and why: a resumed run is rebuilt on
 # any worker from the spec alone, so per-call objects cannot follow it.
 _REFUSED = {
     "session": "the run's journal is its memory: continue a conversation by sending the run "
     "another message (`everruns send RUN_ID ...`, or EverrunsRunner.run with the same "
     "run_id after the message), not through an SDK Session",
-    "context": "a resumed run is rebuilt on any worker from the spec alone; read what your "
-    "tools need from the environment or your own store",
     "max_turns": "the everruns spec's limits bound the run (limits={'max_steps': ...})",
     "hooks": "hooks would run again on replay; watch the run's journal instead",
     "run_config": "the durable run builds its own RunConfig (models by name use the default "
@@ -116,17 +139,40 @@ def _refuse(input: Any, kwargs: dict[str, Any]) -> None:
 
 
 def _spec(
-    starting_agent: Agent[Any],
+    starting_agent: Agent[Any] | DurableAgent,
     ref: str | None,
     effects: dict[str, str] | None,
     approvals: list[str] | None,
     limits: Limits | dict[str, Any] | None,
-) -> AgentSpec:
-    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in starting_agent.name)
+    context: Any = None,
+    context_type: Any = None,
+    context_factory: Factory | None = None,
+) -> tuple[AgentSpec, Any]:
+    """The run's spec and its context as journaled (JSON), checked the way the executing
+    worker will rebuild it."""
+    given = _target(starting_agent)
+    target = DurableAgent(
+        given.agent,
+        {**given.effects, **(effects or {})},
+        context_type or given.context_type,
+        context_factory or given.context_factory,
+    )
+    name = "".join(c if c.isalnum() or c in "_.-" else "-" for c in target.agent.name)
     local = f"everruns.local:openai_agents.{name}"
     if ref is None:
-        framework.register(local, _Registered(starting_agent, dict(effects or {})))
-    return AgentSpec.model_validate(
+        framework.register(local, target)
+    elif context is not None or context_type is not None or context_factory is not None:
+        target = _imported(ref, target)
+    rebuild = None if target.context_factory else target.context_type
+    hint = (
+        "Pass a context that is JSON (the factory's input) and build the live object in "
+        "context_factory."
+        if target.context_factory
+        else "Give a context_factory=fn(run_id, value) that builds it in the executing "
+        "worker, and pass what it needs (JSON) as context."
+    )
+    data = journaled(context, "context", rebuild, hint)
+    spec = AgentSpec.model_validate(
         {
             "name": name or "openai-agent",
             "agent": FrameworkAgent(
@@ -138,6 +184,21 @@ def _spec(
             "approvals": {"require_for": list(approvals or [])},
         }
     )
+    return spec, data
+
+
+def _imported(ref: str, wanted: DurableAgent) -> DurableAgent:
+    """What workers import for `ref`; the caller's context_type / context_factory must be
+    its own (a worker in another process would not know them otherwise)."""
+    found = _target(framework.resolve(ref))
+    for field in ("context_type", "context_factory"):
+        mine = getattr(wanted, field)
+        if mine is not None and mine is not getattr(found, field):
+            raise TypeError(
+                f"{field}: ref {ref!r} names an agent without it, so a worker that imports it "
+                f"could not rebuild the context: point ref at a DurableAgent(agent, {field}=...)"
+            )
+    return found
 
 
 class EverrunsRunner:
@@ -152,10 +213,13 @@ class EverrunsRunner:
     @classmethod
     async def run(
         cls,
-        starting_agent: Agent[Any],
+        starting_agent: Agent[Any] | DurableAgent,
         input: str,
         *,
         run_id: str | None = None,
+        context: Any = None,
+        context_type: Any = None,
+        context_factory: Factory | None = None,
         ref: str | None = None,
         effects: dict[str, str] | None = None,
         approvals: list[str] | None = None,
@@ -164,24 +228,39 @@ class EverrunsRunner:
         timeout: float | None = None,
         **unsupported: Any,
     ) -> Any:
+        """`context`: journaled as JSON with the run; each execution gets it rebuilt (as
+        `context_type`, by `context_factory`, else as the JSON value); an existing run
+        keeps its own (another context: ValueError)."""
         _refuse(input, unsupported)
-        spec = _spec(starting_agent, ref, effects, approvals, limits)
+        spec, data = _spec(
+            starting_agent, ref, effects, approvals, limits, context, context_type, context_factory
+        )
         return await run_in_process(
-            spec, input, run_id=run_id, db=db, timeout=timeout, execute=execute
+            spec,
+            input,
+            run_id=run_id,
+            db=db,
+            timeout=timeout,
+            execute=execute,
+            deps=data,
+            what="context",
         )
 
     @classmethod
-    def run_sync(cls, starting_agent: Agent[Any], input: str, **kwargs: Any) -> Any:
+    def run_sync(cls, starting_agent: Agent[Any] | DurableAgent, input: str, **kwargs: Any) -> Any:
         """`run`, blocking (not from inside a running event loop), like `Runner.run_sync`."""
         return asyncio.run(cls.run(starting_agent, input, **kwargs))
 
     @classmethod
     def run_streamed(
         cls,
-        starting_agent: Agent[Any],
+        starting_agent: Agent[Any] | DurableAgent,
         input: str,
         *,
         run_id: str | None = None,
+        context: Any = None,
+        context_type: Any = None,
+        context_factory: Factory | None = None,
         ref: str | None = None,
         effects: dict[str, str] | None = None,
         approvals: list[str] | None = None,
@@ -195,13 +274,22 @@ class EverrunsRunner:
         _refuse(input, unsupported)
         from everruns.store.records import new_id
 
-        spec = _spec(starting_agent, ref, effects, approvals, limits)
+        spec, data = _spec(
+            starting_agent, ref, effects, approvals, limits, context, context_type, context_factory
+        )
         rid = run_id or new_id()
         return DurableRunStreaming(
             rid,
             input,
             lambda: run_in_process(
-                spec, input, run_id=rid, db=db, timeout=timeout, execute=execute
+                spec,
+                input,
+                run_id=rid,
+                db=db,
+                timeout=timeout,
+                execute=execute,
+                deps=data,
+                what="context",
             ),
         )
 

@@ -38,6 +38,7 @@ from pydantic_core import to_json, to_jsonable_python
 from everruns.engine import framework
 from everruns.engine.framework import FrameworkSession, ModelAnswer, ToolResult
 from everruns.integrations import EverrunsRunError, declared_effect, everruns_tool, run_in_process
+from everruns.integrations.deps import Factory, build, journaled
 from everruns.integrations.pydantic_ai_streaming import (
     LiveModel,
     NodeEvents,
@@ -190,17 +191,20 @@ class _Journal(AbstractCapability[Any]):
         return results
 
 
-def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str]]:
+def _inner(target: Any) -> tuple[AbstractAgent[Any, Any], dict[str, str], Factory | None]:
+    """The Pydantic AI agent a spec names, its wrapper's effects and deps factory."""
     effects: dict[str, str] = {}
+    factory: Factory | None = None
     if isinstance(target, EverrunsAgent):
         effects.update(target.effects)
+        factory = target.deps_factory
         target = target.wrapped
     if not isinstance(target, AbstractAgent):
         raise ValueError(
             f"agent.python: {type(target).__name__} is not a Pydantic AI agent "
             "(pydantic_ai.Agent or EverrunsAgent)"
         )
-    return target, effects
+    return target, effects, factory
 
 
 def tool_effects(agent: AbstractAgent[Any, Any]) -> dict[str, str]:
@@ -218,9 +222,10 @@ def tool_effects(agent: AbstractAgent[Any, Any]) -> dict[str, str]:
 async def execute(target: Any, session: FrameworkSession) -> str:
     """The loop of a framework run (called by the worker): one agent run per user
     message, each continuing the conversation of the previous ones."""
-    agent, wrapper_effects = _inner(target)
+    agent, wrapper_effects, factory = _inner(target)
     assert session.spec.agent is not None
     effects = {**tool_effects(agent), **session.spec.agent.effects, **wrapper_effects}
+    deps = await build(session, agent.deps_type, factory, "deps")
     journal = _Journal(session, effects)
     streamed = forward(session, lambda: journal.live) if session.listener is not None else None
     history: list[Any] | None = None
@@ -232,6 +237,7 @@ async def execute(target: Any, session: FrameworkSession) -> str:
             message_history=history,
             run_id=run_id,
             conversation_id=session.run_id,
+            deps=deps,
             capabilities=[journal],
             event_stream_handler=streamed,
         )
@@ -251,6 +257,10 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
     only. `effects`: effect class per tool name (see `everruns_tool`). `approvals`:
     tools that wait durably for a human. `limits`: everruns limits (max_steps,
     max_cost_usd, ...). `db`: database URL (default: EVERRUNS_DATABASE_URL or the CLI's).
+    `deps_factory`: `fn(run_id, value)` (sync or async) building the run's deps in the
+    worker that executes it, from the run's journaled JSON `deps` (or the spec's, or
+    None): for deps that cannot be JSON (connections, clients). Without it, `deps` are
+    validated back as the agent's `deps_type`.
     """
 
     def __init__(
@@ -263,6 +273,7 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         approvals: list[str] | None = None,
         limits: Limits | dict[str, Any] | None = None,
         db: str | None = None,
+        deps_factory: Factory | None = None,
     ):
         super().__init__(wrapped)
         self.agent_name = name or wrapped.name or "pydantic-ai-agent"
@@ -271,6 +282,8 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         self.approvals = list(approvals or [])
         self.limits = Limits.model_validate(limits or {})
         self.db = db
+        self.deps_factory = deps_factory
+        self._explicit_ref = ref is not None
         if ref is None:
             framework.register(self.ref, self)
 
@@ -294,16 +307,20 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         user_prompt: str | None = None,
         *,
         run_id: str | None = None,
+        deps: Any = None,
         timeout: float | None = None,
         event_stream_handler: Callable[[Any, AsyncIterable[Any]], Awaitable[None]] | None = None,
         **unsupported: Any,
     ) -> Any:
         """Execute the agent as an everruns run in this process; returns Pydantic AI's
         result. `run_id` makes it idempotent: an existing run is resumed (replayed).
-        `event_stream_handler` gets Pydantic AI's events of this process's execution, node
-        by node, as the wrapped agent's handler would (a resumed run's replayed steps
-        included, rebuilt from the journal)."""
+        `deps`: journaled as JSON with the run; each execution gets them rebuilt (as the
+        agent's `deps_type`, or by `deps_factory`); an existing run keeps its own (other
+        deps: ValueError). `event_stream_handler` gets Pydantic AI's events of this
+        process's execution, node by node, as the wrapped agent's handler would (a resumed
+        run's replayed steps included, rebuilt from the journal)."""
         _refuse(unsupported)
+        data = self._journaled(deps)
         rid = run_id or new_id()
         if event_stream_handler is not None:
             handler = event_stream_handler
@@ -315,11 +332,43 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
             framework.listen(rid, listener)
         try:
             return await run_in_process(
-                self.spec(), user_prompt, run_id=rid, db=self.db, timeout=timeout, execute=execute
+                self.spec(),
+                user_prompt,
+                run_id=rid,
+                db=self.db,
+                timeout=timeout,
+                execute=execute,
+                deps=data,
             )
         finally:
             if event_stream_handler is not None:
                 framework.listen(rid, None)
+
+    def _journaled(self, deps: Any) -> Any:
+        """`deps` as journaled (JSON), checked the way the executing worker will rebuild
+        them: the factory of the agent `ref` names (which workers import), else the
+        agent's deps_type."""
+        factory = self.deps_factory
+        if deps is None and factory is None:
+            return None
+        if self._explicit_ref:
+            target = framework.resolve(self.ref)
+            found = target.deps_factory if isinstance(target, EverrunsAgent) else None
+            if factory is not None and found is not factory:
+                raise TypeError(
+                    f"deps_factory: ref {self.ref!r} names an agent without this factory, so a "
+                    "worker that imports it could not build the deps: point ref at this "
+                    "EverrunsAgent (a module attribute)"
+                )
+            factory = found
+        hint = (
+            "Pass deps that are JSON (the factory's input) and build the live object in "
+            "deps_factory."
+            if factory is not None
+            else "Give EverrunsAgent a deps_factory=fn(run_id, value) that builds it in the "
+            "executing worker, and pass what it needs (JSON) as deps."
+        )
+        return journaled(deps, "deps", None if factory else self.wrapped.deps_type, hint)
 
     def run_sync(  # type: ignore[override]
         self, user_prompt: str | None = None, *, run_id: str | None = None, **kwargs: Any
@@ -331,6 +380,7 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         user_prompt: str | None = None,
         *,
         run_id: str | None = None,
+        deps: Any = None,
         timeout: float | None = None,
         **unsupported: Any,
     ) -> contextlib.AbstractAsyncContextManager[RunEvents]:
@@ -339,10 +389,11 @@ class EverrunsAgent(WrapperAgent[Any, Any]):
         `AgentRunResultEvent`. Leaving early stops waiting, not the run: it stays durable
         (resumed by any worker, or by calling again with the same `run_id`)."""
         _refuse(unsupported)
+        self._journaled(deps)  # refused here, not from inside the stream
 
         def start(handler: Any) -> Awaitable[Any]:
             return self.run(
-                user_prompt, run_id=run_id, timeout=timeout, event_stream_handler=handler
+                user_prompt, run_id=run_id, deps=deps, timeout=timeout, event_stream_handler=handler
             )
 
         return events_of(start)
