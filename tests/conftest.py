@@ -7,6 +7,7 @@ import uuid
 from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -87,3 +88,20 @@ async def store(db_url: str) -> AsyncIterator[Store]:
         yield s
     finally:
         await s.close()
+
+
+def pytest_terminal_summary(terminalreporter: Any) -> None:
+    """Numbers some tests report (`user_properties`, e.g. the use-case examples'), printed
+    at the end; reports carry them from xdist workers too."""
+    sections: dict[str, list[str]] = {}
+    for kind in ("passed", "failed"):
+        for report in terminalreporter.stats.get(kind, []):
+            if getattr(report, "when", None) != "call":
+                continue
+            for name, value in getattr(report, "user_properties", []):
+                if name == "use-case numbers":
+                    sections.setdefault(name, []).append(str(value))
+    for name, lines in sections.items():
+        terminalreporter.section(name)
+        for line in lines:
+            terminalreporter.write_line(line)

@@ -45,30 +45,14 @@ RETRY_AFTER = 0.3  # seconds, what the example API asks for in its 429s and 503s
 # ------------------------------------------------------------------ numbers in the summary
 
 
-class _Numbers:
-    """A plugin registered at run time: prints the collected lines in the terminal summary."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def pytest_terminal_summary(self, terminalreporter: Any) -> None:
-        if self.lines:
-            terminalreporter.section("use-case numbers")
-            for line in self.lines:
-                terminalreporter.write_line(line)
-
-
 @pytest.fixture
 def numbers(request: pytest.FixtureRequest) -> Callable[[str], None]:
-    manager = request.config.pluginmanager
-    plugin = manager.get_plugin("everruns-use-case-numbers")
-    if plugin is None:
-        plugin = _Numbers()
-        manager.register(plugin, "everruns-use-case-numbers")
+    """Adds a line to the terminal summary's "use-case numbers" section (tests/conftest.py
+    collects it from the test's report, so it also reaches the summary under xdist)."""
 
     def add(line: str) -> None:
         print(f"\n{line}")
-        plugin.lines.append(line)
+        request.node.user_properties.append(("use-case numbers", line))
 
     return add
 
