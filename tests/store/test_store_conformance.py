@@ -475,6 +475,34 @@ async def test_waiting_run_released_is_claimable_in_order(db_url: str) -> None:
             assert row.epoch == 2 and row.crashes == 0 and row.lease_owner == "w2"
 
 
+async def test_a_signal_racing_a_park_is_never_slept_through(db_url: str) -> None:
+    """The lost-wakeup race: a signal (an approval, a message) arrives while its run's
+    holder is parking it. Here the holder's park (lease given up, status waiting, no wake
+    time) commits while the signal's transaction is already under way; the signal must
+    still wake the run, not read it as "leased, the holder will see it"."""
+    async with await Store.open(db_url) as store, await Store.open(db_url) as holder:
+        (run_id,) = await create_runs(store, 1)
+        (claim,) = await store.claim("w1", limit=1, lease_ttl=LONG)
+        await start(store, claim)
+        async with holder.db.engine.begin() as conn:  # the holder's park, in progress
+            await conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
+            signal = asyncio.create_task(
+                store.signal(run_id, EventType.MESSAGE_USER, {"content": "go on"})
+            )
+            await asyncio.sleep(0.5)  # the signal's transaction is waiting on the row now
+            assert not signal.done()
+            await conn.execute(
+                sa.update(runs)
+                .where(runs.c.id == run_id)
+                .values(lease_owner=None, lease_expires_at=None, status="waiting", wake_at=None)
+            )
+        await asyncio.wait_for(signal, 30)
+        row = await store.get_run(run_id)
+        assert row.lease_owner is None and row.wake_at is not None  # woken, not slept through
+        claims = await store.claim("w2", limit=1, lease_ttl=LONG)
+        assert [c.run_id for c in claims] == [run_id]
+
+
 # ---------------------------------------------------------------- renew
 
 

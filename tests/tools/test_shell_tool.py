@@ -14,24 +14,27 @@ from everruns.tools.base import ToolError
 from everruns.tools.shell import run_shell
 
 
-def _alive(pid: int) -> bool:
-    """A zombie counts as dead: it no longer runs (PID 1 may be slow to reap it)."""
+def _alive(pid: int, marker: str | None = None) -> bool:
+    """A zombie counts as dead: it no longer runs (PID 1 may be slow to reap it). With a
+    marker, a pid whose command line lacks it is another process (pids are reused: the
+    suite starts thousands of processes and pid_max may be 32768)."""
     try:
         stat = Path(f"/proc/{pid}/stat").read_text()
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
     except (FileNotFoundError, ProcessLookupError):
         return False
     state = stat.rsplit(")", 1)[1].split()[0]
-    return state not in ("Z", "X")
+    return state not in ("Z", "X") and (marker is None or marker.encode() in cmdline)
 
 
-async def _wait_dead(pids: list[int], within: float = 3.0) -> list[int]:
+async def _wait_dead(pids: list[int], marker: str, within: float = 3.0) -> list[int]:
     deadline = time.monotonic() + within
     while time.monotonic() < deadline:
-        alive = [p for p in pids if _alive(p)]
+        alive = [p for p in pids if _alive(p, marker)]
         if not alive:
             return []
         await asyncio.sleep(0.05)
-    return [p for p in pids if _alive(p)]
+    return [p for p in pids if _alive(p, marker)]
 
 
 def _exists(path: str) -> bool:
@@ -162,7 +165,7 @@ async def test_timeout_kills_the_process_group(tmp_path: Path) -> None:
     assert result["timed_out"] is True and result["exit_code"] is None
     assert result["stdout"] == "started\n"
     assert elapsed < 5
-    assert await _wait_dead(found) == []
+    assert await _wait_dead(found, m) == []
 
 
 async def test_background_processes_do_not_outlive_the_call(tmp_path: Path) -> None:
@@ -176,7 +179,7 @@ async def test_background_processes_do_not_outlive_the_call(tmp_path: Path) -> N
     assert time.monotonic() - started < 5
     assert result["exit_code"] == 0 and result["timed_out"] is False
     assert result["stdout"] == "done\n"
-    assert await _wait_dead(found) == []
+    assert await _wait_dead(found, m) == []
 
 
 async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
@@ -187,7 +190,7 @@ async def test_cancellation_kills_the_process_group(tmp_path: Path) -> None:
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
-    assert await _wait_dead(found) == []
+    assert await _wait_dead(found, m) == []
 
 
 async def test_bad_working_directory(tmp_path: Path) -> None:

@@ -268,8 +268,16 @@ class Journal:
     async def signal_in(
         self, conn: AsyncConnection, run_id: str, kind: str, data: dict[str, Any]
     ) -> Event:
-        """`signal` inside the caller's transaction (also used for `child.finished`)."""
-        row = (await conn.execute(sa.select(runs).where(runs.c.id == run_id))).first()
+        """`signal` inside the caller's transaction (also used for `child.finished`).
+
+        The row is locked (PostgreSQL; SQLite's BEGIN IMMEDIATE already serializes): the
+        event's effect on the row (wake a parked run, or leave it to the lease holder) is
+        decided on facts no worker can change before this commits. Unlocked, a worker's
+        `release(seen_seq=...)` could park the run between this read and this write, and
+        the signal, read as "the holder will see it", would be slept through."""
+        row = (
+            await conn.execute(sa.select(runs).where(runs.c.id == run_id).with_for_update())
+        ).first()
         if row is None:
             raise RunNotFound(run_id)
         status = str(row.status)
