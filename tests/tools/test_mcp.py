@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import fcntl
 import importlib.util
 import json
 import os
@@ -50,11 +51,21 @@ CTX = ToolContext(run_id="run_1", tool_call_id="c1", idempotency_key="run_1:c1",
 
 @pytest.fixture(scope="session")
 def everything_js() -> Path:
-    """server-everything's entry point, npm-installed once into tests/.cache/npm."""
-    entry = NPM_CACHE / "node_modules" / EVERYTHING_PACKAGE / "dist" / "index.js"
-    manifest = entry.parent.parent / "package.json"
+    """server-everything's entry point, npm-installed once into tests/.cache/npm.
+
+    Under a file lock: pytest-xdist workers share the cache, and a second worker must not
+    start the server (or install again) while the first one's `npm install` is unpacking."""
     if shutil.which("node") is None:
         pytest.fail("node is required for the MCP server-everything tests but is not on PATH")
+    NPM_CACHE.mkdir(parents=True, exist_ok=True)
+    with open(NPM_CACHE / ".install.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        return _install_everything()
+
+
+def _install_everything() -> Path:
+    entry = NPM_CACHE / "node_modules" / EVERYTHING_PACKAGE / "dist" / "index.js"
+    manifest = entry.parent.parent / "package.json"
     if manifest.exists() and json.loads(manifest.read_text())["version"] == EVERYTHING_VERSION:
         return entry
     npm = shutil.which("npm")
@@ -63,7 +74,6 @@ def everything_js() -> Path:
             "npm is required to install the MCP reference server "
             f"{EVERYTHING_PACKAGE}@{EVERYTHING_VERSION} but is not on PATH"
         )
-    NPM_CACHE.mkdir(parents=True, exist_ok=True)
     command = [
         npm,
         "install",
