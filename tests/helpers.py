@@ -207,6 +207,15 @@ def openai_chat_sse(
     yield b"data: [DONE]\n\n"
 
 
+def reply(handler: Any, status: int, content_type: str, data: bytes) -> None:
+    """Answer an http.server request with one whole body."""
+    handler.send_response(status)
+    handler.send_header("Content-Type", content_type)
+    handler.send_header("Content-Length", str(len(data)))
+    handler.end_headers()
+    handler.wfile.write(data)
+
+
 class FakeOpenAI:
     """A real HTTP server (a thread) speaking OpenAI chat completions: each request's answer
     is `answer(body)` (a dict with `content` and/or `tool_calls` `[{id, name, arguments}]`),
@@ -238,12 +247,7 @@ class FakeOpenAI:
                 out = answer(body)
                 if "status" in out:  # an error answer: {"status": 500, "message": ...}
                     error = {"error": {"message": out.get("message", "failed"), "type": "server"}}
-                    data = json.dumps(error).encode()
-                    self.send_response(out["status"])
-                    self.send_header("Content-Type", "application/json")
-                    self.send_header("Content-Length", str(len(data)))
-                    self.end_headers()
-                    self.wfile.write(data)
+                    reply(self, out["status"], "application/json", json.dumps(error).encode())
                     return
                 if body.get("stream"):
                     fake.hold.wait(30)
@@ -286,11 +290,7 @@ class FakeOpenAI:
                         },
                     }
                 ).encode()
-                self.send_response(200)
-                self.send_header("Content-Type", "application/json")
-                self.send_header("Content-Length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, 200, "application/json", data)
 
             def log_message(self, *args: Any) -> None:
                 pass

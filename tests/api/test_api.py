@@ -36,6 +36,7 @@ from helpers import (
     env_for,
     openai_stream,
     read_ledger,
+    reply,
     start_worker,
     stop,
     write_agent,
@@ -685,18 +686,9 @@ class FakeOpenAI:
                     body = json.dumps(
                         {"error": {"message": "bad key", "type": "invalid_request_error"}}
                     ).encode()
-                    self.send_response(401)
-                    self.send_header("content-type", "application/json")
-                    self.send_header("content-length", str(len(body)))
-                    self.end_headers()
-                    self.wfile.write(body)
+                    reply(self, 401, "application/json", body)
                     return
-                data = openai_stream("keyed answer", 5, 2)
-                self.send_response(200)
-                self.send_header("content-type", "text/event-stream")
-                self.send_header("content-length", str(len(data)))
-                self.end_headers()
-                self.wfile.write(data)
+                reply(self, 200, "text/event-stream", openai_stream("keyed answer", 5, 2))
 
             def log_message(self, *args: Any) -> None:
                 pass
