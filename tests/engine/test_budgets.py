@@ -112,9 +112,12 @@ def test_fan_out_tree_budget_survives_kills(tmp_path: Path, db_url: str) -> None
             worker = start_worker(env, *flags, log=tmp_path / "w2.log")
 
             async def ended() -> bool:
-                return (await store.get_run(run_id)).status in TERMINAL_STATUSES
+                # The parent fails as soon as the tree is over its limit; a child still
+                # running stops at its own next budget check, so wait for the whole tree.
+                rows = [await store.get_run(r) for r in await store.family([run_id])]
+                return all(row.status in TERMINAL_STATUSES for row in rows)
 
-            await wait_until(ended, timeout=60, what="the parent to end")
+            await wait_until(ended, timeout=60, what="the parent and its children to end")
             tree = await _tree(store, run_id)
             parent = await store.get_run(run_id)
             children = [await store.get_run(r) for r in tree if r != run_id]
